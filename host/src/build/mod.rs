@@ -1,0 +1,320 @@
+//! The builder: one untrusted `.rs` file → a metric component, compiled inside a sandbox.
+//!
+//! The host writes everything around the candidate: the crate is the file itself, compiled by
+//! plain `rustc` (no Cargo, no build script, no dependency but the prebuilt SDK) for
+//! `wasm32-unknown-unknown` with `+simd128`, inside bubblewrap (no network, no host files but
+//! the toolchain and the SDK, empty environment, rlimits, a hard wall-clock kill). The core
+//! module is componentized in-process and rejected if it imports anything outside our
+//! interface. Results are cached by content.
+
+mod bwrap;
+pub mod lint;
+mod sdk;
+
+pub use sdk::{sysroot, workspace_dir, Sdk};
+
+use crate::sandbox::{sha256_hex, ArtifactCache, Failure, ALLOWED_IMPORTS};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// A problem with the build environment (not the candidate's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// bubblewrap is missing and the source is not marked trusted.
+    #[error("bubblewrap (`bwrap`) is not installed, so untrusted source cannot be compiled safely. Install it (`apt-get install bubblewrap`, or run ./setup.sh), or pass --trusted for source you wrote yourself")]
+    NoSandbox,
+    /// The toolchain or SDK is missing or broken.
+    #[error("toolchain: {0}")]
+    Toolchain(String),
+    /// An I/O error in the build folder or cache.
+    #[error("build I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How candidate source is isolated while it compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Inside bubblewrap (the default; required for untrusted source).
+    Bwrap,
+    /// Directly on the host: only for source the user vouches for (`--trusted`).
+    Trusted,
+}
+
+/// Builder settings; the numbers bound a hostile compile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildOptions {
+    /// Isolation of the compiler.
+    pub isolation: Isolation,
+    /// Run the token-level lint first (a second layer; tests turn it off to prove the sandbox
+    /// holds on its own).
+    pub lint: bool,
+    /// Hard wall-clock kill, in seconds. Why 60: a 60-line candidate compiles in ~0.5 s;
+    /// endless const evaluation must not hold a search worker for long.
+    pub timeout_secs: u64,
+    /// Address-space cap of the compiler, in bytes. Why 4 GiB: rustc+LLVM on one small file
+    /// peaks at a few hundred MiB; `include_bytes!("/dev/zero")`-style bombs stop here.
+    pub memory_bytes: u64,
+    /// Largest source accepted, in bytes. Why 256 KiB: a metric is one small function.
+    pub max_source_bytes: usize,
+    /// Largest file the compiler may write, in bytes. Why 32 MiB: a metric module is < 1 MiB.
+    pub max_output_bytes: u64,
+    /// Longest diagnostics text returned, in bytes (the rest is cut).
+    pub max_diagnostics_bytes: usize,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            isolation: Isolation::Bwrap,
+            lint: true,
+            timeout_secs: 60,
+            memory_bytes: 4 << 30,
+            max_source_bytes: 256 << 10,
+            max_output_bytes: 32 << 20,
+            max_diagnostics_bytes: 32 << 10,
+        }
+    }
+}
+
+/// A built component.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The component bytes.
+    pub wasm: Vec<u8>,
+    /// SHA-256 of the source.
+    pub source_hash: String,
+    /// Cache key (source hash + SDK fingerprint + flags + engine).
+    pub key: String,
+    /// Whether it came from the cache.
+    pub cached: bool,
+    /// Wall time of the build, in seconds.
+    pub seconds: f64,
+    /// Compiler warnings (empty when cached).
+    pub warnings: String,
+}
+
+/// Compiles candidate sources into metric components.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    sdk: Sdk,
+    cache: ArtifactCache,
+    opts: BuildOptions,
+}
+
+/// The rustc flags every candidate is compiled with (part of the cache key).
+const RUSTC_FLAGS: &[&str] = &[
+    "--edition=2021",
+    "--crate-type=cdylib",
+    "--crate-name=candidate",
+    "--target=wasm32-unknown-unknown",
+    "-Copt-level=3",
+    "-Cpanic=abort",
+    "-Ctarget-feature=+simd128",
+    "-Cdebuginfo=0",
+    "-Cstrip=debuginfo",
+    // The SDK's export macro passes this; a candidate never needs `unsafe`.
+    "-Funsafe-code",
+    "--color=never",
+];
+
+impl Builder {
+    /// A builder using the artifact cache and an SDK staged in it.
+    pub fn new(cache: ArtifactCache, opts: BuildOptions) -> Result<Self, BuildError> {
+        if opts.isolation == Isolation::Bwrap && !bwrap::available() {
+            return Err(BuildError::NoSandbox);
+        }
+        let sdk = Sdk::prepare(cache.dir())?;
+        Ok(Self { sdk, cache, opts })
+    }
+
+    /// The SDK candidates are built against.
+    pub fn sdk(&self) -> &Sdk {
+        &self.sdk
+    }
+
+    /// Build options in force.
+    pub fn options(&self) -> &BuildOptions {
+        &self.opts
+    }
+
+    fn cache_key(&self, source_hash: &str) -> String {
+        let desc = format!(
+            "{source_hash}\n{}\n{}\n{:?}",
+            self.sdk.fingerprint,
+            RUSTC_FLAGS.join(" "),
+            self.opts.isolation
+        );
+        sha256_hex(desc.as_bytes())
+    }
+
+    /// Build `source` into a component, or fetch it from the cache.
+    pub fn build(&self, source: &str) -> Result<Built, Failure> {
+        let start = Instant::now();
+        if source.len() > self.opts.max_source_bytes {
+            return Err(Failure::Compile {
+                diagnostics: format!(
+                    "the source is {} bytes; the limit is {}",
+                    source.len(),
+                    self.opts.max_source_bytes
+                ),
+            });
+        }
+        let source_hash = sha256_hex(source.as_bytes());
+        let key = self.cache_key(&source_hash);
+        if let Some(wasm) = self.cache.get(&key, "wasm") {
+            return Ok(Built {
+                wasm,
+                source_hash,
+                key,
+                cached: true,
+                seconds: start.elapsed().as_secs_f64(),
+                warnings: String::new(),
+            });
+        }
+        if self.opts.lint {
+            let findings = lint::lint(source);
+            if !findings.is_empty() {
+                let diagnostics = findings
+                    .iter()
+                    .map(|f| format!("error: line {}: {}", f.line, f.message))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(Failure::Compile { diagnostics });
+            }
+        }
+        let (core, warnings) = self.compile_core(source)?;
+        let wasm = componentize(&core)?;
+        let _ = self.cache.put(&key, "wasm", &wasm);
+        Ok(Built {
+            wasm,
+            source_hash,
+            key,
+            cached: false,
+            seconds: start.elapsed().as_secs_f64(),
+            warnings,
+        })
+    }
+
+    /// Run rustc on the source; returns the core module and the compiler's warnings.
+    fn compile_core(&self, source: &str) -> Result<(Vec<u8>, String), Failure> {
+        let io = |e: std::io::Error| Failure::Compile {
+            diagnostics: format!("host: build folder: {e}"),
+        };
+        let job = tempfile::Builder::new()
+            .prefix("autoprune-build-")
+            .tempdir()
+            .map_err(io)?;
+        let src = job.path().join("lib.rs");
+        let out = job.path().join("out");
+        std::fs::write(&src, source).map_err(io)?;
+        std::fs::create_dir(&out).map_err(io)?;
+        let job_spec = bwrap::Job {
+            source: src,
+            out_dir: out.clone(),
+            sdk: &self.sdk,
+            flags: RUSTC_FLAGS,
+            opts: &self.opts,
+        };
+        let res = match self.opts.isolation {
+            Isolation::Bwrap => bwrap::run_sandboxed(&job_spec),
+            Isolation::Trusted => bwrap::run_trusted(&job_spec),
+        }
+        .map_err(|e| Failure::Compile {
+            diagnostics: format!("host: {e}"),
+        })?;
+        let diagnostics = clip(&res.stderr, self.opts.max_diagnostics_bytes);
+        if res.killed {
+            return Err(Failure::Compile {
+                diagnostics: format!(
+                    "the compiler was stopped after {} s (time limit) or by its memory/file limits\n{diagnostics}",
+                    self.opts.timeout_secs
+                ),
+            });
+        }
+        if !res.success {
+            return Err(Failure::Compile { diagnostics });
+        }
+        let module = std::fs::read(out.join("candidate.wasm")).map_err(|e| Failure::Compile {
+            diagnostics: format!("the compiler produced no module ({e})\n{diagnostics}"),
+        })?;
+        Ok((module, diagnostics))
+    }
+}
+
+/// Keep at most `max` bytes of compiler output, cut at a character boundary.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}\n…[diagnostics truncated]", &s[..cut])
+}
+
+/// Wrap a core module into a component (in-process) and check its imports.
+pub fn componentize(core: &[u8]) -> Result<Vec<u8>, Failure> {
+    let wasm = wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(core)
+        .and_then(|mut e| e.encode())
+        .map_err(|e| Failure::Rejected {
+            reason: format!("cannot make a component of the compiled module: {e:#}"),
+        })?;
+    let imports = component_imports(&wasm)?;
+    if let Some(bad) = imports.iter().find(|i| !ALLOWED_IMPORTS.contains(&i.as_str())) {
+        return Err(Failure::Rejected {
+            reason: format!(
+                "the component imports `{bad}`; only {} are allowed",
+                ALLOWED_IMPORTS.join(", ")
+            ),
+        });
+    }
+    Ok(wasm)
+}
+
+/// Names of the functions and interfaces a component imports, read from its type (no native
+/// compile needed).
+pub fn component_imports(wasm: &[u8]) -> Result<Vec<String>, Failure> {
+    let decoded = wit_component::decode(wasm).map_err(|e| Failure::Rejected {
+        reason: format!("cannot read the component's type: {e:#}"),
+    })?;
+    let wit_component::DecodedWasm::Component(resolve, world) = decoded else {
+        return Err(Failure::Rejected {
+            reason: "a WIT package, not a component".into(),
+        });
+    };
+    Ok(resolve.worlds[world]
+        .imports
+        .iter()
+        // Types a world `use`s are not capabilities; functions and interfaces are.
+        .filter(|(_, item)| !matches!(item, wit_parser::WorldItem::Type { .. }))
+        .map(|(k, _)| match k {
+            wit_parser::WorldKey::Name(n) => n.clone(),
+            wit_parser::WorldKey::Interface(id) => resolve.id_of(*id).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Read a metric source or component from `path`: `.rs` files are built, anything else is
+/// treated as component bytes.
+pub fn is_source(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "rs")
+}
+
+/// A path for the cache, falling back to a temporary folder when the default is not writable.
+pub fn default_cache() -> std::io::Result<ArtifactCache> {
+    ArtifactCache::open(ArtifactCache::default_dir())
+}
+
+/// Time limit as a `Duration`.
+impl BuildOptions {
+    /// The wall-clock kill as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+

@@ -1,0 +1,1 @@
+//! calib (in progress)

@@ -1,0 +1,58 @@
+//! The `autoprune` command line: one file per subcommand.
+
+pub mod build;
+pub mod check;
+pub mod sdk;
+
+use autoprune::build::{default_cache, BuildOptions, Builder, Isolation};
+use clap::{Parser, Subcommand};
+
+/// Safe, automated discovery of LLM pruning metrics.
+#[derive(Debug, Parser)]
+#[command(name = "autoprune", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile a candidate `.rs` file into a metric component, inside the compile sandbox.
+    Build(build::Args),
+    /// Run a metric (`.rs` or `.wasm`) through the validation suite on synthetic layers.
+    Check(check::Args),
+    /// Build (if needed) and print the folder of the prebuilt guest SDK.
+    Sdk(sdk::Args),
+}
+
+/// Flags shared by every subcommand that compiles candidate source.
+#[derive(Debug, clap::Args)]
+pub struct BuildFlags {
+    /// Compile without the bubblewrap sandbox. Only for source you wrote yourself.
+    #[arg(long)]
+    pub trusted: bool,
+    /// Compile-time limit in seconds (hard kill).
+    #[arg(long, default_value_t = 60)]
+    pub build_timeout: u64,
+}
+
+impl BuildFlags {
+    /// A builder with these flags and the default cache.
+    pub fn builder(&self) -> anyhow::Result<Builder> {
+        let opts = BuildOptions {
+            isolation: if self.trusted {
+                Isolation::Trusted
+            } else {
+                Isolation::Bwrap
+            },
+            timeout_secs: self.build_timeout,
+            ..BuildOptions::default()
+        };
+        Ok(Builder::new(default_cache()?, opts)?)
+    }
+}
+
+/// Exit status when a plugin or candidate fails its verdict (as opposed to a usage error).
+pub const EXIT_VERDICT: i32 = 1;

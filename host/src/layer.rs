@@ -1,0 +1,180 @@
+//! The vocabulary every room shares: which linear layer, its weights, and its input statistics.
+
+use serde::{Deserialize, Serialize};
+
+/// The role of a linear layer inside a transformer block (mirrors the WIT `layer-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// Attention query projection.
+    Q,
+    /// Attention key projection.
+    K,
+    /// Attention value projection.
+    V,
+    /// Attention output projection.
+    O,
+    /// MLP gate projection.
+    Gate,
+    /// MLP up projection.
+    Up,
+    /// MLP down projection.
+    Down,
+    /// Any other linear layer.
+    Other,
+}
+
+impl LayerKind {
+    /// The seven linears of a LLaMA-family block, in forward order.
+    pub const BLOCK: [LayerKind; 7] = [
+        LayerKind::Q,
+        LayerKind::K,
+        LayerKind::V,
+        LayerKind::O,
+        LayerKind::Gate,
+        LayerKind::Up,
+        LayerKind::Down,
+    ];
+
+    /// Short name as used in reports and Hugging Face keys (`q_proj` → "q").
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerKind::Q => "q",
+            LayerKind::K => "k",
+            LayerKind::V => "v",
+            LayerKind::O => "o",
+            LayerKind::Gate => "gate",
+            LayerKind::Up => "up",
+            LayerKind::Down => "down",
+            LayerKind::Other => "other",
+        }
+    }
+}
+
+/// Where a layer sits in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LayerId {
+    /// Zero-based block index.
+    pub block: u32,
+    /// Number of blocks in the model.
+    pub num_blocks: u32,
+    /// Role inside the block.
+    pub kind: LayerKind,
+}
+
+impl std::fmt::Display for LayerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "block {}/{} {}", self.block, self.num_blocks, self.kind.name())
+    }
+}
+
+/// Per-input-channel statistics of a linear layer's inputs, accumulated in f64.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChannelStats {
+    /// Number of tokens accumulated.
+    pub tokens: u64,
+    /// `Σ x_j²` per input channel.
+    pub sum_sq: Vec<f64>,
+    /// `Σ x_j` per input channel.
+    pub sum: Vec<f64>,
+    /// `max |x_j|` per input channel.
+    pub max_abs: Vec<f32>,
+}
+
+impl ChannelStats {
+    /// Empty statistics for `cols` channels.
+    pub fn new(cols: usize) -> Self {
+        Self {
+            tokens: 0,
+            sum_sq: vec![0.0; cols],
+            sum: vec![0.0; cols],
+            max_abs: vec![0.0; cols],
+        }
+    }
+
+    /// Number of channels.
+    pub fn cols(&self) -> usize {
+        self.sum_sq.len()
+    }
+
+    /// Accumulate `tokens` rows of a row-major `[tokens, cols]` activation matrix.
+    pub fn accumulate(&mut self, x: &[f32]) {
+        let cols = self.cols();
+        assert!(cols > 0 && x.len() % cols == 0, "activation shape mismatch");
+        for row in x.chunks_exact(cols) {
+            for (j, &v) in row.iter().enumerate() {
+                let v64 = v as f64;
+                self.sum_sq[j] += v64 * v64;
+                self.sum[j] += v64;
+                let a = v.abs();
+                if a > self.max_abs[j] {
+                    self.max_abs[j] = a;
+                }
+            }
+        }
+        self.tokens += (x.len() / cols) as u64;
+    }
+
+    /// `||X_j||₂ = sqrt(Σ x_j²)` per channel (Wanda's activation norm).
+    pub fn l2_norm(&self) -> Vec<f32> {
+        self.sum_sq.iter().map(|&s| s.sqrt() as f32).collect()
+    }
+
+    /// Mean of `x_j` per channel (0 when no tokens were seen).
+    pub fn mean(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.sum.iter().map(|&s| (s / n) as f32).collect()
+    }
+
+    /// Population variance of `x_j` per channel, never negative.
+    pub fn variance(&self) -> Vec<f32> {
+        let n = self.tokens.max(1) as f64;
+        self.sum
+            .iter()
+            .zip(&self.sum_sq)
+            .map(|(&s, &sq)| {
+                let m = s / n;
+                (sq / n - m * m).max(0.0) as f32
+            })
+            .collect()
+    }
+}
+
+/// Everything a metric may read about one linear layer.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerData<'a> {
+    /// Which layer.
+    pub id: LayerId,
+    /// Output features (rows of `W`).
+    pub rows: usize,
+    /// Input features (columns of `W`).
+    pub cols: usize,
+    /// Row-major signed weights, `rows * cols` values.
+    pub weights: &'a [f32],
+    /// Input-channel statistics over the calibration tokens.
+    pub stats: &'a ChannelStats,
+    /// Per-weight gradient statistic (row-major), when computed.
+    pub gradient: Option<&'a [f32]>,
+    /// The sparsity the host will apply to this layer.
+    pub sparsity: f32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_accumulate_hand_values() {
+        // Two tokens over two channels: x = [[1, -2], [3, 4]].
+        let mut s = ChannelStats::new(2);
+        s.accumulate(&[1.0, -2.0, 3.0, 4.0]);
+        assert_eq!(s.tokens, 2);
+        assert_eq!(s.sum_sq, vec![10.0, 20.0]); // 1+9, 4+16
+        assert_eq!(s.sum, vec![4.0, 2.0]);
+        assert_eq!(s.max_abs, vec![3.0, 4.0]);
+        assert_eq!(s.mean(), vec![2.0, 1.0]);
+        // var = E[x²] − m² = 5 − 4 = 1 and 10 − 1 = 9.
+        assert_eq!(s.variance(), vec![1.0, 9.0]);
+        assert!((s.l2_norm()[0] - 10f32.sqrt()).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,171 @@
+//! One LLaMA-family transformer block (pre-norm GQA attention + SwiGLU MLP) with capture
+//! points at the input of each of its seven linear layers.
+
+use candle_core::Tensor;
+
+use super::layers::{softmax_last, swiglu, Linear, RmsNorm, Rope};
+use super::{ModelError, Result};
+use crate::layer::LayerKind;
+
+/// Called with the input of each linear layer, as a contiguous `[batch, seq, in_features]`
+/// f32 tensor.
+///
+/// Convention: it is called once per [`LayerKind`] in forward order Q, K, V, O, Gate, Up,
+/// Down. Q, K and V receive the same tensor (the normed block input), and so do Gate and Up
+/// (the normed post-attention residual); a caller that only needs statistics may compute
+/// them once per shared input.
+pub type Capture<'a> = dyn FnMut(LayerKind, &Tensor) -> Result<()> + 'a;
+
+/// The attention shape of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+/// A transformer block; field names follow the Hugging Face checkpoint keys.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Query projection `[heads·head_dim, hidden]`.
+    pub q_proj: Linear,
+    /// Key projection `[kv_heads·head_dim, hidden]`.
+    pub k_proj: Linear,
+    /// Value projection `[kv_heads·head_dim, hidden]`.
+    pub v_proj: Linear,
+    /// Attention output projection `[hidden, heads·head_dim]`.
+    pub o_proj: Linear,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// MLP gate projection `[intermediate, hidden]`.
+    pub gate_proj: Linear,
+    /// MLP up projection `[intermediate, hidden]`.
+    pub up_proj: Linear,
+    /// MLP down projection `[hidden, intermediate]`.
+    pub down_proj: Linear,
+    /// Head layout.
+    pub attn: AttnShape,
+}
+
+impl Block {
+    /// The linear layer of the given kind (`None` for [`LayerKind::Other`]).
+    pub fn linear(&self, kind: LayerKind) -> Option<&Linear> {
+        Some(match kind {
+            LayerKind::Q => &self.q_proj,
+            LayerKind::K => &self.k_proj,
+            LayerKind::V => &self.v_proj,
+            LayerKind::O => &self.o_proj,
+            LayerKind::Gate => &self.gate_proj,
+            LayerKind::Up => &self.up_proj,
+            LayerKind::Down => &self.down_proj,
+            LayerKind::Other => return None,
+        })
+    }
+
+    /// Mutable access to the linear layer of the given kind, e.g. to
+    /// [`Linear::set_weight`] its pruned weights.
+    pub fn linear_mut(&mut self, kind: LayerKind) -> Option<&mut Linear> {
+        Some(match kind {
+            LayerKind::Q => &mut self.q_proj,
+            LayerKind::K => &mut self.k_proj,
+            LayerKind::V => &mut self.v_proj,
+            LayerKind::O => &mut self.o_proj,
+            LayerKind::Gate => &mut self.gate_proj,
+            LayerKind::Up => &mut self.up_proj,
+            LayerKind::Down => &mut self.down_proj,
+            LayerKind::Other => return None,
+        })
+    }
+
+    /// The seven linears in forward order.
+    pub fn linears(&self) -> impl Iterator<Item = (LayerKind, &Linear)> + '_ {
+        LayerKind::BLOCK
+            .into_iter()
+            .filter_map(move |k| self.linear(k).map(|l| (k, l)))
+    }
+
+    /// Replace the weight of one linear layer (shape, dtype and device must match).
+    pub fn set_weight(&mut self, kind: LayerKind, weight: Tensor) -> Result<()> {
+        self.linear_mut(kind)
+            .ok_or_else(|| ModelError::Input(format!("a block has no `{}` linear", kind.name())))?
+            .set_weight(weight)
+    }
+
+    /// Run the block on `x` `[batch, seq, hidden]`, calling `capture` with each linear's
+    /// input (see [`Capture`]); returns the block output `[batch, seq, hidden]`.
+    pub fn forward(&self, x: &Tensor, rope: &Rope, capture: &mut Capture<'_>) -> Result<Tensor> {
+        let h = self.attention_residual(x, rope, capture)?;
+        let mlp_in = self.mlp_input(&h, capture)?;
+        capture(LayerKind::Down, &mlp_in)?;
+        Ok((h + self.down_proj.forward(&mlp_in)?)?)
+    }
+
+    /// Like [`Block::forward`] for statistics only: calls `capture` for all seven linears but
+    /// skips `down_proj` and the final residual, whose results a statistics pass never reads.
+    ///
+    /// `o_proj` still runs: its output feeds the residual that the MLP's inputs are made from.
+    pub fn collect_inputs(&self, x: &Tensor, rope: &Rope, capture: &mut Capture<'_>) -> Result<()> {
+        let h = self.attention_residual(x, rope, capture)?;
+        let mlp_in = self.mlp_input(&h, capture)?;
+        capture(LayerKind::Down, &mlp_in)
+    }
+
+    /// `x + o_proj(attention(norm(x)))`, capturing the Q/K/V and O inputs.
+    fn attention_residual(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        capture: &mut Capture<'_>,
+    ) -> Result<Tensor> {
+        let xn = self.input_layernorm.forward(x)?;
+        for kind in [LayerKind::Q, LayerKind::K, LayerKind::V] {
+            capture(kind, &xn)?;
+        }
+        let attn = self.attention(&xn, rope)?;
+        capture(LayerKind::O, &attn)?;
+        Ok((x + self.o_proj.forward(&attn)?)?)
+    }
+
+    /// `silu(gate(norm(h))) · up(norm(h))`, the input of `down_proj`.
+    fn mlp_input(&self, h: &Tensor, capture: &mut Capture<'_>) -> Result<Tensor> {
+        let hn = self.post_attention_layernorm.forward(h)?;
+        capture(LayerKind::Gate, &hn)?;
+        capture(LayerKind::Up, &hn)?;
+        swiglu(&self.gate_proj.forward(&hn)?, &self.up_proj.forward(&hn)?)
+    }
+
+    /// Causal grouped-query attention; returns the `o_proj` input `[batch, seq, heads·head_dim]`.
+    ///
+    /// The query heads that share a KV head are stacked along the sequence axis
+    /// (`[b, kv, group·t, d]`), so K and V are used in place instead of being repeated
+    /// `group` times as transformers' `repeat_kv` does; the arithmetic is the same.
+    fn attention(&self, xn: &Tensor, rope: &Rope) -> Result<Tensor> {
+        let AttnShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        } = self.attn;
+        let (b, t, _) = xn.dims3()?;
+        let group = nh / nkv;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = rope.apply(&heads(self.q_proj.forward(xn)?, nh)?)?;
+        let k = rope.apply(&heads(self.k_proj.forward(xn)?, nkv)?)?;
+        let v = heads(self.v_proj.forward(xn)?, nkv)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let q = (q * scale)?.reshape((b, nkv, group * t, d))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, group, t, t))?;
+        let probs = softmax_last(&scores.broadcast_add(&rope.mask(t)?)?)?;
+        let out = probs.reshape((b, nkv, group * t, t))?.matmul(&v)?;
+        Ok(out
+            .reshape((b, nh, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * d))?)
+    }
+}

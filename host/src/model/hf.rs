@@ -1,0 +1,170 @@
+//! Hugging Face model directories: `config.json` plus `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`; f32/f16/bf16 weights become f32. Also the f32 export.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::{DType, Device, Tensor};
+
+use super::weights::{assemble, WeightSource};
+use super::{expect_shape, Model, ModelConfig, ModelError, Result};
+use crate::layer::LayerKind;
+
+const CONFIG: &str = "config.json";
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+/// Load `dir` into a model.
+pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
+    let cfg = ModelConfig::from_hf_json(&read_text(&dir.join(CONFIG))?)?;
+    let files = weight_files(dir)?;
+    // SAFETY: the files are mapped read-only for the duration of this call and every tensor
+    // is copied out (converted to f32) before the map is dropped; like every mmap user we
+    // assume no other process truncates the files meanwhile.
+    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Format {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut src = StSource {
+        st,
+        names: BTreeSet::new(),
+        dir: dir.to_path_buf(),
+    };
+    src.names = src.st.tensors().into_iter().map(|(n, _)| n).collect();
+    assemble(&cfg, &mut src, device)
+}
+
+/// The safetensors files of a directory: the index's shards, or the single file.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join(INDEX);
+    if index.is_file() {
+        let v: serde_json::Value =
+            serde_json::from_str(&read_text(&index)?).map_err(|e| ModelError::Format {
+                path: index.clone(),
+                reason: e.to_string(),
+            })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Format {
+                path: index.clone(),
+                reason: "no `weight_map` object".into(),
+            })?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
+        if shards.is_empty() {
+            return Err(ModelError::Format {
+                path: index,
+                reason: "`weight_map` lists no files".into(),
+            });
+        }
+        return Ok(shards.into_iter().map(|f| dir.join(f)).collect());
+    }
+    let single = dir.join(SINGLE);
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::Format {
+        path: dir.to_path_buf(),
+        reason: format!("no {SINGLE} or {INDEX} (only safetensors weights are supported)"),
+    })
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+struct StSource {
+    st: MmapedSafetensors,
+    names: BTreeSet<String>,
+    dir: PathBuf,
+}
+
+impl WeightSource for StSource {
+    fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let view = self.st.get(name).map_err(|_| ModelError::Weight {
+            name: name.to_string(),
+            reason: format!("missing from {}", self.dir.display()),
+        })?;
+        expect_shape(name, view.shape(), shape)?;
+        let t = view.load(device).map_err(|e| ModelError::Weight {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        match t.dtype() {
+            DType::F32 => Ok(t),
+            DType::F16 | DType::BF16 => Ok(t.to_dtype(DType::F32)?),
+            other => Err(ModelError::Weight {
+                name: name.to_string(),
+                reason: format!("dtype {other:?} (expected f32, f16 or bf16)"),
+            }),
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+}
+
+/// The Hugging Face key of each weight of `model`.
+pub(crate) fn named_tensors(model: &Model) -> Vec<(String, Tensor)> {
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        model.embed_tokens.clone(),
+    )];
+    for (i, b) in model.blocks.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        out.push((
+            format!("{p}.input_layernorm.weight"),
+            b.input_layernorm.weight().clone(),
+        ));
+        out.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            b.post_attention_layernorm.weight().clone(),
+        ));
+        for (kind, lin) in b.linears() {
+            let module = hf_module(kind);
+            out.push((format!("{p}.{module}.weight"), lin.weight().clone()));
+            if let Some(bias) = lin.bias() {
+                out.push((format!("{p}.{module}.bias"), bias.clone()));
+            }
+        }
+    }
+    out.push(("model.norm.weight".to_string(), model.norm.weight().clone()));
+    if !model.config.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), model.lm_head.weight().clone()));
+    }
+    out
+}
+
+/// The module path of a block linear inside `model.layers.N`.
+pub(crate) fn hf_module(kind: LayerKind) -> &'static str {
+    match kind {
+        LayerKind::Q => "self_attn.q_proj",
+        LayerKind::K => "self_attn.k_proj",
+        LayerKind::V => "self_attn.v_proj",
+        LayerKind::O => "self_attn.o_proj",
+        LayerKind::Gate => "mlp.gate_proj",
+        LayerKind::Up => "mlp.up_proj",
+        LayerKind::Down => "mlp.down_proj",
+        LayerKind::Other => "other",
+    }
+}
+
+/// Write `config.json` and `model.safetensors` into `dir`.
+pub(crate) fn save(model: &Model, dir: &Path) -> Result<()> {
+    let io = |source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let config = serde_json::to_string_pretty(&model.config.to_hf_json())
+        .map_err(|e| ModelError::Config(e.to_string()))?;
+    std::fs::write(dir.join(CONFIG), config).map_err(io)?;
+    let tensors: HashMap<String, Tensor> = named_tensors(model).into_iter().collect();
+    candle_core::safetensors::save(&tensors, dir.join(SINGLE))?;
+    Ok(())
+}

@@ -1,0 +1,259 @@
+//! LLaMA-family models on candle tensors: loading (GGUF, Hugging Face safetensors), the
+//! block-by-block forward with capture points, full-sequence logits, and the tokenizer.
+//!
+//! All weights are f32 in Hugging Face layout (`[out, in]`, Q/K rows in `rotate_half`
+//! order), whatever the file stored; quantized GGUF tensors are dequantized on load.
+
+mod block;
+mod config;
+mod gguf;
+mod hf;
+mod layers;
+mod random;
+pub mod tokenizer;
+mod weights;
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+pub use block::{AttnShape, Block, Capture};
+pub use config::{Arch, ModelConfig};
+pub use layers::{rope_tables, Linear, RmsNorm, Rope};
+pub use tokenizer::Tokenizer;
+
+/// Errors of the model room. Candle errors are wrapped at the edge in [`ModelError::Tensor`].
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a valid model file (truncated, corrupt, wrong format).
+    #[error("invalid model file {path}: {reason}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The architecture is not one of the LLaMA family members we run.
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2)")]
+    UnsupportedArchitecture(String),
+    /// A feature of an otherwise supported model that we do not implement.
+    #[error("unsupported model feature: {0}")]
+    Unsupported(String),
+    /// The configuration is missing values or is inconsistent.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    /// A weight is missing or has the wrong shape.
+    #[error("weight `{name}`: {reason}")]
+    Weight {
+        /// Checkpoint key of the weight.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor argument has the wrong shape, dtype or device.
+    #[error("shape error: {0}")]
+    Shape(String),
+    /// An argument is out of range (token ids, sequence lengths).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The tokenizer cannot be built, loaded or used.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The tokenizer produces ids the model has no embedding for.
+    #[error("tokenizer does not fit the model: {0}")]
+    TokenizerMismatch(String),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Result type of the model room.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// A LLaMA-family causal language model with f32 weights.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Shape parameters.
+    pub config: ModelConfig,
+    /// Token embeddings `[vocab, hidden]`.
+    pub embed_tokens: Tensor,
+    /// The transformer blocks, in order.
+    pub blocks: Vec<Block>,
+    /// Final norm.
+    pub norm: RmsNorm,
+    /// Output head `[vocab, hidden]`; shares `embed_tokens` when the embeddings are tied.
+    pub lm_head: Linear,
+}
+
+impl Model {
+    /// Load a model from a GGUF file or a Hugging Face directory (`config.json` plus
+    /// `model.safetensors` or a sharded `model.safetensors.index.json`). A path to a file
+    /// inside such a directory also works.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        match ModelFormat::detect(path)? {
+            ModelFormat::Gguf(p) => Self::load_gguf(&p, device),
+            ModelFormat::HfDir(d) => Self::load_hf(&d, device),
+        }
+    }
+
+    /// Load a GGUF file, dequantizing every tensor to f32 and un-permuting Q/K rows.
+    pub fn load_gguf(path: &Path, device: &Device) -> Result<Self> {
+        guard_panics(path, || gguf::load(path, device))
+    }
+
+    /// Load a Hugging Face model directory (f32, f16 or bf16 safetensors → f32).
+    pub fn load_hf(dir: &Path, device: &Device) -> Result<Self> {
+        guard_panics(dir, || hf::load(dir, device))
+    }
+
+    /// A model with deterministic pseudo-random weights (for tests and benchmarks).
+    pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        random::model(config, seed, device)
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.embed_tokens.device()
+    }
+
+    /// Position tables for sequences of up to `max_len` tokens on the model's device.
+    pub fn rope(&self, max_len: usize) -> Result<Rope> {
+        Rope::new(&self.config, max_len, self.device())
+    }
+
+    /// A `[batch, seq]` id tensor from equally long windows, checking every id against the
+    /// vocabulary.
+    pub fn ids_tensor(&self, windows: &[&[u32]]) -> Result<Tensor> {
+        let t = windows.first().map_or(0, |w| w.len());
+        if t == 0 || windows.iter().any(|w| w.len() != t) {
+            return Err(ModelError::Input(
+                "windows must be non-empty and of equal length".into(),
+            ));
+        }
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = windows
+            .iter()
+            .flat_map(|w| w.iter())
+            .find(|&&id| id as usize >= vocab)
+        {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let flat: Vec<u32> = windows.concat();
+        Ok(Tensor::from_vec(flat, (windows.len(), t), self.device())?)
+    }
+
+    /// Embed `[batch, seq]` u32 ids into `[batch, seq, hidden]`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
+        Ok(x.reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// Final norm and output head: `[batch, seq, hidden]` → `[batch, seq, vocab]` logits.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(&self.norm.forward(hidden)?)
+    }
+
+    /// Full-sequence logits `[batch, seq, vocab]` for `[batch, seq]` u32 ids.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let rope = self.rope(ids.dim(1)?)?;
+        let mut x = self.embed(ids)?;
+        for block in &self.blocks {
+            x = block.forward(&x, &rope, &mut |_, _| Ok(()))?;
+        }
+        self.logits(&x)
+    }
+
+    /// All weights under their Hugging Face checkpoint keys (`lm_head.weight` only when
+    /// untied), in HF layout, ready for `safetensors` export.
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        hf::named_tensors(self)
+    }
+
+    /// Write `config.json` and `model.safetensors` (f32) into `dir`, creating it.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        hf::save(self, dir)
+    }
+
+    /// Number of weights in the blocks' linear layers (what pruning acts on).
+    pub fn num_linear_weights(&self) -> usize {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.linears().map(|(_, l)| l.weight().elem_count()))
+            .sum()
+    }
+}
+
+/// How a model path is stored on disk.
+enum ModelFormat {
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+impl ModelFormat {
+    fn detect(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Ok(ModelFormat::HfDir(path.to_path_buf()));
+        }
+        if gguf::has_magic(path)? {
+            return Ok(ModelFormat::Gguf(path.to_path_buf()));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let in_hf_dir = name == "config.json"
+            || name.ends_with(".safetensors")
+            || name.ends_with(".safetensors.index.json");
+        match path.parent() {
+            Some(dir) if in_hf_dir => Ok(ModelFormat::HfDir(dir.to_path_buf())),
+            _ => Err(ModelError::Format {
+                path: path.to_path_buf(),
+                reason: "neither a GGUF file nor a Hugging Face model directory".into(),
+            }),
+        }
+    }
+}
+
+/// Run a loader, turning a panic inside a third-party parser into a [`ModelError::Format`]:
+/// a bad input file must never bring the host down.
+fn guard_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("panic while parsing");
+        Err(ModelError::Format {
+            path: path.to_path_buf(),
+            reason: msg.to_string(),
+        })
+    })
+}
+
+/// Check that a weight has the expected shape before it is read.
+pub(crate) fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got != want {
+        return Err(ModelError::Weight {
+            name: name.to_string(),
+            reason: format!("shape {got:?}, expected {want:?}"),
+        });
+    }
+    Ok(())
+}

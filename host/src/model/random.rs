@@ -1,0 +1,79 @@
+//! Deterministic pseudo-random models, small enough for unit tests anywhere in the crate.
+
+use candle_core::{Device, Tensor};
+
+use super::weights::{assemble, WeightSource};
+use super::{Arch, Model, ModelConfig, Result};
+
+impl ModelConfig {
+    /// A tiny configuration for tests: 2 blocks, hidden 64, 4 query / 2 KV heads of width 16,
+    /// MLP 128, vocabulary 256 (every width a multiple of 32, the GGUF quantization block).
+    pub fn tiny(arch: Arch) -> Self {
+        ModelConfig {
+            arch,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            vocab_size: 256,
+            tie_word_embeddings: arch == Arch::Qwen2,
+            max_position_embeddings: 128,
+            sliding_window: None,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+        }
+    }
+}
+
+/// A model whose weights come from a seeded generator: linears uniform in ±1/√in (so
+/// activations stay O(1)), norms 1 ± 0.2, embeddings ±1, biases ±0.1.
+pub(crate) fn model(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Model> {
+    assemble(cfg, &mut RandomSource(SplitMix64(seed)), device)
+}
+
+struct RandomSource(SplitMix64);
+
+impl WeightSource for RandomSource {
+    fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let (center, scale) = if name.ends_with("norm.weight") {
+            (1.0, 0.2)
+        } else if name.ends_with(".bias") {
+            (0.0, 0.1)
+        } else if name.contains("embed_tokens") || name.starts_with("lm_head") {
+            (0.0, 1.0)
+        } else {
+            (0.0, 1.0 / (shape[1] as f32).sqrt())
+        };
+        let data: Vec<f32> = (0..n).map(|_| center + scale * self.0.uniform()).collect();
+        Ok(Tensor::from_vec(data, shape, device)?)
+    }
+
+    fn contains(&self, _name: &str) -> bool {
+        false // optional tensors (biases a family does not require) are left out
+    }
+}
+
+/// The SplitMix64 generator: tiny, seedable, good enough for test weights.
+pub(crate) struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [−1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        // The top 24 bits fill an f32 mantissa exactly.
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}

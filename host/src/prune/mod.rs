@@ -1,0 +1,26 @@
+//! Pruning on the host: masks from untrusted scores, SparseGPT, native baseline metrics.
+//!
+//! - [`mask`]: validate a metric's scores and turn them into a [`Mask`] for a
+//!   comparison group ([`Pattern`]: per row, per layer, N:M), exactly as the
+//!   reference code does; apply it; hash it for behavioural dedup.
+//! - [`sparsegpt`]: the SparseGPT method (Hessian accumulation, `fasterprune` with
+//!   the OBS weight update), faithful to IST-DASLab/sparsegpt as locuslab/wanda runs it.
+//! - [`native`]: magnitude, Wanda and RIA scores in plain Rust (built-in references
+//!   and the native side of wasm-vs-native benchmarks).
+
+pub mod mask;
+pub mod native;
+pub mod sparsegpt;
+
+pub use mask::{
+    prune_count, sparsity_from_f32, validate_scores, Mask, MaskError, ParsePatternError, Pattern,
+};
+pub use sparsegpt::{
+    fasterprune, prune_with_factor, HessianAccumulator, HessianFactor, SparseGptConfig,
+    SparseGptError, SparseGptStats,
+};
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests: a builder on a shared test cache, plugins from
+//! attack sources, small synthetic layers.
+#![allow(dead_code)]
+
+use autoprune::build::{BuildOptions, Builder, Isolation};
+use autoprune::check::SyntheticLayer;
+use autoprune::layer::LayerKind;
+use autoprune::sandbox::{ArtifactCache, Failure, Plugin, Policy};
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A cache shared by all test binaries (the staged SDK is reused).
+pub fn cache() -> ArtifactCache {
+    ArtifactCache::open(workspace().join("target/test-cache")).expect("test cache")
+}
+
+/// A bubblewrap builder, with or without the lint.
+pub fn builder(lint: bool) -> Builder {
+    let opts = BuildOptions {
+        isolation: Isolation::Bwrap,
+        lint,
+        timeout_secs: 20,
+        ..BuildOptions::default()
+    };
+    Builder::new(cache(), opts).expect("builder (is bubblewrap installed? run ./setup.sh)")
+}
+
+/// Read a file from tests/attacks or candidates.
+pub fn source(rel: &str) -> String {
+    std::fs::read_to_string(workspace().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Build and load `rel` under `policy`.
+pub fn plugin(rel: &str, policy: &Policy) -> Result<Plugin, Failure> {
+    let built = builder(true).build(&source(rel))?;
+    Plugin::load(&built.wasm, policy, Some(&cache()))
+}
+
+/// A small synthetic layer (64×128, heavy-tailed).
+pub fn small_layer() -> SyntheticLayer {
+    SyntheticLayer::generate(64, 128, LayerKind::Q, 1)
+}
