@@ -338,3 +338,53 @@ mod tests {
         assert!((p.ppl / 27.1338 - 1.0).abs() < 0.005, "ppl {}", p.ppl);
     }
 }
+
+#[cfg(test)]
+mod profile_tmp {
+    use super::*;
+    use candle_core::Device;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn profile_stages() {
+        let data = crate::data::DataDir::resolve();
+        let gguf = data.smollm2_gguf().unwrap();
+        let model = Model::load(&gguf, &Device::Cpu).unwrap();
+        let tk = crate::model::Tokenizer::from_gguf(&gguf).unwrap();
+        let tokens = tk.encode(&data.sotu_streams().unwrap().eval).unwrap();
+        let b: usize = std::env::var("B").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+        for rep in 0..2 {
+            let windows: Vec<&[u32]> = tokens.chunks(512).skip(rep * b).take(b).collect();
+            let ids = model.ids_tensor(&windows).unwrap();
+            let t0 = Instant::now();
+            let rope = model.rope(512).unwrap();
+            let mut x = model.embed(&ids).unwrap();
+            let mut attn_t = 0.0;
+            let mut mlp_t = 0.0;
+            for blk in &model.blocks {
+                let s = Instant::now();
+                let xn = blk.input_layernorm.forward(&x).unwrap();
+                let q = blk.q_proj.forward(&xn).unwrap();
+                let k = blk.k_proj.forward(&xn).unwrap();
+                let v = blk.v_proj.forward(&xn).unwrap();
+                let e1 = s.elapsed().as_secs_f64();
+                let _ = (q, k, v);
+                x = blk.forward(&x, &rope, &mut |_, _| Ok(())).unwrap();
+                let e2 = s.elapsed().as_secs_f64();
+                attn_t += e1;
+                mlp_t += e2 - 2.0 * e1;
+            }
+            let t1 = Instant::now();
+            let logits = model.logits(&x.narrow(1, 0, 511).unwrap()).unwrap();
+            let t2 = Instant::now();
+            let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
+            let nll = position_nll(&logits, &targets).unwrap();
+            let t3 = Instant::now();
+            eprintln!(
+                "b={b}: blocks {:.2}s (qkv-only {:.2}s, rest {:.2}s), logits {:.2}s, nll {:.2}s, sum {}",
+                (t1 - t0).as_secs_f64(), attn_t, mlp_t, (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64(), nll.iter().sum::<f64>()
+            );
+        }
+    }
+}

@@ -11,6 +11,7 @@ fn main() {
         Command::Build(a) => cli::build::run(a),
         Command::Check(a) => cli::check::run(a),
         Command::Sdk(a) => cli::sdk::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

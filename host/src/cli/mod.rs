@@ -1,5 +1,6 @@
 //! The `autoprune` command line: one file per subcommand.
 
+pub mod bench;
 pub mod build;
 pub mod check;
 pub mod sdk;
@@ -25,6 +26,8 @@ pub enum Command {
     Check(check::Args),
     /// Build (if needed) and print the folder of the prebuilt guest SDK.
     Sdk(sdk::Args),
+    /// Benchmark the sandbox: wasm vs native Wanda, build and instantiation times.
+    Bench(bench::Args),
 }
 
 /// Flags shared by every subcommand that compiles candidate source.

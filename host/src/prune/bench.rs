@@ -81,3 +81,33 @@ fn bench_sparsegpt() {
         );
     }
 }
+
+#[test]
+#[ignore]
+fn bench_native_metrics() {
+    use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
+    let mut rng = Rng::new(3);
+    for (rows, cols) in [(4096, 4096), (576, 1536)] {
+        let n = rows * cols;
+        let w = rng.normals(n);
+        let mut stats = ChannelStats::new(cols);
+        stats.accumulate(&rng.normals(64 * cols));
+        let layer = LayerData {
+            id: LayerId {
+                block: 0,
+                num_blocks: 1,
+                kind: LayerKind::Up,
+            },
+            rows,
+            cols,
+            weights: &w,
+            stats: &stats,
+            gradient: None,
+            sparsity: 0.5,
+        };
+        println!("-- native metrics {rows}x{cols} (single thread)");
+        time("magnitude", n, || super::native::magnitude(&layer));
+        time("wanda", n, || super::native::wanda(&layer));
+        time("ria", n, || super::native::ria(&layer));
+    }
+}

@@ -110,6 +110,9 @@ fn first_non_finite(what: &'static str, v: &[f32]) -> Result<()> {
 }
 
 /// The running `H = 2/N · Σ x xᵀ` of one layer's inputs (`cols × cols`, f64).
+///
+/// `H` is symmetric: only its lower triangle (`j <= i`) is stored and updated, which
+/// halves the work; [`HessianAccumulator::to_matrix`] mirrors it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HessianAccumulator {
     cols: usize,
@@ -127,14 +130,18 @@ impl HessianAccumulator {
         }
     }
 
-    /// Wrap an existing row-major `cols × cols` Hessian (e.g. a cached one).
-    pub fn from_matrix(cols: usize, h: Vec<f64>, nsamples: u64) -> Result<Self> {
+    /// Wrap an existing row-major `cols × cols` Hessian (e.g. a cached one). Only its
+    /// lower triangle is used, as `torch.linalg.cholesky` does.
+    pub fn from_matrix(cols: usize, mut h: Vec<f64>, nsamples: u64) -> Result<Self> {
         if h.len() != cols * cols {
             return Err(SparseGptError::Shape {
                 what: "hessian",
                 got: h.len(),
                 expected: cols * cols,
             });
+        }
+        for (i, row) in h.chunks_mut(cols.max(1)).enumerate() {
+            row[i + 1..].iter_mut().for_each(|v| *v = 0.0);
         }
         Ok(HessianAccumulator { cols, h, nsamples })
     }
@@ -149,9 +156,16 @@ impl HessianAccumulator {
         self.nsamples
     }
 
-    /// The current `H`, row-major `cols × cols`.
-    pub fn matrix(&self) -> &[f64] {
-        &self.h
+    /// The current `H`, row-major `cols × cols`, symmetric.
+    pub fn to_matrix(&self) -> Vec<f64> {
+        let n = self.cols;
+        let mut m = self.h.clone();
+        for i in 0..n {
+            for j in 0..i {
+                m[j * n + i] = m[i * n + j];
+            }
+        }
+        m
     }
 
     /// Add one batch: `x` is row-major `[tokens, cols]`, `samples` how many sequences
@@ -175,27 +189,34 @@ impl HessianAccumulator {
         let n0 = self.nsamples as f64;
         let n1 = n0 + samples as f64;
         let (keep, add) = (n0 / n1, 2.0 / n1);
-        if tokens == 0 {
-            self.h.iter_mut().for_each(|h| *h *= keep);
+        let n = self.cols;
+        let g = if tokens == 0 {
+            vec![0.0; n * n]
         } else {
-            let g = gram(x, tokens, self.cols)?;
-            self.h
-                .par_iter_mut()
-                .zip(g.par_iter())
-                .for_each(|(h, &g)| *h = *h * keep + add * g as f64);
-        }
+            gram_lower(x, tokens, n)?
+        };
+        self.h
+            .par_chunks_mut(n)
+            .zip(g.par_chunks(n))
+            .enumerate()
+            .for_each(|(i, (h, g))| {
+                for (h, &g) in h[..=i].iter_mut().zip(&g[..=i]) {
+                    *h = *h * keep + add * g as f64;
+                }
+            });
         self.nsamples += samples as u64;
         Ok(())
     }
 }
 
 /// Column tile of the Gram matrix: `XᵀX` is symmetric, so only the tiles on and below
-/// the diagonal are multiplied (6 of 9 for 1536 columns), and GEMMs of 512 columns
-/// still run at full speed.
+/// the diagonal are multiplied (6 of 9 for 1536 columns, 3 of 4 for 576), and GEMMs
+/// of 288–512 columns still run near full speed.
 const GRAM_TILE: usize = 512;
 
-/// `XᵀX` for row-major `x: [tokens, cols]` in f32 GEMMs; exactly symmetric.
-fn gram(x: &[f32], tokens: usize, cols: usize) -> Result<Vec<f32>> {
+/// The lower triangle (and diagonal tiles) of `XᵀX` for row-major `x: [tokens, cols]`,
+/// in f32 GEMMs; entries above the diagonal tiles are left 0.
+fn gram_lower(x: &[f32], tokens: usize, cols: usize) -> Result<Vec<f32>> {
     let t = Tensor::from_slice(x, (tokens, cols), &Device::Cpu)?;
     let p = cols.div_ceil(GRAM_TILE);
     let tile = cols.div_ceil(p);
@@ -212,25 +233,10 @@ fn gram(x: &[f32], tokens: usize, cols: usize) -> Result<Vec<f32>> {
                 .matmul(&parts[b])?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            let (a0, b0) = (starts[a], starts[b]);
-            let (ta, tb) = (parts[a].dim(1)?, parts[b].dim(1)?);
-            for i in 0..ta {
-                g[(a0 + i) * cols + b0..(a0 + i) * cols + b0 + tb]
-                    .copy_from_slice(&blk[i * tb..(i + 1) * tb]);
+            let (a0, b0, tb) = (starts[a], starts[b], parts[b].dim(1)?);
+            for (i, src) in blk.chunks_exact(tb).enumerate() {
+                g[(a0 + i) * cols + b0..(a0 + i) * cols + b0 + tb].copy_from_slice(src);
             }
-            if a != b {
-                for i in 0..ta {
-                    for j in 0..tb {
-                        g[(b0 + j) * cols + a0 + i] = blk[i * tb + j];
-                    }
-                }
-            }
-        }
-    }
-    // Diagonal tiles come from one GEMM each; make them exactly symmetric too.
-    for i in 0..cols {
-        for j in 0..i {
-            g[j * cols + i] = g[i * cols + j];
         }
     }
     Ok(g)
@@ -419,18 +425,35 @@ fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
                 row[k0 + j] = (row[k0 + j] - dot(&row[k0..k0 + j], &lj[..j])) / lj[j];
             }
         });
-        // 3. Trailing update A22 -= L21·L21ᵀ (lower part).
+        // 3. Trailing update A22 -= L21·L21ᵀ, lower part only: one GEMM per column tile
+        //    (half the flops of one square GEMM).
         let m = n - k1;
         let panel: Vec<f64> = below
             .chunks(n)
             .flat_map(|row| row[k0..k1].iter().copied())
             .collect();
-        let g = gemm_f64(&panel, m, nb, &panel, m, true)?;
-        below.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            for (x, y) in row[k1..=k1 + i].iter_mut().zip(&g[i * m..i * m + i + 1]) {
-                *x -= y;
-            }
-        });
+        for t0 in (0..m).step_by(NB) {
+            let t1 = (t0 + NB).min(m);
+            let w = t1 - t0;
+            let g = gemm_f64(
+                &panel[t0 * nb..],
+                m - t0,
+                nb,
+                &panel[t0 * nb..t1 * nb],
+                w,
+                true,
+            )?;
+            below[t0 * n..]
+                .par_chunks_mut(n)
+                .zip(g.par_chunks(w))
+                .enumerate()
+                .for_each(|(i, (row, g))| {
+                    let c = k1 + t0;
+                    for (x, y) in row[c..c + w.min(i + 1)].iter_mut().zip(g) {
+                        *x -= y;
+                    }
+                });
+        }
     }
     Ok(())
 }
@@ -452,7 +475,7 @@ fn invert_lower_block(l: &[f64], n: usize, r0: usize, r1: usize) -> Vec<f64> {
 
 /// Inverse of a row-major lower-triangular matrix (only `j <= i` read), row-major,
 /// zero above the diagonal. Block row by block row:
-/// `X[I, :I] = −X_II · (L[I, :I] · X[:I, :I])`, two GEMMs per block row.
+/// `X[I, :I] = −X_II · (L[I, :I] · X[:I, :I])`.
 fn invert_lower(l: &[f64], n: usize) -> Result<Vec<f64>> {
     let mut x = vec![0.0f64; n * n];
     for i0 in (0..n).step_by(NB) {
@@ -460,13 +483,23 @@ fn invert_lower(l: &[f64], n: usize) -> Result<Vec<f64>> {
         let nb = i1 - i0;
         let xii = invert_lower_block(l, n, i0, i1);
         if i0 > 0 {
-            let lb: Vec<f64> = (i0..i1)
-                .flat_map(|r| l[r * n..r * n + i0].to_vec())
-                .collect();
-            let xt: Vec<f64> = (0..i0)
-                .flat_map(|r| x[r * n..r * n + i0].to_vec())
-                .collect();
-            let t = gemm_f64(&lb, nb, i0, &xt, i0, false)?;
+            // T = L[I, :I]·X[:I, :I], one GEMM per column tile J of the lower-triangular
+            // X (only rows J.. of it are non-zero): half the flops of one square GEMM.
+            let mut t = vec![0.0f64; nb * i0];
+            for j0 in (0..i0).step_by(NB) {
+                let j1 = (j0 + NB).min(i0);
+                let (w, depth) = (j1 - j0, i0 - j0);
+                let a: Vec<f64> = (i0..i1)
+                    .flat_map(|r| l[r * n + j0..r * n + i0].to_vec())
+                    .collect();
+                let b: Vec<f64> = (j0..i0)
+                    .flat_map(|r| x[r * n + j0..r * n + j1].to_vec())
+                    .collect();
+                let tj = gemm_f64(&a, nb, depth, &b, w, false)?;
+                for r in 0..nb {
+                    t[r * i0 + j0..r * i0 + j1].copy_from_slice(&tj[r * w..(r + 1) * w]);
+                }
+            }
             let y = gemm_f64(&xii, nb, nb, &t, i0, false)?;
             for r in 0..nb {
                 for (d, v) in x[(i0 + r) * n..(i0 + r) * n + i0]
@@ -988,17 +1021,17 @@ mod tests {
         let mut h = HessianAccumulator::new(2);
         h.add_batch(&[1.0, 2.0, 3.0, 4.0], 1).unwrap();
         // After one sample: 2/1 · (x1 x1ᵀ + x2 x2ᵀ) = 2 · [[10, 14], [14, 20]].
-        assert_eq!(h.matrix(), [20.0, 28.0, 28.0, 40.0]);
+        assert_eq!(h.to_matrix(), [20.0, 28.0, 28.0, 40.0]);
         h.add_batch(&[0.0, 1.0], 2).unwrap();
         // N = 3: H = 2/3 · Σ x xᵀ = 2/3 · [[10, 14], [14, 21]].
         let want = [20.0 / 3.0, 28.0 / 3.0, 28.0 / 3.0, 14.0];
         assert!(
-            h.matrix()
+            h.to_matrix()
                 .iter()
                 .zip(want)
                 .all(|(a, b)| close(*a, b, 1e-12)),
             "{:?}",
-            h.matrix()
+            h.to_matrix()
         );
         assert_eq!(h.nsamples(), 3);
         assert!(matches!(
@@ -1016,6 +1049,32 @@ mod tests {
                 index: 1,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn tiled_gram_matches_naive_lower_triangle() {
+        // 1100 columns → 3 tiles of 367: off-diagonal tiles and a ragged last tile.
+        let mut rng = Rng::new(10);
+        let (tokens, cols) = (24, 1100);
+        let x = rng.normals(tokens * cols);
+        let g = gram_lower(&x, tokens, cols).unwrap();
+        for i in (0..cols).step_by(7) {
+            for j in (0..=i).step_by(5) {
+                let want: f64 = (0..tokens)
+                    .map(|t| x[t * cols + i] as f64 * x[t * cols + j] as f64)
+                    .sum();
+                assert!(close(g[i * cols + j] as f64, want, 1e-4), "({i},{j})");
+            }
+        }
+        let mut h = HessianAccumulator::new(cols);
+        h.add_batch(&x, 1).unwrap();
+        let m = h.to_matrix();
+        assert_eq!(m[3 * cols + 1000], m[1000 * cols + 3]);
+        assert!(close(
+            m[1000 * cols + 3],
+            2.0 * g[1000 * cols + 3] as f64,
+            1e-12
         ));
     }
 
@@ -1072,7 +1131,7 @@ mod tests {
             let x = inputs(&mut rng, 2 * n, n);
             let h = hessian_of(&x, n, 2);
             let f = HessianFactor::new(&h, 0.01).unwrap();
-            let mut damped = h.matrix().to_vec();
+            let mut damped = h.to_matrix();
             for i in 0..n {
                 damped[i * n + i] += f.damp();
             }
@@ -1359,7 +1418,7 @@ mod probe {
             let (mut tiled, mut plain) = (f64::MAX, f64::MAX);
             for _ in 0..6 {
                 let t = Instant::now();
-                gram(&x, 512, cols).unwrap();
+                gram_lower(&x, 512, cols).unwrap();
                 tiled = tiled.min(t.elapsed().as_secs_f64());
                 let t = Instant::now();
                 let a = Tensor::from_slice(&x, (512, cols), &Device::Cpu).unwrap();
@@ -1382,7 +1441,7 @@ mod probe {
         let cols = 1536;
         let big = rng.normals(4096 * cols);
         let t = Instant::now();
-        gram(&big, 4096, cols).unwrap();
+        gram_lower(&big, 4096, cols).unwrap();
         let s = t.elapsed().as_secs_f64();
         println!(
             "gram 4096 tokens: {:.1} ms {:.1} GFLOP/s",
@@ -1392,7 +1451,7 @@ mod probe {
         let mut h = HessianAccumulator::new(cols);
         h.add_batch(&big, 8).unwrap();
         let n = cols;
-        let mut a = h.matrix().to_vec();
+        let mut a = h.to_matrix();
         for i in 0..n {
             a[i * n + i] += 0.01;
         }

@@ -227,6 +227,19 @@ impl Plugin {
         })
     }
 
+    /// Create a fresh store and instance and drop them, as every evaluation does; returns the
+    /// time it took (for benchmarks).
+    pub fn instantiate_only(&self) -> Result<Duration, Failure> {
+        let start = Instant::now();
+        let timeout = self.policy.score_timeout();
+        let mut store = self.store(self.policy.fuel_base, timeout);
+        self.pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, self.policy.fuel_base, timeout))?;
+        drop(store);
+        Ok(start.elapsed())
+    }
+
     /// Score one layer in a fresh store. The host checks everything that comes back.
     pub fn score(&self, layer: &LayerData<'_>) -> Result<Scored, Failure> {
         if layer.weights.len() != layer.rows * layer.cols || layer.stats.cols() != layer.cols {

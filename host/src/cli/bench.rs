@@ -1,0 +1,119 @@
+//! `autoprune bench`: measured speed of the sandbox path against native code, in one run.
+//!
+//! Prints ratios against baselines measured in the same process, never absolute pass/fail.
+
+use super::BuildFlags;
+use autoprune::build::{default_cache, Builder};
+use autoprune::check::SyntheticLayer;
+use autoprune::layer::LayerKind;
+use autoprune::prune::native;
+use autoprune::sandbox::{Plugin, Policy};
+use std::time::{Duration, Instant};
+
+/// Arguments of `autoprune bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    pub reps: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub flags: BuildFlags,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(f());
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+const WANDA: &str = include_str!("../../../candidates/wanda.rs");
+
+fn build_times(builder: &Builder, reps: usize) -> anyhow::Result<(f64, f64, f64)> {
+    // Cold: the first compile of this process (toolchain files may already be in the page
+    // cache; the artifact is not). Warm: a fresh source (new hash) compiled again. Cached:
+    // the same source again.
+    let nonce = format!("{:?}", Instant::now());
+    let src = |k: usize| format!("{WANDA}\n// bench {nonce} {k}\n");
+    let cold = builder.build(&src(0)).map_err(|f| anyhow::anyhow!("{f}"))?.seconds;
+    let warm = median(
+        (1..=reps.min(5))
+            .map(|k| builder.build(&src(k)).map(|b| b.seconds))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|f| anyhow::anyhow!("{f}"))?,
+    );
+    let cached = time(reps, || builder.build(&src(1)));
+    Ok((cold, warm, cached))
+}
+
+/// Run it.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let reps = args.reps.max(1);
+    let builder = args.flags.builder()?;
+    let (cold, warm, cached) = build_times(&builder, reps)?;
+    let built = builder.build(WANDA).map_err(|f| anyhow::anyhow!("{f}"))?;
+    let plugin = Plugin::load(&built.wasm, &Policy::default(), Some(&default_cache()?))
+        .map_err(|f| anyhow::anyhow!("{f}"))?;
+    let inst = median(
+        (0..reps.max(50))
+            .map(|_| plugin.instantiate_only().map(|d: Duration| d.as_secs_f64()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|f| anyhow::anyhow!("{f}"))?,
+    );
+    let mut rows = Vec::new();
+    for (r, c) in [(4096usize, 4096usize), (11008, 4096)] {
+        let layer = SyntheticLayer::generate(r, c, LayerKind::Gate, 0);
+        let data = layer.data(0.5);
+        let nat = time(reps, || native::wanda(&data));
+        let wasm = time(reps, || plugin.score(&data).expect("wanda scores"));
+        // The same formula must give the same numbers.
+        let (a, b) = (native::wanda(&data), plugin.score(&data).expect("scores").scores);
+        let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+        let n = (r * c) as f64;
+        rows.push(serde_json::json!({
+            "shape": format!("{r}x{c}"), "native_ns_per_weight": nat * 1e9 / n,
+            "wasm_ns_per_weight": wasm * 1e9 / n, "ratio": wasm / nat, "bit_identical": same,
+        }));
+    }
+    let report = serde_json::json!({
+        "wanda": rows,
+        "build_seconds": { "cold": cold, "warm": warm, "cached": cached },
+        "instantiate_microseconds": inst * 1e6,
+        "reps": reps,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    println!("Wanda, wasm guest (tile path, fresh store per call) vs native Rust, median of {reps}:");
+    println!("{:<12} {:>12} {:>12} {:>8} {:>10}", "layer", "native ns/w", "wasm ns/w", "ratio", "identical");
+    for r in &rows {
+        println!(
+            "{:<12} {:>12.3} {:>12.3} {:>7.2}x {:>10}",
+            r["shape"].as_str().unwrap_or(""),
+            r["native_ns_per_weight"].as_f64().unwrap_or(0.0),
+            r["wasm_ns_per_weight"].as_f64().unwrap_or(0.0),
+            r["ratio"].as_f64().unwrap_or(0.0),
+            r["bit_identical"]
+        );
+    }
+    println!(
+        "build (bubblewrap={}): cold {:.3} s, warm {:.3} s, cached {:.4} s",
+        !args.flags.trusted, cold, warm, cached
+    );
+    println!("instantiate (fresh store + instance): {:.1} µs", inst * 1e6);
+    Ok(0)
+}
