@@ -6,6 +6,7 @@ use std::time::Instant;
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
+use crate::model::kernels::sum_exp_shifted;
 use crate::model::{Model, ModelError};
 
 /// Errors of an evaluation.
@@ -187,23 +188,10 @@ fn rows_nll(data: &[f32], vocab: usize, targets: &[u32]) -> Vec<f64> {
 }
 
 /// Stable `logsumexp(row) − row[target]`: exponentials of `x − max` are ≤ 1, so the sum
-/// cannot overflow; it is accumulated in eight f32 lanes, then in f64.
+/// cannot overflow.
 fn row_nll(row: &[f32], target: usize) -> f64 {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut lanes = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f64 = chunks
-        .remainder()
-        .iter()
-        .map(|&v| f64::from((v - max).exp()))
-        .sum();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l += (v - max).exp();
-        }
-    }
-    let sum = lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + tail;
-    f64::from(max) + sum.ln() - f64::from(row[target])
+    f64::from(max) + sum_exp_shifted(row, max).ln() - f64::from(row[target])
 }
 
 /// Device path (CUDA later): the same formula with tensor ops, then one small copy.
@@ -351,40 +339,71 @@ mod profile_tmp {
         let data = crate::data::DataDir::resolve();
         let gguf = data.smollm2_gguf().unwrap();
         let model = Model::load(&gguf, &Device::Cpu).unwrap();
-        let tk = crate::model::Tokenizer::from_gguf(&gguf).unwrap();
-        let tokens = tk.encode(&data.sotu_streams().unwrap().eval).unwrap();
-        let b: usize = std::env::var("B").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-        for rep in 0..2 {
-            let windows: Vec<&[u32]> = tokens.chunks(512).skip(rep * b).take(b).collect();
-            let ids = model.ids_tensor(&windows).unwrap();
-            let t0 = Instant::now();
-            let rope = model.rope(512).unwrap();
-            let mut x = model.embed(&ids).unwrap();
-            let mut attn_t = 0.0;
-            let mut mlp_t = 0.0;
-            for blk in &model.blocks {
-                let s = Instant::now();
-                let xn = blk.input_layernorm.forward(&x).unwrap();
-                let q = blk.q_proj.forward(&xn).unwrap();
-                let k = blk.k_proj.forward(&xn).unwrap();
-                let v = blk.v_proj.forward(&xn).unwrap();
-                let e1 = s.elapsed().as_secs_f64();
-                let _ = (q, k, v);
-                x = blk.forward(&x, &rope, &mut |_, _| Ok(())).unwrap();
-                let e2 = s.elapsed().as_secs_f64();
-                attn_t += e1;
-                mlp_t += e2 - 2.0 * e1;
-            }
-            let t1 = Instant::now();
-            let logits = model.logits(&x.narrow(1, 0, 511).unwrap()).unwrap();
-            let t2 = Instant::now();
-            let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].iter().copied()).collect();
-            let nll = position_nll(&logits, &targets).unwrap();
-            let t3 = Instant::now();
-            eprintln!(
-                "b={b}: blocks {:.2}s (qkv-only {:.2}s, rest {:.2}s), logits {:.2}s, nll {:.2}s, sum {}",
-                (t1 - t0).as_secs_f64(), attn_t, mlp_t, (t2 - t1).as_secs_f64(), (t3 - t2).as_secs_f64(), nll.iter().sum::<f64>()
-            );
+        let b: usize = std::env::var("B").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+        let t = 512;
+        let x = Tensor::randn(0f32, 1.0, (b, t, 576), &Device::Cpu).unwrap();
+        let rope = model.rope(t).unwrap();
+        let blk = &model.blocks[3];
+        let mut best = [f64::MAX; 10];
+        for _ in 0..5 {
+            let mut tm = Vec::new();
+            let mut s = Instant::now();
+            let mut lap = |tm: &mut Vec<f64>| { tm.push(s.elapsed().as_secs_f64()); s = Instant::now(); };
+            let xn = blk.input_layernorm.forward(&x).unwrap(); lap(&mut tm);
+            let q = blk.q_proj.forward(&xn).unwrap();
+            let k = blk.k_proj.forward(&xn).unwrap();
+            let v = blk.v_proj.forward(&xn).unwrap(); lap(&mut tm);
+            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, 64)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+            let q = rope.apply(&heads(q, 9)).unwrap();
+            let k = rope.apply(&heads(k, 3)).unwrap();
+            let v = heads(v, 3); lap(&mut tm);
+            let q = q.reshape((b, 3, 3 * t, 64)).unwrap();
+            let scores = q.matmul(&k.t().unwrap()).unwrap(); lap(&mut tm);
+            let probs = crate::model::kernels::causal_softmax(&scores, 0.125).unwrap(); lap(&mut tm);
+            let out = probs.reshape((b, 3, 3 * t, t)).unwrap().matmul(&v).unwrap(); lap(&mut tm);
+            let attn = out.reshape((b, 9, t, 64)).unwrap().transpose(1, 2).unwrap().reshape((b, t, 576)).unwrap(); lap(&mut tm);
+            let h = (&x + blk.o_proj.forward(&attn).unwrap()).unwrap(); lap(&mut tm);
+            let hn = blk.post_attention_layernorm.forward(&h).unwrap();
+            let g = blk.gate_proj.forward(&hn).unwrap();
+            let u = blk.up_proj.forward(&hn).unwrap(); lap(&mut tm);
+            let a = crate::model::kernels::swiglu(&g, &u).unwrap(); lap(&mut tm);
+            let _y = (h + blk.down_proj.forward(&a).unwrap()).unwrap();
+            for (bst, v) in best.iter_mut().zip(&tm) { *bst = bst.min(*v); }
         }
+        let names = ["norm", "qkv", "heads+rope", "qk^T", "mask+softmax", "pv", "merge", "o+res", "norm+gate+up", "swiglu"];
+        for (n, v) in names.iter().zip(best) { eprintln!("b={b} {n:>14}: {:.1} ms", v * 1e3); }
+        let xs = x.narrow(1, 0, t - 1).unwrap();
+        let mut lb = f64::MAX; let mut nb = f64::MAX;
+        for _ in 0..3 {
+            let s = Instant::now();
+            let logits = model.logits(&xs).unwrap();
+            lb = lb.min(s.elapsed().as_secs_f64());
+            let targets = vec![5u32; b * (t - 1)];
+            let s = Instant::now();
+            let _ = position_nll(&logits, &targets).unwrap();
+            nb = nb.min(s.elapsed().as_secs_f64());
+        }
+        eprintln!("b={b} logits {:.1} ms, nll {:.1} ms", lb * 1e3, nb * 1e3);
+    }
+}
+
+#[cfg(test)]
+mod micro_tmp {
+    use std::time::Instant;
+    #[test]
+    #[ignore]
+    fn micro_exp() {
+        let row: Vec<f32> = (0..49152).map(|i| ((i * 7919) % 1000) as f32 * -0.01).collect();
+        let mut best = [f64::MAX; 2];
+        let mut acc = 0.0;
+        for _ in 0..20 {
+            let s = Instant::now();
+            for _ in 0..20 { acc += crate::model::kernels::sum_exp_shifted(&row, 0.0); }
+            best[0] = best[0].min(s.elapsed().as_secs_f64() / (20.0 * 49152.0));
+            let s = Instant::now();
+            for _ in 0..20 { acc += row.iter().map(|&v| f64::from(v.exp())).sum::<f64>(); }
+            best[1] = best[1].min(s.elapsed().as_secs_f64() / (20.0 * 49152.0));
+        }
+        eprintln!("fast {:.3} ns/elem, libm {:.3} ns/elem ({acc})", best[0] * 1e9, best[1] * 1e9);
     }
 }

@@ -13,5 +13,7 @@ pub mod data;
 pub mod eval;
 pub mod layer;
 pub mod model;
+pub mod pipeline;
 pub mod prune;
+pub mod report;
 pub mod sandbox;

@@ -12,6 +12,8 @@ fn main() {
         Command::Check(a) => cli::check::run(a),
         Command::Sdk(a) => cli::sdk::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Prune(a) => cli::prune::run(*a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

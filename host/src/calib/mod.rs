@@ -1,1 +1,190 @@
-//! calib (in progress)
+//! Calibration: text → token windows → per-linear input statistics of one block.
+//!
+//! Windows follow the SOTU-512 protocol (evenly spaced, deterministic) or classic random
+//! sampling with a recorded seed. Statistics are accumulated in f64 from the dense forward of
+//! a block; inputs shared by several linears (q/k/v, gate/up) are accumulated once.
+
+pub mod tokens;
+
+use crate::layer::{ChannelStats, LayerKind};
+use crate::model::{Block, ModelError, Rope};
+use crate::prune::sparsegpt::HessianAccumulator;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How calibration windows are placed in the calibration stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "sampler", rename_all = "snake_case")]
+pub enum Sampler {
+    /// `offset_k = floor(k · (L − seqlen) / n)`: the SOTU-512 protocol, no random generator.
+    Even,
+    /// Uniform random offsets in `[0, L − seqlen − 1]` from a SplitMix64 stream seeded here.
+    Random {
+        /// The seed (recorded in every report).
+        seed: u64,
+    },
+}
+
+/// Calibration problems caused by the input text or settings.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibError {
+    /// The stream cannot hold one window.
+    #[error("the calibration text has {tokens} tokens; {windows} windows of {seq_len} tokens need at least {needed}")]
+    TooShort {
+        /// Tokens in the stream.
+        tokens: usize,
+        /// Tokens needed.
+        needed: usize,
+        /// Windows requested.
+        windows: usize,
+        /// Window length.
+        seq_len: usize,
+    },
+    /// A forward pass failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A statistic could not be accumulated.
+    #[error("statistics: {0}")]
+    Stats(String),
+}
+
+/// Start offsets of `n` windows of `seq_len` tokens in a stream of `len` tokens.
+pub fn window_offsets(
+    len: usize,
+    n: usize,
+    seq_len: usize,
+    sampler: Sampler,
+) -> Result<Vec<usize>, CalibError> {
+    if n == 0 || seq_len == 0 || len <= seq_len {
+        return Err(CalibError::TooShort {
+            tokens: len,
+            needed: seq_len + 1,
+            windows: n,
+            seq_len,
+        });
+    }
+    Ok(match sampler {
+        Sampler::Even => (0..n).map(|k| k * (len - seq_len) / n).collect(),
+        Sampler::Random { seed } => {
+            let mut s = seed;
+            (0..n)
+                .map(|_| {
+                    s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let mut z = s;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    ((z ^ (z >> 31)) % (len - seq_len) as u64) as usize
+                })
+                .collect()
+        }
+    })
+}
+
+/// The windows at `offsets`.
+pub fn windows<'a>(tokens: &'a [u32], offsets: &[usize], seq_len: usize) -> Vec<&'a [u32]> {
+    offsets.iter().map(|&o| &tokens[o..o + seq_len]).collect()
+}
+
+/// Which captured tensor a linear reads: q/k/v share one, gate/up share one.
+pub fn input_slot(kind: LayerKind) -> LayerKind {
+    match kind {
+        LayerKind::K | LayerKind::V => LayerKind::Q,
+        LayerKind::Up => LayerKind::Gate,
+        k => k,
+    }
+}
+
+/// What a block's dense pass collected, per input slot (see [`input_slot`]).
+#[derive(Debug, Default)]
+pub struct BlockInputs {
+    /// Channel statistics per slot.
+    pub stats: BTreeMap<LayerKind, ChannelStats>,
+    /// SparseGPT Hessians per slot, when asked for.
+    pub hessians: BTreeMap<LayerKind, HessianAccumulator>,
+}
+
+impl BlockInputs {
+    /// Statistics of the inputs of `kind`.
+    pub fn stats(&self, kind: LayerKind) -> Option<&ChannelStats> {
+        self.stats.get(&input_slot(kind))
+    }
+
+    /// Hessian of the inputs of `kind`.
+    pub fn hessian(&self, kind: LayerKind) -> Option<&HessianAccumulator> {
+        self.hessians.get(&input_slot(kind))
+    }
+}
+
+/// Dense pass of `block` over `batches` (each `[b, seq, hidden]`), accumulating statistics of
+/// every linear's inputs, and SparseGPT Hessians (one sample per window) if `hessians`.
+pub fn collect_block_inputs(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+    hessians: bool,
+) -> Result<BlockInputs, CalibError> {
+    let mut acc = BlockInputs::default();
+    for x in batches {
+        let mut err: Option<CalibError> = None;
+        block.collect_inputs(x, rope, &mut |kind, t| {
+            if input_slot(kind) != kind {
+                return Ok(()); // shared input, accumulated under its slot
+            }
+            let (b, _, cols) = t.dims3()?;
+            let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            acc.stats
+                .entry(kind)
+                .or_insert_with(|| ChannelStats::new(cols))
+                .accumulate(&data);
+            if hessians {
+                let h = acc
+                    .hessians
+                    .entry(kind)
+                    .or_insert_with(|| HessianAccumulator::new(cols));
+                for sample in data.chunks_exact(data.len() / b) {
+                    if let Err(e) = h.add_batch(sample, 1) {
+                        err.get_or_insert(CalibError::Stats(e.to_string()));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    Ok(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_offsets_match_the_protocol() {
+        // PROTOCOL.md: L = 1,887,111, n = 32, seqlen 512 → 0, 58956, 117912, …, 1827642.
+        let o = window_offsets(1_887_111, 32, 512, Sampler::Even).unwrap();
+        assert_eq!(o.len(), 32);
+        assert_eq!(&o[..3], &[0, 58956, 117912]);
+        assert_eq!(o[31], 1_827_642);
+    }
+
+    #[test]
+    fn random_offsets_are_seeded_and_in_range() {
+        let a = window_offsets(10_000, 16, 512, Sampler::Random { seed: 3 }).unwrap();
+        let b = window_offsets(10_000, 16, 512, Sampler::Random { seed: 3 }).unwrap();
+        let c = window_offsets(10_000, 16, 512, Sampler::Random { seed: 4 }).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|&o| o + 512 < 10_000));
+    }
+
+    #[test]
+    fn too_short_text_is_an_error() {
+        assert!(matches!(
+            window_offsets(512, 1, 512, Sampler::Even),
+            Err(CalibError::TooShort { .. })
+        ));
+    }
+}

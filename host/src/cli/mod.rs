@@ -3,6 +3,9 @@
 pub mod bench;
 pub mod build;
 pub mod check;
+pub mod eval;
+pub mod protocol;
+pub mod prune;
 pub mod sdk;
 
 use autoprune::build::{default_cache, BuildOptions, Builder, Isolation};
@@ -26,6 +29,10 @@ pub enum Command {
     Check(check::Args),
     /// Build (if needed) and print the folder of the prebuilt guest SDK.
     Sdk(sdk::Args),
+    /// Prune a model with a metric plugin (or SparseGPT); measure perplexity; export.
+    Prune(Box<prune::Args>),
+    /// Perplexity of a model under the protocol.
+    Eval(eval::Args),
     /// Benchmark the sandbox: wasm vs native Wanda, build and instantiation times.
     Bench(bench::Args),
 }

@@ -3,6 +3,7 @@
 
 use candle_core::Tensor;
 
+use super::kernels::causal_softmax;
 use super::layers::{softmax_last, swiglu, Linear, RmsNorm, Rope};
 use super::{ModelError, Result};
 use crate::layer::LayerKind;
@@ -159,9 +160,14 @@ impl Block {
         let k = rope.apply(&heads(self.k_proj.forward(xn)?, nkv)?)?;
         let v = heads(self.v_proj.forward(xn)?, nkv)?;
         let scale = 1.0 / (d as f64).sqrt();
-        let q = (q * scale)?.reshape((b, nkv, group * t, d))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, nkv, group, t, t))?;
-        let probs = softmax_last(&scores.broadcast_add(&rope.mask(t)?)?)?;
+        let q = q.reshape((b, nkv, group * t, d))?;
+        let scores = q.matmul(&k.t()?)?; // [b, kv, group·t, t]
+        let probs = if scores.device().is_cpu() {
+            causal_softmax(&scores, scale as f32)?
+        } else {
+            let s = (scores * scale)?.reshape((b, nkv, group, t, t))?;
+            softmax_last(&s.broadcast_add(&rope.mask(t)?)?)?
+        };
         let out = probs.reshape((b, nkv, group * t, t))?.matmul(&v)?;
         Ok(out
             .reshape((b, nh, t, d))?

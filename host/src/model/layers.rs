@@ -213,8 +213,11 @@ pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::ops::softmax_last_dim(x)?)
 }
 
-/// `silu(gate) · up`, the SwiGLU activation.
+/// `silu(gate) · up`, the SwiGLU activation (one fused pass on the CPU).
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() {
+        return super::kernels::swiglu(gate, up);
+    }
     Ok((gate.silu()? * up)?)
 }
 

@@ -8,6 +8,7 @@ mod block;
 mod config;
 mod gguf;
 mod hf;
+pub(crate) mod kernels;
 mod layers;
 mod random;
 pub mod tokenizer;

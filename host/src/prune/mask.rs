@@ -405,11 +405,13 @@ impl Mask {
                 cols,
             });
         }
-        let mut m = Mask::dense(rows, cols);
-        m.rows_mut().enumerate().for_each(|(r, w)| {
-            let k = &keep[r * cols..(r + 1) * cols];
-            fill_row(w, cols, |c| !k[c]);
-        });
+        let mut m = Mask::zeroed(rows, cols);
+        if m.words_per_row > 0 {
+            m.bits
+                .par_chunks_mut(m.words_per_row)
+                .zip(keep.par_chunks(cols))
+                .for_each(|(w, k)| fill_row(w, cols, |c| !k[c]));
+        }
         Ok(m)
     }
 
@@ -450,7 +452,7 @@ impl Mask {
                 (Self::per_layer_exact(scores, rows, cols, k), k)
             }
             Pattern::NM { n, m } => {
-                if m == 0 || n > m || cols % m != 0 {
+                if m == 0 || n > m || !cols.is_multiple_of(m) {
                     return Err(MaskError::NMShape { n, m, cols });
                 }
                 (Self::n_m(scores, rows, cols, n, m), rows * (cols / m) * n)
@@ -527,10 +529,6 @@ impl Mask {
             .zip(scores.par_chunks(cols))
             .for_each(|(w, row)| fill_nm(w, row, n, m));
         mask
-    }
-
-    fn rows_mut(&mut self) -> impl Iterator<Item = &mut [u64]> {
-        self.bits.chunks_mut(self.words_per_row.max(1))
     }
 
     /// Output rows of the layer.
@@ -775,7 +773,8 @@ mod tests {
         let distinct: Vec<f32> = (0..rows * cols)
             .map(|i| ((i as u64 * 7919) % 4001) as f32 / 1000.0 - 2.0)
             .collect();
-        let transforms: [(&str, fn(f32) -> f32); 3] = [
+        type Transform = (&'static str, fn(f32) -> f32);
+        let transforms: [Transform; 3] = [
             ("3x+1", |x| 3.0 * x + 1.0),
             ("exp", f32::exp),
             ("x^3", |x| x * x * x),

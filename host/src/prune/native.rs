@@ -5,22 +5,30 @@
 //! the formulas of `reference/PRUNING.md`.
 //!
 //! # Panics
-//! Each function panics if `layer.weights` is not `rows·cols` long or (for the
-//! activation-aware ones) `layer.stats` does not have `cols` channels: a `LayerData`
-//! is built by the host, so a mismatch is a host bug, not bad input.
+//! Each function panics if `layer.weights` (or an output buffer) is not `rows·cols`
+//! long, has no columns, or (for the activation-aware ones) `layer.stats` does not
+//! have `cols` channels: a `LayerData` is built by the host, so a mismatch is a host
+//! bug, not bad input.
 
 use crate::layer::LayerData;
 
 /// RIA's activation exponent `a` (its paper and code use 0.5).
 pub const RIA_A: f32 = 0.5;
 
-fn check(layer: &LayerData, needs_stats: bool) {
+fn check(layer: &LayerData, needs_stats: bool, out: &[f32]) {
+    assert_eq!(
+        out.len(),
+        layer.rows * layer.cols,
+        "{}: output is not rows*cols",
+        layer.id
+    );
     assert_eq!(
         layer.weights.len(),
         layer.rows * layer.cols,
         "{}: weights are not rows*cols",
         layer.id
     );
+    assert!(layer.cols > 0, "{}: a layer needs columns", layer.id);
     if needs_stats {
         assert_eq!(
             layer.stats.cols(),
@@ -33,15 +41,30 @@ fn check(layer: &LayerData, needs_stats: bool) {
 
 /// Magnitude: `|W_ij|`.
 pub fn magnitude(layer: &LayerData) -> Vec<f32> {
-    check(layer, false);
-    layer.weights.iter().map(|w| w.abs()).collect()
+    let mut out = vec![0.0; layer.weights.len()];
+    magnitude_into(layer, &mut out);
+    out
+}
+
+/// [`magnitude`] into a caller's buffer (no allocation; `rows·cols` long).
+pub fn magnitude_into(layer: &LayerData, out: &mut [f32]) {
+    check(layer, false, out);
+    for (o, w) in out.iter_mut().zip(layer.weights) {
+        *o = w.abs();
+    }
 }
 
 /// Wanda: `|W_ij| · ||X_j||₂` with `||X_j||₂ = sqrt(Σ_tokens x_j²)`.
 pub fn wanda(layer: &LayerData) -> Vec<f32> {
-    check(layer, true);
+    let mut out = vec![0.0; layer.weights.len()];
+    wanda_into(layer, &mut out);
+    out
+}
+
+/// [`wanda`] into a caller's buffer (`rows·cols` long).
+pub fn wanda_into(layer: &LayerData, out: &mut [f32]) {
+    check(layer, true, out);
     let norm = layer.stats.l2_norm();
-    let mut out = vec![0.0f32; layer.weights.len()];
     for (o, w) in out
         .chunks_exact_mut(layer.cols)
         .zip(layer.weights.chunks_exact(layer.cols))
@@ -50,7 +73,6 @@ pub fn wanda(layer: &LayerData) -> Vec<f32> {
             *o = w.abs() * n;
         }
     }
-    out
 }
 
 /// RIA with `a = 0.5`: see [`ria_with`].
@@ -63,7 +85,14 @@ pub fn ria(layer: &LayerData) -> Vec<f32> {
 /// Divisions (not reciprocal products) as the reference, so near-ties rank alike. A
 /// row or column whose `|W|` sums to 0 contributes 0 (the reference would give 0/0 = NaN).
 pub fn ria_with(layer: &LayerData, a: f32) -> Vec<f32> {
-    check(layer, true);
+    let mut out = vec![0.0; layer.weights.len()];
+    ria_into(layer, a, &mut out);
+    out
+}
+
+/// [`ria_with`] into a caller's buffer (`rows·cols` long).
+pub fn ria_into(layer: &LayerData, a: f32, out: &mut [f32]) {
+    check(layer, true, out);
     let cols = layer.cols;
     let act: Vec<f32> = layer.stats.l2_norm().iter().map(|n| n.powf(a)).collect();
     let mut col_sum = vec![0.0f32; cols];
@@ -72,7 +101,6 @@ pub fn ria_with(layer: &LayerData, a: f32) -> Vec<f32> {
             *s += w.abs();
         }
     }
-    let mut out = vec![0.0f32; layer.weights.len()];
     for (o, row) in out
         .chunks_exact_mut(cols)
         .zip(layer.weights.chunks_exact(cols))
@@ -85,7 +113,6 @@ pub fn ria_with(layer: &LayerData, a: f32) -> Vec<f32> {
             *o = (by_col + by_row) * x;
         }
     }
-    out
 }
 
 /// `Σ |x|` with eight partial sums so the loop vectorises.

@@ -6,16 +6,21 @@
 //! error is compensated on the columns to its right).
 //!
 //! Numerics, and why:
-//! - **Hessian**: each batch's Gram matrix `XᵀX` is one f32 GEMM (candle, like the
-//!   reference's f32 `matmul`); the running average `H = H·n/(n+t) + (2/(n+t))·XᵀX` is
-//!   kept in **f64**, so 32 or 128 batches add no rounding drift.
-//! - **Factorisation in f64**: the reference computes
-//!   `cholesky(cholesky_inverse(cholesky(H)), upper=True)` in f32. The upper Cholesky
-//!   factor `U` of `H⁻¹` is unique, and equals `J·chol_lower(J·H·J)⁻¹·J` (`J` reverses
-//!   the order), so we compute that: one Cholesky and one triangular inverse instead
-//!   of four O(n³) steps, with no explicit inverse to lose accuracy in.
+//! - **Hessian**: each batch's Gram matrix `XᵀX` comes from f32 GEMMs (candle, like
+//!   the reference's f32 `matmul`; only the lower-triangle tiles are multiplied); the
+//!   running average `H = H·n/(n+t) + (2/(n+t))·XᵀX` is kept in **f64**, so 32 or 128
+//!   batches add no rounding drift. Mathematically this is the reference's update
+//!   exactly (`H_N = 2/N · Σ x xᵀ`), so a caller may as well pass many sequences in
+//!   one call (`samples` = their number).
+//! - **Factorisation in f64**, blocked, with the O(n³) parts in candle's f64 GEMM.
+//!   The reference computes `cholesky(cholesky_inverse(cholesky(H)), upper=True)` in
+//!   f32. The upper Cholesky factor `U` of `H⁻¹` is unique, and equals
+//!   `J·chol_lower(J·H·J)⁻¹·J` (`J` reverses the order), so we compute that: one
+//!   Cholesky and one triangular inverse instead of three factorisations, with no
+//!   explicit inverse to lose accuracy in.
 //! - **The pruning loop in f32**, as the reference: masks compare `w²/d²` in f32 and
-//!   weights are updated in f32, so the chosen masks match the reference's.
+//!   weights are updated in f32, so masks match the reference's except for weights
+//!   within rounding of a block's threshold.
 //!
 //! One deliberate deviation: a sparsity of 0 prunes nothing (the reference's
 //! `tmp <= sorted[0]` would prune each block's minimum).
@@ -176,7 +181,7 @@ impl HessianAccumulator {
         if samples == 0 {
             return Err(SparseGptError::ZeroSamples);
         }
-        if self.cols == 0 || x.len() % self.cols != 0 {
+        if self.cols == 0 || !x.len().is_multiple_of(self.cols) {
             let expected = x.len().div_ceil(self.cols.max(1)) * self.cols;
             return Err(SparseGptError::Shape {
                 what: "inputs",
@@ -576,7 +581,7 @@ impl SparseGptConfig {
             if !(0.0..1.0).contains(&self.sparsity) {
                 return Err(SparseGptError::Sparsity(self.sparsity));
             }
-        } else if m == 0 || n > m || cols % m != 0 || self.blocksize % m != 0 {
+        } else if m == 0 || n > m || !cols.is_multiple_of(m) || !self.blocksize.is_multiple_of(m) {
             return Err(SparseGptError::NMShape {
                 n,
                 m,
@@ -1053,6 +1058,20 @@ mod tests {
     }
 
     #[test]
+    fn one_call_equals_many_batches() {
+        let mut rng = Rng::new(9);
+        let cols = 40;
+        let x = rng.normals(8 * 16 * cols);
+        let many = hessian_of(&x, cols, 8);
+        let mut one = HessianAccumulator::new(cols);
+        one.add_batch(&x, 8).unwrap();
+        assert_eq!(one.nsamples(), many.nsamples());
+        for (a, b) in one.to_matrix().iter().zip(many.to_matrix()) {
+            assert!(close(*a, b, 1e-5), "{a} vs {b}");
+        }
+    }
+
+    #[test]
     fn tiled_gram_matches_naive_lower_triangle() {
         // 1100 columns → 3 tiles of 367: off-diagonal tiles and a ragged last tile.
         let mut rng = Rng::new(10);
@@ -1400,69 +1419,5 @@ mod tests {
             run(&mut w, 2, 8, Default::default()),
             Err(SparseGptError::NonFinite { index: 5, .. })
         ));
-    }
-}
-
-#[cfg(test)]
-mod probe {
-    use super::*;
-    use crate::prune::testutil::Rng;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn probe_gram_and_factor() {
-        let mut rng = Rng::new(3);
-        for cols in [576, 1536] {
-            let x = rng.normals(512 * cols);
-            let (mut tiled, mut plain) = (f64::MAX, f64::MAX);
-            for _ in 0..6 {
-                let t = Instant::now();
-                gram_lower(&x, 512, cols).unwrap();
-                tiled = tiled.min(t.elapsed().as_secs_f64());
-                let t = Instant::now();
-                let a = Tensor::from_slice(&x, (512, cols), &Device::Cpu).unwrap();
-                a.t()
-                    .unwrap()
-                    .matmul(&a)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                plain = plain.min(t.elapsed().as_secs_f64());
-            }
-            println!(
-                "gram 512x{cols}: tiled {:.1} ms, plain {:.1} ms",
-                tiled * 1e3,
-                plain * 1e3
-            );
-        }
-        let cols = 1536;
-        let big = rng.normals(4096 * cols);
-        let t = Instant::now();
-        gram_lower(&big, 4096, cols).unwrap();
-        let s = t.elapsed().as_secs_f64();
-        println!(
-            "gram 4096 tokens: {:.1} ms {:.1} GFLOP/s",
-            s * 1e3,
-            2.0 * 4096.0 * (cols * cols) as f64 / s / 1e9
-        );
-        let mut h = HessianAccumulator::new(cols);
-        h.add_batch(&big, 8).unwrap();
-        let n = cols;
-        let mut a = h.to_matrix();
-        for i in 0..n {
-            a[i * n + i] += 0.01;
-        }
-        let t = Instant::now();
-        cholesky_lower(&mut a, n).unwrap();
-        println!("cholesky {n}: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        invert_lower(&a, n).unwrap();
-        println!(
-            "invert_lower {n}: {:.1} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
     }
 }

@@ -1,0 +1,208 @@
+//! `autoprune prune`: prune a real model with a sandboxed metric (or SparseGPT), measure
+//! perplexity dense and pruned, export the pruned model and a report.
+
+use super::check::{load_plugin, load_policy};
+use super::protocol::{bar, load_model, stream, ProtocolArgs};
+use super::{BuildFlags, EXIT_VERDICT};
+use autoprune::calib::{window_offsets, windows, Sampler};
+use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
+use autoprune::layer::LayerKind;
+use autoprune::model::Model;
+use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig, PruneReport};
+use autoprune::prune::mask::Pattern;
+use autoprune::report::{peak_rss_bytes, PplReport, Protocol};
+use autoprune::sandbox::sha256_hex;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `autoprune prune`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The metric: candidate source (`.rs`, built in the sandbox) or a component (`.wasm`).
+    #[arg(long, required_unless_present = "method", conflicts_with = "method")]
+    pub metric: Option<PathBuf>,
+    /// A built-in method instead of a metric: `sparsegpt`.
+    #[arg(long, value_parser = ["sparsegpt"])]
+    pub method: Option<String>,
+    /// Target sparsity of every linear layer.
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    /// Comparison group: `row` (per output row), `layer` (one threshold per matrix, ties
+    /// pruned), `layer-exact`, or `N:M` such as `2:4`.
+    #[arg(long, default_value = "row")]
+    pub pattern: Pattern,
+    /// Calibration text file (default: SOTU speeches before 1990).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 32)]
+    pub calib_windows: usize,
+    /// Window placement: `even` (the protocol's deterministic offsets) or `random`.
+    #[arg(long, default_value = "even", value_parser = ["even", "random"])]
+    pub sampler: String,
+    /// Seed of the random sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Calibration windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub calib_batch: usize,
+    /// Skip the dense perplexity (faster; the report then has only the pruned one).
+    #[arg(long)]
+    pub skip_dense: bool,
+    /// Write the pruned model (Hugging Face format) and `report.json` here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A JSON file with sandbox limits.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub flags: BuildFlags,
+}
+
+fn ppl(model: &Model, tokens: &[u32], opts: &PerplexityOptions, what: &str, quiet: bool) -> anyhow::Result<PplReport> {
+    let pb = bar(opts.windows, what, quiet);
+    let p = perplexity_with_progress(model, tokens, opts, &mut |d, _| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    Ok(p.into())
+}
+
+/// Per-block sparsity table, one column per linear kind.
+fn sparsity_table(r: &PruneReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::from("block");
+    for k in LayerKind::BLOCK {
+        let _ = write!(s, " {:>7}", k.name());
+    }
+    for chunk in r.layers.chunks(7) {
+        let _ = write!(s, "\n{:>5}", chunk[0].block);
+        for l in chunk {
+            let _ = write!(s, " {:>7.4}", l.sparsity);
+        }
+    }
+    s
+}
+
+/// Run it.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    let p = &args.protocol;
+    let quiet = p.json;
+    let policy = load_policy(args.policy.as_ref())?;
+    let (plugin, metric_hash) = match &args.metric {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            match load_plugin(path, &args.flags, &policy)? {
+                Ok(pl) => (Some(pl), Some(sha256_hex(&bytes))),
+                Err(f) => {
+                    eprintln!("the metric {} failed before pruning: {f}", path.display());
+                    return Ok(EXIT_VERDICT);
+                }
+            }
+        }
+        None => (None, None),
+    };
+    let method = match &plugin {
+        Some(pl) => Method::Metric(pl),
+        None => Method::SparseGpt,
+    };
+    let mut loaded = load_model(p.model.as_ref())?;
+    let calib = stream(&loaded.tokenizer, args.calib.as_ref(), "calib")?;
+    let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
+    let sampler = match args.sampler.as_str() {
+        "random" => Sampler::Random { seed: args.seed },
+        _ => Sampler::Even,
+    };
+    let offsets = window_offsets(calib.tokens.len(), args.calib_windows, p.seqlen, sampler)?;
+    let calib_windows = windows(&calib.tokens, &offsets, p.seqlen);
+    let opts = PerplexityOptions { seq_len: p.seqlen, windows: p.eval_windows, batch: p.eval_batch };
+    // Fail early, before minutes of pruning, if the evaluation text is too short.
+    autoprune::eval::eval_windows(&eval.tokens, &opts)?;
+    let dense = if args.skip_dense {
+        None
+    } else {
+        Some(ppl(&loaded.model, &eval.tokens, &opts, "dense eval", quiet)?)
+    };
+    let cfg = PruneConfig { sparsity: args.sparsity, pattern: args.pattern, batch: args.calib_batch };
+    let pb = bar(loaded.model.blocks.len(), "prune", quiet);
+    let t = Instant::now();
+    let result = prune_model(&mut loaded.model, &calib_windows, &method, &cfg, &mut |d, _| {
+        pb.set_position(d as u64)
+    });
+    pb.finish_and_clear();
+    let pruned_report = match result {
+        Ok(r) => r,
+        Err(PipelineError::Metric { layer, failure }) => {
+            if quiet {
+                println!("{}", serde_json::json!({ "ok": false, "layer": layer, "failure": failure }));
+            } else {
+                eprintln!("the metric failed on {layer}: {failure}");
+            }
+            return Ok(EXIT_VERDICT);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let prune_seconds = t.elapsed().as_secs_f64();
+    let pruned = ppl(&loaded.model, &eval.tokens, &opts, "pruned eval", quiet)?;
+    let protocol = Protocol {
+        name: if p.model.is_none() && args.calib.is_none() && p.eval.is_none() && p.seqlen == 512 && args.calib_windows == 32 && p.eval_windows == 64 && sampler == Sampler::Even { "sotu-512".into() } else { "custom".into() },
+        model: loaded.path.display().to_string(),
+        calib_source: calib.source.clone(),
+        eval_source: eval.source.clone(),
+        seq_len: p.seqlen,
+        calib_windows: args.calib_windows,
+        sampler,
+        calib_offsets: offsets.clone(),
+        eval_windows: p.eval_windows,
+        calib_tokens: calib.tokens.len(),
+        eval_tokens: eval.tokens.len(),
+    };
+    let report = serde_json::json!({
+        "protocol": protocol,
+        "method": match &plugin { Some(pl) => serde_json::json!({"metric": pl.info(), "source": args.metric, "sha256": metric_hash}), None => serde_json::json!({"builtin": "sparsegpt"}) },
+        "sparsity_target": args.sparsity,
+        "pattern": args.pattern,
+        "sparsity_achieved": pruned_report.sparsity,
+        "perplexity": { "dense": dense, "pruned": pruned },
+        "timings": { "load_seconds": loaded.seconds, "prune_seconds": prune_seconds,
+                      "stats_seconds": pruned_report.stats_seconds, "score_mask_seconds": pruned_report.prune_seconds,
+                      "pruned_forward_seconds": pruned_report.forward_seconds, "total_seconds": start.elapsed().as_secs_f64() },
+        "peak_rss_bytes": peak_rss_bytes(),
+        "layers": pruned_report.layers,
+    });
+    if let Some(out) = &args.out {
+        let dir = out.join("model");
+        loaded.model.save_hf(&dir)?;
+        loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
+        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    }
+    if quiet {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    println!("{}", sparsity_table(&pruned_report));
+    let name = plugin.as_ref().map_or("sparsegpt".to_string(), |pl| pl.info().name.clone());
+    println!(
+        "\nprotocol {} | {} | method {} | pattern {} | target sparsity {}",
+        protocol.name, loaded.path.display(), name, args.pattern, args.sparsity
+    );
+    if let Some(d) = &dense {
+        println!("dense  perplexity {:>10.4}  ({:.1} s)", d.ppl, d.seconds);
+    }
+    println!(
+        "pruned perplexity {:>10.4}  ({:.1} s)   achieved sparsity {:.6}",
+        pruned.ppl, pruned.seconds, pruned_report.sparsity
+    );
+    println!(
+        "load {:.1} s, prune {:.1} s (stats {:.1}, score+mask {:.1}, pruned pass {:.1}), total {:.1} s, peak RSS {:.2} GiB",
+        loaded.seconds, prune_seconds, pruned_report.stats_seconds, pruned_report.prune_seconds,
+        pruned_report.forward_seconds, start.elapsed().as_secs_f64(),
+        peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
+    );
+    if let Some(out) = &args.out {
+        println!("wrote {}/model and {}/report.json", out.display(), out.display());
+    }
+    Ok(0)
+}

@@ -1,0 +1,191 @@
+//! Fused CPU kernels for the element-wise work between the GEMMs: causal softmax and SwiGLU,
+//! plus a vectorizable `exp`. Other devices take the plain tensor-op path.
+//!
+//! Why: on the CPU, candle's softmax and SiLU call the scalar libm `expf` and make a pass per
+//! op; for SmolLM2 at 512 tokens the masked softmax alone cost as much as the Q/K/V GEMMs.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::Result;
+
+/// Elements per parallel task of element-wise kernels (large enough to amortise scheduling,
+/// small enough to split a 512×1536 activation across two cores).
+const CHUNK: usize = 1 << 14;
+
+/// `exp(x)` in f32, Cephes-style: `2ⁿ · p(r)` with `r = x − n·ln2`, |r| ≤ ln2/2, and a
+/// degree-6 polynomial; relative error ≈ 1e-7. Only adds, multiplies, compares and bit moves
+/// (no `floor`, which is a libm call on baseline x86-64), so loops over slices vectorize.
+/// Inputs are clamped to [−87, 88] (results stay normal and finite); NaN propagates.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln2 split in a part exact in f32 and a correction (Cody–Waite).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer n and leaves n in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // n ∈ [−126, 127] after the clamp, so n + 127 fits the 8 exponent bits: shifting the
+    // low mantissa bits of `shifted` (n plus a multiple of 2⁹) into place builds 2ⁿ.
+    let pow2n = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
+    y * pow2n
+}
+
+/// `Σ exp(v − max)` over `row`, in eight f32 lanes then f64.
+pub(crate) fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
+    let mut lanes = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f64 = chunks
+        .remainder()
+        .iter()
+        .map(|&v| f64::from(exp_f32(v - max)))
+        .sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += exp_f32(v - max);
+        }
+    }
+    lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + tail
+}
+
+/// Causal softmax of `scale · scores` (`scale` > 0) over the last axis of a `[..., k·t, t]`
+/// tensor whose rows cycle through query positions 0..t (stacked heads of a KV group): the
+/// row of position `i` keeps keys `0..=i`, the rest become 0.
+pub(crate) fn causal_softmax(scores: &Tensor, scale: f32) -> Result<Tensor> {
+    Ok(scores.apply_op1_no_bwd(&CausalSoftmax { scale })?)
+}
+
+/// `silu(gate) · up` in one pass.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok(gate.apply_op2_no_bwd(up, &SwiGlu)?)
+}
+
+struct CausalSoftmax {
+    scale: f32,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout)?;
+        let dims = layout.dims();
+        let t = dims.last().copied().unwrap_or(0);
+        if t == 0 || dims.len() < 2 || dims[dims.len() - 2] % t != 0 {
+            candle_core::bail!("causal-softmax expects [..., k·t, t], got {dims:?}");
+        }
+        let mut dst = vec![0f32; src.len()];
+        let scale = self.scale;
+        dst.par_chunks_mut(t)
+            .zip(src.par_chunks(t))
+            .enumerate()
+            .for_each(|(r, (out, row))| {
+                let keep = r % t + 1;
+                let max = row[..keep].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+                let mut sum = 0f32;
+                for (o, &v) in out[..keep].iter_mut().zip(row) {
+                    *o = exp_f32(v * scale - max);
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                out[..keep].iter_mut().for_each(|o| *o *= inv);
+            });
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+struct SwiGlu;
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("swiglu: gate {:?} and up {:?} differ", l1.dims(), l2.dims());
+        }
+        let (g, u) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let mut dst = vec![0f32; g.len()];
+        dst.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(out, (g, u))| {
+                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                    *o = g / (1.0 + exp_f32(-g)) * u;
+                }
+            });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((lo, hi)) => Ok(&data[lo..hi]),
+        None => candle_core::bail!("fused kernels need contiguous inputs"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn exp_matches_libm() {
+        let mut worst = 0f64;
+        for i in -87_000..88_000 {
+            let x = i as f32 * 1e-3 + 1.7e-4;
+            let rel = (f64::from(exp_f32(x)) / f64::from(x).exp() - 1.0).abs();
+            worst = worst.max(rel);
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(f32::NEG_INFINITY) < 1e-37);
+        assert!(exp_f32(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn causal_softmax_equals_masked_softmax() {
+        let dev = Device::Cpu;
+        let t = 5;
+        let data: Vec<f32> = (0..2 * t * t).map(|i| ((i * 7 % 11) as f32 - 5.0) / 2.0).collect();
+        let s = Tensor::from_vec(data, (2, t, t), &dev).unwrap();
+        let got = causal_softmax(&s, 0.5).unwrap();
+        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&(s * 0.5).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+        let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+
+    #[test]
+    fn swiglu_hand_values() {
+        // silu(1) · 2 = 2 / (1 + e⁻¹) = 1.4621172; silu(−2) · 3 = −6 / (1 + e²) = −0.7153782.
+        let dev = Device::Cpu;
+        let g = Tensor::new(&[1f32, -2.0], &dev).unwrap();
+        let u = Tensor::new(&[2f32, 3.0], &dev).unwrap();
+        let y = swiglu(&g, &u).unwrap().to_vec1::<f32>().unwrap();
+        assert!((y[0] - 1.462_117_2).abs() < 1e-6 && (y[1] + 0.715_378_2).abs() < 1e-6, "{y:?}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The Wanda-protocol pruning run: block by block, dense statistics → host-built masks →
+//! pruned pass feeding the next block.
+
+use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
+use crate::layer::{LayerData, LayerId, LayerKind};
+use crate::model::{Model, ModelError};
+use crate::prune::mask::{Mask, MaskError, Pattern};
+use crate::calib::input_slot;
+use crate::prune::sparsegpt::{prune_with_factor, HessianFactor, SparseGptConfig};
+use std::collections::BTreeMap;
+use crate::sandbox::{Failure, Plugin};
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// How weights are chosen for pruning.
+pub enum Method<'a> {
+    /// A sandboxed metric plugin scores weights; the host builds the masks.
+    Metric(&'a Plugin),
+    /// SparseGPT (built in): OBS mask selection and weight update from the Hessian.
+    SparseGpt,
+}
+
+/// What to prune and how.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PruneConfig {
+    /// Target sparsity of every linear (ignored by N:M patterns, which fix it).
+    pub sparsity: f64,
+    /// Comparison group.
+    pub pattern: Pattern,
+    /// Calibration windows per forward pass (memory vs speed).
+    pub batch: usize,
+}
+
+/// Why a pruning run stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The model's forward pass failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Calibration failed.
+    #[error(transparent)]
+    Calib(#[from] CalibError),
+    /// The metric plugin failed on a layer.
+    #[error("the metric failed on {layer}: {failure}")]
+    Metric {
+        /// The layer.
+        layer: LayerId,
+        /// Its typed verdict.
+        failure: Failure,
+    },
+    /// Scores could not be turned into a mask.
+    #[error("mask for {layer}: {error}")]
+    Mask {
+        /// The layer.
+        layer: LayerId,
+        /// Why.
+        error: MaskError,
+    },
+    /// SparseGPT failed on a layer.
+    #[error("SparseGPT on {layer}: {message}")]
+    SparseGpt {
+        /// The layer.
+        layer: LayerId,
+        /// Why.
+        message: String,
+    },
+}
+
+impl From<candle_core::Error> for PipelineError {
+    fn from(e: candle_core::Error) -> Self {
+        PipelineError::Model(e.into())
+    }
+}
+
+/// What happened to one linear layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerReport {
+    /// Block index.
+    pub block: u32,
+    /// Linear kind.
+    pub kind: LayerKind,
+    /// Rows × cols.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Weights pruned by the mask.
+    pub pruned: usize,
+    /// Weights exactly zero afterwards (includes zeros that were there before).
+    pub zeros: usize,
+    /// `zeros / (rows·cols)`.
+    pub sparsity: f64,
+    /// Hash of the mask (equal masks, equal hashes).
+    pub mask_hash: String,
+    /// Fuel the metric used (0 for built-in methods).
+    pub fuel: u64,
+    /// Seconds spent scoring and masking this layer.
+    pub seconds: f64,
+}
+
+/// The result of a pruning run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Per-layer results in model order.
+    pub layers: Vec<LayerReport>,
+    /// Zeros over all linear weights.
+    pub sparsity: f64,
+    /// Seconds of dense statistics passes.
+    pub stats_seconds: f64,
+    /// Seconds of scoring, masking (and weight updates).
+    pub prune_seconds: f64,
+    /// Seconds of pruned passes.
+    pub forward_seconds: f64,
+}
+
+/// Embed calibration windows in batches of `batch`.
+fn embed_batches(model: &Model, windows: &[&[u32]], batch: usize) -> Result<Vec<Tensor>, PipelineError> {
+    windows
+        .chunks(batch.max(1))
+        .map(|w| Ok(model.embed(&model.ids_tensor(w)?)?))
+        .collect()
+}
+
+/// Prune `model` in place on the calibration `windows` (all of one length).
+///
+/// `progress(block_done, blocks)` is called after every block.
+pub fn prune_model(
+    model: &mut Model,
+    windows: &[&[u32]],
+    method: &Method<'_>,
+    cfg: &PruneConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<PruneReport, PipelineError> {
+    let seq_len = windows.first().map_or(0, |w| w.len());
+    let rope = model.rope(seq_len)?;
+    let mut inps = embed_batches(model, windows, cfg.batch)?;
+    let num_blocks = model.blocks.len();
+    let mut report = PruneReport {
+        layers: Vec::new(),
+        sparsity: 0.0,
+        stats_seconds: 0.0,
+        prune_seconds: 0.0,
+        forward_seconds: 0.0,
+    };
+    let sparsegpt = matches!(method, Method::SparseGpt);
+    for i in 0..num_blocks {
+        let t = Instant::now();
+        let inputs = collect_block_inputs(&model.blocks[i], &inps, &rope, sparsegpt)?;
+        report.stats_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        // q/k/v and gate/up read the same inputs: one Hessian factor serves each group.
+        let mut factors = BTreeMap::new();
+        for (&slot, h) in &inputs.hessians {
+            let f = HessianFactor::new(h, SparseGptConfig::default().percdamp).map_err(|e| {
+                PipelineError::SparseGpt {
+                    layer: LayerId { block: i as u32, num_blocks: num_blocks as u32, kind: slot },
+                    message: e.to_string(),
+                }
+            })?;
+            factors.insert(slot, f);
+        }
+        for kind in LayerKind::BLOCK {
+            let id = LayerId { block: i as u32, num_blocks: num_blocks as u32, kind };
+            let layer = prune_linear(model, id, &inputs, &factors, method, cfg)?;
+            report.layers.push(layer);
+        }
+        report.prune_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let block = &model.blocks[i];
+        inps = inps
+            .iter()
+            .map(|x| block.forward(x, &rope, &mut |_, _| Ok(())))
+            .collect::<Result<_, _>>()?;
+        report.forward_seconds += t.elapsed().as_secs_f64();
+        progress(i + 1, num_blocks);
+    }
+    let zeros: usize = report.layers.iter().map(|l| l.zeros).sum();
+    let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
+    report.sparsity = zeros as f64 / total.max(1) as f64;
+    Ok(report)
+}
+
+/// Score, mask (or SparseGPT-update) and write back one linear layer.
+fn prune_linear(
+    model: &mut Model,
+    id: LayerId,
+    inputs: &BlockInputs,
+    factors: &BTreeMap<LayerKind, HessianFactor>,
+    method: &Method<'_>,
+    cfg: &PruneConfig,
+) -> Result<LayerReport, PipelineError> {
+    let t = Instant::now();
+    let block = &mut model.blocks[id.block as usize];
+    let linear = block
+        .linear(id.kind)
+        .ok_or_else(|| ModelError::Input(format!("no {} linear", id.kind.name())))?;
+    let (rows, cols) = linear.shape();
+    let device = linear.weight().device().clone();
+    let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
+    let (mask, fuel) = match method {
+        Method::Metric(plugin) => {
+            let stats = inputs.stats(id.kind).ok_or_else(|| {
+                ModelError::Input(format!("no statistics were collected for {id}"))
+            })?;
+            let data = LayerData {
+                id,
+                rows,
+                cols,
+                weights: &w,
+                stats,
+                gradient: None,
+                sparsity: cfg.sparsity as f32,
+            };
+            let scored = plugin
+                .score(&data)
+                .map_err(|failure| PipelineError::Metric { layer: id, failure })?;
+            let mask = Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity)
+                .map_err(|error| PipelineError::Mask { layer: id, error })?;
+            mask.apply(&mut w)
+                .map_err(|error| PipelineError::Mask { layer: id, error })?;
+            (mask, scored.usage.fuel)
+        }
+        Method::SparseGpt => {
+            let f = factors.get(&input_slot(id.kind)).ok_or_else(|| {
+                ModelError::Input(format!("no Hessian was collected for {id}"))
+            })?;
+            let sg = match cfg.pattern {
+                Pattern::NM { n, m } => SparseGptConfig::n_m(n, m),
+                _ => SparseGptConfig::unstructured(cfg.sparsity),
+            };
+            let stats = prune_with_factor(&mut w, rows, cols, f, &sg).map_err(|e| {
+                PipelineError::SparseGpt { layer: id, message: e.to_string() }
+            })?;
+            (stats.mask, 0)
+        }
+    };
+    let zeros = w.iter().filter(|&&x| x == 0.0).count();
+    block.set_weight(id.kind, Tensor::from_vec(w, (rows, cols), &device)?)?;
+    Ok(LayerReport {
+        block: id.block,
+        kind: id.kind,
+        rows,
+        cols,
+        pruned: mask.pruned_count(),
+        zeros,
+        sparsity: zeros as f64 / (rows * cols) as f64,
+        mask_hash: format!("{:016x}", mask.hash64()),
+        fuel,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
