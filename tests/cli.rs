@@ -60,3 +60,46 @@ fn bad_policy_fields_are_refused() {
     assert_eq!(c.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&c.stderr).contains("unknown field"));
 }
+
+/// The real SmolLM2 under a reduced SOTU protocol (2 calibration and 2 evaluation windows):
+/// prune with the sandboxed Wanda, export, reload the export with `eval` and get the same
+/// perplexity. Runs whenever the data is present; in CI (`CI` set) missing data is a failure.
+#[test]
+fn prune_real_smollm2_export_and_reload() {
+    let data = autoprune::data::DataDir::resolve();
+    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must run ./setup.sh first");
+        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let p = autoprune()
+        .args(["prune", "--metric"])
+        .arg(common::workspace().join("candidates/wanda.rs"))
+        .args(["--sparsity", "0.5", "--calib-windows", "2", "--eval-windows", "2", "--json", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
+    let dense = report["perplexity"]["dense"]["ppl"].as_f64().unwrap();
+    let pruned = report["perplexity"]["pruned"]["ppl"].as_f64().unwrap();
+    assert!(dense > 10.0 && dense < 60.0, "dense {dense}");
+    assert!(pruned > dense * 1.3 && pruned < dense * 4.0, "dense {dense}, pruned {pruned}");
+    assert_eq!(report["sparsity_achieved"].as_f64().unwrap(), 0.5);
+    assert_eq!(report["layers"].as_array().unwrap().len(), 30 * 7);
+    assert_eq!(report["protocol"]["calib_offsets"][1], 943_299); // floor(1·(1,887,111 − 512)/2)
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(on_disk["sparsity_achieved"], report["sparsity_achieved"]);
+    // The exported Hugging Face directory loads back and measures the same perplexity.
+    let e = autoprune()
+        .args(["eval", "--eval-windows", "2", "--json", "--model"])
+        .arg(out.path().join("model"))
+        .output()
+        .unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let ev: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let reloaded = ev["perplexity"]["ppl"].as_f64().unwrap();
+    assert!((reloaded - pruned).abs() < 1e-3 * pruned, "export {reloaded} vs in-memory {pruned}");
+}

@@ -100,7 +100,7 @@ impl ChannelStats {
     /// Accumulate `tokens` rows of a row-major `[tokens, cols]` activation matrix.
     pub fn accumulate(&mut self, x: &[f32]) {
         let cols = self.cols();
-        assert!(cols > 0 && x.len() % cols == 0, "activation shape mismatch");
+        assert!(cols > 0 && x.len().is_multiple_of(cols), "activation shape mismatch");
         for row in x.chunks_exact(cols) {
             for (j, &v) in row.iter().enumerate() {
                 let v64 = v as f64;

@@ -294,7 +294,7 @@ impl host::Host for HostState {
         let (r0, cols) = (row_start as usize, view.cols);
         let n = scores.len() / cols.max(1);
         let shape_ok = !scores.is_empty()
-            && scores.len() % cols == 0
+            && scores.len().is_multiple_of(cols)
             && n <= view.tile_rows
             && r0 < view.rows
             && n <= view.rows - r0;
