@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
-use crate::model::kernels::sum_exp_shifted;
+use crate::model::kernels::{max_f32, sum_exp_shifted};
 use crate::model::{Model, ModelError};
 
 /// Errors of an evaluation.
@@ -190,7 +190,7 @@ fn rows_nll(data: &[f32], vocab: usize, targets: &[u32]) -> Vec<f64> {
 /// Stable `logsumexp(row) − row[target]`: exponentials of `x − max` are ≤ 1, so the sum
 /// cannot overflow.
 fn row_nll(row: &[f32], target: usize) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_f32(row);
     f64::from(max) + sum_exp_shifted(row, max).ln() - f64::from(row[target])
 }
 

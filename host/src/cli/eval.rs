@@ -14,7 +14,7 @@ pub struct Args {
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let p = &args.protocol;
-    let loaded = load_model(p.model.as_ref())?;
+    let loaded = load_model(p.model.as_ref(), &super::protocol::device(&p.device)?)?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
     let opts = PerplexityOptions { seq_len: p.seqlen, windows: p.eval_windows, batch: p.eval_batch };
     let pb = bar(opts.windows, "eval", p.json);

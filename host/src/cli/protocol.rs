@@ -31,6 +31,25 @@ pub struct ProtocolArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Where the model runs: `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// The candle device named by `--device`.
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        n if n == "cuda" || n.starts_with("cuda:") => {
+            let ordinal: usize = n.strip_prefix("cuda:").unwrap_or("0").parse()?;
+            if cfg!(feature = "cuda") {
+                Ok(Device::new_cuda(ordinal)?)
+            } else {
+                anyhow::bail!("this autoprune was built without CUDA support; rebuild with `cargo build --release --features cuda`")
+            }
+        }
+        other => anyhow::bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+    }
 }
 
 /// A loaded model with its tokenizer.
@@ -45,14 +64,14 @@ pub struct Loaded {
     pub seconds: f64,
 }
 
-/// Load the model (default: SmolLM2) and its tokenizer, checking they fit.
-pub fn load_model(model: Option<&PathBuf>) -> anyhow::Result<Loaded> {
+/// Load the model (default: SmolLM2) onto `device` with its tokenizer, checking they fit.
+pub fn load_model(model: Option<&PathBuf>, device: &Device) -> anyhow::Result<Loaded> {
     let t = std::time::Instant::now();
     let path = match model {
         Some(p) => p.clone(),
         None => DataDir::resolve().smollm2_gguf()?,
     };
-    let model = Model::load(&path, &Device::Cpu)
+    let model = Model::load(&path, device)
         .with_context(|| format!("loading the model {}", path.display()))?;
     let tokenizer = Tokenizer::for_model(&path)
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;

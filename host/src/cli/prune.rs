@@ -108,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Some(pl) => Method::Metric(pl),
         None => Method::SparseGpt,
     };
-    let mut loaded = load_model(p.model.as_ref())?;
+    let mut loaded = load_model(p.model.as_ref(), &super::protocol::device(&p.device)?)?;
     let calib = stream(&loaded.tokenizer, args.calib.as_ref(), "calib")?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
     let sampler = match args.sampler.as_str() {

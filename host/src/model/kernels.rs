@@ -57,14 +57,44 @@ pub(crate) fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
 fn sum_exp_body(row: &[f32], max: f32) -> f64 {
     // Exponentials go through a stack buffer: a plain map loop vectorizes, a fused
     // map-and-accumulate loop does not.
+    // (A plain `for`: iterator adaptors may be outlined, losing the AVX2 compilation.)
     let mut buf = [0f32; 512];
-    row.chunks(buf.len())
-        .map(|c| {
-            let buf = &mut buf[..c.len()];
-            exp_into(buf, c, 1.0, max);
-            f64::from(lane_sum(buf))
-        })
-        .sum()
+    let mut total = 0f64;
+    for c in row.chunks(buf.len()) {
+        let buf = &mut buf[..c.len()];
+        exp_into(buf, c, 1.0, max);
+        total += f64::from(lane_sum(buf));
+    }
+    total
+}
+
+/// Largest element (NaNs are skipped here; they still poison the sums that follow).
+pub(crate) fn max_f32(xs: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `sum_exp_shifted`.
+        return unsafe { avx2::max_f32(xs) };
+    }
+    max_body(xs)
+}
+
+#[inline(always)]
+fn max_body(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = xs.chunks_exact(8);
+    let mut m = f32::NEG_INFINITY;
+    for &v in chunks.remainder() {
+        m = if v > m { v } else { m };
+    }
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    for l in lanes {
+        m = if l > m { l } else { m };
+    }
+    m
 }
 
 /// `out[i] = exp(scale · src[i] − shift)`.
@@ -92,7 +122,7 @@ fn lane_sum(xs: &[f32]) -> f32 {
 /// `out[..keep] = softmax(scale · row[..keep])`, `out[keep..]` left at 0.
 #[inline(always)]
 fn softmax_row_body(out: &mut [f32], row: &[f32], keep: usize, scale: f32) {
-    let max = row[..keep].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+    let max = max_body(&row[..keep]) * scale;
     exp_into(&mut out[..keep], &row[..keep], scale, max);
     let inv = 1.0 / lane_sum(&out[..keep]);
     out[..keep].iter_mut().for_each(|o| *o *= inv);
@@ -137,6 +167,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
         super::sum_exp_body(row, max)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn max_f32(xs: &[f32]) -> f32 {
+        super::max_body(xs)
     }
 
     #[target_feature(enable = "avx2")]
