@@ -50,10 +50,10 @@ impl PerplexityOptions {
     pub const SOTU_512: Self = Self {
         seq_len: 512,
         windows: 64,
-        // Four windows per pass: the per-layer GEMMs are already large at one window, but
-        // batching amortises the attention and small-op overheads; the logits of four windows
-        // (4 · 511 · 49152 f32 ≈ 400 MB for SmolLM2) still fit comfortably.
-        batch: 4,
+        // Two windows per pass, measured best for SmolLM2 on 2 cores (64 windows: 63 s at 2,
+        // 68 s at 1, 71 s at 4). The GEMMs are already large at one window; at four, the
+        // attention scores pass 32 MB, beyond which glibc maps fresh pages for every tensor.
+        batch: 2,
     };
 }
 
@@ -324,86 +324,5 @@ mod tests {
             p.ppl, p.nll, p.windows, p.seconds
         );
         assert!((p.ppl / 27.1338 - 1.0).abs() < 0.005, "ppl {}", p.ppl);
-    }
-}
-
-#[cfg(test)]
-mod profile_tmp {
-    use super::*;
-    use candle_core::Device;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn profile_stages() {
-        let data = crate::data::DataDir::resolve();
-        let gguf = data.smollm2_gguf().unwrap();
-        let model = Model::load(&gguf, &Device::Cpu).unwrap();
-        let b: usize = std::env::var("B").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-        let t = 512;
-        let x = Tensor::randn(0f32, 1.0, (b, t, 576), &Device::Cpu).unwrap();
-        let rope = model.rope(t).unwrap();
-        let blk = &model.blocks[3];
-        let mut best = [f64::MAX; 10];
-        for _ in 0..5 {
-            let mut tm = Vec::new();
-            let mut s = Instant::now();
-            let mut lap = |tm: &mut Vec<f64>| { tm.push(s.elapsed().as_secs_f64()); s = Instant::now(); };
-            let xn = blk.input_layernorm.forward(&x).unwrap(); lap(&mut tm);
-            let q = blk.q_proj.forward(&xn).unwrap();
-            let k = blk.k_proj.forward(&xn).unwrap();
-            let v = blk.v_proj.forward(&xn).unwrap(); lap(&mut tm);
-            let heads = |y: Tensor, n: usize| y.reshape((b, t, n, 64)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-            let q = rope.apply(&heads(q, 9)).unwrap();
-            let k = rope.apply(&heads(k, 3)).unwrap();
-            let v = heads(v, 3); lap(&mut tm);
-            let q = q.reshape((b, 3, 3 * t, 64)).unwrap();
-            let scores = q.matmul(&k.t().unwrap()).unwrap(); lap(&mut tm);
-            let probs = crate::model::kernels::causal_softmax(&scores, 0.125).unwrap(); lap(&mut tm);
-            let out = probs.reshape((b, 3, 3 * t, t)).unwrap().matmul(&v).unwrap(); lap(&mut tm);
-            let attn = out.reshape((b, 9, t, 64)).unwrap().transpose(1, 2).unwrap().reshape((b, t, 576)).unwrap(); lap(&mut tm);
-            let h = (&x + blk.o_proj.forward(&attn).unwrap()).unwrap(); lap(&mut tm);
-            let hn = blk.post_attention_layernorm.forward(&h).unwrap();
-            let g = blk.gate_proj.forward(&hn).unwrap();
-            let u = blk.up_proj.forward(&hn).unwrap(); lap(&mut tm);
-            let a = crate::model::kernels::swiglu(&g, &u).unwrap(); lap(&mut tm);
-            let _y = (h + blk.down_proj.forward(&a).unwrap()).unwrap();
-            for (bst, v) in best.iter_mut().zip(&tm) { *bst = bst.min(*v); }
-        }
-        let names = ["norm", "qkv", "heads+rope", "qk^T", "mask+softmax", "pv", "merge", "o+res", "norm+gate+up", "swiglu"];
-        for (n, v) in names.iter().zip(best) { eprintln!("b={b} {n:>14}: {:.1} ms", v * 1e3); }
-        let xs = x.narrow(1, 0, t - 1).unwrap();
-        let mut lb = f64::MAX; let mut nb = f64::MAX;
-        for _ in 0..3 {
-            let s = Instant::now();
-            let logits = model.logits(&xs).unwrap();
-            lb = lb.min(s.elapsed().as_secs_f64());
-            let targets = vec![5u32; b * (t - 1)];
-            let s = Instant::now();
-            let _ = position_nll(&logits, &targets).unwrap();
-            nb = nb.min(s.elapsed().as_secs_f64());
-        }
-        eprintln!("b={b} logits {:.1} ms, nll {:.1} ms", lb * 1e3, nb * 1e3);
-    }
-}
-
-#[cfg(test)]
-mod micro_tmp {
-    use std::time::Instant;
-    #[test]
-    #[ignore]
-    fn micro_exp() {
-        let row: Vec<f32> = (0..49152).map(|i| ((i * 7919) % 1000) as f32 * -0.01).collect();
-        let mut best = [f64::MAX; 2];
-        let mut acc = 0.0;
-        for _ in 0..20 {
-            let s = Instant::now();
-            for _ in 0..20 { acc += crate::model::kernels::sum_exp_shifted(&row, 0.0); }
-            best[0] = best[0].min(s.elapsed().as_secs_f64() / (20.0 * 49152.0));
-            let s = Instant::now();
-            for _ in 0..20 { acc += row.iter().map(|&v| f64::from(v.exp())).sum::<f64>(); }
-            best[1] = best[1].min(s.elapsed().as_secs_f64() / (20.0 * 49152.0));
-        }
-        eprintln!("fast {:.3} ns/elem, libm {:.3} ns/elem ({acc})", best[0] * 1e9, best[1] * 1e9);
     }
 }

@@ -144,7 +144,8 @@ impl Block {
     ///
     /// The query heads that share a KV head are stacked along the sequence axis
     /// (`[b, kv, group·t, d]`), so K and V are used in place instead of being repeated
-    /// `group` times as transformers' `repeat_kv` does; the arithmetic is the same.
+    /// `group` times as transformers' `repeat_kv` does; the arithmetic is the same. Scores
+    /// are scaled by 1/√d after QKᵀ, as in transformers' eager attention.
     fn attention(&self, xn: &Tensor, rope: &Rope) -> Result<Tensor> {
         let AttnShape {
             num_heads: nh,
@@ -162,16 +163,52 @@ impl Block {
         let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, nkv, group * t, d))?;
         let scores = q.matmul(&k.t()?)?; // [b, kv, group·t, t]
-        let probs = if scores.device().is_cpu() {
-            causal_softmax(&scores, scale as f32)?
-        } else {
-            let s = (scores * scale)?.reshape((b, nkv, group, t, t))?;
-            softmax_last(&s.broadcast_add(&rope.mask(t)?)?)?
-        };
-        let out = probs.reshape((b, nkv, group * t, t))?.matmul(&v)?;
+        let probs = attention_probs(&scores, scale, rope, scores.device().is_cpu())?;
+        let out = probs.matmul(&v)?;
         Ok(out
             .reshape((b, nh, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, nh * d))?)
+    }
+}
+
+/// Causal softmax of `scale · scores` for `[b, kv, group·t, t]` scores: the fused CPU kernel,
+/// or (other devices) an additive mask and a plain softmax.
+fn attention_probs(scores: &Tensor, scale: f64, rope: &Rope, fused: bool) -> Result<Tensor> {
+    if fused {
+        return causal_softmax(scores, scale as f32);
+    }
+    let (b, nkv, rows, t) = scores.dims4()?;
+    let s = (scores * scale)?.reshape((b, nkv, rows / t, t, t))?;
+    let p = softmax_last(&s.broadcast_add(&rope.mask(t)?)?)?;
+    Ok(p.reshape((b, nkv, rows, t))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, ModelConfig};
+    use candle_core::Device;
+
+    #[test]
+    fn fused_and_generic_attention_probs_agree() {
+        let cfg = ModelConfig::tiny(Arch::Llama);
+        let rope = Rope::new(&cfg, 6, &Device::Cpu).unwrap();
+        // b = 2, kv = 2, group = 3, t = 6.
+        let data: Vec<f32> = (0..2 * 2 * 18 * 6)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 9.0)
+            .collect();
+        let scores = Tensor::from_vec(data, (2, 2, 18, 6), &Device::Cpu).unwrap();
+        let fused = attention_probs(&scores, 0.25, &rope, true).unwrap();
+        let generic = attention_probs(&scores, 0.25, &rope, false).unwrap();
+        let d = (fused - generic)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
     }
 }

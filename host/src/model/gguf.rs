@@ -175,7 +175,7 @@ fn swap_head_halves(t: &Tensor, heads: usize, to_hf: bool) -> Result<Tensor> {
     let dims = t.dims().to_vec();
     let rows = dims.first().copied().unwrap_or(0);
     let cols: usize = dims.iter().skip(1).product();
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return Err(ModelError::Shape(format!(
             "{rows} rows do not split into {heads} heads of even width"
         )));

@@ -35,7 +35,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5; // Cephes' 5.0000001201e-1 rounds to 0.5 in f32
     let y = p * r * r + r + 1.0;
     // n ∈ [−126, 127] after the clamp, so n + 127 fits the 8 exponent bits: shifting the
     // low mantissa bits of `shifted` (n plus a multiple of 2⁹) into place builds 2ⁿ.
@@ -43,7 +43,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     y * pow2n
 }
 
-/// `Σ exp(v − max)` over `row`, in eight f32 lanes then f64.
+/// `Σ exp(v − max)` over `row`: f32 sums of 512-element blocks, added up in f64.
 pub(crate) fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -56,8 +56,8 @@ pub(crate) fn sum_exp_shifted(row: &[f32], max: f32) -> f64 {
 #[inline(always)]
 fn sum_exp_body(row: &[f32], max: f32) -> f64 {
     // Exponentials go through a stack buffer: a plain map loop vectorizes, a fused
-    // map-and-accumulate loop does not.
-    // (A plain `for`: iterator adaptors may be outlined, losing the AVX2 compilation.)
+    // map-and-accumulate loop does not. A `for`, not `map().sum()`: iterator adaptors may be
+    // outlined out of the AVX2-compiled caller.
     let mut buf = [0f32; 512];
     let mut total = 0f64;
     for c in row.chunks(buf.len()) {
@@ -206,11 +206,15 @@ impl CustomOp1 for CausalSoftmax {
         "causal-softmax"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout)?;
         let dims = layout.dims();
         let t = dims.last().copied().unwrap_or(0);
-        if t == 0 || dims.len() < 2 || dims[dims.len() - 2] % t != 0 {
+        if t == 0 || dims.len() < 2 || !dims[dims.len() - 2].is_multiple_of(t) {
             candle_core::bail!("causal-softmax expects [..., k·t, t], got {dims:?}");
         }
         let mut dst = vec![0f32; src.len()];
@@ -280,13 +284,32 @@ mod tests {
     fn causal_softmax_equals_masked_softmax() {
         let dev = Device::Cpu;
         let t = 5;
-        let data: Vec<f32> = (0..2 * t * t).map(|i| ((i * 7 % 11) as f32 - 5.0) / 2.0).collect();
+        let data: Vec<f32> = (0..2 * t * t)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 2.0)
+            .collect();
         let s = Tensor::from_vec(data, (2, t, t), &dev).unwrap();
         let got = causal_softmax(&s, 0.5).unwrap();
-        let mask: Vec<f32> = (0..t * t).map(|i| if i % t > i / t { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                if i % t > i / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let mask = Tensor::from_vec(mask, (t, t), &dev).unwrap();
-        let want = candle_nn::ops::softmax_last_dim(&(s * 0.5).unwrap().broadcast_add(&mask).unwrap()).unwrap();
-        let d = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let want =
+            candle_nn::ops::softmax_last_dim(&(s * 0.5).unwrap().broadcast_add(&mask).unwrap())
+                .unwrap();
+        let d = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
         assert!(d.to_scalar::<f32>().unwrap() < 1e-6);
     }
 
@@ -297,6 +320,9 @@ mod tests {
         let g = Tensor::new(&[1f32, -2.0], &dev).unwrap();
         let u = Tensor::new(&[2f32, 3.0], &dev).unwrap();
         let y = swiglu(&g, &u).unwrap().to_vec1::<f32>().unwrap();
-        assert!((y[0] - 1.462_117_2).abs() < 1e-6 && (y[1] + 0.715_217_5).abs() < 1e-6, "{y:?}");
+        assert!(
+            (y[0] - 1.462_117_2).abs() < 1e-6 && (y[1] + 0.715_217_5).abs() < 1e-6,
+            "{y:?}"
+        );
     }
 }

@@ -114,17 +114,20 @@ impl RmsNorm {
 
     /// Normalise the last dimension of `x` (copied first if it is not contiguous).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)?)
+        Ok(candle_nn::ops::rms_norm(
+            &x.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?)
     }
 }
 
-/// Position tables for sequences up to `max_len` tokens: RoPE cos/sin (Hugging Face
-/// `rotate_half` layout) and the additive causal mask.
+/// Position tables for sequences up to `max_len` tokens: RoPE cos/sin in the Hugging Face
+/// `rotate_half` layout.
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
-    mask: Tensor,
     max_len: usize,
 }
 
@@ -141,7 +144,6 @@ impl Rope {
         Ok(Self {
             cos: Tensor::from_vec(cos, (max_len, half), device)?,
             sin: Tensor::from_vec(sin, (max_len, half), device)?,
-            mask: Tensor::from_vec(causal_mask(max_len), (max_len, max_len), device)?,
             max_len,
         })
     }
@@ -160,10 +162,11 @@ impl Rope {
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
     }
 
-    /// The `[seq, seq]` additive mask: 0 on and below the diagonal, −∞ above.
+    /// The `[seq, seq]` additive causal mask: 0 on and below the diagonal, −∞ above (built
+    /// on demand: the CPU path uses a fused causal softmax instead).
     pub fn mask(&self, t: usize) -> Result<Tensor> {
         self.check_len(t)?;
-        Ok(self.mask.narrow(0, 0, t)?.narrow(1, 0, t)?)
+        Ok(Tensor::from_vec(causal_mask(t), (t, t), self.cos.device())?)
     }
 
     fn check_len(&self, t: usize) -> Result<()> {

@@ -1,0 +1,53 @@
+"""Load a model exported by `autoprune prune --out DIR` with Hugging Face transformers and
+check it: architecture, sparsity of the linear layers, and perplexity on a few SOTU windows
+compared with the number autoprune wrote into DIR/report.json.
+
+Usage (needs `pip install torch transformers`; not part of `cargo test`):
+    python3 tests/hf_load_check.py runs/x
+"""
+import json
+import math
+import pathlib
+import sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+run = pathlib.Path(sys.argv[1])
+report = json.loads((run / "report.json").read_text())
+model = AutoModelForCausalLM.from_pretrained(run / "model", torch_dtype=torch.float32)
+tok = AutoTokenizer.from_pretrained(run / "model")
+model.eval()
+
+zeros = total = 0
+for name, p in model.named_parameters():
+    if name.endswith("proj.weight"):
+        zeros += int((p == 0).sum())
+        total += p.numel()
+sparsity = zeros / total
+print(f"loaded {type(model).__name__}; linear sparsity {sparsity:.6f} (report: {report['sparsity_achieved']:.6f})")
+assert abs(sparsity - report["sparsity_achieved"]) < 1e-6
+
+# Perplexity on the same evaluation windows autoprune used (its token ids, re-tokenized here
+# with the exported tokenizer.json to prove the tokenizer round-trips too).
+proto = report["protocol"]
+sotu = pathlib.Path(__file__).resolve().parent.parent / "data" / "sotu"
+speeches = sorted(
+    ((int(f.name[:4]), f.name, f.read_text(encoding="utf-8").strip()) for f in sotu.glob("*.txt")),
+    key=lambda s: (s[0], s[1]),
+)
+text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
+ids = tok(text, add_special_tokens=False)["input_ids"]
+assert len(ids) == proto["eval_tokens"], (len(ids), proto["eval_tokens"])
+seq, n = proto["seq_len"], proto["eval_windows"]
+nll = 0.0
+with torch.no_grad():
+    for w in range(n):
+        x = torch.tensor([ids[w * seq:(w + 1) * seq]])
+        logits = model(x).logits[0, :-1]
+        nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+ppl = math.exp(nll / (n * (seq - 1)))
+ours = report["perplexity"]["pruned"]["ppl"]
+print(f"transformers perplexity {ppl:.4f}; autoprune {ours:.4f}")
+assert abs(ppl - ours) / ours < 2e-3
+print("OK")
