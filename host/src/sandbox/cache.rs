@@ -161,7 +161,8 @@ mod tests {
         std::fs::write(&p, raw).unwrap();
         assert_eq!(cache.get("k", "bin"), None);
         // A second cache with another key does not accept the first one's files.
-        let other = ArtifactCache::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = ArtifactCache::open(other_dir.path()).unwrap();
         std::fs::copy(cache.path("k", "bin"), other.path("k", "bin")).unwrap();
         assert_eq!(other.get("k", "bin"), None);
     }
