@@ -103,3 +103,31 @@ fn prune_real_smollm2_export_and_reload() {
     let reloaded = ev["perplexity"]["ppl"].as_f64().unwrap();
     assert!((reloaded - pruned).abs() < 1e-3 * pruned, "export {reloaded} vs in-memory {pruned}");
 }
+
+#[test]
+fn bad_models_and_short_texts_fail_cleanly_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // A truncated GGUF: the real header, then nothing.
+    let gguf = dir.path().join("cut.gguf");
+    std::fs::write(&gguf, b"GGUF\x03\x00\x00\x00\x10\x00").unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "Only a few words here.").unwrap();
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, vec![0xAB; 4096]).unwrap();
+    for (args, expect) in [
+        (vec!["eval", "--model", gguf.to_str().unwrap()], "cut.gguf"),
+        (vec!["eval", "--model", garbage.to_str().unwrap()], "garbage.gguf"),
+        (vec!["eval", "--model", "/nonexistent/model"], "/nonexistent/model"),
+    ] {
+        let o = autoprune().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(expect) && !err.contains("panicked"), "{args:?}: {err}");
+    }
+    if autoprune::data::DataDir::resolve().smollm2_gguf().is_ok() {
+        let o = autoprune().args(["eval", "--eval"]).arg(&short).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("tokens") && !err.contains("panicked"), "{err}");
+    }
+}
