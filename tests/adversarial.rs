@@ -23,8 +23,14 @@ fn endless_loop_times_out_on_the_wall_clock() {
         ..Policy::default()
     };
     let t = std::time::Instant::now();
-    assert_eq!(score("tests/attacks/endless_loop.rs", &policy), Failure::Timeout { limit_ms: 300 });
-    assert!(t.elapsed().as_secs_f64() < 5.0, "the deadline really stops it");
+    assert_eq!(
+        score("tests/attacks/endless_loop.rs", &policy),
+        Failure::Timeout { limit_ms: 300 }
+    );
+    assert!(
+        t.elapsed().as_secs_f64() < 5.0,
+        "the deadline really stops it"
+    );
 }
 
 #[test]
@@ -48,20 +54,28 @@ fn memory_bomb_hits_the_cap() {
     };
     assert_eq!(
         score("tests/attacks/memory_bomb.rs", &policy),
-        Failure::OutOfMemory { limit_bytes: 64 << 20 }
+        Failure::OutOfMemory {
+            limit_bytes: 64 << 20
+        }
     );
 }
 
 #[test]
 fn deep_recursion_overflows_the_stack() {
-    assert_eq!(score("tests/attacks/deep_recursion.rs", &Policy::default()), Failure::StackOverflow);
+    assert_eq!(
+        score("tests/attacks/deep_recursion.rs", &Policy::default()),
+        Failure::StackOverflow
+    );
 }
 
 #[test]
 fn panic_message_reaches_the_host() {
     match score("tests/attacks/panic.rs", &Policy::default()) {
         Failure::Panic { message } => {
-            assert!(message.contains("boom: layer of 128 columns is cursed"), "{message}");
+            assert!(
+                message.contains("boom: layer of 128 columns is cursed"),
+                "{message}"
+            );
         }
         other => panic!("expected a panic verdict, got {other:?}"),
     }
@@ -70,7 +84,12 @@ fn panic_message_reaches_the_host() {
 #[test]
 fn wrong_length_output_is_invalid() {
     match score("tests/attacks/wrong_length.rs", &Policy::default()) {
-        Failure::InvalidOutput(InvalidOutput::WrongLength { row_start: 0, len, cols: 128, .. }) => {
+        Failure::InvalidOutput(InvalidOutput::WrongLength {
+            row_start: 0,
+            len,
+            cols: 128,
+            ..
+        }) => {
             assert_eq!(len, 64 * 128 - 1);
         }
         other => panic!("got {other:?}"),
@@ -80,13 +99,21 @@ fn wrong_length_output_is_invalid() {
 #[test]
 fn nan_and_inf_outputs_are_invalid() {
     match score("tests/attacks/nan_output.rs", &Policy::default()) {
-        Failure::InvalidOutput(InvalidOutput::NonFinite { row: 0, col: 0, value }) => {
+        Failure::InvalidOutput(InvalidOutput::NonFinite {
+            row: 0,
+            col: 0,
+            value,
+        }) => {
             assert_eq!(value, "NaN")
         }
         other => panic!("got {other:?}"),
     }
     match score("tests/attacks/inf_output.rs", &Policy::default()) {
-        Failure::InvalidOutput(InvalidOutput::NonFinite { row: 63, col: 3, value }) => {
+        Failure::InvalidOutput(InvalidOutput::NonFinite {
+            row: 63,
+            col: 3,
+            value,
+        }) => {
             assert_eq!(value, "inf")
         }
         other => panic!("got {other:?}"),
@@ -105,7 +132,11 @@ fn oversized_output_is_stopped_by_hostcall_fuel() {
 fn missing_and_repeated_rows_are_invalid() {
     assert_eq!(
         score("tests/attacks/missing_rows.rs", &Policy::default()),
-        Failure::InvalidOutput(InvalidOutput::MissingRows { missing: 64, rows: 64, first: 0 })
+        Failure::InvalidOutput(InvalidOutput::MissingRows {
+            missing: 64,
+            rows: 64,
+            first: 0
+        })
     );
     assert_eq!(
         score("tests/attacks/double_write.rs", &Policy::default()),
@@ -136,7 +167,9 @@ fn components_importing_wasi_or_unknown_interfaces_are_rejected() {
             (export "get-environment" (func (result (list (tuple string string)))))))
     )"#;
     match load_wat(wasi) {
-        Failure::Rejected { reason } => assert!(reason.contains("wasi:cli/environment"), "{reason}"),
+        Failure::Rejected { reason } => {
+            assert!(reason.contains("wasi:cli/environment"), "{reason}")
+        }
         other => panic!("got {other:?}"),
     }
     let unknown = r#"(component (import "evil:net/socket@1.0.0" (instance)))"#;
@@ -153,7 +186,10 @@ fn garbage_and_truncated_components_are_rejected() {
             Err(Failure::Rejected { .. })
         ));
     }
-    let good = builder(true).build(&source("candidates/wanda.rs")).expect("wanda builds").wasm;
+    let good = builder(true)
+        .build(&source("candidates/wanda.rs"))
+        .expect("wanda builds")
+        .wasm;
     for cut in [8, good.len() / 2, good.len() - 1] {
         match Plugin::load(&good[..cut], &Policy::default(), Some(&cache())) {
             Err(Failure::Rejected { .. }) => {}
@@ -163,7 +199,10 @@ fn garbage_and_truncated_components_are_rejected() {
     // The untouched component still loads and scores after all of the above.
     let p = Plugin::load(&good, &Policy::default(), Some(&cache())).expect("loads");
     let layer = small_layer();
-    assert_eq!(p.score(&layer.data(0.5)).expect("scores").scores.len(), 64 * 128);
+    assert_eq!(
+        p.score(&layer.data(0.5)).expect("scores").scores.len(),
+        64 * 128
+    );
 }
 
 #[test]
@@ -172,6 +211,9 @@ fn a_trapped_plugin_is_usable_again_with_a_fresh_store() {
     let p = plugin("tests/attacks/panic.rs", &Policy::default()).unwrap();
     let layer = small_layer();
     for _ in 0..3 {
-        assert!(matches!(p.score(&layer.data(0.5)), Err(Failure::Panic { .. })));
+        assert!(matches!(
+            p.score(&layer.data(0.5)),
+            Err(Failure::Panic { .. })
+        ));
     }
 }

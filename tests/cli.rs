@@ -6,7 +6,10 @@ use std::process::Command;
 
 fn autoprune() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_autoprune"));
-    c.env("AUTOPRUNE_CACHE", common::workspace().join("target/test-cache"));
+    c.env(
+        "AUTOPRUNE_CACHE",
+        common::workspace().join("target/test-cache"),
+    );
     c
 }
 
@@ -15,7 +18,13 @@ fn build_then_check_wanda() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("wanda.wasm");
     let src = common::workspace().join("candidates/wanda.rs");
-    let b = autoprune().arg("build").arg(&src).arg("-o").arg(&out).output().unwrap();
+    let b = autoprune()
+        .arg("build")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
     assert!(String::from_utf8_lossy(&b.stdout).contains("built"));
     let c = autoprune()
@@ -34,10 +43,17 @@ fn build_then_check_wanda() {
 #[test]
 fn check_reports_a_failing_plugin_with_exit_status_1() {
     let src = common::workspace().join("tests/attacks/nan_output.rs");
-    let c = autoprune().args(["check", "--shapes", "32x32"]).arg(&src).output().unwrap();
+    let c = autoprune()
+        .args(["check", "--shapes", "32x32"])
+        .arg(&src)
+        .output()
+        .unwrap();
     assert_eq!(c.status.code(), Some(1));
     let text = String::from_utf8_lossy(&c.stdout);
-    assert!(text.contains("FAIL") && text.contains("non-finite"), "{text}");
+    assert!(
+        text.contains("FAIL") && text.contains("non-finite"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -45,10 +61,20 @@ fn build_without_bubblewrap_refuses_untrusted_source() {
     // A PATH without bwrap (but with rustc/cargo, found through the toolchain's own folder).
     let empty = tempfile::tempdir().unwrap();
     let src = common::workspace().join("candidates/wanda.rs");
-    let c = autoprune().env("PATH", empty.path()).arg("build").arg(&src).arg("-o").arg(empty.path().join("x.wasm")).output().unwrap();
+    let c = autoprune()
+        .env("PATH", empty.path())
+        .arg("build")
+        .arg(&src)
+        .arg("-o")
+        .arg(empty.path().join("x.wasm"))
+        .output()
+        .unwrap();
     assert_eq!(c.status.code(), Some(2));
     let err = String::from_utf8_lossy(&c.stderr);
-    assert!(err.contains("bubblewrap") && err.contains("--trusted"), "{err}");
+    assert!(
+        err.contains("bubblewrap") && err.contains("--trusted"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -56,7 +82,12 @@ fn bad_policy_fields_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("policy.json");
     std::fs::write(&p, r#"{"memory_byte": 1}"#).unwrap();
-    let c = autoprune().args(["check", "--policy"]).arg(&p).arg("x.wasm").output().unwrap();
+    let c = autoprune()
+        .args(["check", "--policy"])
+        .arg(&p)
+        .arg("x.wasm")
+        .output()
+        .unwrap();
     assert_eq!(c.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&c.stderr).contains("unknown field"));
 }
@@ -68,7 +99,10 @@ fn bad_policy_fields_are_refused() {
 fn prune_real_smollm2_export_and_reload() {
     let data = autoprune::data::DataDir::resolve();
     if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run ./setup.sh first");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run ./setup.sh first"
+        );
         eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
         return;
     }
@@ -76,7 +110,16 @@ fn prune_real_smollm2_export_and_reload() {
     let p = autoprune()
         .args(["prune", "--metric"])
         .arg(common::workspace().join("candidates/wanda.rs"))
-        .args(["--sparsity", "0.5", "--calib-windows", "2", "--eval-windows", "2", "--json", "--out"])
+        .args([
+            "--sparsity",
+            "0.5",
+            "--calib-windows",
+            "2",
+            "--eval-windows",
+            "2",
+            "--json",
+            "--out",
+        ])
         .arg(out.path())
         .output()
         .unwrap();
@@ -85,7 +128,10 @@ fn prune_real_smollm2_export_and_reload() {
     let dense = report["perplexity"]["dense"]["ppl"].as_f64().unwrap();
     let pruned = report["perplexity"]["pruned"]["ppl"].as_f64().unwrap();
     assert!(dense > 10.0 && dense < 60.0, "dense {dense}");
-    assert!(pruned > dense * 1.3 && pruned < dense * 4.0, "dense {dense}, pruned {pruned}");
+    assert!(
+        pruned > dense * 1.3 && pruned < dense * 4.0,
+        "dense {dense}, pruned {pruned}"
+    );
     assert_eq!(report["sparsity_achieved"].as_f64().unwrap(), 0.5);
     assert_eq!(report["layers"].as_array().unwrap().len(), 30 * 7);
     assert_eq!(report["protocol"]["calib_offsets"][1], 943_299); // floor(1·(1,887,111 − 512)/2)
@@ -101,7 +147,10 @@ fn prune_real_smollm2_export_and_reload() {
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     let ev: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
     let reloaded = ev["perplexity"]["ppl"].as_f64().unwrap();
-    assert!((reloaded - pruned).abs() < 1e-3 * pruned, "export {reloaded} vs in-memory {pruned}");
+    assert!(
+        (reloaded - pruned).abs() < 1e-3 * pruned,
+        "export {reloaded} vs in-memory {pruned}"
+    );
 }
 
 #[test]
@@ -116,16 +165,29 @@ fn bad_models_and_short_texts_fail_cleanly_with_status_2() {
     std::fs::write(&garbage, vec![0xAB; 4096]).unwrap();
     for (args, expect) in [
         (vec!["eval", "--model", gguf.to_str().unwrap()], "cut.gguf"),
-        (vec!["eval", "--model", garbage.to_str().unwrap()], "garbage.gguf"),
-        (vec!["eval", "--model", "/nonexistent/model"], "/nonexistent/model"),
+        (
+            vec!["eval", "--model", garbage.to_str().unwrap()],
+            "garbage.gguf",
+        ),
+        (
+            vec!["eval", "--model", "/nonexistent/model"],
+            "/nonexistent/model",
+        ),
     ] {
         let o = autoprune().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(expect) && !err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains(expect) && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
     }
     if autoprune::data::DataDir::resolve().smollm2_gguf().is_ok() {
-        let o = autoprune().args(["eval", "--eval"]).arg(&short).output().unwrap();
+        let o = autoprune()
+            .args(["eval", "--eval"])
+            .arg(&short)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{err}");
         assert!(err.contains("tokens") && !err.contains("panicked"), "{err}");

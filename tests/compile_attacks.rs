@@ -23,15 +23,23 @@ fn canary() -> &'static Canary {
     static C: OnceLock<Canary> = OnceLock::new();
     C.get_or_init(|| {
         let mut raw = [0u8; 16];
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw).unwrap();
-        let value = format!("CANARY{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw)
+            .unwrap();
+        let value = format!(
+            "CANARY{}",
+            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret.txt");
         // Valid Rust on its first line, so a `#[path]` include would compile it if it could.
         std::fs::write(&path, format!("pub const LEAK: &str = \"{value}\";\n")).unwrap();
         // Set before any build starts; the builders run sequentially in this one test.
         std::env::set_var(CANARY_VAR, &value);
-        Canary { _dir: dir, path: path.to_string_lossy().into_owned(), value }
+        Canary {
+            _dir: dir,
+            path: path.to_string_lossy().into_owned(),
+            value,
+        }
     })
 }
 
@@ -102,9 +110,15 @@ fn assert_no_leak(name: &str, result: &Result<autoprune::build::Built, Failure>)
         }
         Err(f) => format!("{f} {f:?} {}", serde_json::to_string(f).unwrap()),
     };
-    assert!(!text.contains(&c.value), "{name}: canary in the output: {text}");
+    assert!(
+        !text.contains(&c.value),
+        "{name}: canary in the output: {text}"
+    );
     let secret = c.value.trim_start_matches("CANARY");
-    assert!(!text.contains(secret), "{name}: canary secret in the output: {text}");
+    assert!(
+        !text.contains(secret),
+        "{name}: canary secret in the output: {text}"
+    );
 }
 
 #[test]
@@ -115,11 +129,20 @@ fn compile_time_attacks_leak_nothing_with_or_without_the_lint() {
     let linted = builder(true);
     let fast_kill = Builder::new(
         cache(),
-        BuildOptions { isolation: Isolation::Bwrap, lint: false, timeout_secs: 5, ..BuildOptions::default() },
+        BuildOptions {
+            isolation: Isolation::Bwrap,
+            lint: false,
+            timeout_secs: 5,
+            ..BuildOptions::default()
+        },
     )
     .unwrap();
     for (name, src) in attacks() {
-        let b = if name == "endless_const_eval" { &fast_kill } else { &sandboxed };
+        let b = if name == "endless_const_eval" {
+            &fast_kill
+        } else {
+            &sandboxed
+        };
         let t = std::time::Instant::now();
         let raw = b.build(&src);
         assert_no_leak(name, &raw);
@@ -127,7 +150,10 @@ fn compile_time_attacks_leak_nothing_with_or_without_the_lint() {
             // Without the canary in the sandbox's environment this compiles to a harmless metric.
             ("option_env", Ok(_)) => {}
             ("extern_import", Err(Failure::Rejected { reason })) => {
-                assert!(reason.contains("wasi_snapshot_preview1") || reason.contains("import"), "{reason}")
+                assert!(
+                    reason.contains("wasi_snapshot_preview1") || reason.contains("import"),
+                    "{reason}"
+                )
             }
             (_, Err(Failure::Compile { .. })) => {}
             (_, other) => panic!("{name} without lint: unexpected {other:?}"),
@@ -136,7 +162,9 @@ fn compile_time_attacks_leak_nothing_with_or_without_the_lint() {
         if name == "endless_const_eval" {
             // Nothing to lint: the hard kill is the defence.
             match &raw {
-                Err(Failure::Compile { diagnostics }) => assert!(diagnostics.contains("stopped"), "{diagnostics}"),
+                Err(Failure::Compile { diagnostics }) => {
+                    assert!(diagnostics.contains("stopped"), "{diagnostics}")
+                }
                 other => panic!("{other:?}"),
             }
             continue;
@@ -144,7 +172,9 @@ fn compile_time_attacks_leak_nothing_with_or_without_the_lint() {
         let linted_res = linted.build(&src);
         assert_no_leak(name, &linted_res);
         match linted_res {
-            Err(Failure::Compile { diagnostics }) => assert!(diagnostics.contains("not allowed"), "{name}: {diagnostics}"),
+            Err(Failure::Compile { diagnostics }) => {
+                assert!(diagnostics.contains("not allowed"), "{name}: {diagnostics}")
+            }
             other => panic!("{name} with lint: expected a lint error, got {other:?}"),
         }
     }
@@ -156,10 +186,16 @@ fn broken_candidate_gets_compiler_diagnostics() {
     match builder(true).build(src) {
         Err(Failure::Compile { diagnostics }) => {
             assert!(diagnostics.contains("mismatched types"), "{diagnostics}");
-            assert!(diagnostics.contains("lib.rs:5"), "points at the candidate: {diagnostics}");
+            assert!(
+                diagnostics.contains("lib.rs:5"),
+                "points at the candidate: {diagnostics}"
+            );
             // No host path reaches the diagnostics: the toolchain is at /rust, the job at /job.
             let home = std::env::var("HOME").unwrap_or_default();
-            assert!(home.is_empty() || !diagnostics.contains(&home), "{diagnostics}");
+            assert!(
+                home.is_empty() || !diagnostics.contains(&home),
+                "{diagnostics}"
+            );
         }
         other => panic!("got {other:?}"),
     }

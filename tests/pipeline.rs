@@ -16,7 +16,9 @@ use candle_core::Device;
 
 fn tokens(n: usize, vocab: u32) -> Vec<u32> {
     // A deterministic, repetitive "text" so a model has something to be perplexed by.
-    (0..n as u32).map(|i| (i * 7 + (i / 13) * 3) % vocab).collect()
+    (0..n as u32)
+        .map(|i| (i * 7 + (i / 13) * 3) % vocab)
+        .collect()
 }
 
 fn plugin(rel: &str) -> Plugin {
@@ -33,8 +35,19 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
         let offsets = window_offsets(toks.len(), 4, 64, Sampler::Even).unwrap();
         let wins = windows(&toks, &offsets, 64);
         let mut model = dense.clone();
-        let pcfg = PruneConfig { sparsity: 0.5, pattern: Pattern::PerRow, batch: 3 };
-        let report = prune_model(&mut model, &wins, &Method::Metric(&wanda), &pcfg, &mut |_, _| {}).unwrap();
+        let pcfg = PruneConfig {
+            sparsity: 0.5,
+            pattern: Pattern::PerRow,
+            batch: 3,
+        };
+        let report = prune_model(
+            &mut model,
+            &wins,
+            &Method::Metric(&wanda),
+            &pcfg,
+            &mut |_, _| {},
+        )
+        .unwrap();
         assert_eq!(report.layers.len(), 7 * cfg.num_layers);
         for l in &report.layers {
             // Exactly floor(cols/2) pruned per row; random weights have no zeros of their own.
@@ -44,14 +57,23 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
         // Block 0 sees the dense embeddings, so its masks can be recomputed independently:
         // native Wanda on the same statistics gives the same mask hash.
         let rope = dense.rope(64).unwrap();
-        let batches: Vec<_> = wins.chunks(3).map(|w| dense.embed(&dense.ids_tensor(w).unwrap()).unwrap()).collect();
-        let inputs = autoprune::calib::collect_block_inputs(&dense.blocks[0], &batches, &rope, false).unwrap();
+        let batches: Vec<_> = wins
+            .chunks(3)
+            .map(|w| dense.embed(&dense.ids_tensor(w).unwrap()).unwrap())
+            .collect();
+        let inputs =
+            autoprune::calib::collect_block_inputs(&dense.blocks[0], &batches, &rope, false)
+                .unwrap();
         for (k, kind) in LayerKind::BLOCK.into_iter().enumerate() {
             let lin = dense.blocks[0].linear(kind).unwrap();
             let (rows, cols) = lin.shape();
             let w: Vec<f32> = lin.weight().flatten_all().unwrap().to_vec1().unwrap();
             let data = LayerData {
-                id: LayerId { block: 0, num_blocks: 2, kind },
+                id: LayerId {
+                    block: 0,
+                    num_blocks: 2,
+                    kind,
+                },
                 rows,
                 cols,
                 weights: &w,
@@ -59,14 +81,26 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
                 gradient: None,
                 sparsity: 0.5,
             };
-            let mask = Mask::from_scores(&native::wanda(&data), rows, cols, Pattern::PerRow, 0.5).unwrap();
-            assert_eq!(format!("{:016x}", mask.hash64()), report.layers[k].mask_hash, "{arch:?} {kind:?}");
+            let mask =
+                Mask::from_scores(&native::wanda(&data), rows, cols, Pattern::PerRow, 0.5).unwrap();
+            assert_eq!(
+                format!("{:016x}", mask.hash64()),
+                report.layers[k].mask_hash,
+                "{arch:?} {kind:?}"
+            );
         }
         // The pruned model still runs and is worse than the dense one.
-        let opts = PerplexityOptions { seq_len: 64, windows: 4, batch: 2 };
+        let opts = PerplexityOptions {
+            seq_len: 64,
+            windows: 4,
+            batch: 2,
+        };
         let d = perplexity(&dense, &toks, &opts).unwrap().ppl;
         let p = perplexity(&model, &toks, &opts).unwrap().ppl;
-        assert!(p.is_finite() && d.is_finite() && p != d, "{arch:?}: dense {d}, pruned {p}");
+        assert!(
+            p.is_finite() && d.is_finite() && p != d,
+            "{arch:?}: dense {d}, pruned {p}"
+        );
     }
 }
 
@@ -74,17 +108,36 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
 fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
     let cfg = ModelConfig::tiny(Arch::Llama);
     let toks = tokens(4096, cfg.vocab_size as u32);
-    let wins = windows(&toks, &window_offsets(toks.len(), 4, 64, Sampler::Even).unwrap(), 64);
+    let wins = windows(
+        &toks,
+        &window_offsets(toks.len(), 4, 64, Sampler::Even).unwrap(),
+        64,
+    );
     for pattern in [Pattern::PerRow, Pattern::NM { n: 2, m: 4 }] {
         let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
-        let pcfg = PruneConfig { sparsity: 0.5, pattern, batch: 4 };
+        let pcfg = PruneConfig {
+            sparsity: 0.5,
+            pattern,
+            batch: 4,
+        };
         let r = prune_model(&mut model, &wins, &Method::SparseGpt, &pcfg, &mut |_, _| {}).unwrap();
         assert!((r.sparsity - 0.5).abs() < 0.02, "{pattern}: {}", r.sparsity);
     }
     let ria = plugin("candidates/ria.rs");
     let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
-    let pcfg = PruneConfig { sparsity: 0.5, pattern: Pattern::NM { n: 4, m: 8 }, batch: 4 };
-    let r = prune_model(&mut model, &wins, &Method::Metric(&ria), &pcfg, &mut |_, _| {}).unwrap();
+    let pcfg = PruneConfig {
+        sparsity: 0.5,
+        pattern: Pattern::NM { n: 4, m: 8 },
+        batch: 4,
+    };
+    let r = prune_model(
+        &mut model,
+        &wins,
+        &Method::Metric(&ria),
+        &pcfg,
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(r.sparsity, 0.5);
 }
 
@@ -95,8 +148,18 @@ fn failing_metric_reports_its_verdict_and_layer() {
     let toks = tokens(1024, cfg.vocab_size as u32);
     let wins = windows(&toks, &[0, 100], 64);
     let mut model = Model::random(&cfg, 1, &Device::Cpu).unwrap();
-    let pcfg = PruneConfig { sparsity: 0.5, pattern: Pattern::PerRow, batch: 2 };
-    match prune_model(&mut model, &wins, &Method::Metric(&nan), &pcfg, &mut |_, _| {}) {
+    let pcfg = PruneConfig {
+        sparsity: 0.5,
+        pattern: Pattern::PerRow,
+        batch: 2,
+    };
+    match prune_model(
+        &mut model,
+        &wins,
+        &Method::Metric(&nan),
+        &pcfg,
+        &mut |_, _| {},
+    ) {
         Err(autoprune::pipeline::PipelineError::Metric { layer, failure }) => {
             assert_eq!((layer.block, layer.kind), (0, LayerKind::Q));
             assert_eq!(failure.kind(), "invalid_output");

@@ -59,7 +59,9 @@ impl SyntheticLayer {
     /// their activations are ~50× larger and their weights ~4× larger, as in LLMs.
     pub fn generate(rows: usize, cols: usize, kind: LayerKind, seed: u64) -> Self {
         let mut rng = SplitMix(seed ^ ((rows as u64) << 32) ^ cols as u64);
-        let outliers: Vec<usize> = (0..4.min(cols)).map(|_| (rng.next() % cols as u64) as usize).collect();
+        let outliers: Vec<usize> = (0..4.min(cols))
+            .map(|_| (rng.next() % cols as u64) as usize)
+            .collect();
         let tokens = 16_384u64;
         let mut stats = ChannelStats::new(cols);
         stats.tokens = tokens;
@@ -88,7 +90,11 @@ impl SyntheticLayer {
             .enumerate()
             .for_each(|(r, (w, g))| gen_row(r, w, g));
         Self {
-            id: LayerId { block: 0, num_blocks: 1, kind },
+            id: LayerId {
+                block: 0,
+                num_blocks: 1,
+                kind,
+            },
             rows,
             cols,
             weights,
@@ -233,7 +239,11 @@ pub fn render(report: &CheckReport) -> String {
         m.name,
         m.version,
         m.description,
-        if m.needs_gradient { " [needs gradient]" } else { "" }
+        if m.needs_gradient {
+            " [needs gradient]"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,
@@ -260,7 +270,11 @@ pub fn render(report: &CheckReport) -> String {
             result
         );
     }
-    let _ = write!(s, "verdict: {}", if report.passed { "PASS" } else { "FAIL" });
+    let _ = write!(
+        s,
+        "verdict: {}",
+        if report.passed { "PASS" } else { "FAIL" }
+    );
     if let Some(f) = &report.failure {
         let _ = write!(s, " ({})", f.kind());
     }
@@ -286,6 +300,9 @@ mod tests {
         let max = norms.iter().cloned().fold(0.0, f32::max);
         let mut sorted = norms.clone();
         sorted.sort_by(f32::total_cmp);
-        assert!(max > 10.0 * sorted[sorted.len() / 2], "outlier channels exist");
+        assert!(
+            max > 10.0 * sorted[sorted.len() / 2],
+            "outlier channels exist"
+        );
     }
 }

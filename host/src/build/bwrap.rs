@@ -51,7 +51,11 @@ fn system_libs(sysroot: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     ] {
         for e in std::fs::read_dir(dir)?.flatten() {
             let p = e.path();
-            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if p.is_file() && (name.ends_with(".so") || name.contains(".so.") || name == "rust-lld")
             {
                 bins.push(p);
@@ -65,9 +69,14 @@ fn system_libs(sysroot: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
             // "libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
             let path = match line.split_once("=>") {
                 Some((_, rhs)) => rhs.split_whitespace().next(),
-                None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+                None => line
+                    .split_whitespace()
+                    .next()
+                    .filter(|p| p.starts_with('/')),
             };
-            if let Some(p) = path.filter(|p| p.starts_with('/') && !p.starts_with(&*sysroot.to_string_lossy())) {
+            if let Some(p) =
+                path.filter(|p| p.starts_with('/') && !p.starts_with(&*sysroot.to_string_lossy()))
+            {
                 libs.insert(p.to_string());
             }
         }
@@ -108,7 +117,13 @@ pub(super) fn run_sandboxed(job: &Job<'_>) -> std::io::Result<Outcome> {
         .arg(format!("--fsize={}", o.max_output_bytes))
         .args(["--nofile=256", "--core=0", "--"])
         .arg("bwrap")
-        .args(["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"])
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+        ])
         .args(["--uid", "65534", "--gid", "65534"])
         .arg("--ro-bind")
         .arg(sysroot)
@@ -133,7 +148,14 @@ pub(super) fn run_sandboxed(job: &Job<'_>) -> std::io::Result<Outcome> {
         .arg("--bind")
         .arg(&job.out_dir)
         .arg(format!("{JOB}/out"))
-        .args(["--tmpfs", "/tmp", "--dev-bind", "/dev/null", "/dev/null", "--clearenv"])
+        .args([
+            "--tmpfs",
+            "/tmp",
+            "--dev-bind",
+            "/dev/null",
+            "/dev/null",
+            "--clearenv",
+        ])
         .args(["--setenv", "LD_LIBRARY_PATH", &ld_path])
         .args(["--setenv", "TMPDIR", "/tmp"])
         .args(["--chdir", JOB])

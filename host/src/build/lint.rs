@@ -203,8 +203,7 @@ pub fn lint(src: &str) -> Vec<Finding> {
                         line: *line,
                         message: format!("`{w}` is not allowed in a candidate metric"),
                     });
-                } else if next == Some(&Tok::Punct('!')) && FORBIDDEN_MACROS.contains(&w.as_str())
-                {
+                } else if next == Some(&Tok::Punct('!')) && FORBIDDEN_MACROS.contains(&w.as_str()) {
                     findings.push(Finding {
                         line: *line,
                         message: format!(
@@ -214,7 +213,9 @@ pub fn lint(src: &str) -> Vec<Finding> {
                 } else if attr_depth.is_some() && FORBIDDEN_ATTRS.contains(&w.as_str()) {
                     findings.push(Finding {
                         line: *line,
-                        message: format!("the attribute `{w}` is not allowed in a candidate metric"),
+                        message: format!(
+                            "the attribute `{w}` is not allowed in a candidate metric"
+                        ),
                     });
                 }
             }
@@ -229,7 +230,10 @@ mod tests {
     use super::*;
 
     fn msgs(src: &str) -> Vec<String> {
-        lint(src).into_iter().map(|f| format!("{}: {}", f.line, f.message)).collect()
+        lint(src)
+            .into_iter()
+            .map(|f| format!("{}: {}", f.line, f.message))
+            .collect()
     }
 
     #[test]
@@ -250,10 +254,19 @@ mod tests {
     #[test]
     fn attacks_are_found() {
         for (src, what) in [
-            ("const X: &[u8] = include_bytes!(\"/etc/hostname\");", "include_bytes!"),
-            ("const X: &str = include_str ! (\"/etc/hostname\");", "include_str!"),
+            (
+                "const X: &[u8] = include_bytes!(\"/etc/hostname\");",
+                "include_bytes!",
+            ),
+            (
+                "const X: &str = include_str ! (\"/etc/hostname\");",
+                "include_str!",
+            ),
             ("const H: &str = env!(\"HOME\");", "env!"),
-            ("const H: Option<&str> = option_env!(\"HOME\");", "option_env!"),
+            (
+                "const H: Option<&str> = option_env!(\"HOME\");",
+                "option_env!",
+            ),
             ("#[path = \"/etc/os-release\"] mod x;", "path"),
             ("extern \"C\" { fn host_fn(); }", "extern"),
             ("fn f() { unsafe { } }", "unsafe"),

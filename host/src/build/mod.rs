@@ -265,7 +265,10 @@ pub fn componentize(core: &[u8]) -> Result<Vec<u8>, Failure> {
             reason: format!("cannot make a component of the compiled module: {e:#}"),
         })?;
     let imports = component_imports(&wasm)?;
-    if let Some(bad) = imports.iter().find(|i| !ALLOWED_IMPORTS.contains(&i.as_str())) {
+    if let Some(bad) = imports
+        .iter()
+        .find(|i| !ALLOWED_IMPORTS.contains(&i.as_str()))
+    {
         return Err(Failure::Rejected {
             reason: format!(
                 "the component imports `{bad}`; only {} are allowed",
@@ -317,4 +320,3 @@ impl BuildOptions {
         Duration::from_secs(self.timeout_secs)
     }
 }
-

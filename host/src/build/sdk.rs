@@ -49,7 +49,10 @@ fn rustc() -> Command {
 
 /// The toolchain's sysroot (`rustc --print sysroot`).
 pub fn sysroot() -> Result<PathBuf, BuildError> {
-    let s = run(rustc().args(["--print", "sysroot"]), "rustc --print sysroot")?;
+    let s = run(
+        rustc().args(["--print", "sysroot"]),
+        "rustc --print sysroot",
+    )?;
     let p = PathBuf::from(s.trim());
     if !p.join("lib/rustlib/wasm32-unknown-unknown").is_dir() {
         return Err(BuildError::Toolchain(
@@ -79,7 +82,9 @@ fn source_stamp(ws: &Path) -> Result<String, BuildError> {
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -179,18 +184,26 @@ impl Sdk {
         )?;
         let parent = dir.parent().expect("sdk dir has a parent");
         std::fs::create_dir_all(parent)?;
-        let tmp = tempfile::Builder::new().prefix(".staging-").tempdir_in(parent)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".staging-")
+            .tempdir_in(parent)?;
         let tmp = tmp.keep();
         for line in out.lines() {
-            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
             if msg["reason"] != "compiler-artifact" {
                 continue;
             }
             for f in msg["filenames"].as_array().into_iter().flatten() {
-                let Some(f) = f.as_str().map(Path::new) else { continue };
+                let Some(f) = f.as_str().map(Path::new) else {
+                    continue;
+                };
                 let ext = f.extension().and_then(|e| e.to_str()).unwrap_or("");
                 // Guest rlibs and the bindgen proc-macros (host .so); not the proc-macros' own deps.
-                let guest = f.components().any(|c| c.as_os_str() == "wasm32-unknown-unknown");
+                let guest = f
+                    .components()
+                    .any(|c| c.as_os_str() == "wasm32-unknown-unknown");
                 if (ext == "rlib" && guest) || ext == "so" {
                     let name = f.file_name().expect("artifact has a file name");
                     std::fs::copy(f, tmp.join(name))

@@ -17,7 +17,14 @@ pub fn tokenize_cached(
         .inner()
         .to_string(false)
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-    let key = sha256_hex(format!("{}\n{}", sha256_hex(tok_json.as_bytes()), sha256_hex(text.as_bytes())).as_bytes());
+    let key = sha256_hex(
+        format!(
+            "{}\n{}",
+            sha256_hex(tok_json.as_bytes()),
+            sha256_hex(text.as_bytes())
+        )
+        .as_bytes(),
+    );
     let path = dir.join("tokens").join(format!("{key}.u32"));
     if let Ok(bytes) = std::fs::read(&path) {
         if bytes.len() % 4 == 0 {

@@ -48,7 +48,10 @@ fn build_times(builder: &Builder, reps: usize) -> anyhow::Result<(f64, f64, f64)
     // the same source again.
     let nonce = format!("{:?}", Instant::now());
     let src = |k: usize| format!("{WANDA}\n// bench {nonce} {k}\n");
-    let cold = builder.build(&src(0)).map_err(|f| anyhow::anyhow!("{f}"))?.seconds;
+    let cold = builder
+        .build(&src(0))
+        .map_err(|f| anyhow::anyhow!("{f}"))?
+        .seconds;
     let warm = median(
         (1..=reps.min(5))
             .map(|k| builder.build(&src(k)).map(|b| b.seconds))
@@ -80,7 +83,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let nat = time(reps, || native::wanda(&data));
         let wasm = time(reps, || plugin.score(&data).expect("wanda scores"));
         // The same formula must give the same numbers.
-        let (a, b) = (native::wanda(&data), plugin.score(&data).expect("scores").scores);
+        let (a, b) = (
+            native::wanda(&data),
+            plugin.score(&data).expect("scores").scores,
+        );
         let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
         let n = (r * c) as f64;
         rows.push(serde_json::json!({
@@ -98,8 +104,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
     }
-    println!("Wanda, wasm guest (tile path, fresh store per call) vs native Rust, median of {reps}:");
-    println!("{:<12} {:>12} {:>12} {:>8} {:>10}", "layer", "native ns/w", "wasm ns/w", "ratio", "identical");
+    println!(
+        "Wanda, wasm guest (tile path, fresh store per call) vs native Rust, median of {reps}:"
+    );
+    println!(
+        "{:<12} {:>12} {:>12} {:>8} {:>10}",
+        "layer", "native ns/w", "wasm ns/w", "ratio", "identical"
+    );
     for r in &rows {
         println!(
             "{:<12} {:>12.3} {:>12.3} {:>7.2}x {:>10}",

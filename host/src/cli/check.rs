@@ -39,7 +39,10 @@ fn parse_shapes(specs: &[String]) -> anyhow::Result<Vec<(usize, usize, LayerKind
                 .split_once('x')
                 .ok_or_else(|| anyhow::anyhow!("shape `{s}` is not ROWSxCOLS"))?;
             let (r, c): (usize, usize) = (r.trim().parse()?, c.trim().parse()?);
-            anyhow::ensure!(r > 0 && c > 0 && r * c <= 1 << 28, "shape `{s}` is empty or too large");
+            anyhow::ensure!(
+                r > 0 && c > 0 && r * c <= 1 << 28,
+                "shape `{s}` is empty or too large"
+            );
             Ok((r, c, LayerKind::Other))
         })
         .collect()
@@ -86,7 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Ok(p) => p,
         Err(failure) => {
             if args.json {
-                println!("{}", serde_json::json!({ "passed": false, "failure": failure }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "passed": false, "failure": failure })
+                );
             } else {
                 eprintln!("{}: FAIL — {failure}", args.metric.display());
             }

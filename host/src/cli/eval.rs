@@ -16,9 +16,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let p = &args.protocol;
     let loaded = load_model(p.model.as_ref(), &super::protocol::device(&p.device)?)?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
-    let opts = PerplexityOptions { seq_len: p.seqlen, windows: p.eval_windows, batch: p.eval_batch };
+    let opts = PerplexityOptions {
+        seq_len: p.seqlen,
+        windows: p.eval_windows,
+        batch: p.eval_batch,
+    };
     let pb = bar(opts.windows, "eval", p.json);
-    let ppl = perplexity_with_progress(&loaded.model, &eval.tokens, &opts, &mut |d, _| pb.set_position(d as u64))?;
+    let ppl = perplexity_with_progress(&loaded.model, &eval.tokens, &opts, &mut |d, _| {
+        pb.set_position(d as u64)
+    })?;
     pb.finish_and_clear();
     let report = PplReport::from(ppl);
     if p.json {

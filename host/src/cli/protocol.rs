@@ -77,7 +77,12 @@ pub fn load_model(model: Option<&PathBuf>, device: &Device) -> anyhow::Result<Lo
     let tokenizer = Tokenizer::for_model(&path)
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
     tokenizer.check_fits(&model.config)?;
-    Ok(Loaded { model, tokenizer, path, seconds: t.elapsed().as_secs_f64() })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        path,
+        seconds: t.elapsed().as_secs_f64(),
+    })
 }
 
 /// A token stream and where it came from.
@@ -89,12 +94,19 @@ pub struct Stream {
 }
 
 /// Tokenize `file`, or the SOTU split `split` ("eval" or "calib") when no file is given.
-pub fn stream(tokenizer: &Tokenizer, file: Option<&PathBuf>, split: &str) -> anyhow::Result<Stream> {
+pub fn stream(
+    tokenizer: &Tokenizer,
+    file: Option<&PathBuf>,
+    split: &str,
+) -> anyhow::Result<Stream> {
     let (text, source) = match file {
         Some(f) => (read_text(f)?, f.display().to_string()),
         None => {
             let s = DataDir::resolve().sotu_streams()?;
-            (if split == "eval" { s.eval } else { s.calib }, format!("sotu:{split}"))
+            (
+                if split == "eval" { s.eval } else { s.calib },
+                format!("sotu:{split}"),
+            )
         }
     };
     let cache = default_cache().ok();
@@ -109,9 +121,11 @@ pub fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
     }
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb

@@ -61,7 +61,13 @@ pub struct Args {
     pub flags: BuildFlags,
 }
 
-fn ppl(model: &Model, tokens: &[u32], opts: &PerplexityOptions, what: &str, quiet: bool) -> anyhow::Result<PplReport> {
+fn ppl(
+    model: &Model,
+    tokens: &[u32],
+    opts: &PerplexityOptions,
+    what: &str,
+    quiet: bool,
+) -> anyhow::Result<PplReport> {
     let pb = bar(opts.windows, what, quiet);
     let p = perplexity_with_progress(model, tokens, opts, &mut |d, _| pb.set_position(d as u64))?;
     pb.finish_and_clear();
@@ -117,26 +123,47 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let offsets = window_offsets(calib.tokens.len(), args.calib_windows, p.seqlen, sampler)?;
     let calib_windows = windows(&calib.tokens, &offsets, p.seqlen);
-    let opts = PerplexityOptions { seq_len: p.seqlen, windows: p.eval_windows, batch: p.eval_batch };
+    let opts = PerplexityOptions {
+        seq_len: p.seqlen,
+        windows: p.eval_windows,
+        batch: p.eval_batch,
+    };
     // Fail early, before minutes of pruning, if the evaluation text is too short.
     autoprune::eval::eval_windows(&eval.tokens, &opts)?;
     let dense = if args.skip_dense {
         None
     } else {
-        Some(ppl(&loaded.model, &eval.tokens, &opts, "dense eval", quiet)?)
+        Some(ppl(
+            &loaded.model,
+            &eval.tokens,
+            &opts,
+            "dense eval",
+            quiet,
+        )?)
     };
-    let cfg = PruneConfig { sparsity: args.sparsity, pattern: args.pattern, batch: args.calib_batch };
+    let cfg = PruneConfig {
+        sparsity: args.sparsity,
+        pattern: args.pattern,
+        batch: args.calib_batch,
+    };
     let pb = bar(loaded.model.blocks.len(), "prune", quiet);
     let t = Instant::now();
-    let result = prune_model(&mut loaded.model, &calib_windows, &method, &cfg, &mut |d, _| {
-        pb.set_position(d as u64)
-    });
+    let result = prune_model(
+        &mut loaded.model,
+        &calib_windows,
+        &method,
+        &cfg,
+        &mut |d, _| pb.set_position(d as u64),
+    );
     pb.finish_and_clear();
     let pruned_report = match result {
         Ok(r) => r,
         Err(PipelineError::Metric { layer, failure }) => {
             if quiet {
-                println!("{}", serde_json::json!({ "ok": false, "layer": layer, "failure": failure }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "layer": layer, "failure": failure })
+                );
             } else {
                 eprintln!("the metric failed on {layer}: {failure}");
             }
@@ -147,7 +174,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let prune_seconds = t.elapsed().as_secs_f64();
     let pruned = ppl(&loaded.model, &eval.tokens, &opts, "pruned eval", quiet)?;
     let protocol = Protocol {
-        name: if p.model.is_none() && args.calib.is_none() && p.eval.is_none() && p.seqlen == 512 && args.calib_windows == 32 && p.eval_windows == 64 && sampler == Sampler::Even { "sotu-512".into() } else { "custom".into() },
+        name: if p.model.is_none()
+            && args.calib.is_none()
+            && p.eval.is_none()
+            && p.seqlen == 512
+            && args.calib_windows == 32
+            && p.eval_windows == 64
+            && sampler == Sampler::Even
+        {
+            "sotu-512".into()
+        } else {
+            "custom".into()
+        },
         model: loaded.path.display().to_string(),
         calib_source: calib.source.clone(),
         eval_source: eval.source.clone(),
@@ -176,17 +214,26 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let dir = out.join("model");
         loaded.model.save_hf(&dir)?;
         loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
-        std::fs::write(out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(
+            out.join("report.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
     }
     if quiet {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
     }
     println!("{}", sparsity_table(&pruned_report));
-    let name = plugin.as_ref().map_or("sparsegpt".to_string(), |pl| pl.info().name.clone());
+    let name = plugin
+        .as_ref()
+        .map_or("sparsegpt".to_string(), |pl| pl.info().name.clone());
     println!(
         "\nprotocol {} | {} | method {} | pattern {} | target sparsity {}",
-        protocol.name, loaded.path.display(), name, args.pattern, args.sparsity
+        protocol.name,
+        loaded.path.display(),
+        name,
+        args.pattern,
+        args.sparsity
     );
     if let Some(d) = &dense {
         println!("dense  perplexity {:>10.4}  ({:.1} s)", d.ppl, d.seconds);
@@ -202,7 +249,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
     );
     if let Some(out) = &args.out {
-        println!("wrote {}/model and {}/report.json", out.display(), out.display());
+        println!(
+            "wrote {}/model and {}/report.json",
+            out.display(),
+            out.display()
+        );
     }
     Ok(0)
 }

@@ -10,6 +10,11 @@ pub struct Args {}
 pub fn run(_args: Args) -> anyhow::Result<i32> {
     let cache = default_cache()?;
     let sdk = Sdk::prepare(cache.dir())?;
-    println!("guest SDK: {} ({}), fingerprint {}", sdk.dir.display(), sdk.rlib, sdk.fingerprint);
+    println!(
+        "guest SDK: {} ({}), fingerprint {}",
+        sdk.dir.display(),
+        sdk.rlib,
+        sdk.fingerprint
+    );
     Ok(0)
 }

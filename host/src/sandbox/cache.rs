@@ -24,7 +24,9 @@ pub struct ArtifactCache {
 
 impl std::fmt::Debug for ArtifactCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArtifactCache").field("dir", &self.dir).finish()
+        f.debug_struct("ArtifactCache")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -41,7 +43,10 @@ fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
         ipad[i] ^= key[i];
         opad[i] ^= key[i];
     }
-    let inner = Sha256::new().chain_update(ipad).chain_update(data).finalize();
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(data)
+        .finalize();
     Sha256::new()
         .chain_update(opad)
         .chain_update(inner)
@@ -118,8 +123,8 @@ impl ArtifactCache {
 
     /// Compile `bytes`, or load the native code this host compiled for them before.
     pub fn component(&self, bytes: &[u8]) -> Result<Component, Failure> {
-        let key = sha256_hex(format!("{}\n", engine_fingerprint()).as_bytes())
-            + &sha256_hex(bytes)[..32];
+        let key =
+            sha256_hex(format!("{}\n", engine_fingerprint()).as_bytes()) + &sha256_hex(bytes)[..32];
         if let Some(cwasm) = self.get(&key, "cwasm") {
             // SAFETY: the tag proves this host serialized these bytes with this engine
             // configuration (the fingerprint is part of the key).

@@ -146,7 +146,11 @@ fn linker() -> Result<Linker<HostState>, Failure> {
 impl Plugin {
     /// Validate and compile component bytes (or fetch the compiled artifact from `cache`),
     /// then call `describe` once.
-    pub fn load(bytes: &[u8], policy: &Policy, cache: Option<&ArtifactCache>) -> Result<Self, Failure> {
+    pub fn load(
+        bytes: &[u8],
+        policy: &Policy,
+        cache: Option<&ArtifactCache>,
+    ) -> Result<Self, Failure> {
         if bytes.len() as u64 > policy.max_component_bytes {
             return Err(Failure::Rejected {
                 reason: format!(
@@ -194,7 +198,10 @@ impl Plugin {
     }
 
     fn store(&self, fuel: u64, timeout: Duration) -> Store<HostState> {
-        let mut store = Store::new(engine(), HostState::new(&self.policy, self.info.needs_gradient));
+        let mut store = Store::new(
+            engine(),
+            HostState::new(&self.policy, self.info.needs_gradient),
+        );
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(fuel).expect("fuel is enabled on the engine");
         let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
@@ -217,7 +224,9 @@ impl Plugin {
             return Err(bad("name must be 1..=128 bytes"));
         }
         if info.version.len() > 64 || info.description.len() > 4096 {
-            return Err(bad("version (≤64 bytes) or description (≤4096 bytes) too long"));
+            return Err(bad(
+                "version (≤64 bytes) or description (≤4096 bytes) too long",
+            ));
         }
         Ok(MetricInfo {
             name: info.name,
@@ -352,7 +361,12 @@ fn guest_error(e: types::Error, max: u32) -> GuestError {
 
 /// Turn a wasmtime error from instantiation or a call into a verdict. The one place that
 /// knows how wasmtime reports each limit.
-fn classify(err: wasmtime::Error, store: &Store<HostState>, fuel: u64, timeout: Duration) -> Failure {
+fn classify(
+    err: wasmtime::Error,
+    store: &Store<HostState>,
+    fuel: u64,
+    timeout: Duration,
+) -> Failure {
     let data = store.data();
     if data.limiter.hit_cap {
         return Failure::OutOfMemory {
