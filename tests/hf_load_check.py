@@ -3,11 +3,15 @@ check it: architecture, sparsity of the linear layers, and perplexity on a few S
 compared with the number autoprune wrote into DIR/report.json.
 
 Usage (needs `pip install torch transformers`; not part of `cargo test`):
-    python3 tests/hf_load_check.py runs/x
+    python3 tests/hf_load_check.py runs/x [WINDOWS]
+
+With WINDOWS (default 8) below the run's evaluation windows, autoprune's own `eval` of the
+exported directory on the same first WINDOWS windows is the number compared against.
 """
 import json
 import math
 import pathlib
+import subprocess
 import sys
 
 import torch
@@ -15,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 run = pathlib.Path(sys.argv[1])
 report = json.loads((run / "report.json").read_text())
-model = AutoModelForCausalLM.from_pretrained(run / "model", torch_dtype=torch.float32)
+model = AutoModelForCausalLM.from_pretrained(run / "model", dtype=torch.float32)
 tok = AutoTokenizer.from_pretrained(run / "model")
 model.eval()
 
@@ -39,7 +43,9 @@ speeches = sorted(
 text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
 ids = tok(text, add_special_tokens=False)["input_ids"]
 assert len(ids) == proto["eval_tokens"], (len(ids), proto["eval_tokens"])
-seq, n = proto["seq_len"], proto["eval_windows"]
+seq = proto["seq_len"]
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+torch.set_num_threads(2)
 nll = 0.0
 with torch.no_grad():
     for w in range(n):
@@ -47,7 +53,15 @@ with torch.no_grad():
         logits = model(x).logits[0, :-1]
         nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
 ppl = math.exp(nll / (n * (seq - 1)))
-ours = report["perplexity"]["pruned"]["ppl"]
+if n == proto["eval_windows"]:
+    ours = report["perplexity"]["pruned"]["ppl"]
+else:
+    exe = pathlib.Path(__file__).resolve().parent.parent / "target" / "release" / "autoprune"
+    out = subprocess.run(
+        [str(exe), "eval", "--model", str(run / "model"), "--eval-windows", str(n), "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    ours = json.loads(out)["perplexity"]["ppl"]
 print(f"transformers perplexity {ppl:.4f}; autoprune {ours:.4f}")
 assert abs(ppl - ours) / ours < 2e-3
 print("OK")
