@@ -4,6 +4,7 @@
 //! sampling with a recorded seed. Statistics are accumulated in f64 from the dense forward of
 //! a block; inputs shared by several linears (q/k/v, gate/up) are accumulated once.
 
+pub mod gradient;
 pub mod tokens;
 
 use crate::layer::{ChannelStats, LayerKind};
@@ -24,6 +25,8 @@ pub enum Sampler {
         /// The seed (recorded in every report).
         seed: u64,
     },
+    /// Offsets given explicitly (e.g. to reproduce another tool's windows).
+    Given,
 }
 
 /// Calibration problems caused by the input text or settings.
@@ -78,7 +81,23 @@ pub fn window_offsets(
                 })
                 .collect()
         }
+        Sampler::Given => {
+            return Err(CalibError::Stats(
+                "explicit offsets are checked with `check_offsets`".into(),
+            ))
+        }
     })
+}
+
+/// Check explicitly given offsets: every window must lie inside the stream.
+pub fn check_offsets(len: usize, offsets: &[usize], seq_len: usize) -> Result<(), CalibError> {
+    match offsets.iter().find(|&&o| o + seq_len > len) {
+        Some(&o) => Err(CalibError::Stats(format!(
+            "calibration offset {o} + {seq_len} tokens runs past the end of the stream ({len} tokens)"
+        ))),
+        None if offsets.is_empty() => Err(CalibError::Stats("no calibration offsets".into())),
+        None => Ok(()),
+    }
 }
 
 /// The windows at `offsets`.
@@ -178,6 +197,13 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(a.iter().all(|&o| o + 512 < 10_000));
+    }
+
+    #[test]
+    fn given_offsets_must_fit() {
+        assert!(check_offsets(1000, &[0, 488], 512).is_ok());
+        assert!(check_offsets(1000, &[489], 512).is_err());
+        assert!(check_offsets(1000, &[], 512).is_err());
     }
 
     #[test]

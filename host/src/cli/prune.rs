@@ -4,7 +4,7 @@
 use super::check::{load_plugin, load_policy};
 use super::protocol::{bar, load_model, stream, ProtocolArgs};
 use super::{BuildFlags, EXIT_VERDICT};
-use autoprune::calib::{window_offsets, windows, Sampler};
+use autoprune::calib::{check_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
 use autoprune::layer::LayerKind;
 use autoprune::model::Model;
@@ -40,6 +40,10 @@ pub struct Args {
     /// Window placement: `even` (the protocol's deterministic offsets) or `random`.
     #[arg(long, default_value = "even", value_parser = ["even", "random"])]
     pub sampler: String,
+    /// Explicit calibration window offsets (comma-separated token positions), e.g. to
+    /// reproduce another tool's windows; overrides `--sampler` and `--calib-windows`.
+    #[arg(long, value_delimiter = ',')]
+    pub calib_offsets: Vec<usize>,
     /// Seed of the random sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -117,11 +121,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let mut loaded = load_model(p.model.as_ref(), &super::protocol::device(&p.device)?)?;
     let calib = stream(&loaded.tokenizer, args.calib.as_ref(), "calib")?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
-    let sampler = match args.sampler.as_str() {
-        "random" => Sampler::Random { seed: args.seed },
-        _ => Sampler::Even,
+    let (sampler, offsets) = if args.calib_offsets.is_empty() {
+        let sampler = match args.sampler.as_str() {
+            "random" => Sampler::Random { seed: args.seed },
+            _ => Sampler::Even,
+        };
+        let offsets = window_offsets(calib.tokens.len(), args.calib_windows, p.seqlen, sampler)?;
+        (sampler, offsets)
+    } else {
+        check_offsets(calib.tokens.len(), &args.calib_offsets, p.seqlen)?;
+        (Sampler::Given, args.calib_offsets.clone())
     };
-    let offsets = window_offsets(calib.tokens.len(), args.calib_windows, p.seqlen, sampler)?;
     let calib_windows = windows(&calib.tokens, &offsets, p.seqlen);
     let opts = PerplexityOptions {
         seq_len: p.seqlen,
@@ -178,7 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             && args.calib.is_none()
             && p.eval.is_none()
             && p.seqlen == 512
-            && args.calib_windows == 32
+            && offsets.len() == 32
             && p.eval_windows == 64
             && sampler == Sampler::Even
         {
@@ -190,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         calib_source: calib.source.clone(),
         eval_source: eval.source.clone(),
         seq_len: p.seqlen,
-        calib_windows: args.calib_windows,
+        calib_windows: offsets.len(),
         sampler,
         calib_offsets: offsets.clone(),
         eval_windows: p.eval_windows,
