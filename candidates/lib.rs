@@ -7,4 +7,6 @@ pub const BASELINES: &[(&str, &str)] = &[
     ("magnitude", include_str!("magnitude.rs")),
     ("wanda", include_str!("wanda.rs")),
     ("ria", include_str!("ria.rs")),
+    ("gblm", include_str!("gblm.rs")),
+    ("pruner_zero", include_str!("pruner_zero.rs")),
 ];

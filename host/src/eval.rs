@@ -7,7 +7,7 @@ use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 use crate::model::kernels::{max_f32, sum_exp_shifted};
-use crate::model::{Model, ModelError};
+use crate::model::{matmul, with_cpu_f32, Model, ModelError};
 
 /// Errors of an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +142,31 @@ pub fn eval_windows<'a>(
 
 /// Summed NLL of each window's positions 1..seq given the preceding tokens.
 pub fn batch_nll(model: &Model, windows: &[&[u32]]) -> Result<Vec<f64>, ModelError> {
+    let head = if model.device().is_cpu() && model.lm_head.bias().is_none() {
+        Head::Fused { panel: HEAD_PANEL }
+    } else {
+        Head::Chunked {
+            rows: logit_rows(model.config.vocab_size),
+        }
+    };
+    batch_nll_with(model, windows, head)
+}
+
+/// How the output head turns final hidden states into per-position NLLs.
+#[derive(Debug, Clone, Copy)]
+enum Head {
+    /// CPU: logits of `panel` vocabulary entries for all positions at a time, reduced to a
+    /// per-row (max, Σexp) at once (see [`head_nll_cpu`]).
+    Fused { panel: usize },
+    /// Any device: full-vocabulary logits of `rows` positions at a time.
+    Chunked { rows: usize },
+}
+
+/// Vocabulary entries per panel of the fused CPU head: a multiple of the 512-element blocks
+/// of [`sum_exp_shifted`]; 1022 positions × 2048 × 4 B = 8 MB per task.
+const HEAD_PANEL: usize = 2048;
+
+fn batch_nll_with(model: &Model, windows: &[&[u32]], head: Head) -> Result<Vec<f64>, ModelError> {
     let ids = model.ids_tensor(windows)?;
     let (b, t) = ids.dims2()?;
     let rope = model.rope(t)?;
@@ -149,17 +174,137 @@ pub fn batch_nll(model: &Model, windows: &[&[u32]]) -> Result<Vec<f64>, ModelErr
     for block in &model.blocks {
         x = block.forward(&x, &rope, &mut |_, _| Ok(()))?;
     }
-    // The last position predicts nothing inside the window: skip its logits.
-    let logits = model.logits(&x.narrow(1, 0, t - 1)?)?;
+    // The last position predicts nothing inside the window: skip its logits. Full-vocabulary
+    // logits of a whole batch (200 MB for two SmolLM2 windows) never exist at once.
+    let hidden = model.norm.forward(&x.narrow(1, 0, t - 1)?)?;
+    let n = b * (t - 1);
+    let h = hidden.dim(D::Minus1)?;
+    let hidden = hidden.reshape((n, h))?;
     let targets: Vec<u32> = windows
         .iter()
         .flat_map(|w| w[1..].iter().copied())
         .collect();
-    let per_pos = position_nll(&logits, &targets)?;
+    let per_pos = match head {
+        Head::Fused { panel } => {
+            let vocab = model.lm_head.shape().0;
+            with_cpu_f32(&hidden, |xs| {
+                with_cpu_f32(model.lm_head.weight(), |w| {
+                    head_nll_cpu(matmul::backend(), xs, w, (n, vocab, h), &targets, panel)
+                })
+            })???
+        }
+        Head::Chunked { rows } => {
+            let mut per_pos = Vec::with_capacity(n);
+            for r0 in (0..n).step_by(rows.max(1)) {
+                let len = rows.max(1).min(n - r0);
+                let logits = model.lm_head.forward(&hidden.narrow(0, r0, len)?)?;
+                per_pos.extend(position_nll(&logits, &targets[r0..r0 + len])?);
+            }
+            per_pos
+        }
+    };
     Ok(per_pos
         .chunks_exact(t - 1)
         .map(|w| w.iter().sum())
         .take(b)
+        .collect())
+}
+
+/// Positions per output-head chunk: about 24 MB of f32 logits, under glibc's largest
+/// `mmap` threshold (32 MB), so the buffer is reused instead of freshly faulted in each time.
+fn logit_rows(vocab: usize) -> usize {
+    ((6 << 20) / vocab.max(1)).clamp(1, 4096)
+}
+
+thread_local! {
+    static LOGITS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `logsumexp(x_i·Wᵀ) − x_i·W[target_i]` for the `n` rows of `x` `[n, k]` and the head `W`
+/// `[vocab, k]`, one task per panel of `panel` vocabulary entries: each computes its logits
+/// for all rows into a small buffer and keeps, per row, the panel's max `m_p`, `s_p =
+/// Σ exp(z − m_p)` (as [`sum_exp_shifted`]) and the target logit if it falls in the panel.
+/// Panels merge in order in f64: `lse = M + ln Σ_p s_p · exp(m_p − M)`, `M = max_p m_p`.
+fn head_nll_cpu(
+    be: matmul::Backend,
+    x: &[f32],
+    w: &[f32],
+    (n, vocab, k): (usize, usize, usize),
+    targets: &[u32],
+    panel: usize,
+) -> Result<Vec<f64>, ModelError> {
+    if targets.len() != n || x.len() != n * k || w.len() != vocab * k {
+        return Err(ModelError::Shape(format!(
+            "head: {} targets, {} inputs and {} weights for {n} rows of {k} and {vocab} entries",
+            targets.len(),
+            x.len(),
+            w.len()
+        )));
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ModelError::Input(format!(
+            "target {bad} is outside the vocabulary"
+        )));
+    }
+    let panel = panel.max(1);
+    // Per panel: (max, Σexp) of every row, and the (row, logit) of targets in the panel.
+    type Panel = (Vec<(f32, f64)>, Vec<(usize, f32)>);
+    let parts: Vec<Panel> = (0..vocab.div_ceil(panel))
+        .into_par_iter()
+        .map(|p| {
+            let (j0, j1) = (p * panel, ((p + 1) * panel).min(vocab));
+            let cols = j1 - j0;
+            LOGITS.with_borrow_mut(|buf| {
+                buf.resize(n * cols, 0.0);
+                // SAFETY: x is n×k, rows j0..j1 of w are inside it, buf holds n×cols.
+                unsafe {
+                    let wp = w.as_ptr().add(j0 * k);
+                    matmul::sgemm(
+                        be,
+                        n,
+                        cols,
+                        k,
+                        x.as_ptr(),
+                        k,
+                        wp,
+                        k,
+                        true,
+                        buf.as_mut_ptr(),
+                        cols,
+                    );
+                }
+                let mut stats = Vec::with_capacity(n);
+                let mut hits = Vec::new();
+                for (i, row) in buf.chunks_exact(cols).enumerate() {
+                    let m = max_f32(row);
+                    stats.push((m, sum_exp_shifted(row, m)));
+                    let tgt = targets[i] as usize;
+                    if (j0..j1).contains(&tgt) {
+                        hits.push((i, row[tgt - j0]));
+                    }
+                }
+                (stats, hits)
+            })
+        })
+        .collect();
+    let mut target_logit = vec![0f32; n];
+    for (_, hits) in &parts {
+        for &(i, z) in hits {
+            target_logit[i] = z;
+        }
+    }
+    Ok((0..n)
+        .map(|i| {
+            let big = parts
+                .iter()
+                .map(|(s, _)| s[i].0)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let total: f64 = parts
+                .iter()
+                .map(|(s, _)| s[i].1 * (f64::from(s[i].0) - f64::from(big)).exp())
+                .sum();
+            f64::from(big) + total.ln() - f64::from(target_logit[i])
+        })
         .collect())
 }
 
@@ -272,6 +417,33 @@ mod tests {
         // Batch size does not change the number.
         let one = perplexity(&m, &tokens, &PerplexityOptions { batch: 1, ..opts }).unwrap();
         assert!((one.ppl - p.ppl).abs() / p.ppl < 1e-6);
+    }
+
+    #[test]
+    fn head_paths_and_panel_widths_agree() {
+        let m = Model::random(&ModelConfig::tiny(Arch::Llama), 5, &Device::Cpu).unwrap();
+        let tokens: Vec<u32> = (0..48u32).map(|i| (i * 31 + 2) % 256).collect();
+        let windows: Vec<&[u32]> = tokens.chunks_exact(16).collect();
+        let want = batch_nll_with(&m, &windows, Head::Chunked { rows: 1 << 20 }).unwrap();
+        let heads = [
+            Head::Chunked { rows: 1 },
+            Head::Chunked { rows: 7 },
+            Head::Chunked { rows: 44 },
+            Head::Fused { panel: 1 },
+            Head::Fused { panel: 16 },
+            Head::Fused { panel: 100 },
+            Head::Fused { panel: 4096 },
+        ];
+        for head in heads {
+            let got = batch_nll_with(&m, &windows, head).unwrap();
+            // Equal up to f32 rounding: products of other shapes may sum in another order.
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() < 1e-6 * b.abs(),
+                    "{head:?}: {got:?} vs {want:?}"
+                );
+            }
+        }
     }
 
     #[test]

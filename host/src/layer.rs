@@ -64,7 +64,13 @@ pub struct LayerId {
 
 impl std::fmt::Display for LayerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "block {}/{} {}", self.block, self.num_blocks, self.kind.name())
+        write!(
+            f,
+            "block {}/{} {}",
+            self.block,
+            self.num_blocks,
+            self.kind.name()
+        )
     }
 }
 
@@ -98,19 +104,44 @@ impl ChannelStats {
     }
 
     /// Accumulate `tokens` rows of a row-major `[tokens, cols]` activation matrix.
+    ///
+    /// Large inputs are split into groups of columns accumulated in parallel; every column
+    /// still adds its rows in order, so the result does not depend on the split.
     pub fn accumulate(&mut self, x: &[f32]) {
+        use rayon::prelude::*;
+        /// Columns per parallel task.
+        const GROUP: usize = 64;
         let cols = self.cols();
-        assert!(cols > 0 && x.len().is_multiple_of(cols), "activation shape mismatch");
-        for row in x.chunks_exact(cols) {
-            for (j, &v) in row.iter().enumerate() {
-                let v64 = v as f64;
-                self.sum_sq[j] += v64 * v64;
-                self.sum[j] += v64;
-                let a = v.abs();
-                if a > self.max_abs[j] {
-                    self.max_abs[j] = a;
+        assert!(
+            cols > 0 && x.len().is_multiple_of(cols),
+            "activation shape mismatch"
+        );
+        let groups = self
+            .sum_sq
+            .par_chunks_mut(GROUP)
+            .zip(self.sum.par_chunks_mut(GROUP))
+            .zip(self.max_abs.par_chunks_mut(GROUP))
+            .enumerate();
+        type Group<'a> = (usize, ((&'a mut [f64], &'a mut [f64]), &'a mut [f32]));
+        let run = |(g, ((sum_sq, sum), max_abs)): Group<'_>| {
+            let j0 = g * GROUP;
+            for row in x.chunks_exact(cols) {
+                let row = &row[j0..j0 + sum_sq.len()];
+                for (j, &v) in row.iter().enumerate() {
+                    let v64 = v as f64;
+                    sum_sq[j] += v64 * v64;
+                    sum[j] += v64;
+                    let a = v.abs();
+                    if a > max_abs[j] {
+                        max_abs[j] = a;
+                    }
                 }
             }
+        };
+        if x.len() >= 1 << 16 {
+            groups.for_each(run);
+        } else {
+            groups.collect::<Vec<_>>().into_iter().for_each(run);
         }
         self.tokens += (x.len() / cols) as u64;
     }
@@ -162,6 +193,22 @@ pub struct LayerData<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_accumulate_equals_row_by_row() {
+        // 600 × 130 values: parallel column groups (64, 64, 2) against one row at a time.
+        let cols = 130;
+        let x: Vec<f32> = (0..600 * cols)
+            .map(|i| ((i * 7919 % 1999) as f32 - 999.0) / 97.0)
+            .collect();
+        let mut big = ChannelStats::new(cols);
+        big.accumulate(&x);
+        let mut rows = ChannelStats::new(cols);
+        for r in x.chunks_exact(cols) {
+            rows.accumulate(r);
+        }
+        assert_eq!(big, rows);
+    }
 
     #[test]
     fn stats_accumulate_hand_values() {

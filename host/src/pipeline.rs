@@ -1,16 +1,18 @@
 //! The Wanda-protocol pruning run: block by block, dense statistics → host-built masks →
 //! pruned pass feeding the next block.
 
+use crate::calib::gradient::{self, GradientError, Gradients};
+use crate::calib::input_slot;
 use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
 use crate::layer::{LayerData, LayerId, LayerKind};
 use crate::model::{Model, ModelError};
 use crate::prune::mask::{Mask, MaskError, Pattern};
-use crate::calib::input_slot;
 use crate::prune::sparsegpt::{prune_with_factor, HessianFactor, SparseGptConfig};
-use std::collections::BTreeMap;
 use crate::sandbox::{Failure, Plugin};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// How weights are chosen for pruning.
@@ -41,6 +43,9 @@ pub enum PipelineError {
     /// Calibration failed.
     #[error(transparent)]
     Calib(#[from] CalibError),
+    /// The gradient pass (for metrics that read the gradient statistic) failed.
+    #[error(transparent)]
+    Gradient(#[from] GradientError),
     /// The metric plugin failed on a layer.
     #[error("the metric failed on {layer}: {failure}")]
     Metric {
@@ -111,10 +116,38 @@ pub struct PruneReport {
     pub prune_seconds: f64,
     /// Seconds of pruned passes.
     pub forward_seconds: f64,
+    /// Seconds of the gradient pass on the dense model (0 unless the metric reads the
+    /// gradient statistic).
+    #[serde(default)]
+    pub gradient_seconds: f64,
+}
+
+/// Where a pruning run is, for [`prune_model_with_progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// `done` of `total` calibration windows through the gradient pass (only for metrics that
+    /// read the gradient statistic; it runs before the first block).
+    Gradient {
+        /// Windows finished.
+        done: usize,
+        /// Windows in all.
+        total: usize,
+    },
+    /// `done` of `total` blocks pruned.
+    Block {
+        /// Blocks finished.
+        done: usize,
+        /// Blocks in all.
+        total: usize,
+    },
 }
 
 /// Embed calibration windows in batches of `batch`.
-fn embed_batches(model: &Model, windows: &[&[u32]], batch: usize) -> Result<Vec<Tensor>, PipelineError> {
+fn embed_batches(
+    model: &Model,
+    windows: &[&[u32]],
+    batch: usize,
+) -> Result<Vec<Tensor>, PipelineError> {
     windows
         .chunks(batch.max(1))
         .map(|w| Ok(model.embed(&model.ids_tensor(w)?)?))
@@ -123,7 +156,10 @@ fn embed_batches(model: &Model, windows: &[&[u32]], batch: usize) -> Result<Vec<
 
 /// Prune `model` in place on the calibration `windows` (all of one length).
 ///
-/// `progress(block_done, blocks)` is called after every block.
+/// `progress(block_done, blocks)` is called after every block. When the metric reads the
+/// gradient statistic ([`MetricInfo::needs_gradient`](crate::sandbox::MetricInfo)), a gradient
+/// pass over the same windows runs first on the dense model (see [`gradient::compute`]);
+/// [`prune_model_with_progress`] also reports its progress.
 pub fn prune_model(
     model: &mut Model,
     windows: &[&[u32]],
@@ -131,6 +167,32 @@ pub fn prune_model(
     cfg: &PruneConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PruneReport, PipelineError> {
+    prune_model_with_progress(model, windows, method, cfg, &mut |p| {
+        if let Progress::Block { done, total } = p {
+            progress(done, total);
+        }
+    })
+}
+
+/// [`prune_model`] with progress of every stage, the gradient pass included.
+pub fn prune_model_with_progress(
+    model: &mut Model,
+    windows: &[&[u32]],
+    method: &Method<'_>,
+    cfg: &PruneConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PruneReport, PipelineError> {
+    // The gradient statistic, only for a metric that asks for it (it costs a backward pass per
+    // window), on the dense model before anything is pruned.
+    let mut grads: Option<Gradients> = match method {
+        Method::Metric(plugin) if plugin.info().needs_gradient => {
+            Some(gradient::compute(model, windows, &mut |done, total| {
+                progress(Progress::Gradient { done, total });
+                ControlFlow::Continue(())
+            })?)
+        }
+        _ => None,
+    };
     let seq_len = windows.first().map_or(0, |w| w.len());
     let rope = model.rope(seq_len)?;
     let mut inps = embed_batches(model, windows, cfg.batch)?;
@@ -141,6 +203,7 @@ pub fn prune_model(
         stats_seconds: 0.0,
         prune_seconds: 0.0,
         forward_seconds: 0.0,
+        gradient_seconds: grads.as_ref().map_or(0.0, |g| g.seconds),
     };
     let sparsegpt = matches!(method, Method::SparseGpt);
     for i in 0..num_blocks {
@@ -153,16 +216,29 @@ pub fn prune_model(
         for (&slot, h) in &inputs.hessians {
             let f = HessianFactor::new(h, SparseGptConfig::default().percdamp).map_err(|e| {
                 PipelineError::SparseGpt {
-                    layer: LayerId { block: i as u32, num_blocks: num_blocks as u32, kind: slot },
+                    layer: LayerId {
+                        block: i as u32,
+                        num_blocks: num_blocks as u32,
+                        kind: slot,
+                    },
                     message: e.to_string(),
                 }
             })?;
             factors.insert(slot, f);
         }
         for kind in LayerKind::BLOCK {
-            let id = LayerId { block: i as u32, num_blocks: num_blocks as u32, kind };
-            let layer = prune_linear(model, id, &inputs, &factors, method, cfg)?;
+            let id = LayerId {
+                block: i as u32,
+                num_blocks: num_blocks as u32,
+                kind,
+            };
+            let grad = grads.as_ref().and_then(|g| g.get(i, kind));
+            let layer = prune_linear(model, id, &inputs, &factors, method, cfg, grad)?;
             report.layers.push(layer);
+        }
+        // This block's statistic is no longer needed.
+        if let Some(g) = grads.as_mut() {
+            g.release_block(i);
         }
         report.prune_seconds += t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -172,7 +248,10 @@ pub fn prune_model(
             .map(|x| block.forward(x, &rope, &mut |_, _| Ok(())))
             .collect::<Result<_, _>>()?;
         report.forward_seconds += t.elapsed().as_secs_f64();
-        progress(i + 1, num_blocks);
+        progress(Progress::Block {
+            done: i + 1,
+            total: num_blocks,
+        });
     }
     let zeros: usize = report.layers.iter().map(|l| l.zeros).sum();
     let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
@@ -180,7 +259,8 @@ pub fn prune_model(
     Ok(report)
 }
 
-/// Score, mask (or SparseGPT-update) and write back one linear layer.
+/// Score, mask (or SparseGPT-update) and write back one linear layer. `gradient` is the
+/// layer's gradient statistic when the metric reads it.
 fn prune_linear(
     model: &mut Model,
     id: LayerId,
@@ -188,6 +268,7 @@ fn prune_linear(
     factors: &BTreeMap<LayerKind, HessianFactor>,
     method: &Method<'_>,
     cfg: &PruneConfig,
+    gradient: Option<&[f32]>,
 ) -> Result<LayerReport, PipelineError> {
     let t = Instant::now();
     let block = &mut model.blocks[id.block as usize];
@@ -208,7 +289,7 @@ fn prune_linear(
                 cols,
                 weights: &w,
                 stats,
-                gradient: None,
+                gradient,
                 sparsity: cfg.sparsity as f32,
             };
             let scored = plugin
@@ -221,15 +302,18 @@ fn prune_linear(
             (mask, scored.usage.fuel)
         }
         Method::SparseGpt => {
-            let f = factors.get(&input_slot(id.kind)).ok_or_else(|| {
-                ModelError::Input(format!("no Hessian was collected for {id}"))
-            })?;
+            let f = factors
+                .get(&input_slot(id.kind))
+                .ok_or_else(|| ModelError::Input(format!("no Hessian was collected for {id}")))?;
             let sg = match cfg.pattern {
                 Pattern::NM { n, m } => SparseGptConfig::n_m(n, m),
                 _ => SparseGptConfig::unstructured(cfg.sparsity),
             };
             let stats = prune_with_factor(&mut w, rows, cols, f, &sg).map_err(|e| {
-                PipelineError::SparseGpt { layer: id, message: e.to_string() }
+                PipelineError::SparseGpt {
+                    layer: id,
+                    message: e.to_string(),
+                }
             })?;
             (stats.mask, 0)
         }

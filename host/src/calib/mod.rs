@@ -151,21 +151,28 @@ pub fn collect_block_inputs(
                 return Ok(()); // shared input, accumulated under its slot
             }
             let (b, _, cols) = t.dims3()?;
-            let data: Vec<f32> = t.flatten_all()?.to_vec1()?;
-            acc.stats
-                .entry(kind)
-                .or_insert_with(|| ChannelStats::new(cols))
-                .accumulate(&data);
-            if hessians {
-                let h = acc
-                    .hessians
+            let mut record = |data: &[f32]| {
+                acc.stats
                     .entry(kind)
-                    .or_insert_with(|| HessianAccumulator::new(cols));
-                for sample in data.chunks_exact(data.len() / b) {
-                    if let Err(e) = h.add_batch(sample, 1) {
-                        err.get_or_insert(CalibError::Stats(e.to_string()));
+                    .or_insert_with(|| ChannelStats::new(cols))
+                    .accumulate(data);
+                if hessians {
+                    let h = acc
+                        .hessians
+                        .entry(kind)
+                        .or_insert_with(|| HessianAccumulator::new(cols));
+                    for sample in data.chunks_exact(data.len() / b) {
+                        if let Err(e) = h.add_batch(sample, 1) {
+                            err.get_or_insert(CalibError::Stats(e.to_string()));
+                        }
                     }
                 }
+            };
+            // Read CPU activations in place (no copy of e.g. 4096 × 1536 values per capture).
+            if t.device().is_cpu() && t.is_contiguous() && t.dtype() == candle_core::DType::F32 {
+                crate::model::with_cpu_f32(t, record)?;
+            } else {
+                record(&t.flatten_all()?.to_vec1::<f32>()?);
             }
             Ok(())
         })?;

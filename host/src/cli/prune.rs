@@ -8,7 +8,7 @@ use autoprune::calib::{check_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
 use autoprune::layer::LayerKind;
 use autoprune::model::Model;
-use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig, PruneReport};
+use autoprune::pipeline::{prune_model_with_progress, Method, PipelineError, Progress, PruneConfig, PruneReport};
 use autoprune::prune::mask::Pattern;
 use autoprune::report::{peak_rss_bytes, PplReport, Protocol};
 use autoprune::sandbox::sha256_hex;
@@ -158,12 +158,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let pb = bar(loaded.model.blocks.len(), "prune", quiet);
     let t = Instant::now();
-    let result = prune_model(
+    let result = prune_model_with_progress(
         &mut loaded.model,
         &calib_windows,
         &method,
         &cfg,
-        &mut |d, _| pb.set_position(d as u64),
+        &mut |p| {
+            let (what, done, total) = match p {
+                Progress::Gradient { done, total } => ("gradients", done, total),
+                Progress::Block { done, total } => ("prune", done, total),
+            };
+            pb.set_message(what);
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        },
     );
     pb.finish_and_clear();
     let pruned_report = match result {
@@ -215,6 +223,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         "sparsity_achieved": pruned_report.sparsity,
         "perplexity": { "dense": dense, "pruned": pruned },
         "timings": { "load_seconds": loaded.seconds, "prune_seconds": prune_seconds,
+                      "gradient_seconds": pruned_report.gradient_seconds,
                       "stats_seconds": pruned_report.stats_seconds, "score_mask_seconds": pruned_report.prune_seconds,
                       "pruned_forward_seconds": pruned_report.forward_seconds, "total_seconds": start.elapsed().as_secs_f64() },
         "peak_rss_bytes": peak_rss_bytes(),
@@ -253,8 +262,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         pruned.ppl, pruned.seconds, pruned_report.sparsity
     );
     println!(
-        "load {:.1} s, prune {:.1} s (stats {:.1}, score+mask {:.1}, pruned pass {:.1}), total {:.1} s, peak RSS {:.2} GiB",
-        loaded.seconds, prune_seconds, pruned_report.stats_seconds, pruned_report.prune_seconds,
+        "load {:.1} s, prune {:.1} s (gradients {:.1}, stats {:.1}, score+mask {:.1}, pruned pass {:.1}), total {:.1} s, peak RSS {:.2} GiB",
+        loaded.seconds, prune_seconds, pruned_report.gradient_seconds, pruned_report.stats_seconds, pruned_report.prune_seconds,
         pruned_report.forward_seconds, start.elapsed().as_secs_f64(),
         peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
     );

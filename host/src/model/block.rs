@@ -1,10 +1,12 @@
 //! One LLaMA-family transformer block (pre-norm GQA attention + SwiGLU MLP) with capture
 //! points at the input of each of its seven linear layers.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
+use super::attention::{causal_attention, rope_inplace, Heads};
 use super::kernels::causal_softmax;
-use super::layers::{softmax_last, swiglu, Linear, RmsNorm, Rope};
+use super::layers::{softmax_last, swiglu, with_cpu_f32, Linear, RmsNorm, Rope};
+use super::matmul;
 use super::{ModelError, Result};
 use crate::layer::LayerKind;
 
@@ -103,7 +105,7 @@ impl Block {
         let h = self.attention_residual(x, rope, capture)?;
         let mlp_in = self.mlp_input(&h, capture)?;
         capture(LayerKind::Down, &mlp_in)?;
-        Ok((h + self.down_proj.forward(&mlp_in)?)?)
+        self.down_proj.forward_add(&mlp_in, &h)
     }
 
     /// Like [`Block::forward`] for statistics only: calls `capture` for all seven linears but
@@ -129,7 +131,7 @@ impl Block {
         }
         let attn = self.attention(&xn, rope)?;
         capture(LayerKind::O, &attn)?;
-        Ok((x + self.o_proj.forward(&attn)?)?)
+        self.o_proj.forward_add(&attn, x)
     }
 
     /// `silu(gate(norm(h))) · up(norm(h))`, the input of `down_proj`.
@@ -137,7 +139,34 @@ impl Block {
         let hn = self.post_attention_layernorm.forward(h)?;
         capture(LayerKind::Gate, &hn)?;
         capture(LayerKind::Up, &hn)?;
+        let fused = hn.device().is_cpu()
+            && hn.dtype() == DType::F32
+            && self.gate_proj.cpu_without_bias()
+            && self.up_proj.cpu_without_bias()
+            && self.gate_proj.shape() == self.up_proj.shape();
+        if fused {
+            return self.swiglu_cpu(&hn, matmul::backend());
+        }
         swiglu(&self.gate_proj.forward(&hn)?, &self.up_proj.forward(&hn)?)
+    }
+
+    /// `silu(gate(hn)) · up(hn)` in one pass over panels (see [`matmul::matmul_nt_swiglu`]).
+    fn swiglu_cpu(&self, hn: &Tensor, be: matmul::Backend) -> Result<Tensor> {
+        let (out, inp) = self.gate_proj.shape();
+        let mut dims = hn.dims().to_vec();
+        let rows = hn.elem_count() / inp;
+        if let Some(last) = dims.last_mut() {
+            *last = out;
+        }
+        let hn = hn.contiguous()?;
+        let y = with_cpu_f32(&hn, |x| {
+            with_cpu_f32(self.gate_proj.weight(), |g| {
+                with_cpu_f32(self.up_proj.weight(), |u| {
+                    matmul::matmul_nt_swiglu(be, x, g, u, (rows, out, inp))
+                })
+            })
+        })???;
+        Ok(Tensor::from_vec(y, dims, hn.device())?)
     }
 
     /// Causal grouped-query attention; returns the `o_proj` input `[batch, seq, heads·head_dim]`.
@@ -147,6 +176,14 @@ impl Block {
     /// `group` times as transformers' `repeat_kv` does; the arithmetic is the same. Scores
     /// are scaled by 1/√d after QKᵀ, as in transformers' eager attention.
     fn attention(&self, xn: &Tensor, rope: &Rope) -> Result<Tensor> {
+        if xn.device().is_cpu() && xn.dtype() == DType::F32 {
+            return self.attention_cpu(xn, rope, matmul::backend());
+        }
+        self.attention_tensor(xn, rope)
+    }
+
+    /// [`Block::attention`] with tensor ops (other devices, and the reference in tests).
+    pub(crate) fn attention_tensor(&self, xn: &Tensor, rope: &Rope) -> Result<Tensor> {
         let AttnShape {
             num_heads: nh,
             num_kv_heads: nkv,
@@ -172,6 +209,40 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The CPU attention: projections, RoPE in place, fused causal attention (see
+    /// [`super::attention`]); same result as the tensor path up to f32 rounding.
+    pub(crate) fn attention_cpu(
+        &self,
+        xn: &Tensor,
+        rope: &Rope,
+        be: matmul::Backend,
+    ) -> Result<Tensor> {
+        let AttnShape {
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+        } = self.attn;
+        let (b, t, _) = xn.dims3()?;
+        rope.check_len(t)?;
+        let xn = xn.contiguous()?;
+        let (mut q, mut k, v) = with_cpu_f32(&xn, |x| -> Result<_> {
+            Ok((
+                self.q_proj.forward_cpu(be, x, b * t, None)?,
+                self.k_proj.forward_cpu(be, x, b * t, None)?,
+                self.v_proj.forward_cpu(be, x, b * t, None)?,
+            ))
+        })??;
+        let (cos, sin) = rope.host_tables();
+        rope_inplace(&mut q, t, nh, d, cos, sin);
+        rope_inplace(&mut k, t, nkv, d, cos, sin);
+        let heads = Heads { b, t, nh, nkv, d };
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let out = causal_attention(be, &q, &k, &v, heads, scale);
+        Ok(Tensor::from_vec(out, (b, t, nh * d), xn.device())?)
+    }
+}
+
 /// Causal softmax of `scale · scores` for `[b, kv, group·t, t]` scores: the fused CPU kernel,
 /// or (other devices) an additive mask and a plain softmax.
 fn attention_probs(scores: &Tensor, scale: f64, rope: &Rope, fused: bool) -> Result<Tensor> {
@@ -189,6 +260,32 @@ mod tests {
     use super::*;
     use crate::model::{Arch, ModelConfig};
     use candle_core::Device;
+
+    #[test]
+    fn cpu_attention_matches_tensor_path_on_all_backends() {
+        let mut backends = vec![matmul::Backend::Gemm];
+        if matmul::backend() == matmul::Backend::OpenBlas {
+            backends.push(matmul::Backend::OpenBlas);
+        }
+        for arch in [Arch::Llama, Arch::Qwen2] {
+            let mut cfg = ModelConfig::tiny(arch);
+            cfg.max_position_embeddings = 256;
+            let m = crate::model::Model::random(&cfg, 9, &Device::Cpu).unwrap();
+            let blk = &m.blocks[0];
+            // One row block, exactly one, several with a ragged last one.
+            for t in [1, 9, 64, 130] {
+                let rope = Rope::new(&cfg, t, &Device::Cpu).unwrap();
+                let xn = Tensor::randn(0f32, 1.0, (2, t, cfg.hidden_size), &Device::Cpu).unwrap();
+                let want = blk.attention_tensor(&xn, &rope).unwrap();
+                for &be in &backends {
+                    let got = blk.attention_cpu(&xn, &rope, be).unwrap();
+                    assert_eq!(got.dims(), want.dims());
+                    let d = crate::model::testutil::max_abs_diff(&got, &want);
+                    assert!(d < 1e-5, "{arch:?} t={t} {be:?}: max |Δ| = {d}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn fused_and_generic_attention_probs_agree() {

@@ -128,6 +128,31 @@ fn softmax_row_body(out: &mut [f32], row: &[f32], keep: usize, scale: f32) {
     out[..keep].iter_mut().for_each(|o| *o *= inv);
 }
 
+/// In place: `row[..keep] = softmax(scale · row[..keep])`, `row[keep..] = 0` (the same
+/// arithmetic as [`softmax_row_body`]).
+#[inline(always)]
+fn softmax_row_inplace_body(row: &mut [f32], keep: usize, scale: f32) {
+    let (live, masked) = row.split_at_mut(keep);
+    let max = max_body(live) * scale;
+    for v in live.iter_mut() {
+        *v = exp_f32(*v * scale - max);
+    }
+    let inv = 1.0 / lane_sum(live);
+    live.iter_mut().for_each(|o| *o *= inv);
+    masked.fill(0.0);
+}
+
+/// Causal softmax of one score row in place: the first `keep` entries (≥ 1) become
+/// `softmax(scale · row[..keep])`, the rest 0.
+pub(crate) fn softmax_row_inplace(row: &mut [f32], keep: usize, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: as in `sum_exp_shifted`.
+        return unsafe { avx2::softmax_row_inplace(row, keep, scale) };
+    }
+    softmax_row_inplace_body(row, keep, scale)
+}
+
 fn softmax_row(out: &mut [f32], row: &[f32], keep: usize, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -143,6 +168,11 @@ fn swiglu_body(out: &mut [f32], g: &[f32], u: &[f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
         *o = g / (1.0 + exp_f32(-g)) * u;
     }
+}
+
+/// `out = silu(g) · u` element-wise, on the calling thread.
+pub(crate) fn swiglu_slice(out: &mut [f32], g: &[f32], u: &[f32]) {
+    swiglu_chunk(out, g, u)
 }
 
 fn swiglu_chunk(out: &mut [f32], g: &[f32], u: &[f32]) {
@@ -177,6 +207,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn softmax_row(out: &mut [f32], row: &[f32], keep: usize, scale: f32) {
         super::softmax_row_body(out, row, keep, scale)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn softmax_row_inplace(row: &mut [f32], keep: usize, scale: f32) {
+        super::softmax_row_inplace_body(row, keep, scale)
     }
 
     #[target_feature(enable = "avx2")]

@@ -1,8 +1,11 @@
 //! The small building blocks of a LLaMA block: linear layers, RMSNorm, and the per-length
 //! position tables (RoPE cos/sin, causal mask).
 
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
+use candle_core::{DType, Device, Storage, Tensor};
+
+use super::matmul::{self, Backend};
 use super::{ModelConfig, ModelError, Result};
 
 /// A dense linear layer `y = x·Wᵀ + b` with an f32 weight `[out, in]` (Hugging Face layout).
@@ -26,6 +29,8 @@ impl Linear {
                 )));
             }
         }
+        // The CPU product reads the weight as a row-major slice.
+        let weight = weight.contiguous()?;
         Ok(Self { weight, bias })
     }
 
@@ -58,7 +63,7 @@ impl Linear {
         if !weight.device().same_device(self.weight.device()) {
             return Err(ModelError::Shape("new weight is on another device".into()));
         }
-        self.weight = weight;
+        self.weight = weight.contiguous()?;
         Ok(())
     }
 
@@ -75,17 +80,87 @@ impl Linear {
             )));
         }
         let rows = x.elem_count() / inp;
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = out;
+        }
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            let x = x.contiguous()?;
+            let y = with_cpu_f32(&x, |xs| self.forward_cpu(matmul::backend(), xs, rows, None))??;
+            return Ok(Tensor::from_vec(y, out_dims, x.device())?);
+        }
         let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims.to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = out;
-        }
         Ok(y.reshape(out_dims)?)
     }
+
+    /// `residual + forward(x)` (a transformer's residual branch), fused into the product's
+    /// panels on the CPU; `residual` has the output's shape.
+    pub fn forward_add(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (out, inp) = self.shape();
+        let cpu = x.device().is_cpu() && x.dtype() == DType::F32 && residual.dtype() == DType::F32;
+        if !cpu || x.dims().last() != Some(&inp) {
+            return Ok((residual + self.forward(x)?)?);
+        }
+        let rows = x.elem_count() / inp;
+        if residual.elem_count() != rows * out {
+            return Err(ModelError::Shape(format!(
+                "residual {:?} does not match {rows} rows of {out}",
+                residual.dims()
+            )));
+        }
+        let (x, r) = (x.contiguous()?, residual.contiguous()?);
+        let y = with_cpu_f32(&x, |xs| {
+            with_cpu_f32(&r, |rs| {
+                self.forward_cpu(matmul::backend(), xs, rows, Some(rs))
+            })
+        })???;
+        Ok(Tensor::from_vec(y, residual.dims(), x.device())?)
+    }
+
+    /// CPU product of a row-major `[rows, in]` slice: `[rows, out]`, bias and `residual`
+    /// (`[rows, out]`) added.
+    pub(crate) fn forward_cpu(
+        &self,
+        be: Backend,
+        x: &[f32],
+        rows: usize,
+        residual: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let (out, inp) = self.shape();
+        if x.len() != rows * inp {
+            return Err(ModelError::Shape(format!(
+                "input of {} values is not {rows} rows of {inp}",
+                x.len()
+            )));
+        }
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_device(&Device::Cpu)?.contiguous()?),
+            None => None,
+        };
+        let dims = (rows, out, inp);
+        with_cpu_f32(&self.weight, |w| match &bias {
+            Some(b) => with_cpu_f32(b, |b| matmul::matmul_nt(be, x, w, dims, Some(b), residual)),
+            None => Ok(matmul::matmul_nt(be, x, w, dims, None, residual)),
+        })?
+    }
+
+    /// Whether the CPU path can read this layer (f32 weight in host memory, no bias).
+    pub(crate) fn cpu_without_bias(&self) -> bool {
+        self.bias.is_none() && self.weight.device().is_cpu()
+    }
+}
+
+/// Run `f` on the f32 elements of a contiguous CPU tensor.
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((lo, hi))) = (&*storage, layout.contiguous_offsets()) else {
+        return Err(ModelError::Shape("expected a contiguous CPU tensor".into()));
+    };
+    Ok(f(&cpu.as_slice::<f32>()?[lo..hi]))
 }
 
 /// Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) · w`.
@@ -128,6 +203,8 @@ impl RmsNorm {
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// The same tables in host memory, for the fused CPU attention.
+    host: Arc<(Vec<f32>, Vec<f32>)>,
     max_len: usize,
 }
 
@@ -142,8 +219,9 @@ impl Rope {
         let (cos, sin) = rope_tables(config.head_dim, config.rope_theta, max_len);
         let half = config.head_dim / 2;
         Ok(Self {
-            cos: Tensor::from_vec(cos, (max_len, half), device)?,
-            sin: Tensor::from_vec(sin, (max_len, half), device)?,
+            cos: Tensor::from_vec(cos.clone(), (max_len, half), device)?,
+            sin: Tensor::from_vec(sin.clone(), (max_len, half), device)?,
+            host: Arc::new((cos, sin)),
             max_len,
         })
     }
@@ -151,6 +229,11 @@ impl Rope {
     /// Longest sequence these tables cover.
     pub fn max_len(&self) -> usize {
         self.max_len
+    }
+
+    /// The `[max_len, head_dim/2]` cos and sin tables, row-major.
+    pub(crate) fn host_tables(&self) -> (&[f32], &[f32]) {
+        (&self.host.0, &self.host.1)
     }
 
     /// Rotate `x` of shape `[batch, heads, seq, head_dim]` (positions 0..seq).
@@ -169,7 +252,7 @@ impl Rope {
         Ok(Tensor::from_vec(causal_mask(t), (t, t), self.cos.device())?)
     }
 
-    fn check_len(&self, t: usize) -> Result<()> {
+    pub(crate) fn check_len(&self, t: usize) -> Result<()> {
         if t > self.max_len {
             return Err(ModelError::Input(format!(
                 "sequence of {t} tokens exceeds the {} prepared positions",

@@ -4,12 +4,14 @@
 //! All weights are f32 in Hugging Face layout (`[out, in]`, Q/K rows in `rotate_half`
 //! order), whatever the file stored; quantized GGUF tensors are dequantized on load.
 
+mod attention;
 mod block;
 mod config;
 mod gguf;
 mod hf;
 pub(crate) mod kernels;
 mod layers;
+pub(crate) mod matmul;
 mod random;
 pub mod tokenizer;
 mod weights;
@@ -25,7 +27,9 @@ use candle_core::{Device, Tensor};
 
 pub use block::{AttnShape, Block, Capture};
 pub use config::{Arch, ModelConfig};
+pub(crate) use layers::with_cpu_f32;
 pub use layers::{rope_tables, Linear, RmsNorm, Rope};
+pub use matmul::describe as cpu_matmul_backend;
 pub use tokenizer::Tokenizer;
 
 /// Errors of the model room. Candle errors are wrapped at the edge in [`ModelError::Tensor`].

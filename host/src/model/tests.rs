@@ -101,12 +101,15 @@ fn naive_forward(m: &Model, ids: &Tensor) -> Tensor {
 fn forward_matches_naive_reference() {
     for arch in [Arch::Llama, Arch::Qwen2] {
         let m = tiny(arch);
-        let ids = ids(&m, 2, 9);
-        let got = m.forward(&ids).unwrap();
-        assert_eq!(got.dims(), &[2, 9, 256]);
-        let want = naive_forward(&m, &ids);
-        let d = max_abs_diff(&got, &want);
-        assert!(d < 1e-4, "{arch:?}: max |Δ| = {d}");
+        // 100 tokens: several blocks of query rows in the fused CPU attention.
+        for seq in [9, 100] {
+            let ids = ids(&m, 2, seq);
+            let got = m.forward(&ids).unwrap();
+            assert_eq!(got.dims(), &[2, seq, 256]);
+            let want = naive_forward(&m, &ids);
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-4, "{arch:?} seq {seq}: max |Δ| = {d}");
+        }
     }
 }
 

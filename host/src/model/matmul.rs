@@ -1,0 +1,647 @@
+//! f32 matrix products of the CPU forward: OpenBLAS's `cblas_sgemm` when the system has it,
+//! the `gemm` crate (candle's own kernel) otherwise, split across the rayon pool by us.
+//!
+//! Why: the forward is GEMM-bound. Per core, both kernels run near this CPU class's peak
+//! (OpenBLAS's AVX-512 kernel ≈ 100 GFLOP/s, `gemm`'s AVX2 kernel 85–100), but candle's
+//! matmul barely scales to a second thread on the shapes of a small model. Splitting each
+//! product into independent column (or row) panels, one single-threaded product per rayon task,
+//! keeps every core busy in one thread pool, so OpenBLAS's own threads never compete with
+//! rayon's. The split never changes the reduction order over `k`, so with OpenBLAS the result
+//! does not depend on the number of threads.
+//!
+//! OpenBLAS is loaded lazily (`dlopen` at the first product), because Debian's build picks its
+//! kernels from `OPENBLAS_CORETYPE` when the library loads and detects recent CPUs as generic
+//! ("Prescott": a third of the speed). Before loading, and only if the user has not set them,
+//! we set `OPENBLAS_CORETYPE` to the best kernel family the running CPU really supports
+//! (`SkylakeX` with AVX-512 F/BW/VL/DQ/CD, `Haswell` with AVX2+FMA, else unset) and
+//! `OPENBLAS_NUM_THREADS=1`. `AUTOPRUNE_BLAS=off` disables OpenBLAS; `AUTOPRUNE_BLAS=<path>`
+//! loads that library instead of `libopenblas.so.0`.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// The single-threaded kernel that computes each panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `cblas_sgemm` of a dynamically loaded OpenBLAS.
+    OpenBlas,
+    /// The `gemm` crate (what candle's CPU matmul uses).
+    Gemm,
+}
+
+/// The backend of this process: OpenBLAS if it could be loaded, else `gemm`.
+pub(crate) fn backend() -> Backend {
+    if openblas().is_some() {
+        Backend::OpenBlas
+    } else {
+        Backend::Gemm
+    }
+}
+
+/// A short description of the backend for reports, e.g. `openblas (SkylakeX)`.
+pub fn describe() -> String {
+    match openblas() {
+        Some(b) => format!("openblas ({})", b.core),
+        None => "gemm".to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenBLAS
+
+type SgemmFn = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+struct OpenBlas {
+    sgemm: SgemmFn,
+    core: String,
+    // Keeps the library mapped for as long as `sgemm` may be called (the process lifetime).
+    _lib: libloading::Library,
+}
+
+static OPENBLAS: OnceLock<Option<OpenBlas>> = OnceLock::new();
+
+fn openblas() -> Option<&'static OpenBlas> {
+    OPENBLAS
+        .get_or_init(|| {
+            let choice = std::env::var("AUTOPRUNE_BLAS").unwrap_or_default();
+            if matches!(choice.as_str(), "off" | "0" | "none" | "gemm") {
+                return None;
+            }
+            let names: Vec<&str> = if choice.is_empty() {
+                vec!["libopenblas.so.0", "libopenblas.so"]
+            } else {
+                vec![choice.as_str()]
+            };
+            match load_openblas(&names) {
+                Ok(b) => Some(b),
+                Err(why) => {
+                    eprintln!(
+                        "note: OpenBLAS not used ({why}); matrix products use candle's slower \
+                         gemm (install libopenblas0-pthread for about twice the speed)"
+                    );
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The OpenBLAS kernel family for the running CPU: the fastest one whose instructions it has.
+fn coretype() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512dq")
+            && has!("avx512cd")
+        {
+            return Some("SkylakeX");
+        }
+        if has!("avx2") && has!("fma") {
+            return Some("Haswell");
+        }
+    }
+    None
+}
+
+fn load_openblas(names: &[&str]) -> Result<OpenBlas, String> {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
+        if let Some(core) = coretype() {
+            // OpenBLAS reads this once, while the library loads (just below). Setting the
+            // environment races only with threads reading it at this instant; the first
+            // product runs before any parallel work that could.
+            std::env::set_var("OPENBLAS_CORETYPE", core);
+        }
+    }
+    if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
+        // We parallelize ourselves: no OpenBLAS thread pool.
+        std::env::set_var("OPENBLAS_NUM_THREADS", "1");
+    }
+    let mut last = String::new();
+    let lib = names
+        .iter()
+        .find_map(|name| {
+            // SAFETY: loading runs the library's initializers; OpenBLAS's only detect the CPU
+            // and allocate buffers.
+            match unsafe { libloading::Library::new(*name) } {
+                Ok(lib) => Some(lib),
+                Err(e) => {
+                    last = e.to_string();
+                    None
+                }
+            }
+        })
+        .ok_or(last)?;
+    // SAFETY: the symbols are declared with their C prototypes from cblas.h / openblas_config.h.
+    let sgemm: SgemmFn = *unsafe { lib.get::<SgemmFn>("cblas_sgemm") }
+        .map_err(|e| format!("no cblas_sgemm: {e}"))?;
+    let core =
+        unsafe { lib.get::<unsafe extern "C" fn() -> *const c_char>("openblas_get_corename") }
+            .ok()
+            // SAFETY: returns a static NUL-terminated string.
+            .map(|f| {
+                unsafe { CStr::from_ptr(f()) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .unwrap_or_else(|| "unknown core".into());
+    if let Ok(set) = unsafe { lib.get::<unsafe extern "C" fn(c_int)>("openblas_set_num_threads") } {
+        // SAFETY: plain setter.
+        unsafe { set(1) };
+    }
+    let blas = OpenBlas {
+        sgemm,
+        core,
+        _lib: lib,
+    };
+    check_library(&blas)?;
+    Ok(blas)
+}
+
+/// A small product against a plain loop: a broken or mislabeled library is not used.
+fn check_library(blas: &OpenBlas) -> Result<(), String> {
+    let (m, n, k) = (5usize, 7usize, 33usize);
+    let a: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 4.0)
+        .collect();
+    let b: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0)
+        .collect();
+    let mut c = vec![f32::NAN; m * n];
+    // SAFETY: the buffers have the sizes the arguments describe.
+    unsafe {
+        (blas.sgemm)(
+            ROW_MAJOR,
+            NO_TRANS,
+            TRANS,
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            1.0,
+            a.as_ptr(),
+            k as c_int,
+            b.as_ptr(),
+            k as c_int,
+            0.0,
+            c.as_mut_ptr(),
+            n as c_int,
+        )
+    };
+    for i in 0..m {
+        for j in 0..n {
+            let want: f64 = (0..k)
+                .map(|p| f64::from(a[i * k + p]) * f64::from(b[j * k + p]))
+                .sum();
+            if (f64::from(c[i * n + j]) - want).abs() > 1e-4 * (1.0 + want.abs()) {
+                return Err(format!("cblas_sgemm of {} gave wrong results", blas.core));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single-threaded kernels
+
+/// `C[m×n] = A[m×k] · op(B)` on one thread, row-major with leading dimensions; `op(B) = Bᵀ`
+/// for a row-major `B[n×k]` when `b_trans`, else `B[k×n]`. `C` is overwritten (never read).
+///
+/// # Safety
+/// The pointers must be valid for the extents the sizes and leading dimensions describe, and
+/// `C` must not overlap `A` or `B`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    be: Backend,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    b_trans: bool,
+    c: *mut f32,
+    ldc: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            // SAFETY: row i of C has n elements.
+            unsafe { std::ptr::write_bytes(c.add(i * ldc), 0, n) };
+        }
+        return;
+    }
+    match (be, openblas()) {
+        (Backend::OpenBlas, Some(blas)) => {
+            // SAFETY: forwarded from the caller.
+            unsafe {
+                (blas.sgemm)(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    if b_trans { TRANS } else { NO_TRANS },
+                    m as c_int,
+                    n as c_int,
+                    k as c_int,
+                    1.0,
+                    a,
+                    lda as c_int,
+                    b,
+                    ldb as c_int,
+                    0.0,
+                    c,
+                    ldc as c_int,
+                )
+            }
+        }
+        _ => {
+            // gemm's right operand is k×n: element (p, j) at p·rs + j·cs.
+            let (rhs_rs, rhs_cs) = if b_trans {
+                (1, ldb as isize)
+            } else {
+                (ldb as isize, 1)
+            };
+            // SAFETY: forwarded from the caller; read_dst = false, so C is only written.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c,
+                    1,
+                    ldc as isize,
+                    false,
+                    a,
+                    1,
+                    lda as isize,
+                    b,
+                    rhs_cs,
+                    rhs_rs,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            }
+        }
+    }
+}
+
+/// A raw pointer that parallel tasks may share: each task writes a disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: only used for disjoint writes from tasks that end before the buffer is read.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+// ---------------------------------------------------------------------------------------------
+// Parallel products
+
+/// Multiply-adds below which a product runs on the calling thread.
+const PAR_MIN: usize = 1 << 18;
+/// Narrowest panel (columns or rows) of a split product.
+const PANEL_MIN: usize = 64;
+
+/// `Y[m×n] = X[m×k] · Wᵀ (+ bias) (+ residual)` for row-major `X`, `W[n×k]` (a linear
+/// layer), an optional `[n]` bias and an optional `[m×n]` residual, split over the rayon pool.
+/// The additions happen per panel while it is in cache, in the order of the tensor path
+/// (`(x·Wᵀ + b) + r`).
+pub(crate) fn matmul_nt(
+    be: Backend,
+    x: &[f32],
+    w: &[f32],
+    (m, n, k): (usize, usize, usize),
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "matmul_nt: operand too short"
+    );
+    assert!(bias.is_none_or(|b| b.len() == n) && residual.is_none_or(|r| r.len() == m * n));
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let out = SendPtr(y.as_mut_ptr());
+    let (xp, wp) = (x.as_ptr() as usize, w.as_ptr() as usize);
+    par_panels(m, n, k, |(i0, i1), (j0, j1)| {
+        let (xp, wp) = (xp as *const f32, wp as *const f32);
+        // SAFETY: the panel rows i0..i1 × columns j0..j1 of Y are written by this task only;
+        // the operands cover the extents asserted above.
+        unsafe {
+            let yp = out.get().add(i0 * n + j0);
+            sgemm(
+                be,
+                i1 - i0,
+                j1 - j0,
+                k,
+                xp.add(i0 * k),
+                k,
+                wp.add(j0 * k),
+                k,
+                true,
+                yp,
+                n,
+            );
+            if bias.is_some() || residual.is_some() {
+                for i in i0..i1 {
+                    let row = std::slice::from_raw_parts_mut(out.get().add(i * n + j0), j1 - j0);
+                    if let Some(b) = bias {
+                        row.iter_mut().zip(&b[j0..j1]).for_each(|(y, b)| *y += b);
+                    }
+                    if let Some(r) = residual {
+                        row.iter_mut()
+                            .zip(&r[i * n + j0..i * n + j1])
+                            .for_each(|(y, r)| *y += r);
+                    }
+                }
+            }
+        }
+    });
+    // SAFETY: the panels cover Y, and each product wrote its panel.
+    unsafe { y.set_len(m * n) };
+    y
+}
+
+thread_local! {
+    static PANELS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `silu(X·Gᵀ) · (X·Uᵀ)` for row-major `X[m×k]` and `G`, `U` `[n×k]` (SwiGLU's gate and up
+/// projections without bias): per panel, both products into a thread-local buffer, then the
+/// activation into the output, so the two `[m×n]` projections never exist in full.
+pub(crate) fn matmul_nt_swiglu(
+    be: Backend,
+    x: &[f32],
+    g: &[f32],
+    u: &[f32],
+    (m, n, k): (usize, usize, usize),
+) -> Vec<f32> {
+    assert!(x.len() >= m * k && g.len() >= n * k && u.len() >= n * k);
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let out = SendPtr(y.as_mut_ptr());
+    let (xp, gp, up) = (
+        x.as_ptr() as usize,
+        g.as_ptr() as usize,
+        u.as_ptr() as usize,
+    );
+    par_panels(m, n, k, |(i0, i1), (j0, j1)| {
+        let (rows, cols) = (i1 - i0, j1 - j0);
+        PANELS.with_borrow_mut(|buf| {
+            buf.resize(2 * rows * cols, 0.0);
+            let (bg, bu) = buf.split_at_mut(rows * cols);
+            let (xp, gp, up) = (xp as *const f32, gp as *const f32, up as *const f32);
+            // SAFETY: operands as asserted; the buffers hold rows × cols each; the output
+            // panel is written by this task only.
+            unsafe {
+                let xi = xp.add(i0 * k);
+                sgemm(
+                    be,
+                    rows,
+                    cols,
+                    k,
+                    xi,
+                    k,
+                    gp.add(j0 * k),
+                    k,
+                    true,
+                    bg.as_mut_ptr(),
+                    cols,
+                );
+                sgemm(
+                    be,
+                    rows,
+                    cols,
+                    k,
+                    xi,
+                    k,
+                    up.add(j0 * k),
+                    k,
+                    true,
+                    bu.as_mut_ptr(),
+                    cols,
+                );
+                for r in 0..rows {
+                    let dst =
+                        std::slice::from_raw_parts_mut(out.get().add((i0 + r) * n + j0), cols);
+                    let src = r * cols..(r + 1) * cols;
+                    super::kernels::swiglu_slice(dst, &bg[src.clone()], &bu[src]);
+                }
+            }
+        });
+    });
+    // SAFETY: the panels cover Y.
+    unsafe { y.set_len(m * n) };
+    y
+}
+
+/// Run `f((i0, i1), (j0, j1))` over panels that tile an `m×n` product with inner size `k`:
+/// on the calling thread when it is small, else two panels per rayon thread (so a core slowed
+/// by other work holds up the rest less; more panels cost more packing: on SmolLM2's eval,
+/// 1, 2 and 4 panels per thread took 13.1, 13.5 and 13.8 CPU-seconds for 8 windows).
+///
+/// Row panels unless `n` is much larger than `m`: each panel's product packs its own rows of
+/// `X` but all of `W`, which costs little (8 row panels of a 1024×576×576 product run at 97 %
+/// of one call's speed per core), while column panels each re-pack all of `X` (8 column
+/// panels of a 4096-row product: 75 %). The output head (49,152 columns) takes column panels.
+fn par_panels(m: usize, n: usize, k: usize, f: impl Fn((usize, usize), (usize, usize)) + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * n * k < PAR_MIN {
+        f((0, m), (0, n));
+        return;
+    }
+    let want = 2 * threads;
+    if n >= 4 * m {
+        let step = panel(n, want, 16);
+        (0..n.div_ceil(step))
+            .into_par_iter()
+            .for_each(|p| f((0, m), (p * step, ((p + 1) * step).min(n))));
+    } else {
+        let step = panel(m, want, 8);
+        (0..m.div_ceil(step))
+            .into_par_iter()
+            .for_each(|p| f((p * step, ((p + 1) * step).min(m)), (0, n)));
+    }
+}
+
+/// Panel width for splitting `len` into about `want` panels: a multiple of `align`, at least
+/// [`PANEL_MIN`] (or all of `len`).
+fn panel(len: usize, want: usize, align: usize) -> usize {
+    let step = len.div_ceil(want).max(PANEL_MIN).div_ceil(align) * align;
+    step.min(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 1001.0)
+            .collect()
+    }
+
+    fn naive_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+        let mut y = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                y[i * n + j] = (0..k)
+                    .map(|p| f64::from(x[i * k + p]) * f64::from(w[j * k + p]))
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn backends() -> Vec<Backend> {
+        let mut v = vec![Backend::Gemm];
+        if backend() == Backend::OpenBlas {
+            v.push(Backend::OpenBlas);
+        }
+        v
+    }
+
+    #[test]
+    fn matmul_nt_matches_naive_on_all_backends_and_splits() {
+        // Shapes: tiny (one call), wide (column panels with a ragged last panel), tall (row
+        // panels), and k = 0.
+        for &(m, n, k) in &[(3, 5, 7), (37, 1000, 65), (700, 33, 129), (4, 3, 0)] {
+            let x = data(m * k, 1);
+            let w = data(n * k, 2);
+            let want = naive_nt(&x, &w, m, n, k);
+            for be in backends() {
+                let y = matmul_nt(be, &x, &w, (m, n, k), None, None);
+                assert_eq!(y.len(), m * n);
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*a) - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{be:?} {m}x{n}x{k}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn epilogues_and_fused_swiglu_match_separate_steps() {
+        let (m, n, k) = (90, 300, 40);
+        let x = data(m * k, 7);
+        let g = data(n * k, 8);
+        let u = data(n * k, 9);
+        let bias = data(n, 10);
+        let res = data(m * n, 11);
+        for be in backends() {
+            let plain = matmul_nt(be, &x, &g, (m, n, k), None, None);
+            let with = matmul_nt(be, &x, &g, (m, n, k), Some(&bias), Some(&res));
+            for i in 0..m {
+                for j in 0..n {
+                    let want = (plain[i * n + j] + bias[j]) + res[i * n + j];
+                    assert_eq!(with[i * n + j], want, "{be:?}");
+                }
+            }
+            let up = matmul_nt(be, &x, &u, (m, n, k), None, None);
+            let fused = matmul_nt_swiglu(be, &x, &g, &u, (m, n, k));
+            let mut want = vec![0f32; m * n];
+            crate::model::kernels::swiglu_slice(&mut want, &plain, &up);
+            assert_eq!(fused, want, "{be:?}");
+        }
+    }
+
+    #[test]
+    fn sgemm_nn_with_leading_dimensions() {
+        // C[2×3] (ldc 5) = A[2×4] (lda 6) · B[4×3] (ldb 4), all embedded in larger buffers.
+        let a = data(2 * 6, 3);
+        let b = data(4 * 4, 4);
+        for be in backends() {
+            let mut c = vec![7f32; 2 * 5];
+            // SAFETY: the buffers cover the described extents.
+            unsafe {
+                sgemm(
+                    be,
+                    2,
+                    3,
+                    4,
+                    a.as_ptr(),
+                    6,
+                    b.as_ptr(),
+                    4,
+                    false,
+                    c.as_mut_ptr(),
+                    5,
+                )
+            };
+            for i in 0..2 {
+                for j in 0..3 {
+                    let want: f32 = (0..4).map(|p| a[i * 6 + p] * b[p * 4 + j]).sum();
+                    assert!((c[i * 5 + j] - want).abs() < 1e-5, "{be:?}");
+                }
+                assert_eq!(&c[i * 5 + 3..i * 5 + 5], &[7.0, 7.0], "{be:?} wrote past n");
+            }
+        }
+    }
+
+    #[test]
+    fn openblas_split_is_bit_identical_to_one_call() {
+        if backend() != Backend::OpenBlas {
+            eprintln!("skipped: OpenBLAS is not available");
+            return;
+        }
+        // Row panels, then column panels.
+        for (m, n, k) in [(300, 700, 96), (50, 700, 96)] {
+            let x = data(m * k, 5);
+            let w = data(n * k, 6);
+            let split = matmul_nt(Backend::OpenBlas, &x, &w, (m, n, k), None, None);
+            let mut one = vec![0f32; m * n];
+            // SAFETY: sizes as described.
+            unsafe {
+                let (xp, wp) = (x.as_ptr(), w.as_ptr());
+                sgemm(
+                    Backend::OpenBlas,
+                    m,
+                    n,
+                    k,
+                    xp,
+                    k,
+                    wp,
+                    k,
+                    true,
+                    one.as_mut_ptr(),
+                    n,
+                )
+            };
+            assert_eq!(split, one, "{m}x{n}x{k}");
+        }
+    }
+}
