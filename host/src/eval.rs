@@ -255,7 +255,7 @@ fn head_nll_cpu(
             let (j0, j1) = (p * panel, ((p + 1) * panel).min(vocab));
             let cols = j1 - j0;
             LOGITS.with_borrow_mut(|buf| {
-                buf.resize(n * cols, 0.0);
+                let buf = matmul::scratch(buf, n * cols);
                 // SAFETY: x is n×k, rows j0..j1 of w are inside it, buf holds n×cols.
                 unsafe {
                     let wp = w.as_ptr().add(j0 * k);

@@ -124,19 +124,7 @@ impl ChannelStats {
             .enumerate();
         type Group<'a> = (usize, ((&'a mut [f64], &'a mut [f64]), &'a mut [f32]));
         let run = |(g, ((sum_sq, sum), max_abs)): Group<'_>| {
-            let j0 = g * GROUP;
-            for row in x.chunks_exact(cols) {
-                let row = &row[j0..j0 + sum_sq.len()];
-                for (j, &v) in row.iter().enumerate() {
-                    let v64 = v as f64;
-                    sum_sq[j] += v64 * v64;
-                    sum[j] += v64;
-                    let a = v.abs();
-                    if a > max_abs[j] {
-                        max_abs[j] = a;
-                    }
-                }
-            }
+            accumulate_columns(x, cols, g * GROUP, sum_sq, sum, max_abs)
         };
         if x.len() >= 1 << 16 {
             groups.for_each(run);
@@ -168,6 +156,66 @@ impl ChannelStats {
                 (sq / n - m * m).max(0.0) as f32
             })
             .collect()
+    }
+}
+
+/// Add columns `j0..j0 + sum_sq.len()` of the `cols`-wide rows of `x`, row by row, into the
+/// accumulators (compiled for AVX2 where the CPU has it: 4 f64 lanes instead of 2; no FMA, so
+/// the sums are the same).
+fn accumulate_columns(
+    x: &[f32],
+    cols: usize,
+    j0: usize,
+    sum_sq: &mut [f64],
+    sum: &mut [f64],
+    max_abs: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, the only feature the function is compiled for.
+        return unsafe { accumulate_columns_avx2(x, cols, j0, sum_sq, sum, max_abs) };
+    }
+    accumulate_columns_body(x, cols, j0, sum_sq, sum, max_abs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn accumulate_columns_avx2(
+    x: &[f32],
+    cols: usize,
+    j0: usize,
+    sum_sq: &mut [f64],
+    sum: &mut [f64],
+    max_abs: &mut [f32],
+) {
+    accumulate_columns_body(x, cols, j0, sum_sq, sum, max_abs)
+}
+
+#[inline(always)]
+fn accumulate_columns_body(
+    x: &[f32],
+    cols: usize,
+    j0: usize,
+    sum_sq: &mut [f64],
+    sum: &mut [f64],
+    max_abs: &mut [f32],
+) {
+    let w = sum_sq.len();
+    let (sum, max_abs) = (&mut sum[..w], &mut max_abs[..w]);
+    for row in x.chunks_exact(cols) {
+        let row = &row[j0..j0 + w];
+        for (((&v, sq), s), m) in row
+            .iter()
+            .zip(sum_sq.iter_mut())
+            .zip(sum.iter_mut())
+            .zip(max_abs.iter_mut())
+        {
+            let v64 = v as f64;
+            *sq += v64 * v64;
+            *s += v64;
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
     }
 }
 

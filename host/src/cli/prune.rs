@@ -8,7 +8,9 @@ use autoprune::calib::{check_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
 use autoprune::layer::LayerKind;
 use autoprune::model::Model;
-use autoprune::pipeline::{prune_model_with_progress, Method, PipelineError, Progress, PruneConfig, PruneReport};
+use autoprune::pipeline::{
+    prune_model_with_progress, Method, PipelineError, Progress, PruneConfig, PruneReport,
+};
 use autoprune::prune::mask::Pattern;
 use autoprune::report::{peak_rss_bytes, PplReport, Protocol};
 use autoprune::sandbox::sha256_hex;
@@ -158,12 +160,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let pb = bar(loaded.model.blocks.len(), "prune", quiet);
     let t = Instant::now();
-    let result = prune_model_with_progress(
-        &mut loaded.model,
-        &calib_windows,
-        &method,
-        &cfg,
-        &mut |p| {
+    let result =
+        prune_model_with_progress(&mut loaded.model, &calib_windows, &method, &cfg, &mut |p| {
             let (what, done, total) = match p {
                 Progress::Gradient { done, total } => ("gradients", done, total),
                 Progress::Block { done, total } => ("prune", done, total),
@@ -171,8 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             pb.set_message(what);
             pb.set_length(total as u64);
             pb.set_position(done as u64);
-        },
-    );
+        });
     pb.finish_and_clear();
     let pruned_report = match result {
         Ok(r) => r,

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use super::kernels::softmax_row_inplace;
-use super::matmul::{sgemm, Backend, SendPtr};
+use super::matmul::{scratch, sgemm, Backend, SendPtr};
 
 /// Query rows per task: small enough to skip most of the masked triangle and to give the pool
 /// many tasks, large enough for efficient products.
@@ -97,7 +97,7 @@ pub(crate) fn causal_attention(
         let r1 = (r0 + ROW_BLOCK).min(t);
         let (mq, nk) = (r1 - r0, r1);
         SCORES.with_borrow_mut(|buf| {
-            buf.resize(mq * nk, 0.0);
+            let buf = scratch(buf, mq * nk);
             let qp = q[(bi * t + r0) * qw + h * d..].as_ptr();
             let kp = k[bi * t * kw + kvh * d..].as_ptr();
             let vp = v[bi * t * kw + kvh * d..].as_ptr();

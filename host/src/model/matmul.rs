@@ -313,6 +313,15 @@ pub(crate) unsafe fn sgemm(
     }
 }
 
+/// The first `len` elements of a reusable buffer, growing it if needed (never shrinking, so
+/// tasks of varying sizes do not zero-fill it again and again).
+pub(crate) fn scratch(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
+}
+
 /// A raw pointer that parallel tasks may share: each task writes a disjoint part.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
@@ -420,8 +429,7 @@ pub(crate) fn matmul_nt_swiglu(
     par_panels(m, n, k, |(i0, i1), (j0, j1)| {
         let (rows, cols) = (i1 - i0, j1 - j0);
         PANELS.with_borrow_mut(|buf| {
-            buf.resize(2 * rows * cols, 0.0);
-            let (bg, bu) = buf.split_at_mut(rows * cols);
+            let (bg, bu) = scratch(buf, 2 * rows * cols).split_at_mut(rows * cols);
             let (xp, gp, up) = (xp as *const f32, gp as *const f32, up as *const f32);
             // SAFETY: operands as asserted; the buffers hold rows × cols each; the output
             // panel is written by this task only.
