@@ -51,5 +51,5 @@ fi
 
 # Build the host and the guest SDK (the prebuilt rlib every candidate compiles against).
 cargo build --release --workspace
-./target/release/autoprune sdk
+cargo run --release --quiet -p autoprune -- sdk
 echo "setup done: data in $DATA"
