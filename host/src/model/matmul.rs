@@ -1,21 +1,23 @@
 //! f32 matrix products of the CPU forward: OpenBLAS's `cblas_sgemm` when the system has it,
 //! the `gemm` crate (candle's own kernel) otherwise, split across the rayon pool by us.
 //!
-//! Why: the forward is GEMM-bound. Per core, both kernels run near this CPU class's peak
-//! (OpenBLAS's AVX-512 kernel ≈ 100 GFLOP/s, `gemm`'s AVX2 kernel 85–100), but candle's
-//! matmul barely scales to a second thread on the shapes of a small model. Splitting each
-//! product into independent column (or row) panels, one single-threaded product per rayon task,
-//! keeps every core busy in one thread pool, so OpenBLAS's own threads never compete with
-//! rayon's. The split never changes the reduction order over `k`, so with OpenBLAS the result
-//! does not depend on the number of threads.
+//! Why: the forward is GEMM-bound. Each product is split into row panels (column panels for
+//! the very wide output head), one single-threaded product per rayon task: one thread pool for
+//! everything (no second pool spinning against rayon's), outputs written once (candle's matmul
+//! zero-fills them first), and bias/residual added per panel while it is in cache. Per core,
+//! both kernels run near this CPU class's peak (measured on an AMD EPYC with AVX-512:
+//! OpenBLAS's AVX-512 kernel 100–105 GFLOP/s, `gemm`'s AVX2 kernel 85–105); end to end on
+//! SOTU-512 OpenBLAS is only ≈ 2 % faster. With OpenBLAS the split never changes the
+//! reduction order over `k`, so results do not depend on the number of threads.
 //!
-//! OpenBLAS is loaded lazily (`dlopen` at the first product), because Debian's build picks its
-//! kernels from `OPENBLAS_CORETYPE` when the library loads and detects recent CPUs as generic
-//! ("Prescott": a third of the speed). Before loading, and only if the user has not set them,
-//! we set `OPENBLAS_CORETYPE` to the best kernel family the running CPU really supports
-//! (`SkylakeX` with AVX-512 F/BW/VL/DQ/CD, `Haswell` with AVX2+FMA, else unset) and
-//! `OPENBLAS_NUM_THREADS=1`. `AUTOPRUNE_BLAS=off` disables OpenBLAS; `AUTOPRUNE_BLAS=<path>`
-//! loads that library instead of `libopenblas.so.0`.
+//! OpenBLAS is loaded lazily (`dlopen` at the first product, or at [`init`]), because Debian's
+//! build picks its kernels from `OPENBLAS_CORETYPE` when the library loads and may detect a
+//! recent CPU as generic ("Prescott": a third of the speed). Before loading, and only if the
+//! user has not set them, we set `OPENBLAS_CORETYPE` to the best kernel family the running CPU
+//! really supports (`SkylakeX` with AVX-512 F/BW/VL/DQ/CD, `Haswell` with AVX2+FMA, else
+//! unset) and `OPENBLAS_NUM_THREADS=1`, and remove them again once it is loaded.
+//! `AUTOPRUNE_BLAS=off` disables OpenBLAS; `AUTOPRUNE_BLAS=<path>` loads that library instead
+//! of `libopenblas.so.0`.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
@@ -38,6 +40,14 @@ pub(crate) fn backend() -> Backend {
     } else {
         Backend::Gemm
     }
+}
+
+/// Load OpenBLAS now (otherwise it loads at the first CPU product) and describe the backend.
+/// Call it early in `main`, before other threads start: loading sets `OPENBLAS_CORETYPE` in
+/// the process environment for a moment.
+pub fn init() -> String {
+    let _ = openblas();
+    describe()
 }
 
 /// A short description of the backend for reports, e.g. `openblas (SkylakeX)`.
@@ -97,8 +107,8 @@ fn openblas() -> Option<&'static OpenBlas> {
                 Ok(b) => Some(b),
                 Err(why) => {
                     eprintln!(
-                        "note: OpenBLAS not used ({why}); matrix products use candle's slower \
-                         gemm (install libopenblas0-pthread for about twice the speed)"
+                        "note: OpenBLAS not used ({why}); matrix products use the gemm crate \
+                         (a few percent slower; libopenblas0-pthread provides OpenBLAS)"
                     );
                     None
                 }
@@ -128,33 +138,38 @@ fn coretype() -> Option<&'static str> {
 }
 
 fn load_openblas(names: &[&str]) -> Result<OpenBlas, String> {
+    // OpenBLAS reads these once, while the library loads (just below). Setting the
+    // environment races only with other threads reading it at this instant (call
+    // [`init`] early to load before any other thread starts). What we set is removed again
+    // after loading, so child processes do not inherit it.
+    let mut set_here = Vec::new();
     if std::env::var_os("OPENBLAS_CORETYPE").is_none() {
         if let Some(core) = coretype() {
-            // OpenBLAS reads this once, while the library loads (just below). Setting the
-            // environment races only with threads reading it at this instant; the first
-            // product runs before any parallel work that could.
             std::env::set_var("OPENBLAS_CORETYPE", core);
+            set_here.push("OPENBLAS_CORETYPE");
         }
     }
     if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
         // We parallelize ourselves: no OpenBLAS thread pool.
         std::env::set_var("OPENBLAS_NUM_THREADS", "1");
+        set_here.push("OPENBLAS_NUM_THREADS");
     }
     let mut last = String::new();
-    let lib = names
-        .iter()
-        .find_map(|name| {
-            // SAFETY: loading runs the library's initializers; OpenBLAS's only detect the CPU
-            // and allocate buffers.
-            match unsafe { libloading::Library::new(*name) } {
-                Ok(lib) => Some(lib),
-                Err(e) => {
-                    last = e.to_string();
-                    None
-                }
+    let lib = names.iter().find_map(|name| {
+        // SAFETY: loading runs the library's initializers; OpenBLAS's only detect the CPU
+        // and allocate buffers.
+        match unsafe { libloading::Library::new(*name) } {
+            Ok(lib) => Some(lib),
+            Err(e) => {
+                last = e.to_string();
+                None
             }
-        })
-        .ok_or(last)?;
+        }
+    });
+    for var in set_here {
+        std::env::remove_var(var);
+    }
+    let lib = lib.ok_or(last)?;
     // SAFETY: the symbols are declared with their C prototypes from cblas.h / openblas_config.h.
     let sgemm: SgemmFn = *unsafe { lib.get::<SgemmFn>("cblas_sgemm") }
         .map_err(|e| format!("no cblas_sgemm: {e}"))?;
