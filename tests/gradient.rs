@@ -254,6 +254,7 @@ fn pipeline_hands_the_exact_statistic_to_a_metric_that_asks() {
         let mut model = dense.clone();
         let pcfg = PruneConfig {
             sparsity: 0.5,
+            layer_sparsity: Vec::new(),
             pattern: Pattern::PerRow,
             batch: 2,
         };
@@ -336,6 +337,7 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
     );
     let pcfg = PruneConfig {
         sparsity: 0.5,
+        layer_sparsity: Vec::new(),
         pattern: Pattern::PerRow,
         batch: 2,
     };

@@ -37,6 +37,7 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
         let mut model = dense.clone();
         let pcfg = PruneConfig {
             sparsity: 0.5,
+            layer_sparsity: Vec::new(),
             pattern: Pattern::PerRow,
             batch: 3,
         };
@@ -117,6 +118,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
         let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
         let pcfg = PruneConfig {
             sparsity: 0.5,
+            layer_sparsity: Vec::new(),
             pattern,
             batch: 4,
         };
@@ -127,6 +129,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
     let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
     let pcfg = PruneConfig {
         sparsity: 0.5,
+        layer_sparsity: Vec::new(),
         pattern: Pattern::NM { n: 4, m: 8 },
         batch: 4,
     };
@@ -150,6 +153,7 @@ fn failing_metric_reports_its_verdict_and_layer() {
     let mut model = Model::random(&cfg, 1, &Device::Cpu).unwrap();
     let pcfg = PruneConfig {
         sparsity: 0.5,
+        layer_sparsity: Vec::new(),
         pattern: Pattern::PerRow,
         batch: 2,
     };

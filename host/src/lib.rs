@@ -6,6 +6,7 @@
 //! builds masks itself ([`prune`]) and measures perplexity ([`eval`]).
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod build;
 pub mod calib;
 pub mod check;

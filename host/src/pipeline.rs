@@ -24,14 +24,40 @@ pub enum Method<'a> {
 }
 
 /// What to prune and how.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PruneConfig {
     /// Target sparsity of every linear (ignored by N:M patterns, which fix it).
     pub sparsity: f64,
+    /// Per-layer sparsities from an allocation ([`crate::alloc`]), one per linear in model
+    /// order (block-major, [`LayerKind::BLOCK`] order); empty = `sparsity` everywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_sparsity: Vec<f64>,
     /// Comparison group.
     pub pattern: Pattern,
     /// Calibration windows per forward pass (memory vs speed).
     pub batch: usize,
+}
+
+impl PruneConfig {
+    /// Uniform sparsity `sparsity` with `pattern`.
+    pub fn uniform(sparsity: f64, pattern: Pattern, batch: usize) -> Self {
+        PruneConfig {
+            sparsity,
+            layer_sparsity: Vec::new(),
+            pattern,
+            batch,
+        }
+    }
+
+    /// The sparsity of layer `id`.
+    pub fn sparsity_of(&self, id: LayerId) -> f64 {
+        let i = id.block as usize * LayerKind::BLOCK.len()
+            + LayerKind::BLOCK
+                .iter()
+                .position(|&k| k == id.kind)
+                .unwrap_or(0);
+        self.layer_sparsity.get(i).copied().unwrap_or(self.sparsity)
+    }
 }
 
 /// Why a pruning run stopped.
@@ -62,6 +88,9 @@ pub enum PipelineError {
         /// Why.
         error: MaskError,
     },
+    /// The configuration is inconsistent with the model or itself.
+    #[error("configuration: {0}")]
+    Config(String),
     /// SparseGPT failed on a layer.
     #[error("SparseGPT on {layer}: {message}")]
     SparseGpt {
@@ -89,6 +118,9 @@ pub struct LayerReport {
     pub rows: usize,
     /// Columns.
     pub cols: usize,
+    /// The sparsity this layer was asked for (the allocation's, or the uniform target).
+    #[serde(default)]
+    pub target: f64,
     /// Weights pruned by the mask.
     pub pruned: usize,
     /// Weights exactly zero afterwards (includes zeros that were there before).
@@ -193,6 +225,20 @@ pub fn prune_model_with_progress(
         }
         _ => None,
     };
+    let expected = model.blocks.len() * LayerKind::BLOCK.len();
+    if !cfg.layer_sparsity.is_empty() {
+        if cfg.layer_sparsity.len() != expected {
+            return Err(PipelineError::Config(format!(
+                "{} per-layer sparsities for {expected} linear layers",
+                cfg.layer_sparsity.len()
+            )));
+        }
+        if matches!(cfg.pattern, Pattern::NM { .. }) {
+            return Err(PipelineError::Config(
+                "per-layer sparsities need an unstructured pattern (row or layer); N:M fixes the sparsity".into(),
+            ));
+        }
+    }
     let seq_len = windows.first().map_or(0, |w| w.len());
     let rope = model.rope(seq_len)?;
     let mut inps = embed_batches(model, windows, cfg.batch)?;
@@ -290,12 +336,12 @@ fn prune_linear(
                 weights: &w,
                 stats,
                 gradient,
-                sparsity: cfg.sparsity as f32,
+                sparsity: cfg.sparsity_of(id) as f32,
             };
             let scored = plugin
                 .score(&data)
                 .map_err(|failure| PipelineError::Metric { layer: id, failure })?;
-            let mask = Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity)
+            let mask = Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
             mask.apply(&mut w)
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
@@ -307,7 +353,7 @@ fn prune_linear(
                 .ok_or_else(|| ModelError::Input(format!("no Hessian was collected for {id}")))?;
             let sg = match cfg.pattern {
                 Pattern::NM { n, m } => SparseGptConfig::n_m(n, m),
-                _ => SparseGptConfig::unstructured(cfg.sparsity),
+                _ => SparseGptConfig::unstructured(cfg.sparsity_of(id)),
             };
             let stats = prune_with_factor(&mut w, rows, cols, f, &sg).map_err(|e| {
                 PipelineError::SparseGpt {
@@ -325,6 +371,7 @@ fn prune_linear(
         kind: id.kind,
         rows,
         cols,
+        target: cfg.sparsity_of(id),
         pruned: mask.pruned_count(),
         zeros,
         sparsity: zeros as f64 / (rows * cols) as f64,

@@ -143,10 +143,31 @@ pub fn collect_block_inputs(
     rope: &Rope,
     hessians: bool,
 ) -> Result<BlockInputs, CalibError> {
+    collect(block, batches, rope, hessians, false).map(|(acc, _)| acc)
+}
+
+/// Like [`collect_block_inputs`] (without Hessians), but runs the whole block and also returns
+/// its outputs (the next block's dense inputs), one tensor per batch.
+pub fn collect_block_inputs_and_outputs(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
+    collect(block, batches, rope, false, true)
+}
+
+fn collect(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+    hessians: bool,
+    outputs: bool,
+) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
     let mut acc = BlockInputs::default();
+    let mut outs = Vec::new();
     for x in batches {
         let mut err: Option<CalibError> = None;
-        block.collect_inputs(x, rope, &mut |kind, t| {
+        let mut capture = |kind: LayerKind, t: &Tensor| -> crate::model::Result<()> {
             if input_slot(kind) != kind {
                 return Ok(()); // shared input, accumulated under its slot
             }
@@ -175,12 +196,17 @@ pub fn collect_block_inputs(
                 record(&t.flatten_all()?.to_vec1::<f32>()?);
             }
             Ok(())
-        })?;
+        };
+        if outputs {
+            outs.push(block.forward(x, rope, &mut capture)?);
+        } else {
+            block.collect_inputs(x, rope, &mut capture)?;
+        }
         if let Some(e) = err {
             return Err(e);
         }
     }
-    Ok(acc)
+    Ok((acc, outs))
 }
 
 #[cfg(test)]

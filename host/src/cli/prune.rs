@@ -155,6 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let cfg = PruneConfig {
         sparsity: args.sparsity,
+        layer_sparsity: Vec::new(),
         pattern: args.pattern,
         batch: args.calib_batch,
     };

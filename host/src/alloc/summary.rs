@@ -1,0 +1,156 @@
+//! The dense pre-pass behind allocation: input statistics of every linear from the *dense*
+//! model (as OWL does), then per-unit distribution summaries of `|W|`, Wanda scores and the
+//! chosen metric's scores.
+//!
+//! The statistics ([`DenseStats`]) do not depend on the metric or the target, so a sweep
+//! computes them once per calibration set; scoring a metric on them is cheap.
+
+use super::{Distribution, Granularity, UnitSummary};
+use crate::calib::gradient::Gradients;
+use crate::calib::{collect_block_inputs_and_outputs, input_slot};
+use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
+use crate::model::{Model, ModelError};
+use crate::pipeline::PipelineError;
+use crate::sandbox::Plugin;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Input statistics of every linear of the dense model, per block and input slot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DenseStats {
+    /// `blocks[b][slot]`, slots as in [`input_slot`].
+    pub blocks: Vec<BTreeMap<LayerKind, ChannelStats>>,
+    /// Seconds the pass took.
+    pub seconds: f64,
+}
+
+impl DenseStats {
+    /// Statistics of the inputs of `kind` in block `b`.
+    pub fn get(&self, b: usize, kind: LayerKind) -> Option<&ChannelStats> {
+        self.blocks.get(b)?.get(&input_slot(kind))
+    }
+}
+
+/// Run the dense model block by block over `windows` (batches of `batch`), collecting the
+/// input statistics of every linear. `progress(done, total)` after each block.
+pub fn dense_stats(
+    model: &Model,
+    windows: &[&[u32]],
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DenseStats, PipelineError> {
+    let t = std::time::Instant::now();
+    let seq_len = windows.first().map_or(0, |w| w.len());
+    let rope = model.rope(seq_len)?;
+    let mut inps: Vec<Tensor> = windows
+        .chunks(batch.max(1))
+        .map(|w| model.embed(&model.ids_tensor(w)?))
+        .collect::<Result<_, _>>()?;
+    let mut blocks = Vec::with_capacity(model.blocks.len());
+    let total = model.blocks.len();
+    for (i, block) in model.blocks.iter().enumerate() {
+        let (acc, outs) = collect_block_inputs_and_outputs(block, &inps, &rope)?;
+        blocks.push(acc.stats);
+        inps = outs;
+        progress(i + 1, total);
+    }
+    Ok(DenseStats {
+        blocks,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Per-unit summaries of the (still dense) `model` at `target`: `|W|`, Wanda scores from
+/// `stats`, and the `metric`'s scores (Wanda's when `metric` is `None`, e.g. for SparseGPT).
+/// A metric that reads the gradient statistic needs `grads`.
+pub fn summarize(
+    model: &Model,
+    stats: &DenseStats,
+    metric: Option<&Plugin>,
+    grads: Option<&Gradients>,
+    target: f64,
+    granularity: Granularity,
+) -> Result<Vec<UnitSummary>, PipelineError> {
+    let num_blocks = model.blocks.len();
+    let mut units = Vec::new();
+    for (b, block) in model.blocks.iter().enumerate() {
+        let mut abs_w: Vec<(LayerKind, usize, usize, Vec<f32>)> = Vec::new();
+        let mut wanda: Vec<Vec<f32>> = Vec::new();
+        let mut scores: Vec<Vec<f32>> = Vec::new();
+        for kind in LayerKind::BLOCK {
+            let id = LayerId {
+                block: b as u32,
+                num_blocks: num_blocks as u32,
+                kind,
+            };
+            let linear = block
+                .linear(kind)
+                .ok_or_else(|| ModelError::Input(format!("no {} linear", kind.name())))?;
+            let (rows, cols) = linear.shape();
+            let w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
+            let st = stats.get(b, kind).ok_or_else(|| {
+                ModelError::Input(format!("no dense statistics were collected for {id}"))
+            })?;
+            let norm = st.l2_norm();
+            let wa: Vec<f32> = w
+                .chunks_exact(cols)
+                .flat_map(|row| row.iter().zip(&norm).map(|(x, n)| x.abs() * n))
+                .collect();
+            let sc = match metric {
+                Some(plugin) => {
+                    let data = LayerData {
+                        id,
+                        rows,
+                        cols,
+                        weights: &w,
+                        stats: st,
+                        gradient: grads.and_then(|g| g.get(b, kind)),
+                        sparsity: target as f32,
+                    };
+                    plugin
+                        .score(&data)
+                        .map_err(|failure| PipelineError::Metric { layer: id, failure })?
+                        .scores
+                }
+                None => wa.clone(),
+            };
+            abs_w.push((kind, rows, cols, w.iter().map(|x| x.abs()).collect()));
+            wanda.push(wa);
+            scores.push(sc);
+        }
+        match granularity {
+            Granularity::Block => {
+                let refs = |v: &[Vec<f32>]| -> Distribution {
+                    Distribution::of(&v.iter().map(|x| x.as_slice()).collect::<Vec<_>>())
+                };
+                let weights: Vec<Vec<f32>> = abs_w.into_iter().map(|(_, _, _, a)| a).collect();
+                units.push(UnitSummary {
+                    block: b as u32,
+                    kind: None,
+                    rows: 0,
+                    cols: 0,
+                    params: weights.iter().map(|w| w.len() as u64).sum(),
+                    weights: refs(&weights),
+                    wanda: refs(&wanda),
+                    scores: refs(&scores),
+                });
+            }
+            Granularity::Layer => {
+                for (((kind, rows, cols, a), wa), sc) in abs_w.into_iter().zip(wanda).zip(scores) {
+                    units.push(UnitSummary {
+                        block: b as u32,
+                        kind: Some(kind),
+                        rows: rows as u64,
+                        cols: cols as u64,
+                        params: (rows * cols) as u64,
+                        weights: Distribution::of(&[&a]),
+                        wanda: Distribution::of(&[&wa]),
+                        scores: Distribution::of(&[&sc]),
+                    });
+                }
+            }
+        }
+    }
+    Ok(units)
+}
