@@ -7,6 +7,14 @@ use cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Prune(_) | Command::Eval(_) | Command::Sweep(_)
+    ) {
+        // Load the CPU matrix-product library now, before any other thread exists (it reads
+        // its kernel choice from the environment while loading).
+        let _ = autoprune::model::init_cpu_matmul();
+    }
     let result = match cli.command {
         Command::Build(a) => cli::build::run(a),
         Command::Check(a) => cli::check::run(a),
@@ -14,6 +22,7 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Prune(a) => cli::prune::run(*a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Sweep(a) => cli::sweep::run(*a),
     };
     match result {
         Ok(code) => std::process::exit(code),

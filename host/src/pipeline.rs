@@ -287,6 +287,14 @@ pub fn prune_model_with_progress(
             g.release_block(i);
         }
         report.prune_seconds += t.elapsed().as_secs_f64();
+        // The last block's pruned outputs would feed nothing: the protocol never reads them.
+        if i + 1 == num_blocks {
+            progress(Progress::Block {
+                done: i + 1,
+                total: num_blocks,
+            });
+            break;
+        }
         let t = Instant::now();
         let block = &model.blocks[i];
         inps = inps
@@ -341,8 +349,9 @@ fn prune_linear(
             let scored = plugin
                 .score(&data)
                 .map_err(|failure| PipelineError::Metric { layer: id, failure })?;
-            let mask = Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
-                .map_err(|error| PipelineError::Mask { layer: id, error })?;
+            let mask =
+                Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
+                    .map_err(|error| PipelineError::Mask { layer: id, error })?;
             mask.apply(&mut w)
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
             (mask, scored.usage.fuel)

@@ -100,6 +100,46 @@ pub fn check_offsets(len: usize, offsets: &[usize], seq_len: usize) -> Result<()
     }
 }
 
+/// `n` held-out windows of the calibration stream, for tuning hyperparameters without
+/// touching the evaluation text: window `k` starts halfway between calibration windows
+/// `j = ⌊k·c/n⌋` and `j + 1` (the stream's end after the last), where `c` is the number of
+/// calibration windows. Fails if a validation window would overlap a calibration window.
+pub fn validation_offsets(
+    len: usize,
+    calib_offsets: &[usize],
+    n: usize,
+    seq_len: usize,
+) -> Result<Vec<usize>, CalibError> {
+    let mut sorted = calib_offsets.to_vec();
+    sorted.sort_unstable();
+    let c = sorted.len();
+    if c == 0 || n == 0 {
+        return Err(CalibError::Stats(
+            "validation windows need calibration windows and n > 0".into(),
+        ));
+    }
+    let out: Vec<usize> = (0..n)
+        .map(|k| {
+            let j = k * c / n;
+            let next = sorted
+                .get(j + 1)
+                .copied()
+                .unwrap_or(len.saturating_sub(seq_len));
+            sorted[j] + next.saturating_sub(sorted[j]) / 2
+        })
+        .collect();
+    for &v in &out {
+        let clash = v + seq_len > len || sorted.iter().any(|&o| v < o + seq_len && o < v + seq_len);
+        if clash {
+            return Err(CalibError::Stats(format!(
+                "the calibration stream ({len} tokens) is too short for {n} validation windows \
+                 of {seq_len} tokens between {c} calibration windows"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 /// The windows at `offsets`.
 pub fn windows<'a>(tokens: &'a [u32], offsets: &[usize], seq_len: usize) -> Vec<&'a [u32]> {
     offsets.iter().map(|&o| &tokens[o..o + seq_len]).collect()
@@ -220,6 +260,20 @@ mod tests {
         assert_eq!(o.len(), 32);
         assert_eq!(&o[..3], &[0, 58956, 117912]);
         assert_eq!(o[31], 1_827_642);
+    }
+
+    #[test]
+    fn validation_windows_sit_between_calibration_windows() {
+        let cal = window_offsets(1_887_111, 32, 512, Sampler::Even).unwrap();
+        let v = validation_offsets(1_887_111, &cal, 16, 512).unwrap();
+        assert_eq!(v.len(), 16);
+        assert_eq!(v[0], 58956 / 2);
+        for &x in &v {
+            assert!(cal.iter().all(|&o| x + 512 <= o || o + 512 <= x));
+        }
+        // Too dense: windows of 512 every 600 tokens leave no room.
+        let cal: Vec<usize> = (0..10).map(|k| k * 600).collect();
+        assert!(validation_offsets(6000, &cal, 4, 512).is_err());
     }
 
     #[test]

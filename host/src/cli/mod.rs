@@ -1,5 +1,6 @@
 //! The `autoprune` command line: one file per subcommand.
 
+pub mod alloc;
 pub mod bench;
 pub mod build;
 pub mod check;
@@ -7,6 +8,7 @@ pub mod eval;
 pub mod protocol;
 pub mod prune;
 pub mod sdk;
+pub mod sweep;
 
 use autoprune::build::{default_cache, BuildOptions, Builder, Isolation};
 use clap::{Parser, Subcommand};
@@ -31,6 +33,8 @@ pub enum Command {
     Sdk(sdk::Args),
     /// Prune a model with a metric plugin (or SparseGPT); measure perplexity; export.
     Prune(Box<prune::Args>),
+    /// Grid of sparsities × allocations × metrics under one protocol: table and plot.
+    Sweep(Box<sweep::Args>),
     /// Perplexity of a model under the protocol.
     Eval(eval::Args),
     /// Benchmark the sandbox: wasm vs native Wanda, build and instantiation times.

@@ -1,9 +1,12 @@
 //! `autoprune prune`: prune a real model with a sandboxed metric (or SparseGPT), measure
 //! perplexity dense and pruned, export the pruned model and a report.
 
+use super::alloc::{check_pattern, gradients_if_needed, planned, stats_pass, AllocArgs, Planned};
 use super::check::{load_plugin, load_policy};
 use super::protocol::{bar, load_model, stream, ProtocolArgs};
 use super::{BuildFlags, EXIT_VERDICT};
+use autoprune::alloc::summary::summarize;
+use autoprune::alloc::Allocation;
 use autoprune::calib::{check_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
 use autoprune::layer::LayerKind;
@@ -62,6 +65,8 @@ pub struct Args {
     #[arg(long)]
     pub policy: Option<PathBuf>,
     #[command(flatten)]
+    pub alloc: AllocArgs,
+    #[command(flatten)]
     pub protocol: ProtocolArgs,
     #[command(flatten)]
     pub flags: BuildFlags,
@@ -94,6 +99,71 @@ fn sparsity_table(r: &PruneReport) -> String {
         }
     }
     s
+}
+
+fn report_metric_failure(
+    quiet: bool,
+    layer: autoprune::layer::LayerId,
+    failure: &autoprune::sandbox::Failure,
+) {
+    if quiet {
+        println!(
+            "{}",
+            serde_json::json!({ "ok": false, "layer": layer, "failure": failure })
+        );
+    } else {
+        eprintln!("the metric failed on {layer}: {failure}");
+    }
+}
+
+/// The allocation step: `None` for uniform; otherwise a dense statistics pass, unit summaries
+/// and the rule's (or plugin's) validated sparsities.
+fn allocate(
+    args: &Args,
+    model: &Model,
+    windows: &[&[u32]],
+    metric: Option<&autoprune::sandbox::Plugin>,
+    quiet: bool,
+) -> Result<Option<Planned>, PipelineError> {
+    let a = &args.alloc;
+    let builtin = a
+        .builtin()
+        .map_err(|e| PipelineError::Config(e.to_string()))?;
+    if builtin == Some(Allocation::Uniform) {
+        return Ok(None);
+    }
+    check_pattern(args.pattern).map_err(|e| PipelineError::Config(e.to_string()))?;
+    let cfg_err = |e: anyhow::Error| PipelineError::Config(format!("{e:#}"));
+    let stats = stats_pass(model, windows, args.calib_batch, quiet).map_err(cfg_err)?;
+    let grads = gradients_if_needed(model, windows, metric, quiet).map_err(cfg_err)?;
+    let units = summarize(
+        model,
+        &stats,
+        metric,
+        grads.as_ref(),
+        args.sparsity,
+        a.granularity,
+    )?;
+    let (s, rule) = match builtin {
+        Some(rule) => (
+            rule.allocate(args.sparsity, &units)
+                .map_err(|e| PipelineError::Config(format!("{} allocation: {e}", rule.name())))?,
+            serde_json::to_value(rule).unwrap_or_default(),
+        ),
+        None => {
+            let path = std::path::Path::new(&a.allocation);
+            let (s, info) = super::alloc::run_plugin(path, args, &units)?;
+            (s, info)
+        }
+    };
+    Ok(Some(planned(
+        rule,
+        a.granularity,
+        &units,
+        &s,
+        model.blocks.len(),
+        stats.seconds,
+    )))
 }
 
 /// Run it.
@@ -153,9 +223,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             quiet,
         )?)
     };
+    let plan = match allocate(&args, &loaded.model, &calib_windows, plugin.as_ref(), quiet) {
+        Ok(p) => p,
+        Err(PipelineError::Metric { layer, failure }) => {
+            report_metric_failure(quiet, layer, &failure);
+            return Ok(EXIT_VERDICT);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let cfg = PruneConfig {
         sparsity: args.sparsity,
-        layer_sparsity: Vec::new(),
+        layer_sparsity: plan
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.layer_sparsity.clone()),
         pattern: args.pattern,
         batch: args.calib_batch,
     };
@@ -175,14 +255,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let pruned_report = match result {
         Ok(r) => r,
         Err(PipelineError::Metric { layer, failure }) => {
-            if quiet {
-                println!(
-                    "{}",
-                    serde_json::json!({ "ok": false, "layer": layer, "failure": failure })
-                );
-            } else {
-                eprintln!("the metric failed on {layer}: {failure}");
-            }
+            report_metric_failure(quiet, layer, &failure);
             return Ok(EXIT_VERDICT);
         }
         Err(e) => return Err(e.into()),
@@ -219,6 +292,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         "sparsity_target": args.sparsity,
         "pattern": args.pattern,
         "sparsity_achieved": pruned_report.sparsity,
+        "allocation": plan,
         "perplexity": { "dense": dense, "pruned": pruned },
         "timings": { "load_seconds": loaded.seconds, "prune_seconds": prune_seconds,
                       "gradient_seconds": pruned_report.gradient_seconds,
@@ -241,6 +315,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!("{}", sparsity_table(&pruned_report));
+    if let Some(p) = &plan {
+        println!(
+            "\nallocation {} ({:?}): per-unit sparsity {}",
+            p.rule,
+            p.granularity,
+            p.units
+                .iter()
+                .map(|u| format!("{:.3}", u.sparsity))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     let name = plugin
         .as_ref()
         .map_or("sparsegpt".to_string(), |pl| pl.info().name.clone());

@@ -1,0 +1,182 @@
+//! Allocation flags and the allocation step shared by `prune` and `sweep`.
+
+use super::protocol::bar;
+use autoprune::alloc::summary::{dense_stats, DenseStats};
+use autoprune::alloc::{
+    expand, Allocation, Granularity, OwlParams, SdsaParams, SkewSource, UnitSummary,
+};
+use autoprune::calib::gradient::{self, Gradients};
+use autoprune::model::Model;
+use autoprune::prune::mask::Pattern;
+use autoprune::sandbox::Plugin;
+use serde::Serialize;
+use std::ops::ControlFlow;
+
+/// Layer-wise allocation flags of `autoprune prune`.
+#[derive(Debug, clap::Args)]
+pub struct AllocArgs {
+    /// Layer-wise sparsity allocation: `uniform`, `owl`, `sdsa`, or an allocator plugin
+    /// (`.rs` source built in the sandbox, or a `.wasm` component of the `allocator` world).
+    #[arg(long, default_value = "uniform")]
+    pub allocation: String,
+    /// What gets one sparsity: `block` (all linears of a block share it) or `layer`.
+    #[arg(long, default_value = "block")]
+    pub granularity: Granularity,
+    /// OWL: outlier threshold as a multiple of the mean Wanda score (3, 5, 7 or 10).
+    #[arg(long, default_value_t = OwlParams::default().m)]
+    pub owl_m: f64,
+    /// OWL: λ; sparsities spread over a range of width 2λ around the target.
+    #[arg(long, default_value_t = OwlParams::default().lambda)]
+    pub owl_lambda: f64,
+    /// SDSA: softmax temperature on the standardised skewness.
+    #[arg(long, default_value_t = SdsaParams::default().temperature)]
+    pub sdsa_temperature: f64,
+    /// SDSA: largest deviation of a unit's sparsity from the target.
+    #[arg(long, default_value_t = SdsaParams::default().delta)]
+    pub sdsa_delta: f64,
+    /// SDSA: whose skewness: `scores` (the metric's), `wanda`, or `weights` (|W|).
+    #[arg(long, default_value = "scores")]
+    pub sdsa_source: SkewSource,
+}
+
+impl AllocArgs {
+    /// The built-in rule named by `--allocation`, or `None` for a plugin path.
+    pub fn builtin(&self) -> anyhow::Result<Option<Allocation>> {
+        Ok(Some(match self.allocation.as_str() {
+            "uniform" => Allocation::Uniform,
+            "owl" => Allocation::Owl(OwlParams {
+                m: self.owl_m,
+                lambda: self.owl_lambda,
+            }),
+            "sdsa" => Allocation::Sdsa(SdsaParams {
+                temperature: self.sdsa_temperature,
+                delta: self.sdsa_delta,
+                source: self.sdsa_source,
+            }),
+            p if p.ends_with(".rs") || p.ends_with(".wasm") => return Ok(None),
+            other => anyhow::bail!(
+                "unknown allocation `{other}` (uniform, owl, sdsa, or an allocator plugin .rs/.wasm)"
+            ),
+        }))
+    }
+}
+
+/// One unit of an allocation, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitRow {
+    /// Block.
+    pub block: u32,
+    /// Linear (absent for block units).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Weights.
+    pub params: u64,
+    /// Allocated sparsity.
+    pub sparsity: f64,
+    /// Skewness of the metric's scores.
+    pub score_skewness: f64,
+    /// Skewness of the Wanda scores.
+    pub wanda_skewness: f64,
+    /// Share of Wanda scores above 5× their mean (OWL's statistic).
+    pub wanda_outlier_ratio_5: f64,
+}
+
+/// The allocation of one run, as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    /// Rule and its parameters (or the plugin).
+    pub rule: serde_json::Value,
+    /// Granularity.
+    pub granularity: Granularity,
+    /// Per-unit results.
+    pub units: Vec<UnitRow>,
+    /// Seconds of the dense statistics pass.
+    pub stats_seconds: f64,
+    /// Per-linear sparsities in model order (for the pipeline).
+    #[serde(skip)]
+    pub layer_sparsity: Vec<f64>,
+}
+
+/// Refuse allocation with an N:M pattern (which fixes every layer's sparsity).
+pub fn check_pattern(pattern: Pattern) -> anyhow::Result<()> {
+    if let Pattern::NM { .. } = pattern {
+        anyhow::bail!("a non-uniform allocation needs an unstructured pattern (row, layer or layer-exact): N:M fixes every layer at N/M");
+    }
+    Ok(())
+}
+
+/// The dense statistics pass, with a progress bar.
+pub fn stats_pass(
+    model: &Model,
+    windows: &[&[u32]],
+    batch: usize,
+    quiet: bool,
+) -> anyhow::Result<DenseStats> {
+    let pb = bar(model.blocks.len(), "dense stats", quiet);
+    let s = dense_stats(model, windows, batch, &mut |d, _| pb.set_position(d as u64))?;
+    pb.finish_and_clear();
+    Ok(s)
+}
+
+/// Gradients for a metric that reads them (the summaries score the metric on the dense model).
+pub fn gradients_if_needed(
+    model: &Model,
+    windows: &[&[u32]],
+    metric: Option<&Plugin>,
+    quiet: bool,
+) -> anyhow::Result<Option<Gradients>> {
+    match metric {
+        Some(p) if p.info().needs_gradient => {
+            let pb = bar(windows.len(), "gradients (allocation)", quiet);
+            let g = gradient::compute(model, windows, &mut |d, _| {
+                pb.set_position(d as u64);
+                ControlFlow::Continue(())
+            })?;
+            pb.finish_and_clear();
+            Ok(Some(g))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Turn unit sparsities into the reported plan.
+pub fn planned(
+    rule: serde_json::Value,
+    granularity: Granularity,
+    units: &[UnitSummary],
+    s: &[f64],
+    num_blocks: usize,
+    stats_seconds: f64,
+) -> Planned {
+    Planned {
+        rule,
+        granularity,
+        units: units
+            .iter()
+            .zip(s)
+            .map(|(u, &sparsity)| UnitRow {
+                block: u.block,
+                kind: u.kind.map(|k| k.name()),
+                params: u.params,
+                sparsity,
+                score_skewness: u.scores.skewness,
+                wanda_skewness: u.wanda.skewness,
+                wanda_outlier_ratio_5: u.wanda.outlier_ratio(5.0).unwrap_or(f64::NAN),
+            })
+            .collect(),
+        stats_seconds,
+        layer_sparsity: expand(units, s, num_blocks),
+    }
+}
+
+/// Run an allocator plugin on `units` (replaced when the allocator world lands).
+pub fn run_plugin(
+    path: &std::path::Path,
+    _args: &super::prune::Args,
+    _units: &[UnitSummary],
+) -> Result<(Vec<f64>, serde_json::Value), autoprune::pipeline::PipelineError> {
+    Err(autoprune::pipeline::PipelineError::Config(format!(
+        "allocator plugin {}: not yet supported",
+        path.display()
+    )))
+}
