@@ -68,8 +68,7 @@ mod wasm;
 use wasm as sys;
 
 pub use allocator::{
-    check_allocation, project_to_mean, Allocator, AllocatorInfo, Distribution, Request,
-    UnitSummary,
+    check_allocation, project_to_mean, Allocator, AllocatorInfo, Distribution, Request, UnitSummary,
 };
 pub use error::{Error, Result};
 pub use layer::{ChannelStats, Layer, LayerInfo, LayerKind, Row, Tile};
@@ -79,8 +78,8 @@ pub use metric::{Info, Input, Metric};
 pub mod prelude {
     pub use crate::{
         export_allocator, export_metric, log, project_to_mean, Allocator, AllocatorInfo,
-        ChannelStats, Distribution, Error, Info, Input, Layer, LayerInfo, LayerKind, Level,
-        Metric, Request, Result, Row, Tile, UnitSummary,
+        ChannelStats, Distribution, Error, Info, Input, Layer, LayerInfo, LayerKind, Level, Metric,
+        Request, Result, Row, Tile, UnitSummary,
     };
 }
 

@@ -358,7 +358,10 @@ fn core_sections(core: &[u8]) -> Result<(Vec<Section<'_>>, Vec<String>), String>
     }
     fn name<'a>(b: &'a [u8], pos: &mut usize) -> Result<&'a str, String> {
         let len = leb(b, pos)? as usize;
-        let end = pos.checked_add(len).filter(|&e| e <= b.len()).ok_or("truncated name")?;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= b.len())
+            .ok_or("truncated name")?;
         let s = std::str::from_utf8(&b[*pos..end]).map_err(|_| "name is not UTF-8")?;
         *pos = end;
         Ok(s)

@@ -10,9 +10,8 @@
 use super::bindings::v0_1_1::{allocation, types, Allocator, AllocatorPre};
 use super::state::HostState;
 use super::{
-    check_imports_against, check_info, classify, component_of, engine,
-    guest_error, new_store, ArtifactCache, Failure, InvalidOutput, Plugin, Policy, Usage,
-    ALLOWED_ALLOCATOR_IMPORTS,
+    check_imports_against, check_info, classify, component_of, engine, guest_error, new_store,
+    ArtifactCache, Failure, InvalidOutput, Plugin, Policy, Usage, ALLOWED_ALLOCATOR_IMPORTS,
 };
 use crate::alloc::{self, Bounds, UnitSummary, OUTLIER_MULTIPLES};
 use crate::layer::LayerKind;
@@ -97,11 +96,11 @@ impl std::fmt::Debug for AllocatorPlugin {
 
 fn linker() -> Result<Linker<HostState>, Failure> {
     let mut linker = Linker::new(engine());
-    Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(
-        |e| Failure::Rejected {
+    Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(|e| {
+        Failure::Rejected {
             reason: format!("host linker: {e}"),
-        },
-    )?;
+        }
+    })?;
     Ok(linker)
 }
 
