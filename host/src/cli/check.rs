@@ -79,7 +79,7 @@ fn component_bytes(path: &Path, flags: &BuildFlags) -> anyhow::Result<Result<Vec
 
 /// Load a plugin from `.rs` (building it) or `.wasm`; a candidate's failure is `Err(Failure)`.
 pub fn load_plugin(
-    path: &PathBuf,
+    path: &Path,
     flags: &BuildFlags,
     policy: &Policy,
 ) -> anyhow::Result<Result<Plugin, Failure>> {
