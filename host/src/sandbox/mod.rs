@@ -3,6 +3,10 @@
 //! Every evaluation gets a fresh `Store` from a pre-linked `InstancePre`, an epoch deadline
 //! (wall time), fuel (deterministic work), a memory cap, and a cap on the bytes one host call
 //! may copy. Whatever goes wrong comes back as a typed [`Failure`].
+//!
+//! Two worlds of the `autoprune:metric` package run here: metric plugins ([`Plugin`]) and
+//! layer-wise sparsity allocators ([`AllocatorPlugin`]); [`AnyPlugin`] loads either, telling
+//! the world from the component's exports.
 
 mod allocator;
 mod bindings;
