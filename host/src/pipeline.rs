@@ -341,9 +341,8 @@ fn prune_linear(
             let scored = plugin
                 .score(&data)
                 .map_err(|failure| PipelineError::Metric { layer: id, failure })?;
-            let mask =
-                Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
-                    .map_err(|error| PipelineError::Mask { layer: id, error })?;
+            let mask = Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
+                .map_err(|error| PipelineError::Mask { layer: id, error })?;
             mask.apply(&mut w)
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
             (mask, scored.usage.fuel)

@@ -414,7 +414,9 @@ pub fn project_to_mean(
         )));
     }
     if raw.iter().any(|v| !v.is_finite()) {
-        return Err(AllocError::Request("non-finite raw allocation".to_string()));
+        return Err(AllocError::Request(
+            "non-finite raw allocation".to_string(),
+        ));
     }
     let total: f64 = params.iter().map(|&p| p as f64).sum();
     let mean_at = |tau: f64| -> f64 {
@@ -494,16 +496,8 @@ pub fn owl(target: f64, units: &[UnitSummary], p: OwlParams) -> Result<Vec<f64>,
         vec![0.0; d.len()]
     };
     let mean = weighted_mean(&norm, &params);
-    let raw: Vec<f64> = norm
-        .iter()
-        .map(|&x| 1.0 - (x - mean + (1.0 - target)))
-        .collect();
-    project_to_mean(
-        &raw,
-        &params,
-        target,
-        Bounds::around(target, 2.0 * p.lambda),
-    )
+    let raw: Vec<f64> = norm.iter().map(|&x| 1.0 - (x - mean + (1.0 - target))).collect();
+    project_to_mean(&raw, &params, target, Bounds::around(target, 2.0 * p.lambda))
 }
 
 /// SDSA — skew-aware dynamic sparsity allocation, as defined by autoprune.
@@ -552,10 +546,7 @@ pub fn sdsa(target: f64, units: &[UnitSummary], p: SdsaParams) -> Result<Vec<f64
 pub fn sdsa_weights(gamma: &[f64], params: &[u64], temperature: f64) -> Vec<f64> {
     let mean = weighted_mean(gamma, params);
     let var = weighted_mean(
-        &gamma
-            .iter()
-            .map(|g| (g - mean) * (g - mean))
-            .collect::<Vec<_>>(),
+        &gamma.iter().map(|g| (g - mean) * (g - mean)).collect::<Vec<_>>(),
         params,
     );
     let std = var.sqrt();
