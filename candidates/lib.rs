@@ -10,3 +10,6 @@ pub const BASELINES: &[(&str, &str)] = &[
     ("gblm", include_str!("gblm.rs")),
     ("pruner_zero", include_str!("pruner_zero.rs")),
 ];
+
+/// `(name, source)` of every baseline allocator candidate (the `allocator` world).
+pub const ALLOCATORS: &[(&str, &str)] = &[("owl", include_str!("owl_alloc.rs"))];

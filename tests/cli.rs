@@ -57,6 +57,37 @@ fn check_reports_a_failing_plugin_with_exit_status_1() {
 }
 
 #[test]
+fn check_runs_allocators_on_synthetic_requests() {
+    let ok = autoprune()
+        .args(["check", "--json"])
+        .arg(common::workspace().join("candidates/owl_alloc.rs"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(report["passed"], true);
+    assert_eq!(report["allocator"]["name"], "owl");
+    let requests = report["requests"].as_array().unwrap();
+    assert!(requests.len() >= 5);
+    assert!(requests.iter().any(|r| r["units"] == 210));
+    assert!(requests.iter().all(|r| r["deterministic"] == true));
+    let bad = autoprune()
+        .args(["check", "--json"])
+        .arg(common::workspace().join("tests/attacks/alloc_wrong_mean.rs"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["failure"]["reason"], "bad_allocation");
+    assert_eq!(report["failure"]["error"]["error"], "wrong_mean");
+}
+
+#[test]
 fn build_without_bubblewrap_refuses_untrusted_source() {
     // A PATH without bwrap (but with rustc/cargo, found through the toolchain's own folder).
     let empty = tempfile::tempdir().unwrap();

@@ -40,6 +40,11 @@
 //! metric's maths is unit-tested with plain `cargo test`. On `wasm32-unknown-unknown` the
 //! candidate imports nothing but `autoprune:metric/host`, and a panic's message (with its
 //! location) reaches the host before the guest traps.
+//!
+//! The SDK also writes *allocators* (the `autoprune:metric/allocator` world): implement
+//! [`Allocator`], export it with [`export_allocator!`]; see the [`allocator`](mod@allocator)
+//! module for an example and [`project_to_mean`] to turn raw preferences into a valid answer.
+//! An allocator candidate imports only `autoprune:metric/logging`.
 
 #![deny(missing_docs)]
 
@@ -47,6 +52,7 @@
 // must also resolve inside the SDK itself.
 extern crate self as autoprune_sdk;
 
+pub mod allocator;
 mod error;
 mod layer;
 mod metric;
@@ -61,6 +67,9 @@ mod wasm;
 #[cfg(target_arch = "wasm32")]
 use wasm as sys;
 
+pub use allocator::{
+    check_allocation, project_to_mean, Allocator, AllocatorInfo, Distribution, Request, UnitSummary,
+};
 pub use error::{Error, Result};
 pub use layer::{ChannelStats, Layer, LayerInfo, LayerKind, Row, Tile};
 pub use metric::{Info, Input, Metric};
@@ -68,8 +77,9 @@ pub use metric::{Info, Input, Metric};
 /// Everything a metric needs: `use autoprune_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        export_metric, log, ChannelStats, Error, Info, Input, Layer, LayerInfo, LayerKind, Level,
-        Metric, Result, Row, Tile,
+        export_allocator, export_metric, log, project_to_mean, Allocator, AllocatorInfo,
+        ChannelStats, Distribution, Error, Info, Input, Layer, LayerInfo, LayerKind, Level, Metric,
+        Request, Result, Row, Tile, UnitSummary,
     };
 }
 
@@ -80,11 +90,30 @@ pub mod prelude {
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "autoprune:metric/metric@0.1.0",
+        world: "autoprune:metric/metric@0.1.1",
         runtime_path: "::autoprune_sdk::__rt",
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "::autoprune_sdk::bindings",
+    });
+}
+
+/// The generated bindings of the `autoprune:metric/allocator` world; `types` is shared with
+/// [`bindings`]. (The host's builder embeds the world's type itself, chosen by the exports.)
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod allocator_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "autoprune:metric/allocator@0.1.1",
+        runtime_path: "::autoprune_sdk::__rt",
+        pub_export_macro: true,
+        export_macro_name: "export",
+        default_bindings_module: "::autoprune_sdk::allocator_bindings",
+        with: {
+            "autoprune:metric/types@0.1.1": crate::bindings::autoprune::metric::types,
+        },
     });
 }
 
@@ -96,7 +125,7 @@ pub use wit_bindgen::rt as __rt;
 #[doc(hidden)]
 pub mod __private {
     #[cfg(target_arch = "wasm32")]
-    pub use crate::wasm::Exporter;
+    pub use crate::wasm::{AllocatorExporter, Exporter};
 }
 
 /// Severity of a [`log!`] message.
@@ -155,6 +184,29 @@ macro_rules! export_metric {
         const _: () = {
             fn implements_metric<M: $crate::Metric>() {}
             let _ = implements_metric::<$metric>;
+        };
+    };
+}
+
+/// Export an [`Allocator`] implementation as the plugin's `describe` and `allocate`; use it
+/// once per candidate, at the top level, instead of [`export_metric!`].
+///
+/// On wasm32 it emits the component's exports (world `autoprune:metric/allocator`) and a
+/// panic hook that forwards panic messages to the host. On other targets it only checks that
+/// the type implements [`Allocator`], so the same file compiles natively for unit tests
+/// (`testing::run_allocator`).
+#[macro_export]
+macro_rules! export_allocator {
+    ($allocator:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type __AutopruneExport = $crate::__private::AllocatorExporter<$allocator>;
+            $crate::allocator_bindings::export!(__AutopruneExport with_types_in $crate::allocator_bindings);
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            fn implements_allocator<A: $crate::Allocator>() {}
+            let _ = implements_allocator::<$allocator>;
         };
     };
 }

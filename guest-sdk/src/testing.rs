@@ -260,6 +260,57 @@ pub(crate) fn log(level: Level, message: &str) {
     eprintln!("[{level:?}] {message}");
 }
 
+/// Run an [`Allocator`](crate::Allocator) natively on `req` and check its answer the way the
+/// host does ([`check_allocation`](crate::check_allocation)).
+///
+/// ```
+/// use autoprune_sdk::prelude::*;
+/// use autoprune_sdk::testing::{run_allocator, unit};
+///
+/// struct Uniform;
+/// impl Allocator for Uniform {
+///     fn describe() -> AllocatorInfo { AllocatorInfo::new("uniform", "1.0.0", "the target everywhere") }
+///     fn allocate(req: &Request) -> Result<Vec<f64>> { Ok(vec![req.target; req.units.len()]) }
+/// }
+///
+/// let req = Request::new(0.6, vec![unit(0, 10, 0.01), unit(1, 30, 0.02)]);
+/// assert_eq!(run_allocator::<Uniform>(&req).unwrap(), [0.6, 0.6]);
+/// ```
+pub fn run_allocator<A: crate::Allocator>(req: &crate::Request) -> Result<Vec<f64>> {
+    let s = A::allocate(req)?;
+    crate::check_allocation(req, &s)?;
+    Ok(s)
+}
+
+/// A block unit of `params` weights whose Wanda scores have outlier ratio `wanda_ratio5` at
+/// `m = 5` (and the same ratio at every other multiple); the other summaries are plain
+/// (mean 1, variance 1, no skew).
+pub fn unit(block: u32, params: u64, wanda_ratio5: f64) -> crate::UnitSummary {
+    let plain = crate::Distribution {
+        count: params,
+        mean: 1.0,
+        variance: 1.0,
+        skewness: 0.0,
+        kurtosis: 0.0,
+        max: 10.0,
+        outlier_ratios: vec![0.0; 4],
+    };
+    let wanda = crate::Distribution {
+        outlier_ratios: vec![wanda_ratio5; 4],
+        ..plain.clone()
+    };
+    crate::UnitSummary {
+        block,
+        kind: None,
+        rows: 0,
+        cols: 0,
+        params,
+        weights: plain.clone(),
+        wanda,
+        scores: plain,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

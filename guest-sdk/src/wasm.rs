@@ -2,10 +2,14 @@
 //! panic hook. Nothing here is visible to a metric author.
 
 use std::marker::PhantomData;
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
+use crate::allocator_bindings::autoprune::metric::{allocation, logging};
 use crate::bindings::autoprune::metric::{host, types};
-use crate::{ChannelStats, Error, Info, Input, Layer, LayerInfo, LayerKind, Level, Metric, Result};
+use crate::{
+    Allocator, AllocatorInfo, ChannelStats, Distribution, Error, Info, Input, Layer, LayerInfo,
+    LayerKind, Level, Metric, Request, Result, UnitSummary,
+};
 
 /// The layer as the host serves it through `autoprune:metric/host`.
 pub(crate) struct Backend;
@@ -36,24 +40,41 @@ impl Backend {
     }
 }
 
-pub(crate) fn log(level: Level, message: &str) {
-    let level = match level {
+/// The log and panic channel of the world this component exports. Set by the export wrapper
+/// before any candidate code runs, so a metric references only `host` and an allocator only
+/// `logging` (the other world's imports are never linked in).
+struct Channel {
+    log: fn(types::LogLevel, &str),
+    report_panic: fn(&str),
+}
+
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+
+fn wit_level(level: Level) -> types::LogLevel {
+    match level {
         Level::Debug => types::LogLevel::Debug,
         Level::Info => types::LogLevel::Info,
         Level::Warn => types::LogLevel::Warn,
         Level::Error => types::LogLevel::Error,
-    };
-    host::log(level, message);
+    }
+}
+
+pub(crate) fn log(level: Level, message: &str) {
+    if let Some(c) = CHANNEL.get() {
+        (c.log)(wit_level(level), message);
+    }
 }
 
 /// Longest panic message sent to the host; it keeps 4 KiB, so more would be copied for nothing.
 const MAX_PANIC_BYTES: usize = 4096;
 
-/// Forward every panic's message (with its location) to the host before the guest traps: on
-/// wasm32-unknown-unknown the panic itself is a bare `unreachable` trap.
-fn install_panic_hook() {
+/// Use `channel` for logs and panics, and forward every panic's message (with its location)
+/// to the host before the guest traps: on wasm32-unknown-unknown the panic itself is a bare
+/// `unreachable` trap.
+fn install(channel: fn() -> Channel) {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
+        let _ = CHANNEL.set(channel());
         std::panic::set_hook(Box::new(|info| {
             let mut message = info.to_string();
             if message.len() > MAX_PANIC_BYTES {
@@ -63,9 +84,25 @@ fn install_panic_hook() {
                 }
                 message.truncate(cut);
             }
-            host::report_panic(&message);
+            if let Some(c) = CHANNEL.get() {
+                (c.report_panic)(&message);
+            }
         }));
     });
+}
+
+fn metric_channel() -> Channel {
+    Channel {
+        log: host::log,
+        report_panic: host::report_panic,
+    }
+}
+
+fn allocator_channel() -> Channel {
+    Channel {
+        log: logging::log,
+        report_panic: logging::report_panic,
+    }
 }
 
 /// Implements the generated world trait for a [`Metric`]; [`export_metric!`](crate::export_metric)
@@ -75,7 +112,7 @@ pub struct Exporter<M>(PhantomData<fn() -> M>);
 
 impl<M: Metric> crate::bindings::Guest for Exporter<M> {
     fn describe() -> types::MetricInfo {
-        install_panic_hook();
+        install(metric_channel);
         let Info {
             name,
             version,
@@ -97,7 +134,7 @@ impl<M: Metric> crate::bindings::Guest for Exporter<M> {
     }
 
     fn score(layer: types::LayerInfo) -> core::result::Result<(), types::Error> {
-        install_panic_hook();
+        install(metric_channel);
         let layer = Layer::new(layer.into(), M::info().wants_gradient(), Backend);
         M::score(&layer).map_err(Into::into)
     }
@@ -105,16 +142,7 @@ impl<M: Metric> crate::bindings::Guest for Exporter<M> {
 
 impl From<types::LayerInfo> for LayerInfo {
     fn from(l: types::LayerInfo) -> Self {
-        let kind = match l.kind {
-            types::LayerKind::Q => LayerKind::Q,
-            types::LayerKind::K => LayerKind::K,
-            types::LayerKind::V => LayerKind::V,
-            types::LayerKind::O => LayerKind::O,
-            types::LayerKind::Gate => LayerKind::Gate,
-            types::LayerKind::Up => LayerKind::Up,
-            types::LayerKind::Down => LayerKind::Down,
-            types::LayerKind::Other => LayerKind::Other,
-        };
+        let kind = layer_kind(l.kind);
         LayerInfo {
             block: l.block,
             num_blocks: l.num_blocks,
@@ -124,6 +152,19 @@ impl From<types::LayerInfo> for LayerInfo {
             tile_rows: l.tile_rows,
             sparsity: l.sparsity,
         }
+    }
+}
+
+fn layer_kind(k: types::LayerKind) -> LayerKind {
+    match k {
+        types::LayerKind::Q => LayerKind::Q,
+        types::LayerKind::K => LayerKind::K,
+        types::LayerKind::V => LayerKind::V,
+        types::LayerKind::O => LayerKind::O,
+        types::LayerKind::Gate => LayerKind::Gate,
+        types::LayerKind::Up => LayerKind::Up,
+        types::LayerKind::Down => LayerKind::Down,
+        types::LayerKind::Other => LayerKind::Other,
     }
 }
 
@@ -143,6 +184,73 @@ impl From<Error> for types::Error {
             Error::Unsupported(m) => types::Error::Unsupported(m),
             Error::InvalidInput(m) => types::Error::InvalidInput(m),
             Error::Failed(m) => types::Error::Failed(m),
+        }
+    }
+}
+
+/// Implements the generated allocator world trait for an [`Allocator`];
+/// [`export_allocator!`](crate::export_allocator) exports `AllocatorExporter<YourAllocator>`.
+#[doc(hidden)]
+pub struct AllocatorExporter<A>(PhantomData<fn() -> A>);
+
+impl<A: Allocator> crate::allocator_bindings::Guest for AllocatorExporter<A> {
+    fn describe() -> allocation::AllocatorInfo {
+        install(allocator_channel);
+        let AllocatorInfo {
+            name,
+            version,
+            description,
+        } = A::describe();
+        allocation::AllocatorInfo {
+            name,
+            version,
+            description,
+        }
+    }
+
+    fn allocate(
+        req: allocation::AllocationRequest,
+    ) -> core::result::Result<Vec<f64>, types::Error> {
+        install(allocator_channel);
+        A::allocate(&req.into()).map_err(Into::into)
+    }
+}
+
+impl From<allocation::Distribution> for Distribution {
+    fn from(d: allocation::Distribution) -> Self {
+        Distribution {
+            count: d.count,
+            mean: d.mean,
+            variance: d.variance,
+            skewness: d.skewness,
+            kurtosis: d.kurtosis,
+            max: d.max,
+            outlier_ratios: d.outlier_ratios,
+        }
+    }
+}
+
+impl From<allocation::AllocationRequest> for Request {
+    fn from(r: allocation::AllocationRequest) -> Self {
+        Request {
+            target: r.target,
+            min_sparsity: r.min_sparsity,
+            max_sparsity: r.max_sparsity,
+            outlier_multiples: r.outlier_multiples,
+            units: r
+                .units
+                .into_iter()
+                .map(|u| UnitSummary {
+                    block: u.block,
+                    kind: u.kind.map(layer_kind),
+                    rows: u.rows,
+                    cols: u.cols,
+                    params: u.params,
+                    weights: u.weights.into(),
+                    wanda: u.wanda.into(),
+                    scores: u.scores.into(),
+                })
+                .collect(),
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The validation suite behind `autoprune check`: run a plugin on synthetic layers of
-//! realistic shapes and report speed, fuel, memory, determinism and validity.
+//! realistic shapes and report speed, fuel, memory, determinism and validity. Allocator
+//! plugins run on synthetic allocation requests instead ([`run_allocator`]).
 
+use crate::alloc::{Bounds, Distribution, UnitSummary, OUTLIER_MULTIPLES};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
-use crate::sandbox::{Failure, MetricInfo, Plugin};
+use crate::sandbox::{AllocatorInfo, AllocatorPlugin, Failure, MetricInfo, Plugin};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -281,6 +283,264 @@ pub fn render(report: &CheckReport) -> String {
     s
 }
 
+/// Synthetic allocation units of a `num_blocks`-block model with SmolLM2-135M's shapes
+/// (hidden 576, MLP 1536, 3 KV heads of 64): one unit per block (`per_layer = false`) or one
+/// per linear. Summaries are realistic and vary smoothly with depth plus a deterministic
+/// jitter from `seed`: heavier Wanda tails in the first and last blocks, as in real LLMs.
+pub fn synthetic_units(num_blocks: u32, per_layer: bool, seed: u64) -> Vec<UnitSummary> {
+    let shape = |k: LayerKind| -> (u64, u64) {
+        match k {
+            LayerKind::Q | LayerKind::O => (576, 576),
+            LayerKind::K | LayerKind::V => (192, 576),
+            LayerKind::Gate | LayerKind::Up => (1536, 576),
+            LayerKind::Down => (576, 1536),
+            LayerKind::Other => (576, 576),
+        }
+    };
+    let mut rng = SplitMix(seed ^ 0xA110C);
+    let dist = |rng: &mut SplitMix, count: u64, mean: f64, tail: f64| -> Distribution {
+        let j = 1.0 + 0.2 * (rng.unit() as f64 - 0.5);
+        let r5 = 0.004 * tail * j;
+        Distribution {
+            count,
+            mean,
+            variance: (mean * 1.3).powi(2) * j,
+            skewness: 2.0 + 3.0 * tail * j,
+            kurtosis: 8.0 + 40.0 * tail * j,
+            max: mean * (40.0 + 200.0 * tail * j),
+            outlier_ratios: OUTLIER_MULTIPLES
+                .iter()
+                .map(|&m| r5 * (5.0f64 / m).powi(3))
+                .collect(),
+        }
+    };
+    let mut units = Vec::new();
+    for b in 0..num_blocks {
+        let depth = b as f64 / (num_blocks.max(2) - 1) as f64;
+        // U-shaped outlier profile over depth.
+        let tail = 0.5 + 2.0 * (depth - 0.5).powi(2) * 4.0;
+        let kinds: Vec<Option<LayerKind>> = if per_layer {
+            LayerKind::BLOCK.iter().map(|&k| Some(k)).collect()
+        } else {
+            vec![None]
+        };
+        for kind in kinds {
+            let (rows, cols, params) = match kind {
+                Some(k) => {
+                    let (r, c) = shape(k);
+                    (r, c, r * c)
+                }
+                None => (
+                    0,
+                    0,
+                    LayerKind::BLOCK
+                        .iter()
+                        .map(|&k| shape(k).0 * shape(k).1)
+                        .sum(),
+                ),
+            };
+            let kt = if kind == Some(LayerKind::Down) {
+                1.5
+            } else {
+                1.0
+            };
+            units.push(UnitSummary {
+                block: b,
+                kind,
+                rows,
+                cols,
+                params,
+                weights: dist(&mut rng, params, 0.02, 0.3 * tail),
+                wanda: dist(&mut rng, params, 0.05, tail * kt),
+                scores: dist(&mut rng, params, 0.05, tail * kt),
+            });
+        }
+    }
+    units
+}
+
+/// One synthetic allocation request of the allocator suite.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocationCheck {
+    /// What the request is (`30 blocks @ 0.5`, …).
+    pub case: String,
+    /// Number of units.
+    pub units: usize,
+    /// Target sparsity.
+    pub target: f64,
+    /// Wall time of the first run, seconds (instantiation included).
+    pub seconds: f64,
+    /// Fuel used.
+    pub fuel: u64,
+    /// Share of the fuel limit used.
+    pub fuel_budget_used: f64,
+    /// Largest guest memory, bytes.
+    pub peak_memory_bytes: u64,
+    /// Smallest and largest sparsity returned.
+    pub range: Option<(f64, f64)>,
+    /// Two runs gave bit-identical sparsities and the same fuel.
+    pub deterministic: bool,
+    /// The failure (host validation included), if any.
+    pub failure: Option<Failure>,
+}
+
+/// The allocator suite's result.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AllocatorCheckReport {
+    /// What the allocator says it is.
+    pub allocator: AllocatorInfo,
+    /// Per-request results, in order.
+    pub requests: Vec<AllocationCheck>,
+    /// Whether every request passed (valid, deterministic, within budget).
+    pub passed: bool,
+    /// The first failure, if any.
+    pub failure: Option<Failure>,
+}
+
+/// Run an allocator on synthetic requests: 30 block units and 210 layer units
+/// ([`synthetic_units`]) at targets 0.5 and 0.7 within [`Bounds::HOST`], the block request
+/// within OWL-like bounds `0.7 ± 0.16`, and a degenerate request where every unit is the same.
+/// Each answer is validated by the host, run twice for determinism, and timed.
+pub fn run_allocator(plugin: &AllocatorPlugin, seed: u64) -> AllocatorCheckReport {
+    let blocks = synthetic_units(30, false, seed);
+    let layers = synthetic_units(30, true, seed);
+    let same: Vec<UnitSummary> = (0..12)
+        .map(|b| UnitSummary {
+            block: b,
+            ..blocks[0].clone()
+        })
+        .collect();
+    let cases: Vec<(String, &[UnitSummary], f64, Bounds)> = vec![
+        ("30 blocks".into(), &blocks, 0.5, Bounds::HOST),
+        ("30 blocks".into(), &blocks, 0.7, Bounds::HOST),
+        ("210 layers".into(), &layers, 0.5, Bounds::HOST),
+        ("210 layers".into(), &layers, 0.7, Bounds::HOST),
+        (
+            "30 blocks, ±0.16".into(),
+            &blocks,
+            0.7,
+            Bounds::around(0.7, 0.16),
+        ),
+        ("12 equal blocks".into(), &same, 0.6, Bounds::HOST),
+    ];
+    let mut requests = Vec::new();
+    let mut failure = None;
+    for (case, units, target, bounds) in cases {
+        let c = check_request(plugin, case, units, target, bounds);
+        if failure.is_none() {
+            failure = c.failure.clone();
+        }
+        requests.push(c);
+    }
+    let passed = failure.is_none() && requests.iter().all(|r| r.deterministic);
+    AllocatorCheckReport {
+        allocator: plugin.info().clone(),
+        requests,
+        passed,
+        failure,
+    }
+}
+
+fn check_request(
+    plugin: &AllocatorPlugin,
+    case: String,
+    units: &[UnitSummary],
+    target: f64,
+    bounds: Bounds,
+) -> AllocationCheck {
+    let mut out = AllocationCheck {
+        case,
+        units: units.len(),
+        target,
+        seconds: 0.0,
+        fuel: 0,
+        fuel_budget_used: 0.0,
+        peak_memory_bytes: 0,
+        range: None,
+        deterministic: false,
+        failure: None,
+    };
+    let first = match plugin.allocate_with_usage(target, bounds, units) {
+        Ok(a) => a,
+        Err(f) => {
+            out.failure = Some(f);
+            return out;
+        }
+    };
+    let u = &first.usage;
+    out.seconds = u.seconds;
+    out.fuel = u.fuel;
+    out.fuel_budget_used = u.fuel as f64 / u.fuel_limit.max(1) as f64;
+    out.peak_memory_bytes = u.peak_memory_bytes;
+    out.range = Some(
+        first
+            .sparsities
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                (a.min(x), b.max(x))
+            }),
+    );
+    match plugin.allocate_with_usage(target, bounds, units) {
+        Ok(second) => {
+            out.deterministic = second.usage.fuel == first.usage.fuel
+                && second.sparsities.len() == first.sparsities.len()
+                && second
+                    .sparsities
+                    .iter()
+                    .zip(&first.sparsities)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+        }
+        Err(f) => out.failure = Some(f),
+    }
+    out
+}
+
+/// A human summary of an allocator report.
+pub fn render_allocator(report: &AllocatorCheckReport) -> String {
+    use std::fmt::Write;
+    let a = &report.allocator;
+    let mut s = String::new();
+    let _ = writeln!(s, "allocator {} {} — {}", a.name, a.version, a.description);
+    let _ = writeln!(
+        s,
+        "{:<18} {:>5} {:>6} {:>9} {:>12} {:>7} {:>17} {:>6}  result",
+        "request", "units", "target", "time", "fuel", "fuel%", "range", "det."
+    );
+    for r in &report.requests {
+        let result = match &r.failure {
+            Some(f) => format!("FAIL {f}"),
+            None if !r.deterministic => "FAIL nondeterministic".into(),
+            None => "ok".into(),
+        };
+        let range = r
+            .range
+            .map(|(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            s,
+            "{:<18} {:>5} {:>6.2} {:>8.4}s {:>12} {:>6.2}% {:>17} {:>6}  {}",
+            r.case,
+            r.units,
+            r.target,
+            r.seconds,
+            r.fuel,
+            r.fuel_budget_used * 100.0,
+            range,
+            if r.deterministic { "yes" } else { "no" },
+            result
+        );
+    }
+    let _ = write!(
+        s,
+        "verdict: {}",
+        if report.passed { "PASS" } else { "FAIL" }
+    );
+    if let Some(f) = &report.failure {
+        let _ = write!(s, " ({})", f.kind());
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +564,33 @@ mod tests {
             max > 10.0 * sorted[sorted.len() / 2],
             "outlier channels exist"
         );
+    }
+
+    #[test]
+    fn synthetic_units_are_valid_for_the_builtin_allocators() {
+        use crate::alloc::{Allocation, OwlParams, SdsaParams};
+        let blocks = synthetic_units(30, false, 0);
+        let layers = synthetic_units(30, true, 0);
+        assert_eq!((blocks.len(), layers.len()), (30, 210));
+        assert_eq!(blocks, synthetic_units(30, false, 0));
+        let block_params: u64 = blocks.iter().map(|u| u.params).sum();
+        let layer_params: u64 = layers.iter().map(|u| u.params).sum();
+        assert_eq!(block_params, layer_params);
+        for units in [&blocks, &layers] {
+            for a in [
+                Allocation::Owl(OwlParams::default()),
+                Allocation::Sdsa(SdsaParams::default()),
+            ] {
+                let s = a.allocate(0.7, units).unwrap();
+                let (lo, hi) = s
+                    .iter()
+                    .fold((1.0f64, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+                assert!(
+                    hi - lo > 0.05,
+                    "{}: the summaries differ enough to spread ({lo}, {hi})",
+                    a.name()
+                );
+            }
+        }
     }
 }

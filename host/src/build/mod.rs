@@ -13,7 +13,9 @@ mod sdk;
 
 pub use sdk::{sysroot, workspace_dir, Sdk};
 
-use crate::sandbox::{sha256_hex, ArtifactCache, Failure, ALLOWED_IMPORTS};
+use crate::sandbox::{
+    sha256_hex, ArtifactCache, Failure, World, ALLOWED_ALLOCATOR_IMPORTS, ALLOWED_IMPORTS,
+};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -255,28 +257,147 @@ fn clip(s: &str, max: usize) -> String {
     format!("{}\n…[diagnostics truncated]", &s[..cut])
 }
 
+/// The WIT package the host builds every component against.
+const WIT: &str = include_str!("../../../wit/metric.wit");
+
 /// Wrap a core module into a component (in-process) and check its imports.
+///
+/// The component's type comes from the host, not from the module: the world is told from the
+/// module's exports (`allocate`: allocator, `score`: metric), every `component-type` custom
+/// section the module carries is dropped, and the host's own WIT for that world is embedded.
 pub fn componentize(core: &[u8]) -> Result<Vec<u8>, Failure> {
+    let reject = |reason: String| Failure::Rejected { reason };
+    let (sections, exports) =
+        core_sections(core).map_err(|e| reject(format!("malformed core module: {e}")))?;
+    let world = World::from_exports(exports.iter().map(String::as_str))?;
+    let mut module = core[..8].to_vec();
+    for (start, end, custom) in sections {
+        if !custom.is_some_and(|n| n.starts_with("component-type")) {
+            module.extend_from_slice(&core[start..end]);
+        }
+    }
+    let mut resolve = wit_parser::Resolve::default();
+    let pkg = resolve
+        .push_str("metric.wit", WIT)
+        .map_err(|e| reject(format!("host WIT: {e:#}")))?;
+    let name = match world {
+        World::Metric => "metric",
+        World::Allocator => "allocator",
+    };
+    let world_id = resolve
+        .select_world(&[pkg], Some(name))
+        .map_err(|e| reject(format!("host WIT: {e:#}")))?;
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world_id,
+        wit_component::StringEncoding::UTF8,
+    )
+    .map_err(|e| reject(format!("cannot embed the {name} world: {e:#}")))?;
     let wasm = wit_component::ComponentEncoder::default()
         .validate(true)
-        .module(core)
+        .module(&module)
         .and_then(|mut e| e.encode())
         .map_err(|e| Failure::Rejected {
             reason: format!("cannot make a component of the compiled module: {e:#}"),
         })?;
+    let allowed = match world {
+        World::Metric => ALLOWED_IMPORTS,
+        World::Allocator => ALLOWED_ALLOCATOR_IMPORTS,
+    };
     let imports = component_imports(&wasm)?;
-    if let Some(bad) = imports
-        .iter()
-        .find(|i| !ALLOWED_IMPORTS.contains(&i.as_str()))
-    {
+    if let Some(bad) = imports.iter().find(|i| !allowed.contains(&i.as_str())) {
         return Err(Failure::Rejected {
             reason: format!(
                 "the component imports `{bad}`; only {} are allowed",
-                ALLOWED_IMPORTS.join(", ")
+                allowed.join(", ")
             ),
         });
     }
     Ok(wasm)
+}
+
+/// The world a component implements, read from its type (no native compile needed).
+pub fn component_world(wasm: &[u8]) -> Result<World, Failure> {
+    let decoded = wit_component::decode(wasm).map_err(|e| Failure::Rejected {
+        reason: format!("cannot read the component's type: {e:#}"),
+    })?;
+    let wit_component::DecodedWasm::Component(resolve, world) = decoded else {
+        return Err(Failure::Rejected {
+            reason: "a WIT package, not a component".into(),
+        });
+    };
+    let names: Vec<String> = resolve.worlds[world]
+        .exports
+        .keys()
+        .map(|k| match k {
+            wit_parser::WorldKey::Name(n) => n.clone(),
+            wit_parser::WorldKey::Interface(id) => resolve.id_of(*id).unwrap_or_default(),
+        })
+        .collect();
+    World::from_exports(names.iter().map(String::as_str))
+}
+
+/// A section of a core module: byte range (header included) and, for a custom section, its name.
+type Section<'a> = (usize, usize, Option<&'a str>);
+
+/// Split a core module into sections and collect its export names (a minimal reader: only
+/// section framing, custom-section names and the export section are parsed).
+fn core_sections(core: &[u8]) -> Result<(Vec<Section<'_>>, Vec<String>), String> {
+    fn leb(b: &[u8], pos: &mut usize) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *b.get(*pos).ok_or("truncated LEB128")?;
+            *pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("LEB128 too long".into())
+    }
+    fn name<'a>(b: &'a [u8], pos: &mut usize) -> Result<&'a str, String> {
+        let len = leb(b, pos)? as usize;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= b.len())
+            .ok_or("truncated name")?;
+        let s = std::str::from_utf8(&b[*pos..end]).map_err(|_| "name is not UTF-8")?;
+        *pos = end;
+        Ok(s)
+    }
+    if core.len() < 8 || &core[..4] != b"\0asm" || core[4..8] != [1, 0, 0, 0] {
+        return Err("not a core wasm module".into());
+    }
+    let mut pos = 8;
+    let (mut sections, mut exports) = (Vec::new(), Vec::new());
+    while pos < core.len() {
+        let start = pos;
+        let id = core[pos];
+        pos += 1;
+        let len = leb(core, &mut pos)? as usize;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= core.len())
+            .ok_or("truncated section")?;
+        let body = &core[..end];
+        let mut p = pos;
+        let custom = match id {
+            0 => Some(name(body, &mut p)?),
+            7 => {
+                for _ in 0..leb(body, &mut p)? {
+                    exports.push(name(body, &mut p)?.to_string());
+                    p += 1; // kind
+                    leb(body, &mut p)?; // index
+                }
+                None
+            }
+            _ => None,
+        };
+        sections.push((start, end, custom));
+        pos = end;
+    }
+    Ok((sections, exports))
 }
 
 /// Names of the functions and interfaces a component imports, read from its type (no native

@@ -1,16 +1,18 @@
-//! `autoprune check`: the validation suite on synthetic layers.
+//! `autoprune check`: the validation suite on synthetic layers (metrics) or synthetic
+//! allocation requests (allocators).
 
 use super::{BuildFlags, EXIT_VERDICT};
 use autoprune::build::{default_cache, is_source};
 use autoprune::check::{self, DEFAULT_SHAPES};
 use autoprune::layer::LayerKind;
-use autoprune::sandbox::{Failure, Plugin, Policy};
-use std::path::PathBuf;
+use autoprune::sandbox::{AllocatorPlugin, AnyPlugin, Failure, Plugin, Policy};
+use std::path::{Path, PathBuf};
 
 /// Arguments of `autoprune check`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A metric: candidate source (`.rs`, built first) or a component (`.wasm`).
+    /// A metric or allocator plugin: candidate source (`.rs`, built first) or a component
+    /// (`.wasm`); the world is told from the component's exports.
     pub metric: PathBuf,
     /// Print a JSON report instead of a human summary.
     #[arg(long)]
@@ -21,7 +23,7 @@ pub struct Args {
     /// A JSON file with sandbox limits (see `Policy`); unknown fields are refused.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// Seed of the synthetic layers.
+    /// Seed of the synthetic layers (or allocation requests).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -61,31 +63,68 @@ pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
     }
 }
 
+/// The component bytes of `path`: `.rs` source is built (a compile failure is `Ok(Err)`),
+/// anything else is read as a component.
+fn component_bytes(path: &Path, flags: &BuildFlags) -> anyhow::Result<Result<Vec<u8>, Failure>> {
+    if is_source(path) {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        Ok(flags.builder()?.build(&source).map(|b| b.wasm))
+    } else {
+        Ok(Ok(std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read {}: {e}", path.display())
+        })?))
+    }
+}
+
 /// Load a plugin from `.rs` (building it) or `.wasm`; a candidate's failure is `Err(Failure)`.
 pub fn load_plugin(
-    path: &PathBuf,
+    path: &Path,
     flags: &BuildFlags,
     policy: &Policy,
 ) -> anyhow::Result<Result<Plugin, Failure>> {
     let cache = default_cache()?;
-    let bytes = if is_source(path) {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        match flags.builder()?.build(&source) {
-            Ok(b) => b.wasm,
-            Err(f) => return Ok(Err(f)),
-        }
-    } else {
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
-    };
-    Ok(Plugin::load(&bytes, policy, Some(&cache)))
+    Ok(component_bytes(path, flags)?.and_then(|b| Plugin::load(&b, policy, Some(&cache))))
+}
+
+/// Load a plugin of either world from `.rs` (building it) or `.wasm`; a candidate's failure
+/// is `Err(Failure)`.
+pub fn load_any(
+    path: &Path,
+    flags: &BuildFlags,
+    policy: &Policy,
+) -> anyhow::Result<Result<AnyPlugin, Failure>> {
+    let cache = default_cache()?;
+    Ok(component_bytes(path, flags)?.and_then(|b| AnyPlugin::load(&b, policy, Some(&cache))))
+}
+
+/// Load an allocator plugin (world `autoprune:metric/allocator`) from `.rs` (building it) or
+/// `.wasm`, for `autoprune prune --allocation my_allocator.{rs,wasm}`. A candidate's failure
+/// is `Err(Failure)`; a metric component is `Err(Failure::Rejected)`.
+// Called by `prune --allocation`, which is being wired up separately.
+#[allow(dead_code)]
+pub fn load_allocator(
+    path: &Path,
+    flags: &BuildFlags,
+    policy: &Policy,
+) -> anyhow::Result<Result<AllocatorPlugin, Failure>> {
+    Ok(load_any(path, flags, policy)?.and_then(|p| match p {
+        AnyPlugin::Allocator(a) => Ok(a),
+        AnyPlugin::Metric(m) => Err(Failure::Rejected {
+            reason: format!(
+                "{} is a metric (`{}`), not an allocator: it exports `score`, not `allocate`",
+                path.display(),
+                m.info().name
+            ),
+        }),
+    }))
 }
 
 /// Run it; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let shapes = parse_shapes(&args.shapes)?;
     let policy = load_policy(args.policy.as_ref())?;
-    let plugin = match load_plugin(&args.metric, &args.flags, &policy)? {
+    let plugin = match load_any(&args.metric, &args.flags, &policy)? {
         Ok(p) => p,
         Err(failure) => {
             if args.json {
@@ -99,11 +138,25 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(EXIT_VERDICT);
         }
     };
-    let report = check::run(&plugin, &shapes, args.seed);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", check::render(&report));
-    }
-    Ok(if report.passed { 0 } else { EXIT_VERDICT })
+    let passed = match plugin {
+        AnyPlugin::Metric(plugin) => {
+            let report = check::run(&plugin, &shapes, args.seed);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", check::render(&report));
+            }
+            report.passed
+        }
+        AnyPlugin::Allocator(plugin) => {
+            let report = check::run_allocator(&plugin, args.seed);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", check::render_allocator(&report));
+            }
+            report.passed
+        }
+    };
+    Ok(if passed { 0 } else { EXIT_VERDICT })
 }

@@ -3,21 +3,27 @@
 //! Every evaluation gets a fresh `Store` from a pre-linked `InstancePre`, an epoch deadline
 //! (wall time), fuel (deterministic work), a memory cap, and a cap on the bytes one host call
 //! may copy. Whatever goes wrong comes back as a typed [`Failure`].
+//!
+//! Two worlds of the `autoprune:metric` package run here: metric plugins ([`Plugin`]) and
+//! layer-wise sparsity allocators ([`AllocatorPlugin`]); [`AnyPlugin`] loads either, telling
+//! the world from the component's exports.
 
+mod allocator;
 mod bindings;
 mod cache;
 mod policy;
 mod state;
 mod verdict;
 
-pub use bindings::ALLOWED_IMPORTS;
+pub use allocator::{Allocated, AllocatorInfo, AllocatorPlugin, AnyPlugin, World};
+pub use bindings::{ALLOWED_ALLOCATOR_IMPORTS, ALLOWED_IMPORTS};
 pub use cache::{sha256_hex, ArtifactCache};
 pub use policy::Policy;
 pub use state::LogLine;
 pub use verdict::{Failure, GuestError, InvalidOutput};
 
 use crate::layer::{LayerData, LayerKind};
-use bindings::v0_1_0::{types, Metric, MetricPre};
+use bindings::v0_1_1::{types, Metric, MetricPre};
 use serde::{Deserialize, Serialize};
 use state::HostState;
 use std::sync::OnceLock;
@@ -117,20 +123,62 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
-/// Reject a component whose imports leave our interface (no WASI, nothing unknown).
+/// Reject a component whose imports leave the metric interface (no WASI, nothing unknown).
 pub fn check_imports(component: &Component) -> Result<(), Failure> {
+    check_imports_against(component, ALLOWED_IMPORTS)
+}
+
+/// Reject a component that imports anything not in `allowed`.
+fn check_imports_against(component: &Component, allowed: &[&str]) -> Result<(), Failure> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine()) {
-        if !ALLOWED_IMPORTS.contains(&name) {
+        if !allowed.contains(&name) {
             return Err(Failure::Rejected {
                 reason: format!(
                     "the component imports `{name}`; only {} are allowed",
-                    ALLOWED_IMPORTS.join(", ")
+                    allowed.join(", ")
                 ),
             });
         }
     }
     Ok(())
+}
+
+/// A fresh store for one call: memory limiter, fuel and an epoch deadline of `timeout`.
+fn new_store(
+    policy: &Policy,
+    gradient_allowed: bool,
+    fuel: u64,
+    timeout: Duration,
+) -> Store<HostState> {
+    let mut store = Store::new(engine(), HostState::new(policy, gradient_allowed));
+    store.limiter(|s| &mut s.limiter);
+    store.set_fuel(fuel).expect("fuel is enabled on the engine");
+    let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_trap();
+    store
+}
+
+/// Compile `bytes` (or fetch the artifact from `cache`) after the size check.
+fn component_of(
+    bytes: &[u8],
+    policy: &Policy,
+    cache: Option<&ArtifactCache>,
+) -> Result<Component, Failure> {
+    if bytes.len() as u64 > policy.max_component_bytes {
+        return Err(Failure::Rejected {
+            reason: format!(
+                "component is {} bytes; the limit is {}",
+                bytes.len(),
+                policy.max_component_bytes
+            ),
+        });
+    }
+    match cache {
+        Some(c) => c.component(bytes),
+        None => compile(bytes),
+    }
 }
 
 fn linker() -> Result<Linker<HostState>, Failure> {
@@ -151,24 +199,17 @@ impl Plugin {
         policy: &Policy,
         cache: Option<&ArtifactCache>,
     ) -> Result<Self, Failure> {
-        if bytes.len() as u64 > policy.max_component_bytes {
-            return Err(Failure::Rejected {
-                reason: format!(
-                    "component is {} bytes; the limit is {}",
-                    bytes.len(),
-                    policy.max_component_bytes
-                ),
-            });
-        }
-        let component = match cache {
-            Some(c) => c.component(bytes)?,
-            None => compile(bytes)?,
-        };
-        check_imports(&component)?;
+        let component = component_of(bytes, policy, cache)?;
+        Self::from_component(&component, policy)
+    }
+
+    /// Check, link and describe an already compiled component.
+    fn from_component(component: &Component, policy: &Policy) -> Result<Self, Failure> {
+        check_imports(component)?;
         let pre = linker()?
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| Failure::Rejected {
-                reason: format!("cannot link the component against autoprune:metric@0.1.0: {e:#}"),
+                reason: format!("cannot link the component against autoprune:metric@0.1.1: {e:#}"),
             })?;
         let pre = MetricPre::new(pre).map_err(|e| Failure::Rejected {
             reason: format!("the component does not export the metric world: {e:#}"),
@@ -198,16 +239,7 @@ impl Plugin {
     }
 
     fn store(&self, fuel: u64, timeout: Duration) -> Store<HostState> {
-        let mut store = Store::new(
-            engine(),
-            HostState::new(&self.policy, self.info.needs_gradient),
-        );
-        store.limiter(|s| &mut s.limiter);
-        store.set_fuel(fuel).expect("fuel is enabled on the engine");
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
-        store
+        new_store(&self.policy, self.info.needs_gradient, fuel, timeout)
     }
 
     fn describe(&self) -> Result<MetricInfo, Failure> {
@@ -219,15 +251,7 @@ impl Plugin {
             .instantiate(&mut store)
             .and_then(|m| m.call_describe(&mut store));
         let info = res.map_err(|e| classify(e, &store, self.policy.fuel_base, timeout))?;
-        let bad = |what: &str| Failure::InvalidOutput(InvalidOutput::BadInfo(what.into()));
-        if info.name.is_empty() || info.name.len() > 128 {
-            return Err(bad("name must be 1..=128 bytes"));
-        }
-        if info.version.len() > 64 || info.description.len() > 4096 {
-            return Err(bad(
-                "version (≤64 bytes) or description (≤4096 bytes) too long",
-            ));
-        }
+        check_info(&info.name, &info.version, &info.description)?;
         Ok(MetricInfo {
             name: info.name,
             version: info.version,
@@ -307,6 +331,20 @@ impl Plugin {
         };
         Ok(Scored { scores, usage })
     }
+}
+
+/// The limits on a plugin's self-description.
+fn check_info(name: &str, version: &str, description: &str) -> Result<(), Failure> {
+    let bad = |what: &str| Failure::InvalidOutput(InvalidOutput::BadInfo(what.into()));
+    if name.is_empty() || name.len() > 128 {
+        return Err(bad("name must be 1..=128 bytes"));
+    }
+    if version.len() > 64 || description.len() > 4096 {
+        return Err(bad(
+            "version (≤64 bytes) or description (≤4096 bytes) too long",
+        ));
+    }
+    Ok(())
 }
 
 /// Compile component bytes with the shared engine (no cache).

@@ -1,6 +1,6 @@
 //! The host side of the WIT `host` interface: the per-evaluation store data.
 
-use super::bindings::v0_1_0::{host, types};
+use super::bindings::v0_1_1::{allocation, host, logging, types};
 use super::verdict::InvalidOutput;
 use crate::layer::LayerData;
 use wasmtime::{ResourceLimiter, StoreLimits};
@@ -333,9 +333,37 @@ impl host::Host for HostState {
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        self.push_log(level, message);
+        Ok(())
+    }
+
+    fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
+        self.record_panic(message);
+        Ok(())
+    }
+}
+
+impl allocation::Host for HostState {}
+
+/// The allocator world's only capability: the same log and panic channel as a metric's.
+impl logging::Host for HostState {
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        self.push_log(level, message);
+        Ok(())
+    }
+
+    fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
+        self.record_panic(message);
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// Keep a log line (truncated), or count it as dropped past the cap.
+    fn push_log(&mut self, level: types::LogLevel, message: String) {
         if self.logs.len() >= self.max_log_messages as usize {
             self.dropped_logs = self.dropped_logs.saturating_add(1);
-            return Ok(());
+            return;
         }
         let level = match level {
             types::LogLevel::Debug => "debug",
@@ -347,14 +375,13 @@ impl host::Host for HostState {
             level: level.into(),
             message: truncate(message, self.max_message_bytes),
         });
-        Ok(())
     }
 
-    fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
+    /// Keep the first panic message (truncated).
+    fn record_panic(&mut self, message: String) {
         if self.panic_message.is_none() {
             self.panic_message = Some(truncate(message, self.max_message_bytes));
         }
-        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! Typed verdicts: every way a plugin can fail, as data that tests `match` on.
 
+use crate::alloc::AllocError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -133,6 +134,13 @@ pub enum InvalidOutput {
     /// `describe` returned something unusable.
     #[error("bad metric description: {0}")]
     BadInfo(String),
+    /// An allocator's sparsities failed the host's validation ([`crate::alloc::validate`]):
+    /// wrong length, non-finite, out of range, or the wrong parameter-weighted mean.
+    #[error("bad allocation: {error}")]
+    BadAllocation {
+        /// What the validation found.
+        error: AllocError,
+    },
 }
 
 /// An error the guest reported through the WIT `error` variant.

@@ -1,0 +1,326 @@
+//! Allocator plugins: sandboxed components of the WIT `allocator` world that map unit
+//! summaries to one sparsity per unit.
+//!
+//! Same engine, same [`Policy`] limits and the same verdicts as metric plugins: every call
+//! gets a fresh store from a pre-linked `InstancePre`, fuel, an epoch deadline and the memory
+//! limiter; traps are classified by the same code. What comes back is checked by
+//! [`crate::alloc::validate`]; a refused allocation is
+//! [`InvalidOutput::BadAllocation`](super::InvalidOutput::BadAllocation).
+
+use super::bindings::v0_1_1::{allocation, types, Allocator, AllocatorPre};
+use super::state::HostState;
+use super::{
+    check_imports_against, check_info, classify, component_of, engine, guest_error, new_store,
+    ArtifactCache, Failure, InvalidOutput, Plugin, Policy, Usage, ALLOWED_ALLOCATOR_IMPORTS,
+};
+use crate::alloc::{self, Bounds, UnitSummary, OUTLIER_MULTIPLES};
+use crate::layer::LayerKind;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+
+/// Which world of `autoprune:metric` a component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum World {
+    /// A pruning metric (`score`).
+    Metric,
+    /// A layer-wise sparsity allocator (`allocate`).
+    Allocator,
+}
+
+impl World {
+    /// Tell the world from the names of a component's exports: `allocate` makes an allocator,
+    /// `score` a metric; both or neither is refused.
+    pub fn from_exports<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<World, Failure> {
+        let (mut score, mut allocate) = (false, false);
+        for n in names {
+            score |= n == "score";
+            allocate |= n == "allocate";
+        }
+        match (score, allocate) {
+            (true, false) => Ok(World::Metric),
+            (false, true) => Ok(World::Allocator),
+            (true, true) => Err(Failure::Rejected {
+                reason: "the component exports both `score` and `allocate`; a plugin implements one world".into(),
+            }),
+            (false, false) => Err(Failure::Rejected {
+                reason: "the component exports neither `score` (metric world) nor `allocate` (allocator world)".into(),
+            }),
+        }
+    }
+
+    /// The world of a compiled component.
+    pub fn of(component: &Component) -> Result<World, Failure> {
+        let ty = component.component_type();
+        let names: Vec<&str> = ty.exports(engine()).map(|(n, _)| n).collect();
+        World::from_exports(names)
+    }
+}
+
+/// What an allocator says about itself (`describe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AllocatorInfo {
+    /// Short name.
+    pub name: String,
+    /// Free-form version.
+    pub version: String,
+    /// One-line description.
+    pub description: String,
+}
+
+/// A successful, validated allocation.
+#[derive(Debug, Clone)]
+pub struct Allocated {
+    /// One sparsity per unit, validated by [`crate::alloc::validate`].
+    pub sparsities: Vec<f64>,
+    /// Resource use of the call.
+    pub usage: Usage,
+}
+
+/// An allocator plugin: a validated, compiled component of the `allocator` world, ready to
+/// instantiate.
+pub struct AllocatorPlugin {
+    pre: AllocatorPre<HostState>,
+    policy: Policy,
+    info: AllocatorInfo,
+}
+
+impl std::fmt::Debug for AllocatorPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllocatorPlugin")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+fn linker() -> Result<Linker<HostState>, Failure> {
+    let mut linker = Linker::new(engine());
+    Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(|e| {
+        Failure::Rejected {
+            reason: format!("host linker: {e}"),
+        }
+    })?;
+    Ok(linker)
+}
+
+impl AllocatorPlugin {
+    /// Validate and compile component bytes (or fetch the compiled artifact from `cache`),
+    /// then call `describe` once.
+    pub fn load(
+        bytes: &[u8],
+        policy: &Policy,
+        cache: Option<&ArtifactCache>,
+    ) -> Result<Self, Failure> {
+        let component = component_of(bytes, policy, cache)?;
+        Self::from_component(&component, policy)
+    }
+
+    fn from_component(component: &Component, policy: &Policy) -> Result<Self, Failure> {
+        check_imports_against(component, ALLOWED_ALLOCATOR_IMPORTS)?;
+        let pre = linker()?
+            .instantiate_pre(component)
+            .map_err(|e| Failure::Rejected {
+                reason: format!(
+                    "cannot link the component against autoprune:metric/allocator@0.1.1: {e:#}"
+                ),
+            })?;
+        let pre = AllocatorPre::new(pre).map_err(|e| Failure::Rejected {
+            reason: format!("the component does not export the allocator world: {e:#}"),
+        })?;
+        let mut plugin = Self {
+            pre,
+            policy: policy.clone(),
+            info: AllocatorInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+            },
+        };
+        plugin.info = plugin.describe()?;
+        Ok(plugin)
+    }
+
+    /// What the allocator said about itself.
+    pub fn info(&self) -> &AllocatorInfo {
+        &self.info
+    }
+
+    /// The policy this plugin runs under.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Fuel for one `allocate` call on `units` units: `fuel_base + fuel_per_weight · units`.
+    /// Why per unit and not per weight: an allocator sees summaries, never the weights.
+    pub fn fuel_for(&self, units: usize) -> u64 {
+        self.policy.fuel_for(units as u64)
+    }
+
+    fn describe(&self) -> Result<AllocatorInfo, Failure> {
+        let timeout = Duration::from_millis(self.policy.describe_timeout_ms);
+        let fuel = self.policy.fuel_base;
+        let mut store = new_store(&self.policy, false, fuel, timeout);
+        store.set_hostcall_fuel(64 * 1024);
+        let res = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|a| a.call_describe(&mut store));
+        let info = res.map_err(|e| classify(e, &store, fuel, timeout))?;
+        check_info(&info.name, &info.version, &info.description)?;
+        Ok(AllocatorInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+        })
+    }
+
+    /// One sparsity per unit of `units` with parameter-weighted mean `target`, each within
+    /// `bounds`, validated by the host.
+    pub fn allocate(
+        &self,
+        target: f64,
+        bounds: Bounds,
+        units: &[UnitSummary],
+    ) -> Result<Vec<f64>, Failure> {
+        self.allocate_with_usage(target, bounds, units)
+            .map(|a| a.sparsities)
+    }
+
+    /// [`allocate`](Self::allocate), also reporting fuel, time and memory.
+    pub fn allocate_with_usage(
+        &self,
+        target: f64,
+        bounds: Bounds,
+        units: &[UnitSummary],
+    ) -> Result<Allocated, Failure> {
+        check_request(target, bounds)?;
+        let start = Instant::now();
+        let fuel = self.fuel_for(units.len());
+        let timeout = self.policy.score_timeout();
+        let mut store = new_store(&self.policy, false, fuel, timeout);
+        // The request (a few hundred bytes per unit) and the answer (8 bytes per unit) are
+        // small; this bounds what a guest can make the host copy.
+        store.set_hostcall_fuel(
+            (1 << 20) + units.len() * 4096 + self.policy.max_message_bytes as usize,
+        );
+        let req = request(target, bounds, units);
+        let res = self
+            .pre
+            .instantiate(&mut store)
+            .and_then(|a| a.call_allocate(&mut store, &req));
+        let sparsities = match res {
+            Err(e) => Err(classify(e, &store, fuel, timeout)),
+            Ok(Err(e)) => Err(Failure::GuestError(guest_error(
+                e,
+                self.policy.max_message_bytes,
+            ))),
+            Ok(Ok(s)) => alloc::validate(&s, target, bounds, units)
+                .map(|()| s)
+                .map_err(|error| Failure::InvalidOutput(InvalidOutput::BadAllocation { error })),
+        }?;
+        let data = store.data();
+        let usage = Usage {
+            fuel: fuel - store.get_fuel().unwrap_or(0),
+            fuel_limit: fuel,
+            seconds: start.elapsed().as_secs_f64(),
+            peak_memory_bytes: data.limiter.peak_bytes as u64,
+            logs: data.logs.clone(),
+        };
+        Ok(Allocated { sparsities, usage })
+    }
+}
+
+/// The caller's request must make sense before a guest sees it.
+fn check_request(target: f64, bounds: Bounds) -> Result<(), Failure> {
+    let host = Bounds::HOST;
+    let ok = target.is_finite()
+        && bounds.min.is_finite()
+        && bounds.max.is_finite()
+        && host.min <= bounds.min
+        && bounds.min <= target
+        && target <= bounds.max
+        && bounds.max <= host.max;
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::Rejected {
+            reason: format!(
+                "host bug: allocation request with target {target} and bounds [{}, {}] (must satisfy {} ≤ min ≤ target ≤ max ≤ {})",
+                bounds.min, bounds.max, host.min, host.max
+            ),
+        })
+    }
+}
+
+fn distribution(d: &alloc::Distribution) -> allocation::Distribution {
+    allocation::Distribution {
+        count: d.count,
+        mean: d.mean,
+        variance: d.variance,
+        skewness: d.skewness,
+        kurtosis: d.kurtosis,
+        max: d.max,
+        outlier_ratios: d.outlier_ratios.clone(),
+    }
+}
+
+fn kind(k: LayerKind) -> types::LayerKind {
+    super::wit_kind(k)
+}
+
+fn request(target: f64, bounds: Bounds, units: &[UnitSummary]) -> allocation::AllocationRequest {
+    allocation::AllocationRequest {
+        target,
+        min_sparsity: bounds.min,
+        max_sparsity: bounds.max,
+        outlier_multiples: OUTLIER_MULTIPLES.to_vec(),
+        units: units
+            .iter()
+            .map(|u| allocation::UnitSummary {
+                block: u.block,
+                kind: u.kind.map(kind),
+                rows: u.rows,
+                cols: u.cols,
+                params: u.params,
+                weights: distribution(&u.weights),
+                wanda: distribution(&u.wanda),
+                scores: distribution(&u.scores),
+            })
+            .collect(),
+    }
+}
+
+/// A plugin of either world, as loaded from component bytes.
+#[derive(Debug)]
+pub enum AnyPlugin {
+    /// A pruning metric.
+    Metric(Plugin),
+    /// A layer-wise sparsity allocator.
+    Allocator(AllocatorPlugin),
+}
+
+impl AnyPlugin {
+    /// Compile `bytes`, tell the world from the exports and load the plugin of that world.
+    pub fn load(
+        bytes: &[u8],
+        policy: &Policy,
+        cache: Option<&ArtifactCache>,
+    ) -> Result<AnyPlugin, Failure> {
+        let component = component_of(bytes, policy, cache)?;
+        match World::of(&component)? {
+            World::Allocator => {
+                AllocatorPlugin::from_component(&component, policy).map(AnyPlugin::Allocator)
+            }
+            World::Metric => Plugin::from_component(&component, policy).map(AnyPlugin::Metric),
+        }
+    }
+
+    /// The world of the plugin.
+    pub fn world(&self) -> World {
+        match self {
+            AnyPlugin::Metric(_) => World::Metric,
+            AnyPlugin::Allocator(_) => World::Allocator,
+        }
+    }
+}
