@@ -269,3 +269,58 @@ fn prune_with_owl_allocation_reports_the_plan() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unstructured"));
 }
+
+/// An allocator plugin through `prune`: the OWL candidate plans what the built-in OWL plans;
+/// a plugin whose mean is wrong stops the run with its typed verdict and exit status 1.
+#[test]
+fn prune_with_an_allocator_plugin_matches_builtin_owl() {
+    if !have_data() {
+        return;
+    }
+    let plan = |allocation: &str| {
+        let o = autoprune()
+            .args(["prune", "--metric"])
+            .arg(common::workspace().join("candidates/wanda.rs"))
+            .args([
+                "--sparsity",
+                "0.7",
+                "--calib-windows",
+                "2",
+                "--plan-only",
+                "--json",
+                "--allocation",
+                allocation,
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            o.stdout,
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let unit_sparsities = |out: &[u8]| -> Vec<f64> {
+        let v: serde_json::Value = serde_json::from_slice(out).unwrap();
+        v["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["sparsity"].as_f64().unwrap())
+            .collect()
+    };
+    let (code, builtin, err) = plan("owl");
+    assert_eq!(code, Some(0), "{err}");
+    let plugin_src = common::workspace().join("candidates/owl_alloc.rs");
+    let (code, plugin, err) = plan(plugin_src.to_str().unwrap());
+    assert_eq!(code, Some(0), "{err}");
+    let (a, b) = (unit_sparsities(&builtin), unit_sparsities(&plugin));
+    assert_eq!(a.len(), 30);
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 1e-9, "{a:?} vs {b:?}");
+    }
+    let bad = common::workspace().join("tests/attacks/alloc_wrong_mean.rs");
+    let (code, out, err) = plan(bad.to_str().unwrap());
+    assert_eq!(code, Some(1), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["failure"]["reason"], "bad_allocation", "{v}");
+}

@@ -88,6 +88,9 @@ pub enum PipelineError {
         /// Why.
         error: MaskError,
     },
+    /// The allocator plugin failed (its typed verdict).
+    #[error("the allocator failed: {0}")]
+    Allocator(Failure),
     /// The configuration is inconsistent with the model or itself.
     #[error("configuration: {0}")]
     Config(String),

@@ -200,12 +200,12 @@ impl Default for OwlParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SkewSource {
-    /// The chosen metric's importance scores (default).
-    #[default]
+    /// The chosen metric's importance scores.
     Scores,
     /// Wanda scores, whatever the metric.
     Wanda,
-    /// `|W|` alone (no calibration data needed in principle).
+    /// `|W|` (default: best on the validation split; needs no calibration data in principle).
+    #[default]
     Weights,
 }
 
@@ -236,12 +236,13 @@ pub struct SdsaParams {
 
 impl Default for SdsaParams {
     /// Chosen on the calibration-side validation split (README, "Layer-wise allocation"),
-    /// never on the evaluation windows.
+    /// never on the evaluation windows: Wanda at 70 % on SmolLM2, 16 held-out calibration
+    /// windows; `|W|` skewness beat the scores' skewness at every temperature tried.
     fn default() -> Self {
         SdsaParams {
-            temperature: 1.0,
+            temperature: 2.0,
             delta: 0.1,
-            source: SkewSource::Scores,
+            source: SkewSource::Weights,
         }
     }
 }
@@ -514,8 +515,12 @@ pub fn owl(target: f64, units: &[UnitSummary], p: OwlParams) -> Result<Vec<f64>,
 ///
 /// 1. `γ_l` = skewness of the unit's importance scores ([`SkewSource`]: the metric's scores by
 ///    default; skewness is scale-free, so any metric's scores work);
-/// 2. standardise across units, parameter-weighted: `z_l = (γ_l − mean γ) / std γ`
-///    (`z = 0` if all γ are equal), so one temperature fits every model;
+/// 2. compress and standardise across units, parameter-weighted: `g_l = sign(γ_l)·ln(1 + |γ_l|)`,
+///    `z_l = (g_l − mean g) / std g` (`z = 0` if all are equal), so one temperature fits every
+///    model. The logarithm matters: the skewness of activation-weighted scores spans orders of
+///    magnitude across blocks (SmolLM2's Wanda scores: 9 to 1600, driven by a few massive
+///    activation channels), and standardising it raw would hand the whole budget to two or
+///    three blocks;
 /// 3. softmax-style reweighting with temperature `T`, renormalised to a parameter-weighted
 ///    mean of one: `w_l = exp(z_l / T) / Σ_k (p_k/P) exp(z_k / T)`;
 /// 4. the kept-weight budget is shared in proportion to `w`: density `d_l = (1 − S)·w_l`,
@@ -541,6 +546,7 @@ pub fn sdsa(target: f64, units: &[UnitSummary], p: SdsaParams) -> Result<Vec<f64
             SkewSource::Wanda => u.wanda.skewness,
             SkewSource::Weights => u.weights.skewness,
         })
+        .map(|g| g.signum() * g.abs().ln_1p())
         .collect();
     let params: Vec<u64> = units.iter().map(|u| u.params).collect();
     let w = sdsa_weights(&gamma, &params, p.temperature);

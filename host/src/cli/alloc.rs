@@ -3,10 +3,11 @@
 use super::protocol::bar;
 use autoprune::alloc::summary::{dense_stats, DenseStats};
 use autoprune::alloc::{
-    expand, Allocation, Granularity, OwlParams, SdsaParams, SkewSource, UnitSummary,
+    expand, Allocation, Bounds, Granularity, OwlParams, SdsaParams, SkewSource, UnitSummary,
 };
 use autoprune::calib::gradient::{self, Gradients};
 use autoprune::model::Model;
+use autoprune::pipeline::PipelineError;
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::Plugin;
 use serde::Serialize;
@@ -34,8 +35,8 @@ pub struct AllocArgs {
     /// SDSA: largest deviation of a unit's sparsity from the target.
     #[arg(long, default_value_t = SdsaParams::default().delta)]
     pub sdsa_delta: f64,
-    /// SDSA: whose skewness: `scores` (the metric's), `wanda`, or `weights` (|W|).
-    #[arg(long, default_value = "scores")]
+    /// SDSA: whose skewness: `weights` (|W|, default), `scores` (the metric's) or `wanda`.
+    #[arg(long, default_value = "weights")]
     pub sdsa_source: SkewSource,
 }
 
@@ -75,6 +76,10 @@ pub struct UnitRow {
     pub sparsity: f64,
     /// Skewness of the metric's scores.
     pub score_skewness: f64,
+    /// Excess kurtosis of the metric's scores.
+    pub score_kurtosis: f64,
+    /// Skewness of |W|.
+    pub weight_skewness: f64,
     /// Skewness of the Wanda scores.
     pub wanda_skewness: f64,
     /// Share of Wanda scores above 5× their mean (OWL's statistic).
@@ -95,6 +100,30 @@ pub struct Planned {
     /// Per-linear sparsities in model order (for the pipeline).
     #[serde(skip)]
     pub layer_sparsity: Vec<f64>,
+}
+
+/// The plan as a table: one line per unit.
+pub fn plan_table(p: &Planned) -> String {
+    use std::fmt::Write;
+    let mut s = String::from(
+        "block  kind      params  sparsity  skew(scores)  kurt(scores)  skew(wanda)  skew(|W|)  outl5(wanda)",
+    );
+    for u in &p.units {
+        let _ = write!(
+            s,
+            "\n{:>5}  {:<5} {:>10}  {:>8.4}  {:>12.3}  {:>12.2}  {:>11.3}  {:>9.3}  {:>12.5}",
+            u.block,
+            u.kind.unwrap_or("-"),
+            u.params,
+            u.sparsity,
+            u.score_skewness,
+            u.score_kurtosis,
+            u.wanda_skewness,
+            u.weight_skewness,
+            u.wanda_outlier_ratio_5
+        );
+    }
+    s
 }
 
 /// Refuse allocation with an N:M pattern (which fixes every layer's sparsity).
@@ -160,6 +189,8 @@ pub fn planned(
                 params: u.params,
                 sparsity,
                 score_skewness: u.scores.skewness,
+                score_kurtosis: u.scores.kurtosis,
+                weight_skewness: u.weights.skewness,
                 wanda_skewness: u.wanda.skewness,
                 wanda_outlier_ratio_5: u.wanda.outlier_ratio(5.0).unwrap_or(f64::NAN),
             })
@@ -169,14 +200,28 @@ pub fn planned(
     }
 }
 
-/// Run an allocator plugin on `units` (replaced when the allocator world lands).
+/// Build or load the allocator plugin at `path` and run it on `units` at `target`, within
+/// [`Bounds::HOST`]. Returns the validated sparsities and the rule as reported.
 pub fn run_plugin(
     path: &std::path::Path,
-    _args: &super::prune::Args,
-    _units: &[UnitSummary],
-) -> Result<(Vec<f64>, serde_json::Value), autoprune::pipeline::PipelineError> {
-    Err(autoprune::pipeline::PipelineError::Config(format!(
-        "allocator plugin {}: not yet supported",
-        path.display()
-    )))
+    flags: &super::BuildFlags,
+    policy: &autoprune::sandbox::Policy,
+    target: f64,
+    units: &[UnitSummary],
+) -> Result<(Vec<f64>, serde_json::Value), PipelineError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| PipelineError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let plugin = super::check::load_allocator(path, flags, policy)
+        .map_err(|e| PipelineError::Config(format!("{e:#}")))?
+        .map_err(PipelineError::Allocator)?;
+    let s = plugin
+        .allocate(target, Bounds::HOST, units)
+        .map_err(PipelineError::Allocator)?;
+    let rule = serde_json::json!({
+        "plugin": path,
+        "sha256": autoprune::sandbox::sha256_hex(&bytes),
+        "info": plugin.info(),
+        "bounds": Bounds::HOST,
+    });
+    Ok((s, rule))
 }

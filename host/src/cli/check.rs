@@ -101,8 +101,6 @@ pub fn load_any(
 /// Load an allocator plugin (world `autoprune:metric/allocator`) from `.rs` (building it) or
 /// `.wasm`, for `autoprune prune --allocation my_allocator.{rs,wasm}`. A candidate's failure
 /// is `Err(Failure)`; a metric component is `Err(Failure::Rejected)`.
-// Called by `prune --allocation`, which is being wired up separately.
-#[allow(dead_code)]
 pub fn load_allocator(
     path: &Path,
     flags: &BuildFlags,

@@ -27,7 +27,7 @@ pub struct Cli {
 pub enum Command {
     /// Compile a candidate `.rs` file into a metric component, inside the compile sandbox.
     Build(build::Args),
-    /// Run a metric (`.rs` or `.wasm`) through the validation suite on synthetic layers.
+    /// Run a metric or allocator plugin (`.rs` or `.wasm`) through its validation suite.
     Check(check::Args),
     /// Build (if needed) and print the folder of the prebuilt guest SDK.
     Sdk(sdk::Args),

@@ -55,6 +55,10 @@ pub struct Args {
     /// Calibration windows per forward pass.
     #[arg(long, default_value_t = 8)]
     pub calib_batch: usize,
+    /// Compute and print the allocation plan (per-unit statistics and sparsities), then stop
+    /// without pruning.
+    #[arg(long)]
+    pub plan_only: bool,
     /// Skip the dense perplexity (faster; the report then has only the pruned one).
     #[arg(long)]
     pub skip_dense: bool,
@@ -151,9 +155,14 @@ fn allocate(
             serde_json::to_value(rule).unwrap_or_default(),
         ),
         None => {
-            let path = std::path::Path::new(&a.allocation);
-            let (s, info) = super::alloc::run_plugin(path, args, &units)?;
-            (s, info)
+            let policy = load_policy(args.policy.as_ref()).map_err(cfg_err)?;
+            super::alloc::run_plugin(
+                std::path::Path::new(&a.allocation),
+                &args.flags,
+                &policy,
+                args.sparsity,
+                &units,
+            )?
         }
     };
     Ok(Some(planned(
@@ -212,7 +221,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     // Fail early, before minutes of pruning, if the evaluation text is too short.
     autoprune::eval::eval_windows(&eval.tokens, &opts)?;
-    let dense = if args.skip_dense {
+    let dense = if args.skip_dense || args.plan_only {
         None
     } else {
         Some(ppl(
@@ -229,8 +238,27 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             report_metric_failure(quiet, layer, &failure);
             return Ok(EXIT_VERDICT);
         }
+        Err(PipelineError::Allocator(failure)) => {
+            if quiet {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "allocator": args.alloc.allocation, "failure": failure })
+                );
+            } else {
+                eprintln!("the allocator {} failed: {failure}", args.alloc.allocation);
+            }
+            return Ok(EXIT_VERDICT);
+        }
         Err(e) => return Err(e.into()),
     };
+    if args.plan_only {
+        match &plan {
+            Some(p) if quiet => println!("{}", serde_json::to_string_pretty(p)?),
+            Some(p) => println!("allocation {}\n{}", p.rule, super::alloc::plan_table(p)),
+            None => println!("uniform allocation: every layer at {}", args.sparsity),
+        }
+        return Ok(0);
+    }
     let cfg = PruneConfig {
         sparsity: args.sparsity,
         layer_sparsity: plan

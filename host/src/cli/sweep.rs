@@ -52,8 +52,8 @@ pub struct Args {
     /// SDSA deltas.
     #[arg(long, value_delimiter = ',', default_values_t = [SdsaParams::default().delta])]
     pub sdsa_delta: Vec<f64>,
-    /// SDSA skewness source: `scores`, `wanda` or `weights`.
-    #[arg(long, default_value = "scores")]
+    /// SDSA skewness source: `weights` (default), `scores` or `wanda`.
+    #[arg(long, default_value = "weights")]
     pub sdsa_source: SkewSource,
     /// Comparison group: `row`, `layer` or `layer-exact`.
     #[arg(long, default_value = "row")]
@@ -121,9 +121,9 @@ fn rule_label(a: &Allocation) -> String {
             p.temperature,
             p.delta,
             match p.source {
-                SkewSource::Scores => "",
+                SkewSource::Weights => "",
                 SkewSource::Wanda => " (wanda skew)",
-                SkewSource::Weights => " (|W| skew)",
+                SkewSource::Scores => " (score skew)",
             }
         ),
     }
