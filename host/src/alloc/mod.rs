@@ -236,12 +236,13 @@ pub struct SdsaParams {
 
 impl Default for SdsaParams {
     /// Chosen on the calibration-side validation split (README, "Layer-wise allocation"),
-    /// never on the evaluation windows: Wanda at 70 % on SmolLM2, 16 held-out calibration
-    /// windows; `|W|` skewness beat the scores' skewness at every temperature tried.
+    /// never on the evaluation windows: Wanda at 70 % and 80 % on SmolLM2, 16 held-out
+    /// calibration windows; `|W|` skewness beat the scores' skewness at every temperature
+    /// tried, T = 2 beat 1 and 4, and δ = 0.2 beat 0.05, 0.1 and 0.15.
     fn default() -> Self {
         SdsaParams {
             temperature: 2.0,
-            delta: 0.1,
+            delta: 0.2,
             source: SkewSource::Weights,
         }
     }

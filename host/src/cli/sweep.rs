@@ -338,24 +338,25 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     }
                     let st = stats.as_ref().expect("computed above");
                     let k = (mi, target.to_bits());
-                    if !summaries.contains_key(&k) {
-                        let grads = super::alloc::gradients_if_needed(
-                            &m,
-                            &calib_windows,
-                            Some(plugin),
-                            quiet,
-                        )?;
-                        let u = summarize(
-                            &m,
-                            st,
-                            Some(plugin),
-                            grads.as_ref(),
-                            target,
-                            args.granularity,
-                        )?;
-                        summaries.insert(k, u);
-                    }
-                    let units = &summaries[&k];
+                    let units = match summaries.entry(k) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let grads = super::alloc::gradients_if_needed(
+                                &m,
+                                &calib_windows,
+                                Some(plugin),
+                                quiet,
+                            )?;
+                            e.insert(summarize(
+                                &m,
+                                st,
+                                Some(plugin),
+                                grads.as_ref(),
+                                target,
+                                args.granularity,
+                            )?)
+                        }
+                    };
                     let s = rule
                         .allocate(target, units)
                         .with_context(|| format!("{label} at {target}"))?;
