@@ -9,7 +9,7 @@ fn main() {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Prune(_) | Command::Eval(_) | Command::Sweep(_)
+        Command::Prune(_) | Command::Eval(_) | Command::Sweep(_) | Command::Search(_)
     ) {
         // Load the CPU matrix-product library now, before any other thread exists (it reads
         // its kernel choice from the environment while loading).
@@ -23,6 +23,8 @@ fn main() {
         Command::Prune(a) => cli::prune::run(*a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Sweep(a) => cli::sweep::run(*a),
+        Command::Search(a) => cli::search::run(*a),
+        Command::Runs(a) => cli::search::runs(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod protocol;
 pub mod prune;
 pub mod sdk;
+pub mod search;
 pub mod sweep;
 
 use autoprune::build::{default_cache, BuildOptions, Builder, Isolation};
@@ -35,6 +36,10 @@ pub enum Command {
     Prune(Box<prune::Args>),
     /// Grid of sparsities × allocations × metrics under one protocol: table and plot.
     Sweep(Box<sweep::Args>),
+    /// Search for pruning metrics: GP or random proposers, cascade, SQLite archive, resume.
+    Search(Box<search::Args>),
+    /// Inspect search runs (`runs show <dir>`).
+    Runs(search::RunsArgs),
     /// Perplexity of a model under the protocol.
     Eval(eval::Args),
     /// Benchmark the sandbox: wasm vs native Wanda, build and instantiation times.

@@ -1,0 +1,374 @@
+//! `autoprune search` and `autoprune runs show`.
+
+use super::check::load_policy;
+use super::protocol::{load_model, stream, ProtocolArgs};
+use super::BuildFlags;
+use anyhow::Context;
+use autoprune::calib::{validation_offsets, window_offsets, Sampler};
+use autoprune::prune::mask::Pattern;
+use autoprune::search::archive::{Archive, Node, Status};
+use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
+use autoprune::search::run::{rank_heldout, run as run_search, Budget, Event, Stop};
+use autoprune::search::proposer::{GpProposer, GpSettings};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+/// Arguments of `autoprune search`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Run folder for a new run (its archive is `<run>/archive.sqlite`).
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    pub run: Option<PathBuf>,
+    /// Resume the run in this folder with its recorded settings.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Proposer: `gp` (symbolic genetic programming, default) or `random` (random trees: the
+    /// baseline every search result is compared against).
+    #[arg(long, default_value = "gp", value_parser = ["gp", "random"])]
+    pub proposer: String,
+    /// Target sparsity.
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    /// Comparison group: `row`, `layer`, or N:M such as `2:4`.
+    #[arg(long, default_value = "row")]
+    pub pattern: Pattern,
+    /// Candidates to propose (seeds excluded). On `--resume`, a new total.
+    #[arg(long)]
+    pub budget_candidates: Option<u64>,
+    /// Seed of every random choice of the proposer.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Calibration windows of the full stage (the protocol's 32).
+    #[arg(long, default_value_t = 32)]
+    pub calib_windows: usize,
+    /// Calibration windows of the proxy stage.
+    #[arg(long, default_value_t = 4)]
+    pub proxy_calib_windows: usize,
+    /// Validation windows (held out of the calibration stream) of the full stage.
+    #[arg(long, default_value_t = 16)]
+    pub validation_windows: usize,
+    /// Validation windows of the proxy stage.
+    #[arg(long, default_value_t = 4)]
+    pub proxy_validation_windows: usize,
+    /// Continue past the proxy only if proxy ≤ this × the best baseline's proxy.
+    #[arg(long, default_value_t = 1.5)]
+    pub proxy_factor: f64,
+    /// Candidates measured on the held-out evaluation windows at the end.
+    #[arg(long, default_value_t = 3)]
+    pub heldout_top: usize,
+    /// Calibration text file (default: SOTU speeches before 1990).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// A JSON file with sandbox limits.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub flags: BuildFlags,
+}
+
+/// Everything that defines a run, recorded in the archive (`meta.config`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    proposer: String,
+    seed: u64,
+    budget_candidates: u64,
+    cascade: CascadeConfig,
+    calib_windows: usize,
+    validation_windows: usize,
+    heldout_windows: usize,
+    heldout_top: usize,
+    seq_len: usize,
+    model: Option<PathBuf>,
+    calib: Option<PathBuf>,
+    eval: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    trusted: bool,
+    gp: GpSettings,
+}
+
+fn archive_path(dir: &Path) -> PathBuf {
+    dir.join("archive.sqlite")
+}
+
+/// Run it.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let quiet = args.protocol.json;
+    let (dir, mut archive, cfg) = match &args.resume {
+        Some(dir) => {
+            let archive = Archive::open_existing(&archive_path(dir))?;
+            let text = archive
+                .meta("config")?
+                .with_context(|| format!("{} has no recorded configuration", dir.display()))?;
+            let mut cfg: RunConfig = serde_json::from_str(&text)
+                .with_context(|| format!("reading the configuration of {}", dir.display()))?;
+            if let Some(b) = args.budget_candidates {
+                cfg.budget_candidates = b;
+                archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
+            }
+            (dir.clone(), archive, cfg)
+        }
+        None => {
+            let dir = args.run.clone().expect("clap: --run or --resume");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let path = archive_path(&dir);
+            if path.exists() {
+                anyhow::bail!(
+                    "{} already holds a run; continue it with `autoprune search --resume {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+            let cfg = RunConfig {
+                proposer: args.proposer.clone(),
+                seed: args.seed,
+                budget_candidates: args.budget_candidates.unwrap_or(200),
+                cascade: CascadeConfig {
+                    sparsity: args.sparsity,
+                    pattern: args.pattern,
+                    proxy_calib_windows: args.proxy_calib_windows,
+                    proxy_val_windows: args.proxy_validation_windows,
+                    proxy_factor: args.proxy_factor,
+                    calib_batch: 8,
+                },
+                calib_windows: args.calib_windows,
+                validation_windows: args.validation_windows,
+                heldout_windows: args.protocol.eval_windows,
+                heldout_top: args.heldout_top,
+                seq_len: args.protocol.seqlen,
+                model: args.protocol.model.clone(),
+                calib: args.calib.clone(),
+                eval: args.protocol.eval.clone(),
+                policy: args.policy.clone(),
+                trusted: args.flags.trusted,
+                gp: GpSettings::default(),
+            };
+            let archive = Archive::open(&path)?;
+            archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
+            (dir, archive, cfg)
+        }
+    };
+    let policy = load_policy(cfg.policy.as_ref())?;
+    let device = super::protocol::device(&args.protocol.device)?;
+    let loaded = load_model(cfg.model.as_ref(), &device)?;
+    let calib = stream(&loaded.tokenizer, cfg.calib.as_ref(), "calib")?;
+    let eval = stream(&loaded.tokenizer, cfg.eval.as_ref(), "eval")?;
+    let seq = cfg.seq_len;
+    let offsets = window_offsets(calib.tokens.len(), cfg.calib_windows, seq, Sampler::Even)?;
+    let proxy_offsets = window_offsets(
+        calib.tokens.len(),
+        cfg.cascade.proxy_calib_windows,
+        seq,
+        Sampler::Even,
+    )?;
+    let val = validation_offsets(calib.tokens.len(), &offsets, cfg.validation_windows, seq)?;
+    let win = |o: &usize| calib.tokens[*o..*o + seq].to_vec();
+    let data = SearchData {
+        model: loaded.model,
+        calib: offsets.iter().map(win).collect(),
+        proxy_calib: proxy_offsets.iter().map(win).collect(),
+        validation: val.iter().flat_map(|o| win(o)).collect(),
+        validation_windows: val.len(),
+        heldout: eval.tokens,
+        heldout_windows: cfg.heldout_windows,
+        seq_len: seq,
+    };
+    autoprune::eval::eval_windows(
+        &data.heldout,
+        &autoprune::eval::PerplexityOptions {
+            seq_len: seq,
+            windows: cfg.heldout_windows,
+            batch: 2,
+        },
+    )?;
+    let flags = BuildFlags {
+        trusted: cfg.trusted,
+        build_timeout: args.flags.build_timeout,
+    };
+    let evaluator = Evaluator::new(cfg.cascade.clone(), data, flags.builder()?, policy)?;
+    let mut proposer = GpProposer::new(cfg.gp.clone(), cfg.seed, cfg.proposer == "random");
+    let seeds = GpProposer::seeds();
+    let stop = AtomicBool::new(false);
+    let budget = Budget {
+        candidates: cfg.budget_candidates,
+        tokens: 0,
+    };
+    let mut print = |e: Event<'_>| {
+        if quiet {
+            return;
+        }
+        match e {
+            Event::Finished(n, o) => eprintln!(
+                "#{:<4} {:<9} {:<10} {:<6} proxy {:>10} fitness {:>10}  {}",
+                n.id,
+                n.operator,
+                format!("{:?}", o.status.unwrap_or(Status::Failed)).to_lowercase(),
+                o.stage,
+                fmt_opt(o.proxy),
+                fmt_opt(o.fitness),
+                first_line(&n.thought, 60)
+            ),
+            Event::Heldout(n, p) => eprintln!("held-out #{:<4} {:.4}", n.id, p),
+        }
+    };
+    let why = run_search(
+        &mut archive,
+        &evaluator,
+        &mut proposer,
+        &seeds,
+        budget,
+        &stop,
+        &mut print,
+    )?;
+    let ranked = if why == Stop::Interrupted {
+        Vec::new()
+    } else {
+        rank_heldout(&archive, &evaluator, cfg.heldout_top, &mut print)?
+    };
+    if quiet {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "run": dir, "stopped": why, "ranking": ranked
+            }))?
+        );
+    } else {
+        println!("stopped: {why:?}\n{}", leaderboard(&archive.nodes()?, 10));
+        println!("details: autoprune runs show {}", dir.display());
+    }
+    Ok(0)
+}
+
+fn fmt_opt(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| {
+        if v >= 1e6 {
+            format!("{v:.3e}")
+        } else {
+            format!("{v:.3}")
+        }
+    })
+}
+
+fn first_line(s: &str, n: usize) -> String {
+    let l = s.lines().next().unwrap_or("");
+    l.chars().take(n).collect()
+}
+
+/// The leaderboard: best evaluated nodes by held-out perplexity, then validation fitness.
+pub fn leaderboard(nodes: &[Node], top: usize) -> String {
+    use std::fmt::Write;
+    let mut best: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.status == Status::Evaluated)
+        .collect();
+    best.sort_by(|a, b| {
+        (a.heldout.unwrap_or(f64::MAX), a.fitness.unwrap_or(f64::MAX))
+            .partial_cmp(&(b.heldout.unwrap_or(f64::MAX), b.fitness.unwrap_or(f64::MAX)))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let count = |s: Status| nodes.iter().filter(|n| n.status == s).count();
+    let mut out = format!(
+        "{} nodes: {} evaluated, {} screened by the proxy, {} duplicates, {} failed, {} pending\n",
+        nodes.len(),
+        count(Status::Evaluated),
+        count(Status::Screened),
+        count(Status::Duplicate),
+        count(Status::Failed),
+        count(Status::Pending)
+    );
+    out.push_str("  id  proposer  operator      proxy   fitness(val)  held-out  idea\n");
+    for n in best.iter().take(top) {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<8}  {:<9} {:>9} {:>13} {:>9}  {}",
+            n.id,
+            n.proposer,
+            n.operator,
+            fmt_opt(n.proxy),
+            fmt_opt(n.fitness),
+            fmt_opt(n.heldout),
+            first_line(&n.thought, 70)
+        );
+    }
+    out
+}
+
+/// Arguments of `autoprune runs`.
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: RunsCommand,
+}
+
+/// `autoprune runs …`
+#[derive(Debug, clap::Subcommand)]
+pub enum RunsCommand {
+    /// Leaderboard, best candidate's code and lineage of a search run.
+    Show {
+        /// The run folder.
+        dir: PathBuf,
+        /// Rows of the leaderboard.
+        #[arg(long, default_value_t = 15)]
+        top: usize,
+        /// Print JSON (every node and edge).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run `autoprune runs`.
+pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
+    match args.command {
+        RunsCommand::Show { dir, top, json } => {
+            let archive = Archive::open_existing(&archive_path(&dir))?;
+            let nodes = archive.nodes()?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "config": archive.meta("config")?.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok()),
+                        "nodes": nodes, "edges": archive.edges()?,
+                    }))?
+                );
+                return Ok(0);
+            }
+            println!("{}", leaderboard(&nodes, top));
+            let best = nodes
+                .iter()
+                .filter(|n| n.status == Status::Evaluated)
+                .min_by(|a, b| {
+                    (a.heldout.unwrap_or(f64::MAX), a.fitness.unwrap_or(f64::MAX))
+                        .partial_cmp(&(b.heldout.unwrap_or(f64::MAX), b.fitness.unwrap_or(f64::MAX)))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                });
+            if let Some(b) = best {
+                println!("best: #{} — {}\n", b.id, b.thought);
+                // Lineage: follow first parents back to a seed.
+                let edges = archive.edges()?;
+                let mut chain = vec![b.id];
+                let mut cur = b.id;
+                while let Some(e) = edges.iter().find(|e| e.child == cur) {
+                    chain.push(e.parent);
+                    cur = e.parent;
+                    if chain.len() > 64 {
+                        break;
+                    }
+                }
+                println!(
+                    "lineage: {}\n",
+                    chain
+                        .iter()
+                        .map(|i| format!("#{i}"))
+                        .collect::<Vec<_>>()
+                        .join(" ← ")
+                );
+                println!("{}", b.code);
+            }
+            Ok(0)
+        }
+    }
+}

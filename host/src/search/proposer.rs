@@ -1,0 +1,159 @@
+//! The offline proposers: symbolic genetic programming over [`gp::Expr`] trees, and random
+//! sampling of trees (the baseline every search result is compared against).
+//!
+//! Every tree is rendered to a candidate source file ([`gp::render`]) and goes through the same
+//! sandboxed builder and cascade as any other candidate; there is no special lane.
+//!
+//! Determinism and resume: the random stream of proposal `i` is seeded from `(run seed, i)`,
+//! and the population is read from the archive, so a resumed run proposes exactly what the
+//! uninterrupted run would have.
+
+use super::archive::{NewNode, Node, Status};
+use super::gp::{self, canonical_key, render, simplify, to_infix, Expr, Gp, GpConfig};
+use super::run::{Proposal, Proposer};
+use std::collections::HashSet;
+
+/// Proposals that are random trees before the GP starts breeding (the initial population).
+pub const INITIAL_POPULATION: u64 = 8;
+
+/// The GP (or random-sampling) proposer.
+pub struct GpProposer {
+    config: GpConfig,
+    seed: u64,
+    random_only: bool,
+}
+
+fn mix(seed: u64, index: u64) -> u64 {
+    // SplitMix64 finaliser of (seed, index): independent streams per proposal.
+    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl GpProposer {
+    /// A proposer with `config`, seeded by `seed`; `random_only` = random sampling baseline.
+    pub fn new(config: GpConfig, seed: u64, random_only: bool) -> Self {
+        GpProposer {
+            config,
+            seed,
+            random_only,
+        }
+    }
+
+    /// The seed candidates of every run: the built-in baselines magnitude and Wanda, as trees
+    /// (so they also take part in crossover).
+    pub fn seeds() -> Vec<NewNode> {
+        [
+            (Expr::magnitude(), "magnitude: |W|"),
+            (Expr::wanda(), "Wanda: |W| · ‖X‖₂"),
+        ]
+        .into_iter()
+        .map(|(e, thought)| seed_node(&e, thought))
+        .collect()
+    }
+}
+
+fn seed_node(e: &Expr, thought: &str) -> NewNode {
+    NewNode {
+        proposer: "seed".into(),
+        operator: "seed".into(),
+        thought: thought.into(),
+        code: render(e, "seed"),
+        expr: serde_json::to_string(e).ok(),
+        parents: Vec::new(),
+        tokens: 0,
+    }
+}
+
+impl Proposer for GpProposer {
+    fn name(&self) -> String {
+        if self.random_only {
+            "random".into()
+        } else {
+            "gp".into()
+        }
+    }
+
+    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<Proposal> {
+        let mut gp = Gp::new(self.config.clone(), mix(self.seed, index));
+        // The population: evaluated trees with their validation fitness (lower is better).
+        let population: Vec<(Expr, f64, i64)> = history
+            .iter()
+            .filter(|n| n.status == Status::Evaluated)
+            .filter_map(|n| {
+                let e: Expr = serde_json::from_str(n.expr.as_deref()?).ok()?;
+                Some((e, n.fitness?, n.id))
+            })
+            .collect();
+        let seen: HashSet<String> = history
+            .iter()
+            .filter_map(|n| serde_json::from_str::<Expr>(n.expr.as_deref()?).ok())
+            .map(|e| canonical_key(&e))
+            .collect();
+        let pairs: Vec<(Expr, f64)> = population
+            .iter()
+            .map(|(e, f, _)| (e.clone(), *f))
+            .collect();
+        let breed = !self.random_only && index >= INITIAL_POPULATION && pairs.len() >= 2;
+        for _ in 0..64 {
+            let (tree, operator, parents): (Expr, &str, Vec<usize>) = if breed {
+                let a = gp.tournament(&pairs).unwrap_or(0);
+                if gp.rng.chance(self.config.crossover_prob) {
+                    let b = gp.tournament(&pairs).unwrap_or(0);
+                    let mut child = gp.crossover(&pairs[a].0, &pairs[b].0);
+                    if gp.rng.chance(self.config.mutation_prob) {
+                        child = gp.mutate(&child);
+                    }
+                    (child, "crossover", vec![a, b])
+                } else {
+                    (gp.mutate(&pairs[a].0), "mutate", vec![a])
+                }
+            } else {
+                let depth = self.config.init_min_depth
+                    + gp.rng.below(
+                        self.config
+                            .init_max_depth
+                            .saturating_sub(self.config.init_min_depth)
+                            + 1,
+                    );
+                let full = gp.rng.chance(0.5);
+                (gp.random_tree(depth, full), "new", Vec::new())
+            };
+            let tree = simplify(&tree);
+            if !self.config.fits(&tree) || seen.contains(&canonical_key(&tree)) {
+                continue;
+            }
+            let formula = to_infix(&tree);
+            let parents: Vec<(i64, String)> = parents
+                .iter()
+                .map(|&i| {
+                    let (pe, pf, pid) = &population[i];
+                    (
+                        *pid,
+                        format!(
+                            "{operator} of {} (validation ppl {pf:.3})",
+                            to_infix(pe)
+                        ),
+                    )
+                })
+                .collect();
+            let thought = match operator {
+                "new" => format!("random tree: {formula}"),
+                op => format!("{op}: {formula}"),
+            };
+            return Ok(Proposal {
+                operator: operator.into(),
+                thought,
+                code: render(&tree, &format!("{}-{index}", self.name())),
+                expr: serde_json::to_string(&tree).ok(),
+                parents,
+                tokens: 0,
+            });
+        }
+        anyhow::bail!("no new tree after 64 attempts (the space under these limits may be exhausted)")
+    }
+}
+
+/// Re-export for the CLI.
+pub use gp::GpConfig as GpSettings;
