@@ -18,3 +18,4 @@ pub mod pipeline;
 pub mod prune;
 pub mod report;
 pub mod sandbox;
+pub mod search;
