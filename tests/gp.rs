@@ -22,6 +22,11 @@ fn build(expr: &Expr, name: &str, policy: &Policy) -> Plugin {
     let built = common::builder(true)
         .build(&src)
         .unwrap_or_else(|f| panic!("{expr}: build failed: {f}\n{src}"));
+    assert!(
+        built.warnings.trim().is_empty(),
+        "{expr}: compiler warnings:\n{}\n{src}",
+        built.warnings
+    );
     let plugin = Plugin::load(&built.wasm, policy, Some(&common::cache()))
         .unwrap_or_else(|f| panic!("{expr}: load failed: {f}"));
     assert_eq!(plugin.info().name, name);
@@ -49,7 +54,11 @@ fn assert_bitwise(got: &[f32], want: &[f32], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.to_bits(), w.to_bits(), "{what}: [{i}] plugin {g} != native {w}");
+        assert_eq!(
+            g.to_bits(),
+            w.to_bits(),
+            "{what}: [{i}] plugin {g} != native {w}"
+        );
     }
 }
 
@@ -63,7 +72,10 @@ fn covering_trees() -> Vec<Expr> {
         bin(
             BinOp::Mul,
             W,
-            un(UnOp::Mms, bin(BinOp::Add, un(UnOp::Zsn, G), un(UnOp::Log, X))),
+            un(
+                UnOp::Mms,
+                bin(BinOp::Add, un(UnOp::Zsn, G), un(UnOp::Log, X)),
+            ),
         ),
         bin(
             BinOp::Div,
@@ -93,7 +105,10 @@ fn rendered_trees_score_exactly_like_eval_native() {
     // The random trees must exercise the whole-layer operators and the gradient.
     let text: String = random.iter().map(|e| e.to_string()).collect();
     for needle in ["mms(", "zsn(", "G"] {
-        assert!(text.contains(needle), "seed 2024 trees lack {needle}: {text}");
+        assert!(
+            text.contains(needle),
+            "seed 2024 trees lack {needle}: {text}"
+        );
     }
     let mut trees = vec![
         Expr::magnitude(),

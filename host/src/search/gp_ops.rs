@@ -15,8 +15,10 @@ pub const LOG_EPS: f64 = 1e-3;
 /// Largest argument of `exp`: `exp(min(a, EXP_MAX))`.
 pub const EXP_MAX: f32 = 30.0;
 
-/// Clamp to `[-BOUND, BOUND]`; NaN becomes `-BOUND` (`f32::max` ignores a NaN operand).
+/// Clamp to `[-BOUND, BOUND]`; NaN becomes `-BOUND` (`f32::max` ignores a NaN operand, which
+/// `f32::clamp` would return unchanged).
 #[inline]
+#[allow(clippy::manual_clamp)]
 pub fn fin(v: f32) -> f32 {
     v.max(-BOUND).min(BOUND)
 }
