@@ -120,11 +120,18 @@ fn rendered_trees_score_exactly_like_eval_native() {
     trees.extend(random);
     for (i, expr) in trees.iter().enumerate() {
         let plugin = build(expr, &format!("gp-{i}"), &policy);
-        let got = plugin
+        let scored = plugin
             .score(&layer.data(0.5))
-            .unwrap_or_else(|f| panic!("{expr}: {f}"))
-            .scores;
-        assert_bitwise(&got, &native(expr, &layer), &expr.to_string());
+            .unwrap_or_else(|f| panic!("{expr}: {f}"));
+        assert_bitwise(&scored.scores, &native(expr, &layer), &expr.to_string());
+        // Small layer: fixed costs (instantiation, statistics) weigh more than on real layers,
+        // so only a loose bound here; the heavy-tree test checks the estimate on a bigger one.
+        let per_weight = scored.usage.fuel as f64 / (layer.rows * layer.cols) as f64;
+        assert!(
+            per_weight <= gp::fuel_estimate(expr) + 200.0,
+            "{expr}: {per_weight} fuel/weight, estimated {}",
+            gp::fuel_estimate(expr)
+        );
     }
 }
 
@@ -181,4 +188,50 @@ fn degenerate_layers_stay_finite() {
             assert_bitwise(&got, &native(expr, layer), &format!("{expr} ({what})"));
         }
     }
+}
+
+#[test]
+fn fuel_estimate_bounds_the_measured_fuel() {
+    // A deep tree (the default depth limit) of the costliest operators (exp/log/tanh run f64
+    // polynomials) with two nested whole-layer levels (three reads of the layer).
+    let layer = SyntheticLayer::generate(128, 512, LayerKind::Down, 5);
+    let policy = Policy::default();
+    let heavy = |op: UnOp, leaf: Expr| Expr::un(op, Expr::un(UnOp::Exp, leaf));
+    let expr = Expr::un(
+        UnOp::Zsn,
+        Expr::bin(
+            BinOp::Add,
+            Expr::un(
+                UnOp::Mms,
+                Expr::bin(
+                    BinOp::Mul,
+                    heavy(UnOp::Log, Expr::G),
+                    heavy(UnOp::Tanh, Expr::W),
+                ),
+            ),
+            Expr::bin(
+                BinOp::Div,
+                heavy(UnOp::Tanh, Expr::X),
+                heavy(UnOp::Log, Expr::Var),
+            ),
+        ),
+    );
+    assert_eq!((expr.depth(), expr.layer_passes()), (7, 2));
+    let plugin = build(&expr, "heavy", &policy);
+    let scored = plugin.score(&layer.data(0.5)).expect("heavy tree");
+    let per_weight = scored.usage.fuel as f64 / (layer.rows * layer.cols) as f64;
+    let estimate = gp::fuel_estimate(&expr);
+    eprintln!(
+        "heavy tree ({} nodes): {per_weight:.0} fuel/weight, estimated {estimate:.0}",
+        expr.size()
+    );
+    assert!(per_weight <= estimate && estimate < 1.5 * per_weight);
+    assert!(per_weight < policy.fuel_per_weight as f64);
+    // Too heavy for the default search limits (half the grant).
+    let config = GpConfig {
+        allow_gradient: true,
+        ..GpConfig::default()
+    };
+    assert!(!config.fits(&expr));
+    assert_bitwise(&scored.scores, &native(&expr, &layer), "heavy");
 }

@@ -719,6 +719,9 @@ pub struct GpConfig {
     /// Most nested whole-layer operators (`mms`, `zsn`, `colnorm`): each level costs one extra
     /// read of the layer.
     pub max_layer_passes: usize,
+    /// Largest [`fuel_estimate`] allowed (fuel per weight of the rendered plugin). The default
+    /// 2048 is half of the sandbox's default grant (`Policy::fuel_per_weight` = 4096).
+    pub max_fuel_per_weight: f64,
     /// Probability that a generated leaf is a constant from [`CONSTANTS`].
     pub const_prob: f64,
     /// Probability that a generated inner node is binary (else unary).
@@ -743,6 +746,7 @@ impl Default for GpConfig {
             allow_gradient: false,
             allow_signed_weights: true,
             max_layer_passes: 2,
+            max_fuel_per_weight: 2048.0,
             const_prob: 0.1,
             binary_prob: 0.5,
             leaf_prob: 0.3,
@@ -754,13 +758,14 @@ impl Default for GpConfig {
 }
 
 impl GpConfig {
-    /// Whether `e` respects every limit: depth, size, gradient, signed weights, passes.
+    /// Whether `e` respects every limit: depth, size, gradient, signed weights, passes, fuel.
     pub fn fits(&self, e: &Expr) -> bool {
         e.depth() <= self.max_depth.max(1)
             && e.size() <= self.max_size.max(1)
             && (self.allow_gradient || !e.uses_gradient())
             && (self.allow_signed_weights || !e.uses_signed_weights())
             && e.layer_passes() <= self.max_layer_passes
+            && fuel_estimate(e) <= self.max_fuel_per_weight
     }
 }
 
@@ -1035,12 +1040,14 @@ struct Pass {
 #[derive(Debug, Clone)]
 struct Plan {
     ops: Vec<Op>,
+    /// Prefix form of every node's subtree (comments in the rendered code).
+    labels: Vec<String>,
     passes: Vec<Pass>,
 }
 
 impl Plan {
     fn new(e: &Expr) -> Plan {
-        fn push(e: &Expr, ops: &mut Vec<Op>) -> usize {
+        fn push(e: &Expr, ops: &mut Vec<Op>, labels: &mut Vec<String>) -> usize {
             let op = match e {
                 Expr::W => Op::W,
                 Expr::Wsigned => Op::Wsigned,
@@ -1050,17 +1057,18 @@ impl Plan {
                 Expr::Var => Op::Var,
                 Expr::G => Op::G,
                 Expr::Const(c) => Op::Const(c.0),
-                Expr::Unary(op, a) => Op::Un(*op, push(a, ops)),
+                Expr::Unary(op, a) => Op::Un(*op, push(a, ops, labels)),
                 Expr::Binary(op, a, b) => {
-                    let a = push(a, ops);
-                    Op::Bin(*op, a, push(b, ops))
+                    let a = push(a, ops, labels);
+                    Op::Bin(*op, a, push(b, ops, labels))
                 }
             };
             ops.push(op);
+            labels.push(to_infix(e));
             ops.len() - 1
         }
-        let mut ops = Vec::new();
-        push(e, &mut ops);
+        let (mut ops, mut labels) = (Vec::new(), Vec::new());
+        push(e, &mut ops, &mut labels);
         let mut level = vec![0usize; ops.len()];
         for k in 0..ops.len() {
             level[k] = match ops[k] {
@@ -1101,12 +1109,61 @@ impl Plan {
                 }
             })
             .collect();
-        Plan { ops, passes }
+        Plan {
+            ops,
+            labels,
+            passes,
+        }
     }
 
     fn root(&self) -> usize {
         self.ops.len() - 1
     }
+
+    /// Upper estimate of the rendered plugin's wasm fuel per weight (see [`fuel_estimate`]).
+    fn fuel_estimate(&self) -> f64 {
+        let node = |k: usize| -> f64 {
+            match self.ops[k] {
+                Op::Const(_) => 3.0,
+                Op::W | Op::Wsigned | Op::X | Op::N | Op::A | Op::Var | Op::G => 8.0,
+                Op::Bin(..) => 12.0,
+                Op::Un(op, _) => match op {
+                    UnOp::Exp => 130.0,
+                    UnOp::Log => 80.0,
+                    UnOp::Tanh => 140.0,
+                    UnOp::Mms | UnOp::Zsn => 50.0,
+                    UnOp::RowNorm | UnOp::ColNorm => 20.0,
+                    UnOp::Sqr | UnOp::Neg | UnOp::Abs | UnOp::Sqrt => 12.0,
+                },
+            }
+        };
+        let accumulate = |k: usize| -> f64 {
+            match self.ops[k] {
+                Op::Un(UnOp::Mms, _) => 15.0,
+                Op::Un(UnOp::Zsn, _) => 25.0,
+                _ => 8.0,
+            }
+        };
+        let passes: f64 = self
+            .passes
+            .iter()
+            .map(|p| {
+                p.eval.iter().map(|&k| node(k)).sum::<f64>()
+                    + p.targets.iter().map(|&k| accumulate(k)).sum::<f64>()
+            })
+            .sum();
+        // The final pass evaluates every node, then copies and writes the scores back.
+        passes + (0..self.ops.len()).map(node).sum::<f64>() + 6.0
+    }
+}
+
+/// An upper estimate of the wasm fuel per weight that [`render`]'s plugin spends on `e`
+/// (calibrated on the sandbox: `|W|` ≈ 14, `exp(|W|)` ≈ 137, `tanh` ≈ 141, `log` ≈ 82, `mms` ≈ 60
+/// measured against 14, 144, 154, 94, 87 estimated). Every pass re-evaluates the nodes below
+/// its whole-layer operators, so nesting multiplies the cost. The sandbox grants
+/// `Policy::fuel_per_weight` (4096 by default); time scales with fuel (roughly 1 ns per unit).
+pub fn fuel_estimate(e: &Expr) -> f64 {
+    Plan::new(e).fuel_estimate()
 }
 
 /// A whole-layer node's finished statistic.
@@ -1277,49 +1334,76 @@ pub fn eval_native(
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-/// The statements that fill `t[k]` for the current row (mirror of `eval_row`).
-fn node_code(plan: &Plan, k: usize) -> String {
+/// The statements that fill `t[k]` for the current row (mirror of `eval_row`), each line
+/// prefixed with `indent`, after a comment naming the node's subtree.
+fn node_code(plan: &Plan, k: usize, indent: &str) -> String {
     let map_chan = |v: &str| format!("for (o, v) in t[{k}].iter_mut().zip(&{v}) {{ *o = *v; }}");
-    match plan.ops[k] {
-        Op::W => format!("for (o, v) in t[{k}].iter_mut().zip(w) {{ *o = abs(*v); }}"),
-        Op::Wsigned => format!("for (o, v) in t[{k}].iter_mut().zip(w) {{ *o = fin(*v); }}"),
-        Op::X => map_chan("c_x"),
-        Op::N => map_chan("c_n"),
-        Op::A => map_chan("c_a"),
-        Op::Var => map_chan("c_v"),
-        Op::G => format!("for (o, v) in t[{k}].iter_mut().zip(g) {{ *o = fin(*v); }}"),
-        Op::Const(c) => format!(
-            "t[{k}].fill(fin(f32::from_bits({:#010x}))); // {:?}",
-            c.to_bits(),
-            c
-        ),
+    let lines: Vec<String> = match plan.ops[k] {
+        Op::W => vec![format!(
+            "for (o, v) in t[{k}].iter_mut().zip(w) {{ *o = abs(*v); }}"
+        )],
+        Op::Wsigned => vec![format!(
+            "for (o, v) in t[{k}].iter_mut().zip(w) {{ *o = fin(*v); }}"
+        )],
+        Op::X => vec![map_chan("c_x")],
+        Op::N => vec![map_chan("c_n")],
+        Op::A => vec![map_chan("c_a")],
+        Op::Var => vec![map_chan("c_v")],
+        Op::G => vec![format!(
+            "for (o, v) in t[{k}].iter_mut().zip(g) {{ *o = fin(*v); }}"
+        )],
+        Op::Const(c) => vec![format!(
+            "t[{k}].fill(fin(f32::from_bits({:#010x})));",
+            c.to_bits()
+        )],
         Op::Un(op, a) => {
-            let body = match op {
-                UnOp::Mms => format!("for (o, a) in o.iter_mut().zip(a) {{ *o = mms(*a, p{k}); }}"),
-                UnOp::Zsn => format!("for (o, a) in o.iter_mut().zip(a) {{ *o = zsn(*a, p{k}); }}"),
-                UnOp::ColNorm => format!(
-                    "for ((o, a), c) in o.iter_mut().zip(a).zip(&p{k}) {{ *o = scale(*a, *c); }}"
-                ),
-                UnOp::RowNorm => "let s = row_inverse(a);\n                \
-                     for (o, a) in o.iter_mut().zip(a) { *o = scale(*a, s); }"
-                    .to_string(),
-                op => format!(
-                    "for (o, a) in o.iter_mut().zip(a) {{ *o = {}(*a); }}",
+            let mut body = vec![
+                "{".to_string(),
+                format!("    let (d, r) = t.split_at_mut({k});"),
+                format!("    let (o, a) = (&mut r[0], &d[{a}]);"),
+            ];
+            match op {
+                UnOp::Mms => body.push(format!(
+                    "    for (o, a) in o.iter_mut().zip(a) {{ *o = mms(*a, p{k}); }}"
+                )),
+                UnOp::Zsn => body.push(format!(
+                    "    for (o, a) in o.iter_mut().zip(a) {{ *o = zsn(*a, p{k}); }}"
+                )),
+                UnOp::ColNorm => body.push(format!(
+                    "    for ((o, a), c) in o.iter_mut().zip(a).zip(&p{k}) {{ *o = scale(*a, *c); }}"
+                )),
+                UnOp::RowNorm => {
+                    body.push("    let s = row_inverse(a);".to_string());
+                    body.push(
+                        "    for (o, a) in o.iter_mut().zip(a) { *o = scale(*a, s); }".to_string(),
+                    );
+                }
+                op => body.push(format!(
+                    "    for (o, a) in o.iter_mut().zip(a) {{ *o = {}(*a); }}",
                     op.name()
-                ),
-            };
-            format!(
-                "{{\n                let (d, r) = t.split_at_mut({k});\n                \
-                 let (o, a) = (&mut r[0], &d[{a}]);\n                {body}\n            }}"
-            )
+                )),
+            }
+            body.push("}".to_string());
+            body
         }
-        Op::Bin(op, a, b) => format!(
-            "{{\n                let (d, r) = t.split_at_mut({k});\n                \
-             let (o, a, b) = (&mut r[0], &d[{a}], &d[{b}]);\n                \
-             for ((o, a), b) in o.iter_mut().zip(a).zip(b) {{ *o = {}(*a, *b); }}\n            }}",
-            op.name()
-        ),
+        Op::Bin(op, a, b) => vec![
+            "{".to_string(),
+            format!("    let (d, r) = t.split_at_mut({k});"),
+            format!("    let (o, a, b) = (&mut r[0], &d[{a}], &d[{b}]);"),
+            format!(
+                "    for ((o, a), b) in o.iter_mut().zip(a).zip(b) {{ *o = {}(*a, *b); }}",
+                op.name()
+            ),
+            "}".to_string(),
+        ],
+    };
+    let mut out = format!("{indent}// t[{k}] = {}\n", plan.labels[k]);
+    for line in lines {
+        out.push_str(indent);
+        out.push_str(&line);
+        out.push('\n');
     }
+    out
 }
 
 /// Render `expr` as a complete candidate source named `name` (the metric's `Info` name; the
@@ -1421,7 +1505,7 @@ pub fn render(expr: &Expr, name: &str) -> String {
         s.push_str("        layer.for_each_tile(|tile| {\n            for row in tile.rows() {\n");
         row_prelude(&mut s, "                ");
         for &k in &pass.eval {
-            let _ = writeln!(s, "                {}", node_code(&plan, k));
+            s.push_str(&node_code(&plan, k, "                "));
         }
         for &k in &pass.targets {
             let Op::Un(op, a) = plan.ops[k] else { continue };
@@ -1441,7 +1525,7 @@ pub fn render(expr: &Expr, name: &str) -> String {
     s.push_str("        layer.score_rows(|row, out| {\n");
     row_prelude(&mut s, "            ");
     for k in 0..plan.ops.len() {
-        let _ = writeln!(s, "            {}", node_code(&plan, k));
+        s.push_str(&node_code(&plan, k, "            "));
     }
     let _ = writeln!(s, "            out.copy_from_slice(&t[{}]);", plan.root());
     s.push_str("        })\n    }\n}\n\nexport_metric!(GpMetric);\n");
