@@ -49,6 +49,12 @@
 //! `score_rows` pass evaluates the whole tree. Nesting is therefore fully supported; the
 //! generator bounds it with [`GpConfig::max_layer_passes`] because each level costs a read of
 //! the layer. `rownorm` needs only its own row and costs no pass.
+//!
+//! # Cost
+//!
+//! [`fuel_estimate`] bounds the plugin's wasm fuel per weight from the tree (`exp`, `log`, `tanh`
+//! cost ~10× an arithmetic node, and every pass re-evaluates the nodes below it);
+//! [`GpConfig::max_fuel_per_weight`] keeps generated trees within half the sandbox's grant.
 
 use crate::layer::ChannelStats;
 use serde::{Deserialize, Serialize};
@@ -1626,6 +1632,24 @@ mod tests {
             .all(|(i, e)| e.depth() == 2 + i % 3));
         let keys: std::collections::HashSet<String> = pop.iter().map(canonical_key).collect();
         assert!(keys.len() >= 38, "{} distinct", keys.len());
+    }
+
+    #[test]
+    fn fuel_estimate_grows_with_passes_and_bounds_the_search() {
+        let w = fuel_estimate(&Expr::W);
+        let wanda = fuel_estimate(&Expr::wanda());
+        let mms = fuel_estimate(&Expr::un(UnOp::Mms, Expr::wanda()));
+        let nested = fuel_estimate(&Expr::un(UnOp::Zsn, Expr::un(UnOp::Mms, Expr::wanda())));
+        assert!(
+            w < wanda && wanda < mms && mms < nested,
+            "{w} {wanda} {mms} {nested}"
+        );
+        // The sandbox's default grant is 4096 per weight; the search keeps to half of it.
+        let config = all_ops_config();
+        let mut gp = Gp::new(config.clone(), 5);
+        for e in gp.ramped_half_and_half(100) {
+            assert!(fuel_estimate(&e) <= config.max_fuel_per_weight, "{e}");
+        }
     }
 
     #[test]
