@@ -1,5 +1,6 @@
-//! Automated metric search: proposers, the evaluation cascade, the SQLite archive and the
-//! loop that ties them together (`autoprune search`, `autoprune runs show`).
+//! Automated metric search: proposers (symbolic GP, random sampling), the evaluation cascade,
+//! the SQLite archive and the loop that ties them together (`autoprune search`,
+//! `autoprune runs show`).
 
 pub mod archive;
 pub mod cascade;
