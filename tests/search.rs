@@ -103,7 +103,10 @@ fn autoprune() -> Command {
 fn search_survives_kill_9_and_resumes() {
     let data = autoprune::data::DataDir::resolve();
     if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must run ./setup.sh first");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run ./setup.sh first"
+        );
         eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
         return;
     }
@@ -138,7 +141,10 @@ fn search_survives_kill_9_and_resumes() {
     // Wait until the seeds and one proposal are finished, then kill -9.
     let start = Instant::now();
     let finished_before = loop {
-        assert!(start.elapsed() < Duration::from_secs(600), "search too slow");
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "search too slow"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("the search ended before it was killed: {status}");
         }
@@ -174,13 +180,24 @@ fn search_survives_kill_9_and_resumes() {
         let after = nodes.iter().find(|n| n.id == before.id).unwrap();
         assert_eq!(after.status, before.status);
         assert_eq!(after.fitness, before.fitness);
-        assert_eq!(after.seconds, before.seconds, "node {} was evaluated again", before.id);
+        assert_eq!(
+            after.seconds, before.seconds,
+            "node {} was evaluated again",
+            before.id
+        );
     }
     // The final ranking measured at least one candidate on the held-out text.
     assert!(nodes.iter().any(|n| n.heldout.is_some()));
     // `runs show` reads it.
-    let show = autoprune().args(["runs", "show"]).arg(&run_dir).output().unwrap();
+    let show = autoprune()
+        .args(["runs", "show"])
+        .arg(&run_dir)
+        .output()
+        .unwrap();
     assert!(show.status.success());
     let text = String::from_utf8_lossy(&show.stdout);
-    assert!(text.contains("nodes:") && text.contains("best: #"), "{text}");
+    assert!(
+        text.contains("nodes:") && text.contains("best: #"),
+        "{text}"
+    );
 }

@@ -8,8 +8,8 @@ use autoprune::calib::{validation_offsets, window_offsets, Sampler};
 use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
-use autoprune::search::run::{rank_heldout, run as run_search, Budget, Event, Stop};
 use autoprune::search::proposer::{GpProposer, GpSettings};
+use autoprune::search::run::{rank_heldout, run as run_search, Budget, Event, Stop};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -112,8 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         None => {
             let dir = args.run.clone().expect("clap: --run or --resume");
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = archive_path(&dir);
             if path.exists() {
                 anyhow::bail!(
@@ -170,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         model: loaded.model,
         calib: offsets.iter().map(win).collect(),
         proxy_calib: proxy_offsets.iter().map(win).collect(),
-        validation: val.iter().flat_map(|o| win(o)).collect(),
+        validation: val.iter().flat_map(win).collect(),
         validation_windows: val.len(),
         heldout: eval.tokens,
         heldout_windows: cfg.heldout_windows,
@@ -342,7 +341,10 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
                 .filter(|n| n.status == Status::Evaluated)
                 .min_by(|a, b| {
                     (a.heldout.unwrap_or(f64::MAX), a.fitness.unwrap_or(f64::MAX))
-                        .partial_cmp(&(b.heldout.unwrap_or(f64::MAX), b.fitness.unwrap_or(f64::MAX)))
+                        .partial_cmp(&(
+                            b.heldout.unwrap_or(f64::MAX),
+                            b.fitness.unwrap_or(f64::MAX),
+                        ))
                         .unwrap_or(std::cmp::Ordering::Equal)
                 });
             if let Some(b) = best {

@@ -401,7 +401,10 @@ impl Archive {
     /// Record a node's perplexity on the held-out evaluation windows.
     pub fn set_heldout(&self, id: i64, ppl: f64) -> Result<()> {
         self.conn
-            .execute("UPDATE nodes SET heldout = ?2 WHERE id = ?1", params![id, ppl])
+            .execute(
+                "UPDATE nodes SET heldout = ?2 WHERE id = ?1",
+                params![id, ppl],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -436,7 +439,10 @@ impl Archive {
 
     /// Nodes left `pending` (by a crash).
     pub fn pending(&self) -> Result<Vec<Node>> {
-        self.query_nodes("SELECT * FROM nodes WHERE status = 'pending' ORDER BY id", [])
+        self.query_nodes(
+            "SELECT * FROM nodes WHERE status = 'pending' ORDER BY id",
+            [],
+        )
     }
 
     /// One node.

@@ -169,7 +169,9 @@ impl Evaluator {
             return Err((
                 "check",
                 Failure::Rejected {
-                    reason: "this search runs without the gradient statistic; the candidate asks for it".into(),
+                    reason:
+                        "this search runs without the gradient statistic; the candidate asks for it"
+                            .into(),
                 },
             ));
         }
@@ -191,9 +193,12 @@ impl Evaluator {
     pub fn probe_hash(&self, plugin: &Plugin) -> Result<String, Failure> {
         let mut all = String::new();
         for p in &self.probes {
-            let stats = self.stats.get(p.block, p.id.kind).ok_or(Failure::Rejected {
-                reason: "host bug: no probe statistics".into(),
-            })?;
+            let stats = self
+                .stats
+                .get(p.block, p.id.kind)
+                .ok_or(Failure::Rejected {
+                    reason: "host bug: no probe statistics".into(),
+                })?;
             let data = LayerData {
                 id: p.id,
                 rows: p.rows,
@@ -231,7 +236,13 @@ impl Evaluator {
         let mut model = self.data.model.clone();
         let wins: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
         let cfg = PruneConfig::uniform(self.cfg.sparsity, self.cfg.pattern, self.cfg.calib_batch);
-        match prune_model(&mut model, &wins, &Method::Metric(plugin), &cfg, &mut |_, _| {}) {
+        match prune_model(
+            &mut model,
+            &wins,
+            &Method::Metric(plugin),
+            &cfg,
+            &mut |_, _| {},
+        ) {
             Ok(_) => {}
             Err(PipelineError::Metric { failure, .. }) => return Err(failure),
             Err(e) => {

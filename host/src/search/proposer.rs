@@ -91,10 +91,7 @@ impl Proposer for GpProposer {
             .filter_map(|n| serde_json::from_str::<Expr>(n.expr.as_deref()?).ok())
             .map(|e| canonical_key(&e))
             .collect();
-        let pairs: Vec<(Expr, f64)> = population
-            .iter()
-            .map(|(e, f, _)| (e.clone(), *f))
-            .collect();
+        let pairs: Vec<(Expr, f64)> = population.iter().map(|(e, f, _)| (e.clone(), *f)).collect();
         let breed = !self.random_only && index >= INITIAL_POPULATION && pairs.len() >= 2;
         for _ in 0..64 {
             let (tree, operator, parents): (Expr, &str, Vec<usize>) = if breed {
@@ -131,10 +128,7 @@ impl Proposer for GpProposer {
                     let (pe, pf, pid) = &population[i];
                     (
                         *pid,
-                        format!(
-                            "{operator} of {} (validation ppl {pf:.3})",
-                            to_infix(pe)
-                        ),
+                        format!("{operator} of {} (validation ppl {pf:.3})", to_infix(pe)),
                     )
                 })
                 .collect();
@@ -151,7 +145,9 @@ impl Proposer for GpProposer {
                 tokens: 0,
             });
         }
-        anyhow::bail!("no new tree after 64 attempts (the space under these limits may be exhausted)")
+        anyhow::bail!(
+            "no new tree after 64 attempts (the space under these limits may be exhausted)"
+        )
     }
 }
 

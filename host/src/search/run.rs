@@ -172,7 +172,9 @@ pub fn rank_heldout(
     best.truncate(top);
     // Always include the seeds (the baselines) so the table compares against them.
     for n in archive.nodes()? {
-        if n.operator == "seed" && n.status == Status::Evaluated && !best.iter().any(|b| b.id == n.id)
+        if n.operator == "seed"
+            && n.status == Status::Evaluated
+            && !best.iter().any(|b| b.id == n.id)
         {
             best.push(n);
         }
