@@ -517,8 +517,8 @@ fn fmt_ppl(x: f64) -> String {
 /// allocation family, dash by metric.
 pub fn svg_plot(cells: &[Cell], title: &str) -> String {
     use std::fmt::Write;
-    let (w, h) = (760.0, 480.0);
-    let (l, r, t, b) = (70.0, 230.0, 40.0, 50.0);
+    let (w, h) = (820.0, 480.0);
+    let (l, r, t, b) = (70.0, 290.0, 40.0, 50.0);
     let pw = w - l - r;
     let ph = h - t - b;
     let pts: Vec<&Cell> = cells
