@@ -9,7 +9,6 @@ use autoprune::alloc::{
     expand, Allocation, Bounds, Granularity, OwlParams, SdsaParams, SkewSource,
 };
 use autoprune::calib::{window_offsets, windows, Sampler};
-use autoprune::layer::LayerKind;
 use autoprune::model::{Arch, Model, ModelConfig};
 use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig};
 use autoprune::prune::mask::Pattern;
@@ -133,7 +132,6 @@ fn allocation_with_n_m_or_wrong_length_is_refused() {
             ),
         }
     }
-    assert_eq!(LayerKind::BLOCK.len(), 7);
 }
 
 fn autoprune() -> Command {
