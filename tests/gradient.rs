@@ -8,7 +8,10 @@ use autoprune::calib::gradient::{self, GradientError, GRADIENT_SCALE};
 use autoprune::calib::{window_offsets, windows, Sampler};
 use autoprune::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use autoprune::model::{Arch, Model, ModelConfig};
-use autoprune::pipeline::{prune_model, prune_model_with_progress, Method, Progress, PruneConfig};
+use autoprune::pipeline::{
+    prune_model, prune_model_with_gradients, prune_model_with_progress, Method, Progress,
+    PruneConfig,
+};
 use autoprune::prune::mask::{Mask, Pattern};
 use autoprune::sandbox::{Plugin, Policy};
 use candle_core::{DType, Device, Tensor};
@@ -382,6 +385,30 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
     )
     .unwrap();
     assert_eq!(calls, [(1, 2), (2, 2)]);
+    // Gradients computed beforehand (as the allocation step does) are reused: no second
+    // gradient pass, and the same masks as computing them inside.
+    let dense = Model::random(&cfg, 2, &Device::Cpu).unwrap();
+    let grads = gradient::compute(&dense, &wins, &mut |_, _| ControlFlow::Continue(())).unwrap();
+    let mut model = dense.clone();
+    let mut saw_gradient = false;
+    let reused = prune_model_with_gradients(
+        &mut model,
+        &wins,
+        &Method::Metric(&pz),
+        &pcfg,
+        Some(grads),
+        &mut |p| saw_gradient |= matches!(p, Progress::Gradient { .. }),
+    )
+    .unwrap();
+    assert!(!saw_gradient);
+    let (inside, _) = run(&Method::Metric(&pz));
+    let hashes = |r: &autoprune::pipeline::PruneReport| {
+        r.layers
+            .iter()
+            .map(|l| l.mask_hash.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hashes(&reused), hashes(&inside));
 }
 
 /// The real SmolLM2-135M (skipped when the data is missing): the differentiable forward agrees

@@ -217,15 +217,30 @@ pub fn prune_model_with_progress(
     cfg: &PruneConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PruneReport, PipelineError> {
+    prune_model_with_gradients(model, windows, method, cfg, None, progress)
+}
+
+/// [`prune_model_with_progress`] with the gradient statistic already computed on the dense
+/// `model` over the same `windows` (e.g. by the allocation step), so it is not computed twice.
+/// With `None` it is computed here when the metric reads it.
+pub fn prune_model_with_gradients(
+    model: &mut Model,
+    windows: &[&[u32]],
+    method: &Method<'_>,
+    cfg: &PruneConfig,
+    gradients: Option<Gradients>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<PruneReport, PipelineError> {
     // The gradient statistic, only for a metric that asks for it (it costs a backward pass per
     // window), on the dense model before anything is pruned.
     let mut grads: Option<Gradients> = match method {
-        Method::Metric(plugin) if plugin.info().needs_gradient => {
-            Some(gradient::compute(model, windows, &mut |done, total| {
+        Method::Metric(plugin) if plugin.info().needs_gradient => match gradients {
+            Some(g) => Some(g),
+            None => Some(gradient::compute(model, windows, &mut |done, total| {
                 progress(Progress::Gradient { done, total });
                 ControlFlow::Continue(())
-            })?)
-        }
+            })?),
+        },
         _ => None,
     };
     let expected = model.blocks.len() * LayerKind::BLOCK.len();

@@ -7,12 +7,13 @@ use super::protocol::{bar, load_model, stream, ProtocolArgs};
 use super::{BuildFlags, EXIT_VERDICT};
 use autoprune::alloc::summary::summarize;
 use autoprune::alloc::Allocation;
+use autoprune::calib::gradient::Gradients;
 use autoprune::calib::{check_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
 use autoprune::layer::LayerKind;
 use autoprune::model::Model;
 use autoprune::pipeline::{
-    prune_model_with_progress, Method, PipelineError, Progress, PruneConfig, PruneReport,
+    prune_model_with_gradients, Method, PipelineError, Progress, PruneConfig, PruneReport,
 };
 use autoprune::prune::mask::Pattern;
 use autoprune::report::{peak_rss_bytes, PplReport, Protocol};
@@ -121,20 +122,21 @@ fn report_metric_failure(
 }
 
 /// The allocation step: `None` for uniform; otherwise a dense statistics pass, unit summaries
-/// and the rule's (or plugin's) validated sparsities.
+/// and the rule's (or plugin's) validated sparsities. Also returns the gradient statistic when
+/// the summaries needed it, for the pruning run to reuse.
 fn allocate(
     args: &Args,
     model: &Model,
     windows: &[&[u32]],
     metric: Option<&autoprune::sandbox::Plugin>,
     quiet: bool,
-) -> Result<Option<Planned>, PipelineError> {
+) -> Result<(Option<Planned>, Option<Gradients>), PipelineError> {
     let a = &args.alloc;
     let builtin = a
         .builtin()
         .map_err(|e| PipelineError::Config(e.to_string()))?;
     if builtin == Some(Allocation::Uniform) {
-        return Ok(None);
+        return Ok((None, None));
     }
     check_pattern(args.pattern).map_err(|e| PipelineError::Config(e.to_string()))?;
     let cfg_err = |e: anyhow::Error| PipelineError::Config(format!("{e:#}"));
@@ -165,14 +167,15 @@ fn allocate(
             )?
         }
     };
-    Ok(Some(planned(
+    let plan = planned(
         rule,
         a.granularity,
         &units,
         &s,
         model.blocks.len(),
         stats.seconds,
-    )))
+    );
+    Ok((Some(plan), grads))
 }
 
 /// Run it.
@@ -232,7 +235,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             quiet,
         )?)
     };
-    let plan = match allocate(&args, &loaded.model, &calib_windows, plugin.as_ref(), quiet) {
+    let (plan, grads) = match allocate(&args, &loaded.model, &calib_windows, plugin.as_ref(), quiet)
+    {
         Ok(p) => p,
         Err(PipelineError::Metric { layer, failure }) => {
             report_metric_failure(quiet, layer, &failure);
@@ -269,8 +273,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let pb = bar(loaded.model.blocks.len(), "prune", quiet);
     let t = Instant::now();
-    let result =
-        prune_model_with_progress(&mut loaded.model, &calib_windows, &method, &cfg, &mut |p| {
+    let result = prune_model_with_gradients(
+        &mut loaded.model,
+        &calib_windows,
+        &method,
+        &cfg,
+        grads,
+        &mut |p| {
             let (what, done, total) = match p {
                 Progress::Gradient { done, total } => ("gradients", done, total),
                 Progress::Block { done, total } => ("prune", done, total),
@@ -278,7 +287,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             pb.set_message(what);
             pb.set_length(total as u64);
             pb.set_position(done as u64);
-        });
+        },
+    );
     pb.finish_and_clear();
     let pruned_report = match result {
         Ok(r) => r,

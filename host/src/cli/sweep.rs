@@ -12,7 +12,9 @@ use super::protocol::{bar, load_model, stream, ProtocolArgs};
 use super::BuildFlags;
 use anyhow::Context;
 use autoprune::alloc::summary::{summarize, DenseStats};
-use autoprune::alloc::{expand, Allocation, Granularity, OwlParams, SdsaParams, SkewSource, UnitSummary};
+use autoprune::alloc::{
+    expand, Allocation, Granularity, OwlParams, SdsaParams, SkewSource, UnitSummary,
+};
 use autoprune::calib::{validation_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
 use autoprune::pipeline::{prune_model_with_progress, Method, PruneConfig};
@@ -363,7 +365,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     let s = rule
                         .allocate(target, units)
                         .with_context(|| format!("{label} at {target}"))?;
-(expand(units, &s, m.blocks.len()), s)
+                    (expand(units, &s, m.blocks.len()), s)
                 };
                 let cfg = PruneConfig {
                     sparsity: target,
