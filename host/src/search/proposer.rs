@@ -10,7 +10,7 @@
 
 use super::archive::{NewNode, Node, Status};
 use super::gp::{self, canonical_key, render, simplify, to_infix, Expr, Gp, GpConfig};
-use super::run::{Proposal, Proposer};
+use super::run::Proposer;
 use std::collections::HashSet;
 
 /// Proposals that are random trees before the GP starts breeding (the initial population).
@@ -75,7 +75,7 @@ impl Proposer for GpProposer {
         }
     }
 
-    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<Proposal> {
+    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<NewNode> {
         let mut gp = Gp::new(self.config.clone(), mix(self.seed, index));
         // The population: evaluated trees with their validation fitness (lower is better).
         let population: Vec<(Expr, f64, i64)> = history
@@ -136,7 +136,8 @@ impl Proposer for GpProposer {
                 "new" => format!("random tree: {formula}"),
                 op => format!("{op}: {formula}"),
             };
-            return Ok(Proposal {
+            return Ok(NewNode {
+                proposer: self.name(),
                 operator: operator.into(),
                 thought,
                 code: render(&tree, &format!("{}-{index}", self.name())),

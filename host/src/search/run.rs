@@ -10,29 +10,13 @@ use super::cascade::Evaluator;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// What a proposer offers.
-#[derive(Debug, Clone, Default)]
-pub struct Proposal {
-    /// `new`, `mutate`, `crossover` or `repair`.
-    pub operator: String,
-    /// The idea in words.
-    pub thought: String,
-    /// Full candidate source.
-    pub code: String,
-    /// A structured form (e.g. a GP tree as JSON).
-    pub expr: Option<String>,
-    /// Parents with the rationale of the derivation.
-    pub parents: Vec<(i64, String)>,
-    /// Proposer tokens spent.
-    pub tokens: u64,
-}
-
 /// Something that proposes candidates from the run's history.
 pub trait Proposer {
     /// Name recorded with every node (`gp`, `random`, `llm:<model>`).
     fn name(&self) -> String;
-    /// Propose the `index`-th candidate of the run (0-based), given every node so far.
-    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<Proposal>;
+    /// Propose the `index`-th candidate of the run (0-based), given every node so far, as the
+    /// node to record (its `proposer` field set to [`Proposer::name`]).
+    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<NewNode>;
 }
 
 /// Budgets of a run.
@@ -133,15 +117,7 @@ pub fn run(
             }
         };
         proposer_failures = 0;
-        let id = archive.add(&NewNode {
-            proposer: proposer.name(),
-            operator: p.operator,
-            thought: p.thought,
-            code: p.code,
-            expr: p.expr,
-            parents: p.parents,
-            tokens: p.tokens,
-        })?;
+        let id = archive.add(&p)?;
         let Some(node) = archive.node(id)? else {
             continue;
         };
