@@ -11,7 +11,7 @@ use autoprune::sandbox::Policy;
 use autoprune::search::archive::{Archive, Status};
 use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
 use autoprune::search::proposer::{GpProposer, GpSettings};
-use autoprune::search::run::{run, Budget, Stop};
+use autoprune::search::run::{run, Budget, Pools, Stop};
 use candle_core::Device;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -54,17 +54,18 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
     let ev = Evaluator::new(cascade, data, common::builder(true), Policy::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
-    let mut gp = GpProposer::new(GpSettings::default(), 5, false);
+    let gp = std::sync::Arc::new(GpProposer::new(GpSettings::default(), 5, false));
     let stop = AtomicBool::new(false);
     let why = run(
         &mut archive,
         &ev,
-        &mut gp,
+        gp,
         &GpProposer::seeds(),
         Budget {
             candidates: 10,
-            tokens: 0,
+            ..Budget::default()
         },
+        Pools::default(),
         &stop,
         &mut |_| {},
     )
@@ -97,8 +98,8 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
         }
     }
     // Same seed, same proposals (the first candidate's code is reproducible).
-    let mut again = GpProposer::new(GpSettings::default(), 5, false);
-    let p = autoprune::search::run::Proposer::propose(&mut again, &nodes[..2], 0).unwrap();
+    let again = GpProposer::new(GpSettings::default(), 5, false);
+    let p = again.propose_now(&nodes[..2], 0).unwrap();
     assert_eq!(p.code, nodes[2].code);
 }
 

@@ -8,25 +8,75 @@ use autoprune::calib::{validation_offsets, window_offsets, Sampler};
 use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
+use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
+use autoprune::search::llm::{LlmClient, LlmConfig};
 use autoprune::search::proposer::{GpProposer, GpSettings};
-use autoprune::search::run::{rank_heldout, run as run_search, Budget, Event, Stop};
+use autoprune::search::run::{
+    rank_heldout, run as run_search, Budget, Event, Pools, Proposer, Stop,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Arguments of `autoprune search`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Run folder for a new run (its archive is `<run>/archive.sqlite`).
-    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "write_prompts"], conflicts_with = "resume")]
     pub run: Option<PathBuf>,
     /// Resume the run in this folder with its recorded settings.
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Proposer: `gp` (symbolic genetic programming, default) or `random` (random trees: the
-    /// baseline every search result is compared against).
-    #[arg(long, default_value = "gp", value_parser = ["gp", "random"])]
+    /// Proposer: `gp` (symbolic genetic programming, default), `random` (random trees: the
+    /// baseline every search result is compared against), or `llm` (implied by `--llm`).
+    #[arg(long, default_value = "gp", value_parser = ["gp", "random", "llm"])]
     pub proposer: String,
+    /// Base URL of an OpenAI-compatible endpoint (`…/v1`): the LLM proposer.
+    #[arg(long)]
+    pub llm: Option<String>,
+    /// Model name sent to the endpoint.
+    #[arg(long, default_value = "default")]
+    pub llm_model: String,
+    /// Name of the environment variable that holds the API key (the key is never recorded).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Sampling temperature.
+    #[arg(long, default_value_t = 0.8)]
+    pub llm_temperature: f64,
+    /// Completion tokens per request.
+    #[arg(long, default_value_t = 2048)]
+    pub llm_max_tokens: u32,
+    /// Seconds before a request is abandoned (and retried).
+    #[arg(long, default_value_t = 120.0)]
+    pub llm_timeout: f64,
+    /// Retries of a request after a transient failure (429, 5xx, timeout, connection).
+    #[arg(long, default_value_t = 4)]
+    pub llm_retries: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub llm_concurrency: usize,
+    /// Folder of prompt templates replacing the built-in ones (see `--write-prompts`).
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// Write the built-in prompt templates into this folder (to edit) and exit.
+    #[arg(long)]
+    pub write_prompts: Option<PathBuf>,
+    /// Proposer tokens (prompt + completion, all sessions; 0 = unlimited).
+    #[arg(long)]
+    pub budget_tokens: Option<u64>,
+    /// Proposer cost cap (needs prices; 0 = unlimited).
+    #[arg(long)]
+    pub budget_cost: Option<f64>,
+    /// Price per 1000 prompt tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub price_prompt_per_1k: f64,
+    /// Price per 1000 completion tokens.
+    #[arg(long, default_value_t = 0.0)]
+    pub price_completion_per_1k: f64,
+    /// Evaluation threads (each evaluation also uses the rayon pool for its products).
+    #[arg(long, default_value_t = 1)]
+    pub eval_workers: usize,
     /// Target sparsity.
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
@@ -36,6 +86,10 @@ pub struct Args {
     /// Candidates to propose (seeds excluded). On `--resume`, a new total.
     #[arg(long)]
     pub budget_candidates: Option<u64>,
+    /// Wall-clock minutes of searching (all sessions of the run together; 0 = unlimited).
+    /// On `--resume`, a new total.
+    #[arg(long)]
+    pub budget_minutes: Option<f64>,
     /// Seed of every random choice of the proposer.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -75,6 +129,18 @@ pub struct RunConfig {
     proposer: String,
     seed: u64,
     budget_candidates: u64,
+    #[serde(default)]
+    budget_minutes: f64,
+    #[serde(default)]
+    budget_tokens: u64,
+    #[serde(default)]
+    budget_cost: f64,
+    #[serde(default)]
+    llm: Option<LlmConfig>,
+    #[serde(default)]
+    prompts: Option<PathBuf>,
+    #[serde(default)]
+    pools: Pools,
     cascade: CascadeConfig,
     calib_windows: usize,
     validation_windows: usize,
@@ -95,6 +161,15 @@ fn archive_path(dir: &Path) -> PathBuf {
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(dir) = &args.write_prompts {
+        Templates::write_builtin(dir).with_context(|| format!("writing {}", dir.display()))?;
+        println!(
+            "wrote the prompt templates to {}; edit them and pass --prompts {}",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(0);
+    }
     let quiet = args.protocol.json;
     let (dir, mut archive, cfg) = match &args.resume {
         Some(dir) => {
@@ -106,8 +181,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .with_context(|| format!("reading the configuration of {}", dir.display()))?;
             if let Some(b) = args.budget_candidates {
                 cfg.budget_candidates = b;
-                archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
             }
+            if let Some(m) = args.budget_minutes {
+                cfg.budget_minutes = m;
+            }
+            if let Some(t) = args.budget_tokens {
+                cfg.budget_tokens = t;
+            }
+            if let Some(c) = args.budget_cost {
+                cfg.budget_cost = c;
+            }
+            archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
             (dir.clone(), archive, cfg)
         }
         None => {
@@ -121,10 +205,54 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     dir.display()
                 );
             }
+            let llm = if args.llm.is_some() || args.proposer == "llm" {
+                Some(LlmConfig {
+                    base_url: args
+                        .llm
+                        .clone()
+                        .context("--proposer llm needs --llm <base URL>")?,
+                    model: args.llm_model.clone(),
+                    api_key_env: args.api_key_env.clone(),
+                    temperature: args.llm_temperature,
+                    max_tokens: args.llm_max_tokens,
+                    timeout_s: args.llm_timeout,
+                    max_retries: args.llm_retries,
+                    price_prompt_per_1k: args.price_prompt_per_1k,
+                    price_completion_per_1k: args.price_completion_per_1k,
+                    ..LlmConfig::default()
+                })
+            } else {
+                None
+            };
+            let pools = if llm.is_some() {
+                let c = args.llm_concurrency.max(1);
+                Pools {
+                    proposal_workers: c,
+                    eval_workers: args.eval_workers.max(1),
+                    lookahead: args.eval_workers.max(1) + c,
+                    ..Pools::default()
+                }
+            } else {
+                Pools {
+                    eval_workers: args.eval_workers.max(1),
+                    lookahead: args.eval_workers.max(1),
+                    ..Pools::default()
+                }
+            };
             let cfg = RunConfig {
-                proposer: args.proposer.clone(),
+                proposer: if llm.is_some() {
+                    "llm".into()
+                } else {
+                    args.proposer.clone()
+                },
+                budget_tokens: args.budget_tokens.unwrap_or(0),
+                budget_cost: args.budget_cost.unwrap_or(0.0),
+                llm,
+                prompts: args.prompts.clone(),
+                pools,
                 seed: args.seed,
                 budget_candidates: args.budget_candidates.unwrap_or(200),
+                budget_minutes: args.budget_minutes.unwrap_or(0.0),
                 cascade: CascadeConfig {
                     sparsity: args.sparsity,
                     pattern: args.pattern,
@@ -151,6 +279,28 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let policy = load_policy(cfg.policy.as_ref())?;
+    // The proposer first: a bad endpoint URL, a missing key or a broken template is an error
+    // before minutes of model loading.
+    let proposer: Arc<dyn Proposer> = match &cfg.llm {
+        Some(llm) => {
+            let templates = Templates::load(cfg.prompts.as_deref())?;
+            let client = LlmClient::new(llm.clone())?;
+            Arc::new(LlmProposer::new(
+                client,
+                templates,
+                PromptSettings {
+                    sparsity: cfg.cascade.sparsity,
+                    pattern: pattern_words(cfg.cascade.pattern),
+                },
+                cfg.seed,
+            ))
+        }
+        None => Arc::new(GpProposer::new(
+            cfg.gp.clone(),
+            cfg.seed,
+            cfg.proposer == "random",
+        )),
+    };
     let device = super::protocol::device(&args.protocol.device)?;
     let loaded = load_model(cfg.model.as_ref(), &device)?;
     let calib = stream(&loaded.tokenizer, cfg.calib.as_ref(), "calib")?;
@@ -188,12 +338,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         build_timeout: args.flags.build_timeout,
     };
     let evaluator = Evaluator::new(cfg.cascade.clone(), data, flags.builder()?, policy)?;
-    let mut proposer = GpProposer::new(cfg.gp.clone(), cfg.seed, cfg.proposer == "random");
     let seeds = GpProposer::seeds();
-    let stop = AtomicBool::new(false);
+    let stop = stop_on_ctrl_c();
     let budget = Budget {
         candidates: cfg.budget_candidates,
-        tokens: 0,
+        tokens: cfg.budget_tokens,
+        seconds: cfg.budget_minutes * 60.0,
+        cost: cfg.budget_cost,
     };
     let mut print = |e: Event<'_>| {
         if quiet {
@@ -211,14 +362,26 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 first_line(&n.thought, 60)
             ),
             Event::Heldout(n, p) => eprintln!("held-out #{:<4} {:.4}", n.id, p),
+            Event::Proposed(n) => {
+                if n.status == Status::Failed {
+                    eprintln!(
+                        "#{:<4} {:<9} failed     propose {}",
+                        n.id,
+                        n.operator,
+                        first_line(n.verdict.as_deref().unwrap_or(""), 90)
+                    );
+                }
+            }
+            Event::ProposerError(e) => eprintln!("proposer: {}", first_line(e, 120)),
         }
     };
     let why = run_search(
         &mut archive,
         &evaluator,
-        &mut proposer,
+        proposer,
         &seeds,
         budget,
+        cfg.pools,
         &stop,
         &mut print,
     )?;
@@ -239,6 +402,40 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("details: autoprune runs show {}", dir.display());
     }
     Ok(0)
+}
+
+/// A flag set by the first Ctrl-C (the loop then stops after the current candidate, with
+/// everything recorded); a second Ctrl-C exits at once (the candidate being evaluated stays
+/// `pending` and is evaluated again on `--resume`).
+fn stop_on_ctrl_c() -> std::sync::Arc<AtomicBool> {
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    eprintln!("interrupted again: exiting now (the candidate in evaluation is re-evaluated on --resume)");
+                    std::process::exit(130);
+                }
+                eprintln!("interrupted: stopping after the current candidate (Ctrl-C again to exit at once)");
+            }
+        });
+    });
+    stop
+}
+
+fn pattern_words(p: Pattern) -> String {
+    match p {
+        Pattern::PerRow => "per output row".into(),
+        Pattern::PerLayer | Pattern::PerLayerExact => "whole-layer".into(),
+        other => format!("{other} (N:M groups along each row)"),
+    }
 }
 
 fn fmt_opt(x: Option<f64>) -> String {

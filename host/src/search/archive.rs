@@ -375,6 +375,59 @@ impl Archive {
         Ok(id)
     }
 
+    /// Record a proposal in one transaction: the node (and its edges) — `pending`, or `failed`
+    /// at stage `propose` with the typed verdict `failure` (a response that held no usable
+    /// code, an endpoint that gave up) — and the proposer calls that produced it, linked to it.
+    pub fn record(&mut self, node: &NewNode, failure: Option<&str>, calls: &[Call]) -> Result<i64> {
+        let path = self.path.clone();
+        let err = |source| ArchiveError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let id = insert_node(&tx, node).map_err(err)?;
+        if let Some(v) = failure {
+            tx.execute(
+                "UPDATE nodes SET status = 'failed', stage = 'propose', verdict = ?2, seconds = 0
+                 WHERE id = ?1",
+                params![id, v],
+            )
+            .map_err(err)?;
+        }
+        for c in calls {
+            insert_call(&tx, Some(id), c).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(id)
+    }
+
+    /// Every proposer call, in order.
+    pub fn calls(&self) -> Result<Vec<Call>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT node, proposer, prompt, response, error, prompt_tokens,
+                 completion_tokens, seconds FROM calls ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Call {
+                    node: r.get(0)?,
+                    proposer: r.get(1)?,
+                    prompt: r.get(2)?,
+                    response: r.get(3)?,
+                    error: r.get(4)?,
+                    prompt_tokens: r.get::<_, i64>(5)? as u64,
+                    completion_tokens: r.get::<_, i64>(6)? as u64,
+                    seconds: r.get(7)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
     /// Record the outcome of a node's evaluation.
     pub fn finish(&self, id: i64, o: &Outcome) -> Result<()> {
         let status = o.status.unwrap_or(Status::Failed);
@@ -411,23 +464,10 @@ impl Archive {
 
     /// Record a proposer call.
     pub fn add_call(&self, c: &Call) -> Result<i64> {
+        let p = call_params(c.node, c);
+        let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref()).collect();
         self.conn
-            .execute(
-                "INSERT INTO calls(node, created, proposer, prompt, response, error,
-                 prompt_tokens, completion_tokens, seconds)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    c.node,
-                    now(),
-                    c.proposer,
-                    c.prompt,
-                    c.response,
-                    c.error,
-                    c.prompt_tokens as i64,
-                    c.completion_tokens as i64,
-                    c.seconds
-                ],
-            )
+            .execute(INSERT_CALL, refs.as_slice())
             .map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -520,6 +560,18 @@ impl Archive {
             .map_err(|e| self.err(e))
     }
 
+    /// Prompt and completion tokens spent so far, separately (for prices).
+    pub fn token_split(&self) -> Result<(u64, u64)> {
+        self.conn
+            .query_row(
+                "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)
+                 FROM calls",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     fn query_nodes<P: rusqlite::Params>(&self, sql: &str, p: P) -> Result<Vec<Node>> {
         let mut st = self.conn.prepare(sql).map_err(|e| self.err(e))?;
         let rows = st
@@ -549,6 +601,33 @@ impl Archive {
         rows.collect::<std::result::Result<_, _>>()
             .map_err(|e| self.err(e))
     }
+}
+
+const INSERT_CALL: &str = "INSERT INTO calls(node, created, proposer, prompt, response, error,
+     prompt_tokens, completion_tokens, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+fn call_params(node: Option<i64>, c: &Call) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
+    vec![
+        Box::new(node),
+        Box::new(now()),
+        Box::new(c.proposer.as_str()),
+        Box::new(c.prompt.as_str()),
+        Box::new(c.response.as_deref()),
+        Box::new(c.error.as_deref()),
+        Box::new(c.prompt_tokens as i64),
+        Box::new(c.completion_tokens as i64),
+        Box::new(c.seconds),
+    ]
+}
+
+fn insert_call(
+    tx: &rusqlite::Transaction<'_>,
+    node: Option<i64>,
+    c: &Call,
+) -> rusqlite::Result<()> {
+    let p = call_params(node, c);
+    let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref()).collect();
+    tx.execute(INSERT_CALL, refs.as_slice()).map(|_| ())
 }
 
 fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<i64> {

@@ -1,9 +1,13 @@
-//! Automated metric search: proposers (symbolic GP, random sampling), the evaluation cascade,
-//! the SQLite archive and the loop that ties them together (`autoprune search`,
+//! Automated metric search: proposers (an LLM over any OpenAI-compatible endpoint with
+//! graph-driven prompts, symbolic GP, random sampling), the evaluation cascade, the SQLite
+//! archive, the loop that ties them together, and the HTML report (`autoprune search`,
 //! `autoprune runs show`).
 
 pub mod archive;
 pub mod cascade;
+pub mod gcot;
 pub mod gp;
+pub mod llm;
 pub mod proposer;
+pub mod report;
 pub mod run;

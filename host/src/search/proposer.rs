@@ -10,7 +10,7 @@
 
 use super::archive::{NewNode, Node, Status};
 use super::gp::{self, canonical_key, render, simplify, to_infix, Expr, Gp, GpConfig};
-use super::run::Proposer;
+use super::run::{Context, Proposal, ProposalFuture, Proposer};
 use std::collections::HashSet;
 
 /// Proposals that are random trees before the GP starts breeding (the initial population).
@@ -23,7 +23,7 @@ pub struct GpProposer {
     random_only: bool,
 }
 
-fn mix(seed: u64, index: u64) -> u64 {
+pub(crate) fn mix(seed: u64, index: u64) -> u64 {
     // SplitMix64 finaliser of (seed, index): independent streams per proposal.
     let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -75,7 +75,21 @@ impl Proposer for GpProposer {
         }
     }
 
-    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<NewNode> {
+    fn propose(&self, ctx: Context) -> ProposalFuture {
+        let r = self
+            .propose_now(&ctx.nodes, ctx.index)
+            .map(|node| Proposal {
+                node,
+                ..Proposal::default()
+            });
+        Box::pin(std::future::ready(r))
+    }
+}
+
+impl GpProposer {
+    /// Propose the `index`-th candidate of the run from `history` (what [`Proposer::propose`]
+    /// returns, computed at once).
+    pub fn propose_now(&self, history: &[Node], index: u64) -> anyhow::Result<NewNode> {
         let mut gp = Gp::new(self.config.clone(), mix(self.seed, index));
         // The population: evaluated trees with their validation fitness (lower is better).
         let population: Vec<(Expr, f64, i64)> = history

@@ -1,22 +1,77 @@
 //! The search loop: seed → (propose → record → evaluate → record)* → final ranking.
 //!
-//! Everything a proposer needs is read back from the archive, and a proposer's randomness is
-//! derived from (run seed, proposal index), so a resumed run continues exactly where it
+//! **Pools.** Proposals and evaluations run in two bounded pools: proposals are futures on a
+//! tokio runtime (an LLM proposer does its HTTP there; the offline proposers are immediate),
+//! evaluations run on `eval_workers` blocking threads (each with its own read connection to
+//! the archive). At most `lookahead` candidates are proposed but not yet evaluated, so a fast
+//! proposer cannot run ahead of the evidence, and a slow or dead endpoint never blocks an
+//! evaluation: whatever is queued keeps being evaluated while proposals wait. Only the
+//! coordinating task writes to the archive.
+//!
+//! **Resume.** Everything a proposer needs is read back from the archive, and a proposer's
+//! randomness is derived from (run seed, proposal index), so a resumed run continues where it
 //! stopped: nodes left pending by a crash are evaluated first, seeds are never added twice,
-//! and the candidate budget counts what is already in the archive.
+//! and every budget (candidates, tokens, cost, wall time) counts what the archive already
+//! holds.
+//!
+//! **Stopping.** When a budget is spent or `stop` is set (Ctrl-C), no new proposal starts,
+//! proposals in flight are abandoned (an HTTP request cut off mid-way is not recorded; its
+//! candidate was never recorded either), and evaluations in flight finish and are recorded.
+//! Candidates queued but not evaluated stay `pending` and are evaluated on `--resume`.
 
-use super::archive::{Archive, ArchiveError, NewNode, Node, Outcome, Status};
+use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Status};
 use super::cascade::Evaluator;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a proposer produced for one request.
+#[derive(Debug, Clone, Default)]
+pub struct Proposal {
+    /// The node to record (its `proposer` field set to [`Proposer::name`]).
+    pub node: NewNode,
+    /// A typed verdict (JSON) when the proposal produced no usable candidate (a response with
+    /// no code, an endpoint that gave up): the node is recorded as failed at stage `propose`.
+    pub failure: Option<String>,
+    /// Proposer calls (prompts and responses) behind it, recorded with it.
+    pub calls: Vec<Call>,
+}
+
+/// What a proposer sees: the run's graph so far.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// 0-based index of the proposal in the run (seeds excluded).
+    pub index: u64,
+    /// Every node so far.
+    pub nodes: Vec<Node>,
+    /// Every edge so far.
+    pub edges: Vec<super::archive::Edge>,
+}
+
+/// A future a proposer returns.
+pub type ProposalFuture = Pin<Box<dyn Future<Output = anyhow::Result<Proposal>> + Send>>;
 
 /// Something that proposes candidates from the run's history.
-pub trait Proposer {
+pub trait Proposer: Send + Sync {
     /// Name recorded with every node (`gp`, `random`, `llm:<model>`).
     fn name(&self) -> String;
-    /// Propose the `index`-th candidate of the run (0-based), given every node so far, as the
-    /// node to record (its `proposer` field set to [`Proposer::name`]).
-    fn propose(&mut self, history: &[Node], index: u64) -> anyhow::Result<NewNode>;
+    /// Propose the `ctx.index`-th candidate. An `Err` records nothing (and counts towards the
+    /// consecutive-failure limit); a failed request that should be on record is an `Ok` with
+    /// [`Proposal::failure`] set.
+    fn propose(&self, ctx: Context) -> ProposalFuture;
+    /// Estimated tokens of one more proposal (for the token and cost budgets; 0 = free).
+    fn estimate_tokens(&self) -> u64 {
+        0
+    }
+    /// Cost of recorded tokens (prompt, completion).
+    fn cost(&self, _prompt_tokens: u64, _completion_tokens: u64) -> f64 {
+        0.0
+    }
 }
 
 /// Budgets of a run.
@@ -26,7 +81,49 @@ pub struct Budget {
     pub candidates: u64,
     /// Proposer tokens (0 = unlimited).
     pub tokens: u64,
+    /// Wall-clock seconds of searching, summed over every session of the run (0 = unlimited).
+    pub seconds: f64,
+    /// Proposer cost (prices per 1K tokens × tokens; 0 = unlimited).
+    pub cost: f64,
 }
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            candidates: 200,
+            tokens: 0,
+            seconds: 0.0,
+            cost: 0.0,
+        }
+    }
+}
+
+/// Parallelism of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Pools {
+    /// Proposals in flight at once.
+    pub proposal_workers: usize,
+    /// Evaluation threads.
+    pub eval_workers: usize,
+    /// Candidates proposed but not yet evaluated (in flight, queued or being evaluated), at most.
+    pub lookahead: usize,
+    /// Consecutive failed proposals after which the run stops.
+    pub max_proposal_failures: usize,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            proposal_workers: 1,
+            eval_workers: 1,
+            lookahead: 1,
+            max_proposal_failures: 10,
+        }
+    }
+}
+
+/// Meta key of the wall-clock seconds the run has searched so far (all sessions).
+pub const ELAPSED_KEY: &str = "elapsed_seconds";
 
 /// Why the loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -36,8 +133,14 @@ pub enum Stop {
     Candidates,
     /// The token budget is spent.
     Tokens,
+    /// The cost budget is spent.
+    Cost,
+    /// The wall-time budget is spent.
+    Time,
     /// Interrupted (Ctrl-C).
     Interrupted,
+    /// The proposer failed `max_proposal_failures` times in a row.
+    ProposerFailing,
 }
 
 /// Errors of the loop.
@@ -46,13 +149,17 @@ pub enum SearchError {
     /// The archive failed.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    /// The proposer failed repeatedly.
-    #[error("the proposer failed: {0}")]
-    Proposer(String),
+    /// The runtime could not start, or a worker died.
+    #[error("search runtime: {0}")]
+    Runtime(String),
 }
 
 /// Events for progress display.
 pub enum Event<'a> {
+    /// A proposal was recorded (and queued for evaluation unless it failed).
+    Proposed(&'a Node),
+    /// A proposal failed without a record (the error).
+    ProposerError(&'a str),
     /// A node finished the cascade.
     Finished(&'a Node, &'a Outcome),
     /// The held-out ranking measured a node.
@@ -68,62 +175,211 @@ pub fn baseline_proxy(nodes: &[Node]) -> Option<f64> {
         .min_by(f64::total_cmp)
 }
 
-/// Run (or resume) a search until the budget is spent or `stop` is set.
+struct Job {
+    node: Node,
+    baseline: Option<f64>,
+}
+
+/// Run (or resume) a search until a budget is spent, the proposer keeps failing, or `stop` is
+/// set.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     archive: &mut Archive,
     evaluator: &Evaluator,
-    proposer: &mut dyn Proposer,
+    proposer: Arc<dyn Proposer>,
     seeds: &[NewNode],
     budget: Budget,
+    pools: Pools,
     stop: &AtomicBool,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<Stop, SearchError> {
     archive.seed(seeds)?;
-    // Nodes a crash left pending (seeds first: they have the lowest ids).
-    for node in archive.pending()? {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(Stop::Interrupted);
-        }
-        let base = if node.operator == "seed" {
-            None
-        } else {
-            baseline_proxy(&archive.nodes()?)
-        };
-        let o = evaluator.evaluate(archive, &node, base);
-        archive.finish(node.id, &o)?;
-        events(Event::Finished(&node, &o));
-    }
-    let mut proposer_failures = 0;
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(Stop::Interrupted);
-        }
-        let done = archive.proposed_count()?;
-        if done >= budget.candidates {
-            return Ok(Stop::Candidates);
-        }
-        if budget.tokens > 0 && archive.tokens_spent()? >= budget.tokens {
-            return Ok(Stop::Tokens);
-        }
-        let history = archive.nodes()?;
-        let p = match proposer.propose(&history, done) {
-            Ok(p) => p,
-            Err(e) => {
-                proposer_failures += 1;
-                if proposer_failures >= 5 {
-                    return Err(SearchError::Proposer(format!("{e:#}")));
+    let path: PathBuf = archive.path().to_path_buf();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| SearchError::Runtime(e.to_string()))?;
+    let workers = pools.eval_workers.max(1);
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<(Node, Outcome)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let rx = job_rx.clone();
+            let done = done_tx.clone();
+            let path = path.clone();
+            scope.spawn(move || {
+                let reader = match Archive::open_existing(&path) {
+                    Ok(a) => a,
+                    Err(_) => return,
+                };
+                loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let o = evaluator.evaluate(&reader, &job.node, job.baseline);
+                    if done.send((job.node, o)).is_err() {
+                        return;
+                    }
                 }
+            });
+        }
+        drop(done_tx);
+        let result = rt.block_on(coordinate(
+            archive, proposer, budget, pools, stop, events, job_tx, done_rx,
+        ));
+        result
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn coordinate(
+    archive: &mut Archive,
+    proposer: Arc<dyn Proposer>,
+    budget: Budget,
+    pools: Pools,
+    stop: &AtomicBool,
+    events: &mut dyn FnMut(Event<'_>),
+    job_tx: mpsc::Sender<Job>,
+    mut done_rx: tokio::sync::mpsc::UnboundedReceiver<(Node, Outcome)>,
+) -> Result<Stop, SearchError> {
+    let prior: f64 = archive
+        .meta(ELAPSED_KEY)?
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    let t0 = Instant::now();
+    let elapsed = || prior + t0.elapsed().as_secs_f64();
+    let workers = pools.eval_workers.max(1);
+    // Nodes a crash left pending (seeds first: they have the lowest ids).
+    let mut queue: VecDeque<Node> = archive.pending()?.into();
+    let mut evaluating = 0usize;
+    let mut proposing: tokio::task::JoinSet<anyhow::Result<Proposal>> = tokio::task::JoinSet::new();
+    let mut next_index = archive.proposed_count()?;
+    let mut failures = 0usize;
+    // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
+    let mut halt: Option<Stop> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if halt.is_none() {
+            if stop.load(Ordering::SeqCst) {
+                halt = Some(Stop::Interrupted);
+            } else if budget.seconds > 0.0 && elapsed() >= budget.seconds {
+                halt = Some(Stop::Time);
+            }
+            if halt.is_some() {
+                proposing.abort_all();
+            }
+        }
+        let nodes_now = archive.nodes()?;
+        let seeds_pending = nodes_now
+            .iter()
+            .any(|n| n.operator == "seed" && n.status == Status::Pending);
+        // Hand queued candidates to free evaluation threads (the baselines first: no proposal
+        // is evaluated before every seed is, so the proxy threshold is known).
+        while halt.is_none() && evaluating < workers {
+            let Some(front) = queue.front() else { break };
+            if front.operator != "seed" && seeds_pending {
+                break;
+            }
+            let node = queue.pop_front().expect("front exists");
+            let baseline = if node.operator == "seed" {
+                None
+            } else {
+                baseline_proxy(&nodes_now)
+            };
+            job_tx
+                .send(Job { node, baseline })
+                .map_err(|_| SearchError::Runtime("every evaluation thread died".into()))?;
+            evaluating += 1;
+        }
+        // Can another proposal start? (`None` = yes.)
+        let in_flight = proposing.len() as u64;
+        let per = proposer.estimate_tokens();
+        let (pt, ct) = archive.token_split()?;
+        let blocked = if failures >= pools.max_proposal_failures.max(1) {
+            Some(Stop::ProposerFailing)
+        } else if archive.proposed_count()? + in_flight >= budget.candidates {
+            Some(Stop::Candidates)
+        } else if budget.tokens > 0 && pt + ct + in_flight * per >= budget.tokens {
+            Some(Stop::Tokens)
+        } else if budget.cost > 0.0
+            && proposer.cost(pt, ct) + proposer.cost(in_flight * per, 0) >= budget.cost
+        {
+            Some(Stop::Cost)
+        } else {
+            None
+        };
+        if halt.is_none() && blocked.is_none() && !seeds_pending {
+            let outstanding = proposing.len() + queue.len() + evaluating;
+            if proposing.len() < pools.proposal_workers.max(1)
+                && outstanding < pools.lookahead.max(1)
+            {
+                let ctx = Context {
+                    index: next_index,
+                    nodes: nodes_now,
+                    edges: archive.edges()?,
+                };
+                next_index += 1;
+                proposing.spawn(proposer.propose(ctx));
                 continue;
             }
-        };
-        proposer_failures = 0;
-        let id = archive.add(&p)?;
-        let Some(node) = archive.node(id)? else {
-            continue;
-        };
-        let o = evaluator.evaluate(archive, &node, baseline_proxy(&history));
-        archive.finish(id, &o)?;
-        events(Event::Finished(&node, &o));
+        }
+        // Done?
+        if evaluating == 0 && proposing.is_empty() {
+            let done = match halt {
+                Some(h) => Some(h),
+                None if queue.is_empty() => blocked,
+                None => None,
+            };
+            if let Some(r) = done {
+                archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
+                return Ok(r);
+            }
+        }
+        tokio::select! {
+            Some(joined) = proposing.join_next(), if !proposing.is_empty() => {
+                match joined {
+                    Ok(Ok(p)) => {
+                        let id = archive.record(&p.node, p.failure.as_deref(), &p.calls)?;
+                        if p.failure.is_some() {
+                            failures += 1;
+                        } else {
+                            failures = 0;
+                        }
+                        if let Some(node) = archive.node(id)? {
+                            events(Event::Proposed(&node));
+                            if node.status == Status::Pending {
+                                queue.push_back(node);
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        failures += 1;
+                        let msg = format!("{e:#}");
+                        events(Event::ProposerError(&msg));
+                    }
+                    Err(e) if e.is_cancelled() => {}
+                    Err(e) => {
+                        failures += 1;
+                        let msg = format!("the proposer panicked: {e}");
+                        events(Event::ProposerError(&msg));
+                    }
+                }
+            }
+            done = done_rx.recv(), if evaluating > 0 => {
+                let Some((node, o)) = done else {
+                    return Err(SearchError::Runtime("every evaluation thread died".into()));
+                };
+                evaluating -= 1;
+                archive.finish(node.id, &o)?;
+                archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
+                events(Event::Finished(&node, &o));
+            }
+            _ = tick.tick() => {}
+        }
     }
 }
 

@@ -1,0 +1,687 @@
+//! The LLM side of the search: a client for any OpenAI-compatible chat-completions endpoint
+//! (real HTTP on tokio), and the parser that turns a response into {thought, code}.
+//!
+//! - **Retries.** Connection errors, timeouts, HTTP 408/429/500/502/503/504 are retried with
+//!   exponential backoff (`backoff_base · 2^k`, capped, with deterministic ±25 % jitter); a
+//!   `Retry-After` header (seconds or an HTTP date) is honoured instead, up to
+//!   `retry_after_max`. Anything else — 4xx, a body that is not JSON, no choices, no content —
+//!   is the endpoint's answer and is not retried.
+//! - **Accounting.** Tokens come from the response's `usage`; when it is missing they are
+//!   estimated (4 characters a token) and the call says so.
+//! - **Record.** Every attempt becomes a [`Call`]: the request (model and messages as JSON), the
+//!   raw response body, a typed verdict when it failed ([`CallVerdict`]), tokens and seconds.
+
+use super::archive::Call;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// Settings of the endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LlmConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8080/v1` (`/chat/completions` is appended).
+    pub base_url: String,
+    /// Model name sent with every request.
+    pub model: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Completion tokens per request.
+    pub max_tokens: u32,
+    /// Seconds before one request is abandoned (and retried).
+    pub timeout_s: f64,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// First backoff, seconds.
+    pub backoff_base_s: f64,
+    /// Largest backoff, seconds.
+    pub backoff_max_s: f64,
+    /// Largest `Retry-After` honoured, seconds; a longer one ends the call.
+    pub retry_after_max_s: f64,
+    /// Price per 1000 prompt tokens (any currency; 0 = free).
+    pub price_prompt_per_1k: f64,
+    /// Price per 1000 completion tokens.
+    pub price_completion_per_1k: f64,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_url: "http://127.0.0.1:8080/v1".into(),
+            model: "default".into(),
+            api_key_env: None,
+            temperature: 0.8,
+            max_tokens: 2048,
+            timeout_s: 120.0,
+            max_retries: 4,
+            backoff_base_s: 1.0,
+            backoff_max_s: 30.0,
+            retry_after_max_s: 300.0,
+            price_prompt_per_1k: 0.0,
+            price_completion_per_1k: 0.0,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Cost of a call with these token counts.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.price_prompt_per_1k
+            + completion_tokens as f64 * self.price_completion_per_1k)
+            / 1000.0
+    }
+}
+
+/// Why one attempt (or the parse of its answer) failed: recorded as JSON with the call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum CallVerdict {
+    /// A non-success HTTP status.
+    #[error("HTTP {status}: {excerpt}")]
+    HttpStatus {
+        /// The status code.
+        status: u16,
+        /// The start of the body.
+        excerpt: String,
+    },
+    /// No response within the timeout.
+    #[error("no response within {seconds} s")]
+    Timeout {
+        /// The timeout.
+        seconds: f64,
+    },
+    /// Could not connect, or the connection broke.
+    #[error("connection failed: {message}")]
+    Connection {
+        /// What failed.
+        message: String,
+    },
+    /// The body is not the JSON of a chat completion.
+    #[error("malformed JSON response: {message}")]
+    MalformedJson {
+        /// The parser's message.
+        message: String,
+        /// The start of the body.
+        excerpt: String,
+    },
+    /// `choices` is missing or empty.
+    #[error("the response has no choices")]
+    EmptyChoices,
+    /// The first choice has no text content.
+    #[error("the response's message has no content")]
+    EmptyContent,
+    /// The content holds no Rust code block.
+    #[error("no ```rust code block in the response{}", if *truncated { " (cut off at max_tokens)" } else { "" })]
+    NoCode {
+        /// `finish_reason` was `length`.
+        truncated: bool,
+    },
+    /// The endpoint asked to wait longer than allowed.
+    #[error("Retry-After of {seconds} s exceeds the {max} s allowed")]
+    RetryAfterTooLong {
+        /// Requested wait.
+        seconds: f64,
+        /// Allowed wait.
+        max: f64,
+    },
+}
+
+impl CallVerdict {
+    /// The verdict as JSON (what the archive stores).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| format!("{{\"verdict\":\"{self}\"}}"))
+    }
+
+    /// Whether another attempt may succeed.
+    fn retryable(&self) -> bool {
+        match self {
+            CallVerdict::HttpStatus { status, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            CallVerdict::Timeout { .. } | CallVerdict::Connection { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A chat message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// A successful completion.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The first choice's text.
+    pub content: String,
+    /// `finish_reason == "length"`.
+    pub truncated: bool,
+}
+
+/// The outcome of one logical request: every attempt, and the completion or the last verdict.
+#[derive(Debug)]
+pub struct ChatOutcome {
+    /// One record per HTTP attempt, in order.
+    pub attempts: Vec<Call>,
+    /// The completion, or why there is none.
+    pub result: Result<Completion, CallVerdict>,
+}
+
+impl ChatOutcome {
+    /// Tokens over every attempt.
+    pub fn tokens(&self) -> u64 {
+        self.attempts
+            .iter()
+            .map(|c| c.prompt_tokens + c.completion_tokens)
+            .sum()
+    }
+}
+
+/// An OpenAI-compatible chat-completions client.
+#[derive(Clone)]
+pub struct LlmClient {
+    http: reqwest::Client,
+    cfg: LlmConfig,
+    key: Option<String>,
+    url: String,
+}
+
+/// Rough token count of a text (4 characters a token), for budgets and missing `usage`.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+impl LlmClient {
+    /// A client for `cfg`; reads the API key from the named environment variable (an unset
+    /// variable is an error: a key that silently goes missing makes every call a 401).
+    pub fn new(cfg: LlmConfig) -> anyhow::Result<Self> {
+        let key = match &cfg.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("the API key variable {var} is not set (or not UTF-8)")
+            })?),
+            None => None,
+        };
+        if !(cfg.base_url.starts_with("http://") || cfg.base_url.starts_with("https://")) {
+            anyhow::bail!(
+                "the LLM base URL must start with http:// or https:// (got {:?})",
+                cfg.base_url
+            );
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(cfg.timeout_s.max(0.001)))
+            .connect_timeout(Duration::from_secs_f64(cfg.timeout_s.clamp(0.001, 30.0)))
+            .user_agent(concat!("autoprune/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let url = format!("{}/chat/completions", cfg.base_url.trim_end_matches('/'));
+        Ok(LlmClient {
+            http,
+            cfg,
+            key,
+            url,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &LlmConfig {
+        &self.cfg
+    }
+
+    /// One logical request, with retries. `jitter_seed` makes the backoff jitter reproducible.
+    pub async fn chat(&self, messages: &[Message], jitter_seed: u64) -> ChatOutcome {
+        let body = serde_json::json!({
+            "model": self.cfg.model,
+            "messages": messages,
+            "temperature": self.cfg.temperature,
+            "max_tokens": self.cfg.max_tokens,
+        });
+        let prompt = serde_json::to_string_pretty(&body).unwrap_or_default();
+        let prompt_estimate = messages.iter().map(|m| estimate_tokens(&m.content)).sum();
+        let mut attempts = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            let t = Instant::now();
+            let (call, result, retry_after) = self.attempt(&body, &prompt, prompt_estimate).await;
+            let mut call = call;
+            call.seconds = t.elapsed().as_secs_f64();
+            attempts.push(call);
+            let verdict = match result {
+                Ok(c) => {
+                    return ChatOutcome {
+                        attempts,
+                        result: Ok(c),
+                    }
+                }
+                Err(v) => v,
+            };
+            if !verdict.retryable() || attempt >= self.cfg.max_retries {
+                return ChatOutcome {
+                    attempts,
+                    result: Err(verdict),
+                };
+            }
+            let wait = match retry_after {
+                Some(s) if s > self.cfg.retry_after_max_s => {
+                    let v = CallVerdict::RetryAfterTooLong {
+                        seconds: s,
+                        max: self.cfg.retry_after_max_s,
+                    };
+                    if let Some(last) = attempts.last_mut() {
+                        last.error = Some(v.to_json());
+                    }
+                    return ChatOutcome {
+                        attempts,
+                        result: Err(v),
+                    };
+                }
+                Some(s) => s,
+                None => backoff(&self.cfg, attempt, jitter_seed),
+            };
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            attempt += 1;
+        }
+    }
+
+    /// One HTTP attempt: its record, its result, and the server's `Retry-After` (seconds).
+    async fn attempt(
+        &self,
+        body: &serde_json::Value,
+        prompt: &str,
+        prompt_estimate: u64,
+    ) -> (Call, Result<Completion, CallVerdict>, Option<f64>) {
+        let mut call = Call {
+            proposer: format!("llm:{}", self.cfg.model),
+            prompt: prompt.to_string(),
+            ..Call::default()
+        };
+        let mut req = self.http.post(&self.url).json(body);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let fail = |mut call: Call, v: CallVerdict, ra: Option<f64>| {
+            call.error = Some(v.to_json());
+            (call, Err(v), ra)
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let v = if e.is_timeout() {
+                    CallVerdict::Timeout {
+                        seconds: self.cfg.timeout_s,
+                    }
+                } else {
+                    CallVerdict::Connection {
+                        message: error_chain(&e),
+                    }
+                };
+                return fail(call, v, None);
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = match resp.text().await {
+            Ok(t) => t,
+            Err(e) => {
+                let v = if e.is_timeout() {
+                    CallVerdict::Timeout {
+                        seconds: self.cfg.timeout_s,
+                    }
+                } else {
+                    CallVerdict::Connection {
+                        message: error_chain(&e),
+                    }
+                };
+                return fail(call, v, retry_after);
+            }
+        };
+        call.response = Some(text.clone());
+        if !status.is_success() {
+            let v = CallVerdict::HttpStatus {
+                status: status.as_u16(),
+                excerpt: excerpt(&text, 300),
+            };
+            return fail(call, v, retry_after);
+        }
+        let parsed: ChatResponse = match serde_json::from_str(&text) {
+            Ok(p) => p,
+            Err(e) => {
+                // Charge what the server may have spent: the prompt, estimated.
+                call.prompt_tokens = prompt_estimate;
+                let v = CallVerdict::MalformedJson {
+                    message: e.to_string(),
+                    excerpt: excerpt(&text, 300),
+                };
+                return fail(call, v, None);
+            }
+        };
+        let content = parsed
+            .choices
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|c| (c.message.as_ref().and_then(|m| m.content.clone()), c));
+        match &parsed.usage {
+            Some(u) => {
+                call.prompt_tokens = u.prompt_tokens.unwrap_or(0);
+                call.completion_tokens = u.completion_tokens.unwrap_or(0);
+                if call.prompt_tokens + call.completion_tokens == 0 {
+                    call.prompt_tokens = u.total_tokens.unwrap_or(0);
+                }
+            }
+            None => {
+                call.prompt_tokens = prompt_estimate;
+                call.completion_tokens = content
+                    .as_ref()
+                    .and_then(|(c, _)| c.as_deref())
+                    .map_or(0, estimate_tokens);
+            }
+        }
+        match content {
+            None => fail(call, CallVerdict::EmptyChoices, None),
+            Some((None, _)) => fail(call, CallVerdict::EmptyContent, None),
+            Some((Some(c), _)) if c.trim().is_empty() => {
+                fail(call, CallVerdict::EmptyContent, None)
+            }
+            Some((Some(c), choice)) => (
+                call,
+                Ok(Completion {
+                    content: c,
+                    truncated: choice.finish_reason.as_deref() == Some("length"),
+                }),
+                None,
+            ),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatResponse {
+    choices: Option<Vec<Choice>>,
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    message: Option<ChoiceMessage>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceMessage {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The first `n` characters of `s` (with an ellipsis when cut).
+pub fn excerpt(s: &str, n: usize) -> String {
+    let mut out: String = s.chars().take(n).collect();
+    if s.chars().count() > n {
+        out.push('…');
+    }
+    out
+}
+
+/// Backoff before retry `attempt` (0-based): `base · 2^attempt`, capped, ±25 % jitter derived
+/// from `seed` and `attempt`.
+fn backoff(cfg: &LlmConfig, attempt: u32, seed: u64) -> f64 {
+    let raw = (cfg.backoff_base_s * 2f64.powi(attempt.min(30) as i32)).min(cfg.backoff_max_s);
+    let mut z = seed ^ (attempt as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
+    (raw * (0.75 + 0.5 * unit)).max(0.0)
+}
+
+/// `Retry-After`: delta-seconds, or an HTTP date (IMF-fixdate) converted to seconds from now.
+pub fn parse_retry_after(v: &str) -> Option<f64> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<f64>() {
+        return (s.is_finite() && s >= 0.0).then_some(s);
+    }
+    let at = parse_http_date(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs_f64();
+    Some((at - now).max(0.0))
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` → Unix seconds.
+fn parse_http_date(v: &str) -> Option<f64> {
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: i64 = parts[1].parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == parts[2])? as i64
+        + 1;
+    let year: i64 = parts[3].parse().ok()?;
+    let hms: Vec<i64> = parts[4]
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    if hms.len() != 3 || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2]) as f64)
+}
+
+/// What a response proposes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// The analysis and hypothesis, in words.
+    pub thought: String,
+    /// The full candidate source.
+    pub code: String,
+}
+
+/// Parse a response into {thought, code}.
+///
+/// The code is the first fenced block tagged `rust` (or untagged) that defines a metric
+/// (`export_metric!`), else the first `rust` block; the thought is the text before it (a
+/// leading `Thought:`/`## Thought` heading is dropped). A JSON object `{"thought", "code"}`
+/// is accepted too.
+pub fn parse_response(content: &str, truncated: bool) -> Result<Parsed, CallVerdict> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(content.trim()) {
+        if let (Some(t), Some(c)) = (v["thought"].as_str(), v["code"].as_str()) {
+            if !c.trim().is_empty() {
+                return Ok(Parsed {
+                    thought: t.trim().to_string(),
+                    code: c.to_string(),
+                });
+            }
+        }
+    }
+    let blocks = fenced_blocks(content);
+    let pick = blocks
+        .iter()
+        .find(|b| (b.lang == "rust" || b.lang.is_empty()) && b.body.contains("export_metric!"))
+        .or_else(|| blocks.iter().find(|b| b.lang == "rust" || b.lang == "rs"));
+    let Some(b) = pick else {
+        return Err(CallVerdict::NoCode { truncated });
+    };
+    let before = &content[..b.start];
+    let mut thought = before.trim().to_string();
+    for h in [
+        "## Thought",
+        "# Thought",
+        "Thought:",
+        "**Thought**",
+        "THOUGHT:",
+    ] {
+        if let Some(rest) = thought.strip_prefix(h) {
+            thought = rest.trim().to_string();
+        }
+    }
+    // Drop a trailing "## Code" heading.
+    for h in ["## Code", "# Code", "Code:", "**Code**", "CODE:"] {
+        if let Some(rest) = thought.strip_suffix(h) {
+            thought = rest.trim().to_string();
+        }
+    }
+    Ok(Parsed {
+        thought,
+        code: b.body.to_string(),
+    })
+}
+
+struct Block<'a> {
+    lang: String,
+    body: &'a str,
+    start: usize,
+}
+
+/// Closed ``` fenced blocks of a markdown text (an unterminated block is not a block).
+fn fenced_blocks(text: &str) -> Vec<Block<'_>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Some(open) = text[pos..].find("```") {
+        let start = pos + open;
+        let after = start + 3;
+        let line_end = text[after..].find('\n').map_or(text.len(), |i| after + i);
+        let lang = text[after..line_end].trim().to_lowercase();
+        let body_start = (line_end + 1).min(text.len());
+        let Some(close) = text[body_start..].find("```") else {
+            break;
+        };
+        let body_end = body_start + close;
+        out.push(Block {
+            lang,
+            body: &text[body_start..body_end],
+            start,
+        });
+        pos = body_end + 3;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_thought_and_code() {
+        let r = "## Thought\nUse the column norm squared.\n\n## Code\n```rust\nuse x;\nexport_metric!(M);\n```\ntrailing";
+        let p = parse_response(r, false).unwrap();
+        assert_eq!(p.thought, "Use the column norm squared.");
+        assert_eq!(p.code, "use x;\nexport_metric!(M);\n");
+    }
+
+    #[test]
+    fn prefers_the_block_that_exports_a_metric() {
+        let r = "idea\n```rust\nfn helper() {}\n```\n```rust\nexport_metric!(A);\n```";
+        assert_eq!(
+            parse_response(r, false).unwrap().code,
+            "export_metric!(A);\n"
+        );
+    }
+
+    #[test]
+    fn json_objects_are_accepted() {
+        let r = r#"{"thought": "t", "code": "export_metric!(B);"}"#;
+        let p = parse_response(r, false).unwrap();
+        assert_eq!(
+            (p.thought.as_str(), p.code.as_str()),
+            ("t", "export_metric!(B);")
+        );
+    }
+
+    #[test]
+    fn no_code_and_cut_off_code_are_typed() {
+        assert_eq!(
+            parse_response("I think we should...", false),
+            Err(CallVerdict::NoCode { truncated: false })
+        );
+        assert_eq!(
+            parse_response("```rust\nfn main() {", true),
+            Err(CallVerdict::NoCode { truncated: true })
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(3.0));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(0.5));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777.0)
+        );
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let cfg = LlmConfig {
+            backoff_base_s: 1.0,
+            backoff_max_s: 5.0,
+            ..LlmConfig::default()
+        };
+        for (a, raw) in [(0u32, 1.0f64), (1, 2.0), (2, 4.0), (3, 5.0), (10, 5.0)] {
+            let b = backoff(&cfg, a, 7);
+            assert!(b >= 0.75 * raw && b <= 1.25 * raw, "{a}: {b}");
+            assert_eq!(b, backoff(&cfg, a, 7));
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried() {
+        let http = |status| CallVerdict::HttpStatus {
+            status,
+            excerpt: String::new(),
+        };
+        assert!(http(429).retryable() && http(503).retryable());
+        assert!(!http(400).retryable() && !http(401).retryable());
+        assert!(!CallVerdict::EmptyChoices.retryable());
+        assert!(CallVerdict::Timeout { seconds: 1.0 }.retryable());
+    }
+
+    #[test]
+    fn costs_use_both_prices() {
+        let cfg = LlmConfig {
+            price_prompt_per_1k: 0.5,
+            price_completion_per_1k: 2.0,
+            ..LlmConfig::default()
+        };
+        assert!((cfg.cost(2000, 500) - 2.0).abs() < 1e-12);
+    }
+}

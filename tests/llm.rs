@@ -1,0 +1,441 @@
+//! The LLM proposer against a scripted OpenAI-compatible server on loopback (real HTTP over
+//! TCP, inside the test): 429 with `Retry-After`, malformed JSON, empty choices, prose without
+//! code, broken code, a compile-time and a run-time attack, then good answers until the token
+//! budget is spent. The run survives all of it, records a typed verdict for each, and stops on
+//! its budget. A dead endpoint (accepts, never answers) stops the run cleanly while the
+//! baselines are evaluated.
+
+mod common;
+
+use autoprune::calib::{window_offsets, Sampler};
+use autoprune::model::{Arch, Model, ModelConfig};
+use autoprune::prune::mask::Pattern;
+use autoprune::sandbox::Policy;
+use autoprune::search::archive::{Archive, Node, Status};
+use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
+use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
+use autoprune::search::llm::{LlmClient, LlmConfig};
+use autoprune::search::proposer::GpProposer;
+use autoprune::search::run::{run, Budget, Pools, Stop};
+use candle_core::Device;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One scripted answer: status, extra headers, body.
+#[derive(Clone)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// A request as the server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    at: Instant,
+    path: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+fn chat(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![],
+        body: serde_json::json!({
+            "id": "x", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}
+        })
+        .to_string(),
+    }
+}
+
+fn metric(name: &str, expr: &str) -> String {
+    format!(
+        "## Thought\nTry {expr}.\n\n## Code\n```rust\nuse autoprune_sdk::prelude::*;\nstruct M;\n\
+         impl Metric for M {{\n    fn info() -> Info {{ Info::new(\"{name}\", \"0.1.0\", \"{expr}\") }}\n\
+             fn score(layer: &Layer) -> Result<()> {{\n        let n = &layer.stats().l2_norm;\n\
+                 layer.score_rows(|row, out| {{\n            for ((o, w), n) in out.iter_mut().zip(row.weights).zip(n) {{\n\
+                         let (w, n) = (w.abs(), *n);\n                *o = {expr};\n            }}\n        }})\n    }}\n}}\n\
+         export_metric!(M);\n```\n"
+    )
+}
+
+/// Read one HTTP/1.1 request (headers + Content-Length body).
+fn read_request(s: &mut TcpStream) -> Option<(String, Option<String>, String)> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let header_end = loop {
+        let n = s.read(&mut tmp).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let mut lines = head.lines();
+    let path = lines.next()?.split_whitespace().nth(1)?.to_string();
+    let mut len = 0usize;
+    let mut auth = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().ok()?,
+                "authorization" => auth = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    while buf.len() < header_end + len {
+        let n = s.read(&mut tmp).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[header_end..header_end + len]).to_string();
+    Some((path, auth, body))
+}
+
+/// Serve `script` in order, then `after` forever. Returns the base URL and the requests seen.
+fn serve(script: Vec<Reply>, after: Reply) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        let mut script = script.into_iter();
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let Some((path, authorization, body)) = read_request(&mut s) else {
+                continue;
+            };
+            log.lock().unwrap().push(Seen {
+                at: Instant::now(),
+                path,
+                authorization,
+                body,
+            });
+            let r = script.next().unwrap_or_else(|| after.clone());
+            let mut out = format!(
+                "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                r.status,
+                r.body.len()
+            );
+            for (k, v) in &r.headers {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+            out.push_str("\r\n");
+            out.push_str(&r.body);
+            let _ = s.write_all(out.as_bytes());
+        }
+    });
+    (url, seen)
+}
+
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 7 + (i / 13) * 3 + (i * i / 97)) % vocab)
+        .collect()
+}
+
+/// The cascade on a tiny random model (fast), with a bubblewrap builder.
+fn evaluator() -> Evaluator {
+    let cfg = ModelConfig::tiny(Arch::Llama);
+    let model = Model::random(&cfg, 21, &Device::Cpu).unwrap();
+    let toks = tokens(20_000, cfg.vocab_size as u32);
+    let seq = 64;
+    let win = |o: &usize| toks[*o..*o + seq].to_vec();
+    let calib = window_offsets(toks.len(), 4, seq, Sampler::Even).unwrap();
+    let proxy = window_offsets(toks.len(), 2, seq, Sampler::Even).unwrap();
+    let val = autoprune::calib::validation_offsets(toks.len(), &calib, 2, seq).unwrap();
+    let data = SearchData {
+        model,
+        calib: calib.iter().map(win).collect(),
+        proxy_calib: proxy.iter().map(win).collect(),
+        validation: val.iter().flat_map(win).collect(),
+        validation_windows: val.len(),
+        heldout: toks[..seq * 2].to_vec(),
+        heldout_windows: 2,
+        seq_len: seq,
+    };
+    let cascade = CascadeConfig {
+        sparsity: 0.5,
+        pattern: Pattern::PerRow,
+        proxy_calib_windows: 2,
+        proxy_val_windows: 2,
+        // Let everything that runs through to the full stage: this test is about the endpoint.
+        proxy_factor: 1e9,
+        calib_batch: 4,
+    };
+    Evaluator::new(cascade, data, common::builder(true), Policy::default()).unwrap()
+}
+
+fn verdict_kind(n: &Node) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(n.verdict.as_deref().unwrap_or("{}")).unwrap_or_default();
+    v["verdict"].as_str().unwrap_or("").to_string()
+}
+
+fn proposer(url: &str, key_var: Option<&str>, timeout_s: f64, retries: u32) -> Arc<LlmProposer> {
+    let client = LlmClient::new(LlmConfig {
+        base_url: url.into(),
+        model: "scripted".into(),
+        api_key_env: key_var.map(str::to_string),
+        max_tokens: 256,
+        timeout_s,
+        max_retries: retries,
+        backoff_base_s: 0.05,
+        backoff_max_s: 0.2,
+        retry_after_max_s: 5.0,
+        price_prompt_per_1k: 0.001,
+        price_completion_per_1k: 0.002,
+        ..LlmConfig::default()
+    })
+    .unwrap();
+    Arc::new(LlmProposer::new(
+        client,
+        Templates::builtin(),
+        PromptSettings {
+            sparsity: 0.5,
+            pattern: "per output row".into(),
+        },
+        9,
+    ))
+}
+
+#[test]
+fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
+    let key_var = "AUTOPRUNE_TEST_LLM_KEY";
+    // SAFETY of intent: this test binary sets the variable before any thread reads it.
+    std::env::set_var(key_var, "sk-test-123");
+    let compile_attack = "## Thought\nread the host\n```rust\nuse autoprune_sdk::prelude::*;\n\
+        const X: &str = include_str!(\"/etc/hostname\");\nstruct M;\nimpl Metric for M {\n\
+        fn info() -> Info { Info::new(\"leak\", \"0\", \"\") }\n\
+        fn score(layer: &Layer) -> Result<()> { layer.score_rows(|_, o| o.fill(X.len() as f32)) }\n}\n\
+        export_metric!(M);\n```";
+    let runtime_attack = format!(
+        "## Thought\nspin\n```rust\n{}\n```",
+        common::source("tests/attacks/endless_loop.rs")
+    );
+    let broken = "## Thought\noops\n```rust\nuse autoprune_sdk::prelude::*;\nstruct M;\n\
+        impl Metric for M { fn info() -> Info { Info::new(\"m\", \"0\", \"\") }\n\
+        fn score(layer: &Layer) -> Result<()> { let x: u32 = \"no\"; Ok(()) } }\nexport_metric!(M);\n```";
+    let script = vec![
+        // 0: rate limited; the client must wait Retry-After (1 s) and retry.
+        Reply {
+            status: 429,
+            headers: vec![("Retry-After".into(), "1".into())],
+            body: r#"{"error":{"message":"slow down"}}"#.into(),
+        },
+        // 1: a good metric.
+        chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 1000, 200),
+        // 2: not JSON at all.
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: "{\"choices\": [oops".into(),
+        },
+        // 3: no choices.
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: r#"{"choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 0}}"#
+                .into(),
+        },
+        // 4: prose, no code.
+        chat(
+            "I would weight by the norm, but I will not write code today.",
+            1000,
+            20,
+        ),
+        // 5: code that does not compile.
+        chat(broken, 1000, 150),
+        // 6: a compile-time attack.
+        chat(compile_attack, 1000, 150),
+        // 7: a run-time attack.
+        chat(&runtime_attack, 1000, 150),
+        // 8: another good metric.
+        chat(&metric("sqnorm", "w * n * n"), 1000, 200),
+    ];
+    // Afterwards: the same good answer (its source is cached: reused, not rebuilt).
+    let after = chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 1000, 200);
+    let (url, seen) = serve(script, after);
+    let ev = evaluator();
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let budget = Budget {
+        candidates: 100,
+        tokens: 15_000,
+        ..Budget::default()
+    };
+    let stop = AtomicBool::new(false);
+    let why = run(
+        &mut archive,
+        &ev,
+        proposer(&url, Some(key_var), 30.0, 3),
+        &GpProposer::seeds(),
+        budget,
+        Pools {
+            proposal_workers: 1,
+            eval_workers: 1,
+            lookahead: 2,
+            max_proposal_failures: 10,
+        },
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(why, Stop::Tokens);
+    // The budget: a call starts only while the spent tokens are under it, so the overshoot is
+    // at most one call (1200 tokens here). (A malformed answer is charged an estimate of its
+    // prompt: what the endpoint may have billed.)
+    let spent = archive.tokens_spent().unwrap();
+    assert!((15_000..15_000 + 1200).contains(&spent), "spent {spent}");
+
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|s| s.path == "/v1/chat/completions"),
+        "{seen:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.authorization.as_deref() == Some("Bearer sk-test-123")));
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["model"], "scripted");
+    assert_eq!(body["messages"][0]["role"], "system");
+    // Retry-After honoured.
+    let gap = seen[1].at.duration_since(seen[0].at);
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+
+    let nodes = archive.nodes().unwrap();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    assert!(
+        nodes.iter().all(|n| n.status != Status::Pending),
+        "{nodes:#?}"
+    );
+    let kinds: Vec<(Status, String, String)> = proposed
+        .iter()
+        .map(|n| {
+            (
+                n.status,
+                n.stage.clone().unwrap_or_default(),
+                verdict_kind(n),
+            )
+        })
+        .collect();
+    let expect = [
+        (Status::Evaluated, "full", ""),
+        (Status::Failed, "propose", "malformed_json"),
+        (Status::Failed, "propose", "empty_choices"),
+        (Status::Failed, "propose", "no_code"),
+        (Status::Failed, "build", "compile"),
+        (Status::Failed, "build", "compile"),
+        (Status::Failed, "check", "out_of_fuel"),
+        (Status::Evaluated, "full", ""),
+    ];
+    for (i, (st, stage, v)) in expect.iter().enumerate() {
+        let got = &kinds[i];
+        assert_eq!(got.0, *st, "proposal {i}: {kinds:?}");
+        assert_eq!(got.1, *stage, "proposal {i}: {kinds:?}");
+        if v == &"out_of_fuel" {
+            assert!(got.2 == "out_of_fuel" || got.2 == "timeout", "{kinds:?}");
+        } else {
+            assert_eq!(got.2, *v, "proposal {i}: {kinds:?}");
+        }
+    }
+    // The leak attempt did not leak: its diagnostics do not hold the host's hostname.
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    if !host.trim().is_empty() {
+        assert!(!proposed[5]
+            .verdict
+            .as_deref()
+            .unwrap()
+            .contains(host.trim()));
+    }
+    // The rest: the cached good answer (same source) reused.
+    for n in &proposed[8..] {
+        assert_eq!(n.status, Status::Duplicate, "{n:?}");
+        assert_eq!(n.duplicate_of, Some(proposed[0].id));
+    }
+    // Every attempt is on record, linked to its node; the 429 attempt with its verdict.
+    let calls = archive.calls().unwrap();
+    assert_eq!(calls.len(), seen.len());
+    assert!(calls[0]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("\"status\":429"));
+    assert_eq!(calls[0].node, calls[1].node);
+    assert!(calls
+        .iter()
+        .all(|c| c.node.is_some() && c.prompt.contains("\"messages\"")));
+    assert!(calls[1].response.as_deref().unwrap().contains("sqrtnorm"));
+    // Later prompts walk the graph: the failures and their verdicts are in them.
+    let last = &calls.last().unwrap().prompt;
+    assert!(last.contains("failed at build"), "{last}");
+    assert!(last.contains("Lessons so far"), "{last}");
+    // Tokens per node add up to the calls.
+    let node_tokens: u64 = nodes.iter().map(|n| n.tokens).sum();
+    assert_eq!(node_tokens, spent);
+}
+
+#[test]
+fn a_dead_endpoint_stops_the_run_cleanly() {
+    // Accepts connections, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let ev = evaluator();
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let stop = AtomicBool::new(false);
+    let t = Instant::now();
+    let why = run(
+        &mut archive,
+        &ev,
+        proposer(&url, None, 0.3, 1),
+        &GpProposer::seeds(),
+        Budget::default(),
+        Pools {
+            proposal_workers: 2,
+            eval_workers: 1,
+            lookahead: 3,
+            max_proposal_failures: 3,
+        },
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(why, Stop::ProposerFailing);
+    assert!(t.elapsed() < Duration::from_secs(120));
+    let nodes = archive.nodes().unwrap();
+    // The baselines were evaluated regardless.
+    assert!(nodes
+        .iter()
+        .filter(|n| n.operator == "seed")
+        .all(|n| n.status == Status::Evaluated));
+    let failed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    assert!(failed.len() >= 3);
+    for n in failed {
+        assert_eq!(n.status, Status::Failed);
+        assert_eq!(verdict_kind(n), "timeout", "{n:?}");
+    }
+    // Two attempts (one retry) per proposal, each on record.
+    let calls = archive.calls().unwrap();
+    assert!(calls.len() >= 6, "{}", calls.len());
+}
