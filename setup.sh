@@ -12,6 +12,8 @@ command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v unzip >/dev/null || need_apt+=(unzip)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
+# Headless Chromium renders the search report in its test (`runs show --html`).
+command -v chromium >/dev/null || need_apt+=(chromium)
 # OpenBLAS for the CPU matrix products (loaded at run time; without it autoprune uses the gemm
 # crate, a few percent slower, and says so once).
 ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so\.0' || need_apt+=(libopenblas0-pthread)

@@ -211,3 +211,163 @@ fn search_survives_kill_9_and_resumes() {
         "{text}"
     );
 }
+
+/// `runs show --html` on an archive with every kind of node (evaluated, screened, duplicate,
+/// failed with a hostile thought), rendered in headless Chromium: no console message at all,
+/// the script ran, and the best candidate is shown.
+#[test]
+fn html_report_renders_in_headless_chromium() {
+    use autoprune::search::archive::{NewNode, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("r");
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let mut a = Archive::open(&run_dir.join("archive.sqlite")).unwrap();
+    let new = |code: &str, op: &str, thought: &str, parents: Vec<(i64, String)>| NewNode {
+        proposer: if op == "seed" { "seed" } else { "llm:test" }.into(),
+        operator: op.into(),
+        thought: thought.into(),
+        code: code.into(),
+        parents,
+        ..NewNode::default()
+    };
+    let seeds = a
+        .seed(&[
+            new("// magnitude", "seed", "magnitude: |W|", vec![]),
+            new("// wanda", "seed", "Wanda: |W| · ‖X‖₂", vec![]),
+        ])
+        .unwrap();
+    let done =
+        |a: &Archive, id: i64, status: Status, stage: &str, f: Option<f64>, v: Option<&str>| {
+            a.finish(
+                id,
+                &Outcome {
+                    status: Some(status),
+                    stage: stage.into(),
+                    verdict: v.map(str::to_string),
+                    proxy: f.map(|x| x * 0.8),
+                    fitness: if status == Status::Evaluated { f } else { None },
+                    duplicate_of: (status == Status::Duplicate).then_some(seeds[1]),
+                    seconds: 1.0,
+                    ..Outcome::default()
+                },
+            )
+            .unwrap();
+        };
+    done(&a, seeds[0], Status::Evaluated, "full", Some(306.7), None);
+    done(&a, seeds[1], Status::Evaluated, "full", Some(56.29), None);
+    let good = a
+        .add(&new(
+            "// better",
+            "mutate",
+            "sqrt of the norm",
+            vec![(seeds[1], "try sqrt".into())],
+        ))
+        .unwrap();
+    done(&a, good, Status::Evaluated, "full", Some(54.1), None);
+    a.set_heldout(good, 52.7).unwrap();
+    let bad = a
+        .add(&new(
+            "// </script><script>alert(1)</script>",
+            "mutate",
+            "<img src=x onerror=alert(1)> hostile",
+            vec![(good, "<b>rationale</b>".into())],
+        ))
+        .unwrap();
+    done(
+        &a,
+        bad,
+        Status::Failed,
+        "build",
+        None,
+        Some("{\"verdict\":\"compile\",\"diagnostics\":\"error[E0308]\"}"),
+    );
+    let scr = a
+        .add(&new(
+            "// screened",
+            "crossover",
+            "mix",
+            vec![(good, "x".into()), (seeds[0], "y".into())],
+        ))
+        .unwrap();
+    done(&a, scr, Status::Screened, "proxy", Some(900.0), None);
+    let dup = a
+        .add(&new(
+            "// dup",
+            "mutate",
+            "2 × Wanda",
+            vec![(seeds[1], "scale".into())],
+        ))
+        .unwrap();
+    done(&a, dup, Status::Duplicate, "full", Some(56.29), None);
+    a.record(
+        &new(
+            "",
+            "mutate",
+            "(malformed response) ...",
+            vec![(good, "mutate".into())],
+        ),
+        Some("{\"verdict\":\"malformed_json\"}"),
+        &[],
+    )
+    .unwrap();
+    drop(a);
+    let html = dir.path().join("report.html");
+    let o = autoprune()
+        .args(["runs", "show"])
+        .arg(&run_dir)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains(&format!("data-best=\"{good}\"")));
+    assert!(!page.contains("<img src=x"));
+    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(chromium) = chromium else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run ./setup.sh first (chromium)"
+        );
+        eprintln!("skipped the browser check: no chromium (run ./setup.sh)");
+        return;
+    };
+    let profile = dir.path().join("profile");
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", html.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    // The script ran to its end (it marks the body with the number of graph nodes).
+    assert!(
+        dom.contains("data-rendered=\"7\""),
+        "{}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(dom.contains(&format!("Best candidate: #{good}")));
+    assert!(dom.contains("52.700"));
+    assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt; hostile"));
+}

@@ -513,15 +513,39 @@ pub enum RunsCommand {
         /// Print JSON (every node and edge).
         #[arg(long)]
         json: bool,
+        /// Write a self-contained HTML report (lineage graph, best over time, candidates per
+        /// stage, every candidate's code, thought and verdicts) to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
 }
 
 /// Run `autoprune runs`.
 pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
     match args.command {
-        RunsCommand::Show { dir, top, json } => {
+        RunsCommand::Show {
+            dir,
+            top,
+            json,
+            html,
+        } => {
             let archive = Archive::open_existing(&archive_path(&dir))?;
             let nodes = archive.nodes()?;
+            if let Some(out) = html {
+                let config = archive
+                    .meta("config")?
+                    .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
+                let page = autoprune::search::report::render(
+                    &dir.display().to_string(),
+                    config.as_ref(),
+                    &nodes,
+                    &archive.edges()?,
+                    &archive.calls()?,
+                );
+                std::fs::write(&out, page).with_context(|| format!("writing {}", out.display()))?;
+                println!("wrote {}", out.display());
+                return Ok(0);
+            }
             if json {
                 println!(
                     "{}",
@@ -533,17 +557,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             println!("{}", leaderboard(&nodes, top));
-            let best = nodes
-                .iter()
-                .filter(|n| n.status == Status::Evaluated)
-                .min_by(|a, b| {
-                    (a.heldout.unwrap_or(f64::MAX), a.fitness.unwrap_or(f64::MAX))
-                        .partial_cmp(&(
-                            b.heldout.unwrap_or(f64::MAX),
-                            b.fitness.unwrap_or(f64::MAX),
-                        ))
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                });
+            let best = autoprune::search::report::best(&nodes);
             if let Some(b) = best {
                 println!("best: #{} — {}\n", b.id, b.thought);
                 // Lineage: follow first parents back to a seed.
