@@ -439,3 +439,77 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
     let calls = archive.calls().unwrap();
     assert!(calls.len() >= 6, "{}", calls.len());
 }
+
+/// The CLI end to end on the real SmolLM2 (reduced protocol) against the scripted server: the
+/// LLM settings are recorded, `--resume` raises the budget and continues with them.
+#[test]
+fn cli_search_with_an_llm_endpoint_and_resume() {
+    let data = autoprune::data::DataDir::resolve();
+    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run ./setup.sh first"
+        );
+        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+        return;
+    }
+    let script = vec![chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 800, 100)];
+    let (url, seen) = serve(script, chat(&metric("cube", "w * n * n * n"), 800, 100));
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("s");
+    let reduced = [
+        "--calib-windows",
+        "2",
+        "--proxy-calib-windows",
+        "1",
+        "--validation-windows",
+        "2",
+        "--proxy-validation-windows",
+        "1",
+        "--eval-windows",
+        "1",
+        "--heldout-top",
+        "1",
+    ];
+    let bin = env!("CARGO_BIN_EXE_autoprune");
+    let o = std::process::Command::new(bin)
+        .args(["search", "--run"])
+        .arg(&run_dir)
+        .args([
+            "--llm",
+            &url,
+            "--llm-model",
+            "scripted",
+            "--budget-candidates",
+            "1",
+        ])
+        .args(reduced)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(bin)
+        .args(["search", "--resume"])
+        .arg(&run_dir)
+        .args(["--budget-candidates", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(out["stopped"], "candidates");
+    let a = Archive::open_existing(&run_dir.join("archive.sqlite")).unwrap();
+    let nodes = a.nodes().unwrap();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    assert_eq!(proposed.len(), 2);
+    for n in &proposed {
+        assert_eq!(n.proposer, "llm:scripted");
+        assert!(
+            n.status != Status::Pending && n.status != Status::Failed,
+            "{n:?}"
+        );
+        assert_eq!(n.tokens, 900);
+    }
+    assert!(proposed[0].thought.contains("n.max(0.0).sqrt()"));
+    assert_eq!(a.calls().unwrap().len(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(a.tokens_spent().unwrap(), 1800);
+}

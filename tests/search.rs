@@ -126,24 +126,8 @@ fn search_survives_kill_9_and_resumes() {
     let mut child = autoprune()
         .args(["search", "--run"])
         .arg(&run_dir)
-        .args([
-            "--budget-candidates",
-            "4",
-            "--seed",
-            "3",
-            "--calib-windows",
-            "2",
-            "--proxy-calib-windows",
-            "1",
-            "--validation-windows",
-            "2",
-            "--proxy-validation-windows",
-            "1",
-            "--eval-windows",
-            "1",
-            "--heldout-top",
-            "1",
-        ])
+        .args(["--budget-candidates", "4", "--seed", "3"])
+        .args(REDUCED)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -210,6 +194,153 @@ fn search_survives_kill_9_and_resumes() {
         text.contains("nodes:") && text.contains("best: #"),
         "{text}"
     );
+    let html = dir.path().join("r.html");
+    let o = autoprune()
+        .args(["runs", "show"])
+        .arg(&run_dir)
+        .arg("--html")
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(std::fs::read_to_string(&html)
+        .unwrap()
+        .contains("id=\"best\" data-best="));
+}
+
+const REDUCED: [&str; 12] = [
+    "--calib-windows",
+    "2",
+    "--proxy-calib-windows",
+    "1",
+    "--validation-windows",
+    "2",
+    "--proxy-validation-windows",
+    "1",
+    "--eval-windows",
+    "1",
+    "--heldout-top",
+    "1",
+];
+
+/// Ctrl-C (SIGINT) in the middle of a search: the candidate in evaluation finishes and is
+/// recorded, nothing is left pending, the process exits 0 and says why it stopped.
+#[test]
+fn ctrl_c_stops_a_search_cleanly() {
+    let data = autoprune::data::DataDir::resolve();
+    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run ./setup.sh first"
+        );
+        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("s");
+    let db = run_dir.join("archive.sqlite");
+    let child = autoprune()
+        .args(["search", "--run"])
+        .arg(&run_dir)
+        .args(["--budget-candidates", "50", "--seed", "4"])
+        .args(REDUCED)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "search too slow"
+        );
+        let finished = Archive::open_existing(&db)
+            .ok()
+            .and_then(|a| a.nodes().ok())
+            .map_or(0, |n| {
+                n.iter().filter(|n| n.status != Status::Pending).count()
+            });
+        if finished >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("stopped: Interrupted"), "{stdout}");
+    assert!(
+        stderr.contains("interrupted: stopping after the current candidate"),
+        "{stderr}"
+    );
+    let a = Archive::open_existing(&db).unwrap();
+    let nodes = a.nodes().unwrap();
+    assert!(
+        nodes.iter().all(|n| n.status != Status::Pending),
+        "{nodes:#?}"
+    );
+    assert!(a.proposed_count().unwrap() < 50);
+    let elapsed: f64 = a
+        .meta(autoprune::search::run::ELAPSED_KEY)
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(elapsed > 0.0);
+}
+
+/// A broken LLM setting is a clear error before any model is loaded.
+#[test]
+fn llm_settings_are_checked_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = autoprune()
+        .args(["search", "--run"])
+        .arg(dir.path().join("x"))
+        .args([
+            "--llm",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            "AUTOPRUNE_SURELY_UNSET_KEY",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("AUTOPRUNE_SURELY_UNSET_KEY is not set"), "{e}");
+    let o = autoprune()
+        .args(["search", "--run"])
+        .arg(dir.path().join("y"))
+        .args(["--llm", "ftp://example/v1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("http:// or https://"));
+    // The templates can be written out, edited, and a bad edit is refused.
+    let p = dir.path().join("prompts");
+    let o = autoprune()
+        .args(["search", "--write-prompts"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(p.join("system.md").exists() && p.join("op-repair.md").exists());
+    std::fs::write(p.join("user.md"), "{{task}} {{nonsense}}").unwrap();
+    let o = autoprune()
+        .args(["search", "--run"])
+        .arg(dir.path().join("z"))
+        .args(["--llm", "http://127.0.0.1:9/v1", "--prompts"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nonsense"));
 }
 
 /// `runs show --html` on an archive with every kind of node (evaluated, screened, duplicate,

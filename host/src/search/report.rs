@@ -265,9 +265,9 @@ pub fn render(
         if let Some(v) = &n.verdict {
             let _ = write!(h, "<p class=\"verdict\">verdict: {}</p>", esc(v));
         }
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p><b>Thought.</b> {}</p><p>{} tokens, {} calls, {:.1} s, source {}</p><pre><code>{}</code></pre></details>\n",
+            "<p><b>Thought.</b> {}</p><p>{} tokens, {} calls, {:.1} s, source {}</p><pre><code>{}</code></pre></details>",
             esc(&n.thought),
             n.tokens,
             calls_of.get(&n.id).copied().unwrap_or(0),
