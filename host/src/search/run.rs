@@ -258,6 +258,11 @@ async fn coordinate(
     let mut evaluating = 0usize;
     let mut proposing: tokio::task::JoinSet<anyhow::Result<Proposal>> = tokio::task::JoinSet::new();
     let mut next_index = archive.proposed_count()?;
+    // Counters kept in memory (the archive is read in full only to build a proposal's context).
+    let mut proposed = next_index;
+    let (mut prompt_tokens, mut completion_tokens) = archive.token_split()?;
+    let mut seeds_pending = queue.iter().filter(|n| n.operator == "seed").count();
+    let mut baseline = baseline_proxy(&archive.nodes()?);
     let mut failures = 0usize;
     // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
     let mut halt: Option<Stop> = None;
@@ -273,35 +278,34 @@ async fn coordinate(
                 proposing.abort_all();
             }
         }
-        let nodes_now = archive.nodes()?;
-        let seeds_pending = nodes_now
-            .iter()
-            .any(|n| n.operator == "seed" && n.status == Status::Pending);
         // Hand queued candidates to free evaluation threads (the baselines first: no proposal
         // is evaluated before every seed is, so the proxy threshold is known).
         while halt.is_none() && evaluating < workers {
             let Some(front) = queue.front() else { break };
-            if front.operator != "seed" && seeds_pending {
+            if front.operator != "seed" && seeds_pending > 0 {
                 break;
             }
             let node = queue.pop_front().expect("front exists");
-            let baseline = if node.operator == "seed" {
+            let base = if node.operator == "seed" {
                 None
             } else {
-                baseline_proxy(&nodes_now)
+                baseline
             };
             job_tx
-                .send(Job { node, baseline })
+                .send(Job {
+                    node,
+                    baseline: base,
+                })
                 .map_err(|_| SearchError::Runtime("every evaluation thread died".into()))?;
             evaluating += 1;
         }
         // Can another proposal start? (`None` = yes.)
         let in_flight = proposing.len() as u64;
         let per = proposer.estimate_tokens();
-        let (pt, ct) = archive.token_split()?;
+        let (pt, ct) = (prompt_tokens, completion_tokens);
         let blocked = if failures >= pools.max_proposal_failures.max(1) {
             Some(Stop::ProposerFailing)
-        } else if archive.proposed_count()? + in_flight >= budget.candidates {
+        } else if proposed + in_flight >= budget.candidates {
             Some(Stop::Candidates)
         } else if budget.tokens > 0 && pt + ct + in_flight * per >= budget.tokens {
             Some(Stop::Tokens)
@@ -312,14 +316,14 @@ async fn coordinate(
         } else {
             None
         };
-        if halt.is_none() && blocked.is_none() && !seeds_pending {
+        if halt.is_none() && blocked.is_none() && seeds_pending == 0 {
             let outstanding = proposing.len() + queue.len() + evaluating;
             if proposing.len() < pools.proposal_workers.max(1)
                 && outstanding < pools.lookahead.max(1)
             {
                 let ctx = Context {
                     index: next_index,
-                    nodes: nodes_now,
+                    nodes: archive.nodes()?,
                     edges: archive.edges()?,
                 };
                 next_index += 1;
@@ -344,6 +348,10 @@ async fn coordinate(
                 match joined {
                     Ok(Ok(p)) => {
                         let id = archive.record(&p.node, p.failure.as_deref(), &p.calls)?;
+                        proposed += 1;
+                        prompt_tokens += p.calls.iter().map(|c| c.prompt_tokens).sum::<u64>();
+                        completion_tokens +=
+                            p.calls.iter().map(|c| c.completion_tokens).sum::<u64>();
                         if p.failure.is_some() {
                             failures += 1;
                         } else {
@@ -375,6 +383,15 @@ async fn coordinate(
                 };
                 evaluating -= 1;
                 archive.finish(node.id, &o)?;
+                if node.operator == "seed" {
+                    seeds_pending = seeds_pending.saturating_sub(1);
+                    if o.status == Some(Status::Evaluated) {
+                        baseline = match (baseline, o.proxy) {
+                            (Some(b), Some(p)) => Some(b.min(p)),
+                            (b, p) => b.or(p),
+                        };
+                    }
+                }
                 archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
                 events(Event::Finished(&node, &o));
             }
