@@ -557,6 +557,21 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             println!("{}", leaderboard(&nodes, top));
+            let (pt, ct) = archive.token_split()?;
+            let calls = archive.calls()?;
+            if !calls.is_empty() {
+                let failed = calls.iter().filter(|c| c.error.is_some()).count();
+                println!(
+                    "proposer calls: {} ({failed} failed attempts), tokens: {pt} prompt + {ct} completion\n",
+                    calls.len()
+                );
+            }
+            if let Some(s) = archive
+                .meta(autoprune::search::run::ELAPSED_KEY)?
+                .and_then(|s| s.parse::<f64>().ok())
+            {
+                println!("searched for {:.1} min\n", s / 60.0);
+            }
             let best = autoprune::search::report::best(&nodes);
             if let Some(b) = best {
                 println!("best: #{} — {}\n", b.id, b.thought);

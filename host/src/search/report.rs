@@ -214,6 +214,12 @@ pub fn render(
     }
     // Every candidate.
     h.push_str("<h2>Candidates</h2>\n");
+    let by_id: HashMap<i64, &Node> = nodes.iter().map(|n| (n.id, n)).collect();
+    let score_val = |n: &Node| {
+        (n.status == Status::Evaluated)
+            .then_some(n.fitness)
+            .flatten()
+    };
     let mut parents: HashMap<i64, Vec<&Edge>> = HashMap::new();
     for e in edges {
         parents.entry(e.child).or_default().push(e);
@@ -245,9 +251,17 @@ pub fn render(
         if let Some(ps) = parents.get(&n.id) {
             h.push_str("<ul>");
             for e in ps {
+                // The measured effect: validation perplexity against this parent.
+                let effect = match (
+                    by_id.get(&e.parent).and_then(|p| score_val(p)),
+                    score_val(n),
+                ) {
+                    (Some(p), Some(c)) => format!(" (Δ validation {:+.3})", c - p),
+                    _ => String::new(),
+                };
                 let _ = write!(
                     h,
-                    "<li>{} of <a href=\"#node-{}\">#{}</a>: {}</li>",
+                    "<li>{} of <a href=\"#node-{}\">#{}</a>{effect}: {}</li>",
                     esc(&e.operator),
                     e.parent,
                     e.parent,
