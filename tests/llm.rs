@@ -15,7 +15,6 @@ use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{LlmClient, LlmConfig};
-use autoprune::search::proposer::GpProposer;
 use autoprune::search::run::{run, Budget, Pools, Stop};
 use candle_core::Device;
 use std::io::{Read, Write};
@@ -283,7 +282,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
         &mut archive,
         &ev,
         proposer(&url, Some(key_var), 30.0, 3),
-        &GpProposer::seeds(),
+        &autoprune::search::gcot::seeds(),
         budget,
         Pools {
             proposal_workers: 1,
@@ -409,7 +408,7 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
         &mut archive,
         &ev,
         proposer(&url, None, 0.3, 1),
-        &GpProposer::seeds(),
+        &autoprune::search::gcot::seeds(),
         Budget::default(),
         Pools {
             proposal_workers: 2,

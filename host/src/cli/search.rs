@@ -338,7 +338,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         build_timeout: args.flags.build_timeout,
     };
     let evaluator = Evaluator::new(cfg.cascade.clone(), data, flags.builder()?, policy)?;
-    let seeds = GpProposer::seeds();
+    // LLM runs start from the hand-written sources (readable); GP runs from trees (breedable).
+    let seeds = if cfg.llm.is_some() {
+        autoprune::search::gcot::seeds()
+    } else {
+        GpProposer::seeds()
+    };
     let stop = stop_on_ctrl_c();
     let budget = Budget {
         candidates: cfg.budget_candidates,

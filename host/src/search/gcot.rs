@@ -321,7 +321,10 @@ pub fn lessons(nodes: &[Node], edges: &[Edge]) -> String {
         out.push(format!("- hurt: {}", step(*d, e)));
     }
     let mut stages: Vec<(String, usize, &Node)> = Vec::new();
-    for n in nodes.iter().filter(|n| n.status == Status::Failed) {
+    for n in nodes
+        .iter()
+        .filter(|n| n.status == Status::Failed && !endpoint_failure(n))
+    {
         let s = n.stage.clone().unwrap_or_default();
         match stages.iter_mut().find(|(k, _, _)| *k == s) {
             Some(e) => {
@@ -368,6 +371,47 @@ pub struct PromptSettings {
     pub sparsity: f64,
     /// Comparison group in words.
     pub pattern: String,
+}
+
+/// The seed candidates of an LLM run: the hand-written magnitude and Wanda sources (what a
+/// model reads best), tests stripped. They prune exactly like the GP seeds.
+pub fn seeds() -> Vec<NewNode> {
+    [
+        (
+            include_str!("../../../candidates/magnitude.rs"),
+            "magnitude: |W|",
+        ),
+        (
+            include_str!("../../../candidates/wanda.rs"),
+            "Wanda: |W| · ‖X‖₂",
+        ),
+    ]
+    .into_iter()
+    .map(|(src, thought)| NewNode {
+        proposer: "seed".into(),
+        operator: "seed".into(),
+        thought: thought.into(),
+        code: format!("{}\n", strip_tests(src)),
+        ..NewNode::default()
+    })
+    .collect()
+}
+
+/// A proposal that failed at the endpoint (HTTP status, timeout, connection): nothing the model
+/// wrote, so it is left out of prompts (malformed answers stay: the model should learn from them).
+fn endpoint_failure(n: &Node) -> bool {
+    n.status == Status::Failed
+        && n.stage.as_deref() == Some("propose")
+        && n.verdict.as_deref().is_some_and(|v| {
+            [
+                "\"http_status\"",
+                "\"timeout\"",
+                "\"connection\"",
+                "\"retry_after_too_long\"",
+            ]
+            .iter()
+            .any(|k| v.contains(k))
+        })
 }
 
 fn strip_tests(src: &str) -> &str {
@@ -480,6 +524,7 @@ pub fn build_messages(
             .filter(|e| e.parent == p)
             .filter_map(|e| by_id.get(&e.child).copied())
             .filter(|n| matches!(n.status, Status::Failed | Status::Screened))
+            .filter(|n| !endpoint_failure(n))
             .rev()
             .take(4)
             .map(|n| describe(n, by_id.get(&p).copied()))
@@ -795,6 +840,40 @@ mod tests {
         // The parent's code.
         assert!(u.contains("export_metric!(M3)"), "{u}");
         assert!(u.contains("Improve candidate #3"), "{u}");
+    }
+
+    #[test]
+    fn endpoint_failures_stay_out_of_the_prompt() {
+        let (mut nodes, mut edges) = graph();
+        let mut n = node(6, "mutate", Status::Failed, None);
+        n.stage = Some("propose".into());
+        n.verdict = Some(r#"{"verdict":"http_status","status":503,"excerpt":"busy"}"#.into());
+        n.code = String::new();
+        nodes.push(n);
+        edges.push(edge(6, 3, "mutate"));
+        let m = build_messages(
+            &Templates::builtin(),
+            &nodes,
+            &edges,
+            &Plan {
+                operator: "mutate",
+                parents: vec![3],
+            },
+            &PromptSettings {
+                sparsity: 0.5,
+                pattern: "per output row".into(),
+            },
+        );
+        assert!(!m[1].content.contains("503"), "{}", m[1].content);
+        assert!(m[1].content.contains("E0425"));
+    }
+
+    #[test]
+    fn llm_seeds_are_the_handwritten_sources() {
+        let s = seeds();
+        assert_eq!(s.len(), 2);
+        assert!(s[1].code.contains("export_metric!(Wanda);"));
+        assert!(!s[1].code.contains("cfg(test)"));
     }
 
     #[test]
