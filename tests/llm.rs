@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 /// One scripted answer: status, extra headers, body.
 #[derive(Clone)]
 struct Reply {
+    delay_ms: u64,
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
@@ -42,6 +43,7 @@ struct Seen {
 
 fn chat(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
     Reply {
+        delay_ms: 0,
         status: 200,
         headers: vec![],
         body: serde_json::json!({
@@ -125,6 +127,7 @@ fn serve(script: Vec<Reply>, after: Reply) -> (String, Arc<Mutex<Vec<Seen>>>) {
                 body,
             });
             let r = script.next().unwrap_or_else(|| after.clone());
+            std::thread::sleep(Duration::from_millis(r.delay_ms));
             let mut out = format!(
                 "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
                 r.status,
@@ -232,6 +235,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
     let script = vec![
         // 0: rate limited; the client must wait Retry-After (1 s) and retry.
         Reply {
+            delay_ms: 0,
             status: 429,
             headers: vec![("Retry-After".into(), "1".into())],
             body: r#"{"error":{"message":"slow down"}}"#.into(),
@@ -240,12 +244,14 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
         chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 1000, 200),
         // 2: not JSON at all.
         Reply {
+            delay_ms: 0,
             status: 200,
             headers: vec![],
             body: "{\"choices\": [oops".into(),
         },
         // 3: no choices.
         Reply {
+            delay_ms: 0,
             status: 200,
             headers: vec![],
             body: r#"{"choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 0}}"#
@@ -511,4 +517,52 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
     assert_eq!(a.calls().unwrap().len(), 2);
     assert_eq!(seen.lock().unwrap().len(), 2);
     assert_eq!(a.tokens_spent().unwrap(), 1800);
+}
+
+/// Ctrl-C while a request is in flight: the request lands within the grace period, its call and
+/// candidate are recorded (pending, for `--resume`), and the run stops as interrupted.
+#[test]
+fn a_stop_lets_the_request_in_flight_land() {
+    let slow = Reply {
+        delay_ms: 1500,
+        ..chat(&metric("slow", "w * n * n"), 700, 100)
+    };
+    let (url, seen) = serve(vec![], slow);
+    let ev = evaluator();
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let stop = AtomicBool::new(false);
+    let why = std::thread::scope(|s| {
+        s.spawn(|| {
+            let t = Instant::now();
+            while seen.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        run(
+            &mut archive,
+            &ev,
+            proposer(&url, None, 30.0, 0),
+            &autoprune::search::gcot::seeds(),
+            Budget::default(),
+            Pools {
+                proposal_workers: 1,
+                eval_workers: 1,
+                lookahead: 2,
+                max_proposal_failures: 3,
+            },
+            &stop,
+            &mut |_| {},
+        )
+        .unwrap()
+    });
+    assert_eq!(why, Stop::Interrupted);
+    let nodes = archive.nodes().unwrap();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    assert_eq!(proposed.len(), 1, "{nodes:#?}");
+    assert_eq!(proposed[0].status, Status::Pending);
+    assert_eq!(proposed[0].tokens, 800);
+    assert_eq!(archive.calls().unwrap().len(), 1);
+    assert_eq!(archive.tokens_spent().unwrap(), 800);
 }

@@ -14,10 +14,12 @@
 //! and every budget (candidates, tokens, cost, wall time) counts what the archive already
 //! holds.
 //!
-//! **Stopping.** When a budget is spent or `stop` is set (Ctrl-C), no new proposal starts,
-//! proposals in flight are abandoned (an HTTP request cut off mid-way is not recorded; its
-//! candidate was never recorded either), and evaluations in flight finish and are recorded.
-//! Candidates queued but not evaluated stay `pending` and are evaluated on `--resume`.
+//! **Stopping.** When a budget is spent, nothing new is proposed and the queue is evaluated.
+//! When `stop` is set (Ctrl-C) or the wall time is spent, nothing new starts: evaluations in
+//! flight finish and are recorded, proposals in flight get [`HALT_GRACE`] to land (recorded,
+//! their candidates left `pending`), after which they are abandoned (a request cut off mid-way
+//! is not recorded, nor is its candidate). Candidates queued but not evaluated stay `pending`
+//! and are evaluated on `--resume`.
 
 use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Status};
 use super::cascade::Evaluator;
@@ -121,6 +123,9 @@ impl Default for Pools {
         }
     }
 }
+
+/// How long proposals in flight may still land after a halt (Ctrl-C, wall time).
+pub const HALT_GRACE: Duration = Duration::from_secs(20);
 
 /// Meta key of the wall-clock seconds the run has searched so far (all sessions).
 pub const ELAPSED_KEY: &str = "elapsed_seconds";
@@ -266,6 +271,7 @@ async fn coordinate(
     let mut failures = 0usize;
     // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
     let mut halt: Option<Stop> = None;
+    let mut halted_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         if halt.is_none() {
@@ -274,9 +280,12 @@ async fn coordinate(
             } else if budget.seconds > 0.0 && elapsed() >= budget.seconds {
                 halt = Some(Stop::Time);
             }
-            if halt.is_some() {
-                proposing.abort_all();
-            }
+            halted_at = Instant::now();
+        }
+        // Proposals in flight get a grace period to land (their calls and tokens recorded; the
+        // candidate stays pending for `--resume`), then they are abandoned.
+        if halt.is_some() && !proposing.is_empty() && halted_at.elapsed() >= HALT_GRACE {
+            proposing.abort_all();
         }
         // Hand queued candidates to free evaluation threads (the baselines first: no proposal
         // is evaluated before every seed is, so the proxy threshold is known).
