@@ -23,8 +23,7 @@ fn tokens(n: usize, vocab: u32) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
+fn tiny_evaluator() -> Evaluator {
     let cfg = ModelConfig::tiny(Arch::Llama);
     let model = Model::random(&cfg, 21, &Device::Cpu).unwrap();
     let toks = tokens(20_000, cfg.vocab_size as u32);
@@ -51,7 +50,12 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
         proxy_factor: 1.5,
         calib_batch: 4,
     };
-    let ev = Evaluator::new(cascade, data, common::builder(true), Policy::default()).unwrap();
+    Evaluator::new(cascade, data, common::builder(true), Policy::default()).unwrap()
+}
+
+#[test]
+fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
+    let ev = tiny_evaluator();
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let gp = std::sync::Arc::new(GpProposer::new(GpSettings::default(), 5, false));
@@ -101,6 +105,45 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
     let again = GpProposer::new(GpSettings::default(), 5, false);
     let p = again.propose_now(&nodes[..2], 0).unwrap();
     assert_eq!(p.code, nodes[2].code);
+}
+
+/// Two evaluation threads and a lookahead of three: every candidate is evaluated exactly once
+/// and recorded, whatever order the evaluations finish in.
+#[test]
+fn parallel_evaluation_records_every_candidate_once() {
+    let ev = tiny_evaluator();
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let gp = std::sync::Arc::new(GpProposer::new(GpSettings::default(), 11, true));
+    let stop = AtomicBool::new(false);
+    let why = run(
+        &mut archive,
+        &ev,
+        gp,
+        &GpProposer::seeds(),
+        Budget {
+            candidates: 8,
+            ..Budget::default()
+        },
+        Pools {
+            proposal_workers: 1,
+            eval_workers: 2,
+            lookahead: 3,
+            max_proposal_failures: 3,
+        },
+        &stop,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(why, Stop::Candidates);
+    let nodes = archive.nodes().unwrap();
+    assert_eq!(nodes.len(), 10);
+    assert!(nodes
+        .iter()
+        .all(|n| n.status != Status::Pending && n.seconds.is_some()));
+    let distinct: std::collections::HashSet<&str> =
+        nodes.iter().map(|n| n.source_hash.as_str()).collect();
+    assert_eq!(distinct.len(), 10);
 }
 
 fn autoprune() -> Command {
