@@ -161,6 +161,17 @@ fn archive_path(dir: &Path) -> PathBuf {
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    for (name, v) in [
+        ("--budget-minutes", args.budget_minutes),
+        ("--budget-cost", args.budget_cost),
+    ] {
+        if let Some(v) = v {
+            anyhow::ensure!(
+                v.is_finite() && v >= 0.0,
+                "{name} must be a finite number ≥ 0 (got {v})"
+            );
+        }
+    }
     if let Some(dir) = &args.write_prompts {
         Templates::write_builtin(dir).with_context(|| format!("writing {}", dir.display()))?;
         println!(

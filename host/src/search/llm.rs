@@ -205,6 +205,24 @@ impl LlmClient {
             })?),
             None => None,
         };
+        if !(cfg.timeout_s.is_finite() && cfg.timeout_s > 0.0 && cfg.timeout_s <= 86_400.0) {
+            anyhow::bail!(
+                "the LLM timeout must be in (0, 86400] seconds (got {})",
+                cfg.timeout_s
+            );
+        }
+        for (name, v) in [
+            ("temperature", cfg.temperature),
+            ("backoff base", cfg.backoff_base_s),
+            ("backoff max", cfg.backoff_max_s),
+            ("Retry-After max", cfg.retry_after_max_s),
+            ("prompt price", cfg.price_prompt_per_1k),
+            ("completion price", cfg.price_completion_per_1k),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                anyhow::bail!("the LLM {name} must be a finite number ≥ 0 (got {v})");
+            }
+        }
         if !(cfg.base_url.starts_with("http://") || cfg.base_url.starts_with("https://")) {
             anyhow::bail!(
                 "the LLM base URL must start with http:// or https:// (got {:?})",
@@ -212,7 +230,7 @@ impl LlmClient {
             );
         }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs_f64(cfg.timeout_s.max(0.001)))
+            .timeout(Duration::from_secs_f64(cfg.timeout_s))
             .connect_timeout(Duration::from_secs_f64(cfg.timeout_s.clamp(0.001, 30.0)))
             .user_agent(concat!("autoprune/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -673,6 +691,35 @@ mod tests {
         assert!(!http(400).retryable() && !http(401).retryable());
         assert!(!CallVerdict::EmptyChoices.retryable());
         assert!(CallVerdict::Timeout { seconds: 1.0 }.retryable());
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused_not_panicked_on() {
+        for cfg in [
+            LlmConfig {
+                timeout_s: f64::INFINITY,
+                ..LlmConfig::default()
+            },
+            LlmConfig {
+                timeout_s: f64::NAN,
+                ..LlmConfig::default()
+            },
+            LlmConfig {
+                timeout_s: 0.0,
+                ..LlmConfig::default()
+            },
+            LlmConfig {
+                temperature: f64::NAN,
+                ..LlmConfig::default()
+            },
+            LlmConfig {
+                price_prompt_per_1k: -1.0,
+                ..LlmConfig::default()
+            },
+        ] {
+            assert!(LlmClient::new(cfg).is_err());
+        }
+        assert!(LlmClient::new(LlmConfig::default()).is_ok());
     }
 
     #[test]
