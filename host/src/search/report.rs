@@ -224,14 +224,12 @@ pub fn render(
     for e in edges {
         parents.entry(e.child).or_default().push(e);
     }
-    let calls_of: HashMap<i64, usize> =
-        calls
-            .iter()
-            .filter_map(|c| c.node)
-            .fold(HashMap::new(), |mut m, id| {
-                *m.entry(id).or_default() += 1;
-                m
-            });
+    let mut calls_of: HashMap<i64, Vec<&Call>> = HashMap::new();
+    for c in calls {
+        if let Some(id) = c.node {
+            calls_of.entry(id).or_default().push(c);
+        }
+    }
     for n in nodes.iter().rev() {
         let state = format!("{:?}", n.status).to_lowercase();
         let _ = write!(
@@ -279,16 +277,36 @@ pub fn render(
         if let Some(v) = &n.verdict {
             let _ = write!(h, "<p class=\"verdict\">verdict: {}</p>", esc(v));
         }
-        let _ = writeln!(
+        let own = calls_of.get(&n.id).map_or(&[][..], |v| v.as_slice());
+        let _ = write!(
             h,
-            "<p><b>Thought.</b> {}</p><p>{} tokens, {} calls, {:.1} s, source {}</p><pre><code>{}</code></pre></details>",
+            "<p><b>Thought.</b> {}</p><p>{} tokens, {} calls, {:.1} s, source {}</p><pre><code>{}</code></pre>",
             esc(&n.thought),
             n.tokens,
-            calls_of.get(&n.id).copied().unwrap_or(0),
+            own.len(),
             n.seconds.unwrap_or(0.0),
             esc(&n.source_hash[..n.source_hash.len().min(16)]),
             esc(&n.code)
         );
+        // The proposer's calls: prompt, raw response and verdict of every attempt.
+        for (k, c) in own.iter().enumerate() {
+            let _ = write!(
+                h,
+                "<details><summary>call {} · {} + {} tokens · {:.1} s{}</summary>\
+                 <p>prompt</p><pre>{}</pre><p>response</p><pre>{}</pre></details>",
+                k + 1,
+                c.prompt_tokens,
+                c.completion_tokens,
+                c.seconds,
+                c.error
+                    .as_deref()
+                    .map(|e| format!(" · {}", esc(&first_line(e, 120))))
+                    .unwrap_or_default(),
+                esc(&c.prompt),
+                esc(c.response.as_deref().unwrap_or("(none)"))
+            );
+        }
+        h.push_str("</details>\n");
     }
     h.push_str(SCRIPT);
     h.push_str("</body></html>\n");
@@ -597,7 +615,17 @@ mod tests {
             operator: "mutate".into(),
             rationale: "<img src=x onerror=alert(3)>".into(),
         }];
-        let html = render("t<1>", None, &nodes, &edges, &[]);
+        let call = Call {
+            node: Some(2),
+            proposer: "llm:m".into(),
+            prompt: "<script>p</script>".into(),
+            response: Some("<script>r</script>".into()),
+            error: Some("{\"verdict\":\"no_code\"}".into()),
+            ..Call::default()
+        };
+        let html = render("t<1>", None, &nodes, &edges, &[call]);
+        assert!(html.contains("&lt;script&gt;r&lt;/script&gt;"));
+        assert!(html.contains("call 1 · 0 + 0 tokens"));
         assert!(!html.contains("<script>alert"));
         assert!(!html.contains("<img src=x"));
         assert!(!html.contains("\" onload=\""));
