@@ -365,6 +365,16 @@ fn llm_settings_are_checked_up_front() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("http:// or https://"));
+    // Nothing was written: the same folder takes the corrected command.
+    assert!(!dir.path().join("y/archive.sqlite").exists());
+    let o = autoprune()
+        .args(["search", "--run"])
+        .arg(dir.path().join("c"))
+        .args(["--budget-cost", "5"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--budget-cost needs"));
     // The templates can be written out, edited, and a bad edit is refused.
     let p = dir.path().join("prompts");
     let o = autoprune()

@@ -202,6 +202,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             if let Some(c) = args.budget_cost {
                 cfg.budget_cost = c;
             }
+            check_proposer_settings(&cfg)?;
             archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
             (dir.clone(), archive, cfg)
         }
@@ -284,6 +285,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 trusted: args.flags.trusted,
                 gp: GpSettings::default(),
             };
+            // Check the proposer's settings before anything is written, so a typo does not
+            // leave a run folder that only holds a broken configuration.
+            check_proposer_settings(&cfg)?;
             let archive = Archive::open(&path)?;
             archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
             (dir, archive, cfg)
@@ -418,6 +422,26 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("details: autoprune runs show {}", dir.display());
     }
     Ok(0)
+}
+
+/// Settings that would make a run fail or a budget meaningless, refused up front.
+fn check_proposer_settings(cfg: &RunConfig) -> anyhow::Result<()> {
+    if let Some(llm) = &cfg.llm {
+        LlmClient::new(llm.clone())?;
+        Templates::load(cfg.prompts.as_deref())?;
+    }
+    if cfg.budget_cost > 0.0 {
+        let priced = cfg
+            .llm
+            .as_ref()
+            .is_some_and(|l| l.price_prompt_per_1k > 0.0 || l.price_completion_per_1k > 0.0);
+        anyhow::ensure!(
+            priced,
+            "--budget-cost needs an LLM proposer with --price-prompt-per-1k or \
+             --price-completion-per-1k (without prices nothing costs anything)"
+        );
+    }
+    Ok(())
 }
 
 /// A flag set by the first Ctrl-C (the loop then stops after the current candidate, with

@@ -190,6 +190,9 @@ pub struct LlmClient {
     url: String,
 }
 
+/// The most tokens one call may report (prompt and completion each); larger counts are capped.
+pub const MAX_TOKENS_PER_CALL: u64 = 100_000_000;
+
 /// Rough token count of a text (4 characters a token), for budgets and missing `usage`.
 pub fn estimate_tokens(text: &str) -> u64 {
     (text.chars().count() as u64).div_ceil(4)
@@ -221,6 +224,15 @@ impl LlmClient {
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 anyhow::bail!("the LLM {name} must be a finite number ≥ 0 (got {v})");
+            }
+        }
+        for (name, v) in [
+            ("backoff base", cfg.backoff_base_s),
+            ("backoff max", cfg.backoff_max_s),
+            ("Retry-After max", cfg.retry_after_max_s),
+        ] {
+            if v > 86_400.0 {
+                anyhow::bail!("the LLM {name} must be at most 86400 s (got {v})");
             }
         }
         if !(cfg.base_url.starts_with("http://") || cfg.base_url.starts_with("https://")) {
@@ -384,20 +396,22 @@ impl LlmClient {
             .as_ref()
             .and_then(|c| c.first())
             .map(|c| (c.message.as_ref().and_then(|m| m.content.clone()), c));
+        // Counts from the body are untrusted: each is capped, and a `usage` that reports
+        // nothing falls back to the estimate (so a budget cannot be dodged by `"usage": {}`).
+        let cap = |x: Option<u64>| x.unwrap_or(0).min(MAX_TOKENS_PER_CALL);
+        let estimated_completion = content
+            .as_ref()
+            .and_then(|(c, _)| c.as_deref())
+            .map_or(0, estimate_tokens);
         match &parsed.usage {
-            Some(u) => {
-                call.prompt_tokens = u.prompt_tokens.unwrap_or(0);
-                call.completion_tokens = u.completion_tokens.unwrap_or(0);
-                if call.prompt_tokens + call.completion_tokens == 0 {
-                    call.prompt_tokens = u.total_tokens.unwrap_or(0);
-                }
+            Some(u) if cap(u.prompt_tokens) + cap(u.completion_tokens) > 0 => {
+                call.prompt_tokens = cap(u.prompt_tokens);
+                call.completion_tokens = cap(u.completion_tokens);
             }
-            None => {
-                call.prompt_tokens = prompt_estimate;
-                call.completion_tokens = content
-                    .as_ref()
-                    .and_then(|(c, _)| c.as_deref())
-                    .map_or(0, estimate_tokens);
+            Some(u) if cap(u.total_tokens) > 0 => call.prompt_tokens = cap(u.total_tokens),
+            _ => {
+                call.prompt_tokens = prompt_estimate.min(MAX_TOKENS_PER_CALL);
+                call.completion_tokens = estimated_completion.min(MAX_TOKENS_PER_CALL);
             }
         }
         match content {
@@ -504,7 +518,13 @@ fn parse_http_date(v: &str) -> Option<f64> {
         .split(':')
         .map(|x| x.parse().ok())
         .collect::<Option<_>>()?;
-    if hms.len() != 3 || !(1..=31).contains(&day) {
+    if hms.len() != 3
+        || !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || !(0..24).contains(&hms[0])
+        || !(0..60).contains(&hms[1])
+        || !(0..=60).contains(&hms[2])
+    {
         return None;
     }
     // Days from civil (Howard Hinnant).
@@ -656,6 +676,14 @@ mod tests {
         assert_eq!(parse_retry_after(" 0.5 "), Some(0.5));
         assert_eq!(parse_retry_after("-1"), None);
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 99999999999999 08:49:37 GMT"),
+            None
+        );
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 99999999999:49:37 GMT"),
+            None
+        );
         assert_eq!(
             parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
             Some(784_111_777.0)

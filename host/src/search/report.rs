@@ -128,10 +128,10 @@ pub fn render(
     );
     let _ = writeln!(h, "<h1>autoprune search: {}</h1>", esc(title));
     let count = |s: Status| nodes.iter().filter(|n| n.status == s).count();
-    let tokens: u64 = calls
-        .iter()
-        .map(|c| c.prompt_tokens + c.completion_tokens)
-        .sum();
+    let tokens: u64 = calls.iter().fold(0u64, |t, c| {
+        t.saturating_add(c.prompt_tokens)
+            .saturating_add(c.completion_tokens)
+    });
     let _ = writeln!(
         h,
         "<p>{} nodes: {} evaluated, {} screened by the proxy, {} duplicates, {} failed, {} pending. \
@@ -285,7 +285,7 @@ pub fn render(
             n.tokens,
             own.len(),
             n.seconds.unwrap_or(0.0),
-            esc(&n.source_hash[..n.source_hash.len().min(16)]),
+            esc(&n.source_hash.chars().take(16).collect::<String>()),
             esc(&n.code)
         );
         // The proposer's calls: prompt, raw response and verdict of every attempt.
@@ -471,8 +471,11 @@ fn best_over_time_svg(nodes: &[Node]) -> String {
         .map(|p| p.1)
         .chain(baselines.iter().map(|b| b.1))
         .collect();
-    let lo = ys.iter().copied().fold(f64::INFINITY, f64::min) * 0.95;
-    let hi = (ys.iter().copied().fold(0.0f64, f64::max) * 1.05).min(lo * 50.0);
+    // Log scale: only positive finite values (perplexities) are plotted.
+    let lo = (ys.iter().copied().fold(f64::INFINITY, f64::min) * 0.95).max(1e-6);
+    let hi = (ys.iter().copied().fold(0.0f64, f64::max) * 1.05)
+        .min(lo * 50.0)
+        .max(lo * 1.01);
     let n = nodes.len().max(2) as f64;
     let x = |i: usize| l + (w - l - 10.0) * i as f64 / (n - 1.0);
     let y = |v: f64| {

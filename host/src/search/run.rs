@@ -19,7 +19,10 @@
 //! flight finish and are recorded, proposals in flight get [`HALT_GRACE`] to land (recorded,
 //! their candidates left `pending`), after which they are abandoned (a request cut off mid-way
 //! is not recorded, nor is its candidate). Candidates queued but not evaluated stay `pending`
-//! and are evaluated on `--resume`.
+//! and are evaluated on `--resume` (after a wall-time stop, with a larger `--budget-minutes`:
+//! a spent wall-time budget starts nothing, not even pending evaluations). Two identical
+//! candidates queued at once may both be evaluated with several evaluation threads (the
+//! source/mask dedup sees finished nodes only).
 
 use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Status};
 use super::cascade::Evaluator;
@@ -225,7 +228,26 @@ pub fn run(
                         Err(_) => return,
                     };
                     let Ok(job) = job else { return };
-                    let o = evaluator.evaluate(&reader, &job.node, job.baseline);
+                    // A host bug must not lose the job (the coordinator counts on an answer).
+                    let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        evaluator.evaluate(&reader, &job.node, job.baseline)
+                    }))
+                    .unwrap_or_else(|p| Outcome {
+                        status: Some(Status::Failed),
+                        stage: "host".into(),
+                        verdict: Some(
+                            serde_json::json!({
+                                "verdict": "host_panic",
+                                "message": p
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_default(),
+                            })
+                            .to_string(),
+                        ),
+                        ..Outcome::default()
+                    });
                     if done.send((job.node, o)).is_err() {
                         return;
                     }
@@ -358,9 +380,11 @@ async fn coordinate(
                     Ok(Ok(p)) => {
                         let id = archive.record(&p.node, p.failure.as_deref(), &p.calls)?;
                         proposed += 1;
-                        prompt_tokens += p.calls.iter().map(|c| c.prompt_tokens).sum::<u64>();
-                        completion_tokens +=
-                            p.calls.iter().map(|c| c.completion_tokens).sum::<u64>();
+                        for c in &p.calls {
+                            prompt_tokens = prompt_tokens.saturating_add(c.prompt_tokens);
+                            completion_tokens =
+                                completion_tokens.saturating_add(c.completion_tokens);
+                        }
                         if p.failure.is_some() {
                             failures += 1;
                         } else {
