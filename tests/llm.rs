@@ -566,3 +566,44 @@ fn a_stop_lets_the_request_in_flight_land() {
     assert_eq!(archive.calls().unwrap().len(), 1);
     assert_eq!(archive.tokens_spent().unwrap(), 800);
 }
+
+/// The same answer four times at once, two evaluation threads: one evaluation, three reuses.
+#[test]
+fn identical_answers_in_parallel_are_evaluated_once() {
+    let (url, _) = serve(vec![], chat(&metric("same", "w * n * n"), 100, 10));
+    let ev = evaluator();
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let why = run(
+        &mut archive,
+        &ev,
+        proposer(&url, None, 30.0, 0),
+        &autoprune::search::gcot::seeds(),
+        Budget {
+            candidates: 4,
+            ..Budget::default()
+        },
+        Pools {
+            proposal_workers: 4,
+            eval_workers: 2,
+            lookahead: 6,
+            max_proposal_failures: 3,
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(why, Stop::Candidates);
+    let nodes = archive.nodes().unwrap();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    assert_eq!(proposed.len(), 4);
+    let evaluated = proposed
+        .iter()
+        .filter(|n| n.status == Status::Evaluated)
+        .count();
+    let reused = proposed
+        .iter()
+        .filter(|n| n.status == Status::Duplicate)
+        .count();
+    assert_eq!((evaluated, reused), (1, 3), "{proposed:#?}");
+}

@@ -20,9 +20,10 @@
 //! their candidates left `pending`), after which they are abandoned (a request cut off mid-way
 //! is not recorded, nor is its candidate). Candidates queued but not evaluated stay `pending`
 //! and are evaluated on `--resume` (after a wall-time stop, with a larger `--budget-minutes`:
-//! a spent wall-time budget starts nothing, not even pending evaluations). Two identical
-//! candidates queued at once may both be evaluated with several evaluation threads (the
-//! source/mask dedup sees finished nodes only).
+//! a spent wall-time budget starts nothing, not even pending evaluations). A candidate whose
+//! source is being evaluated waits for that evaluation, then reuses its result; two candidates
+//! with different sources but the same probe masks may still both be evaluated when several
+//! threads take them at once (the mask dedup sees finished nodes only).
 
 use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Status};
 use super::cascade::Evaluator;
@@ -291,6 +292,7 @@ async fn coordinate(
     let mut seeds_pending = queue.iter().filter(|n| n.operator == "seed").count();
     let mut baseline = baseline_proxy(&archive.nodes()?);
     let mut failures = 0usize;
+    let mut in_eval: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
     let mut halt: Option<Stop> = None;
     let mut halted_at = Instant::now();
@@ -316,7 +318,12 @@ async fn coordinate(
             if front.operator != "seed" && seeds_pending > 0 {
                 break;
             }
+            // The same source is being evaluated: wait for it (then the cache answers).
+            if in_eval.contains(&front.source_hash) {
+                break;
+            }
             let node = queue.pop_front().expect("front exists");
+            in_eval.insert(node.source_hash.clone());
             let base = if node.operator == "seed" {
                 None
             } else {
@@ -415,6 +422,7 @@ async fn coordinate(
                     return Err(SearchError::Runtime("every evaluation thread died".into()));
                 };
                 evaluating -= 1;
+                in_eval.remove(&node.source_hash);
                 archive.finish(node.id, &o)?;
                 if node.operator == "seed" {
                     seeds_pending = seeds_pending.saturating_sub(1);
