@@ -196,7 +196,7 @@ pub fn render(
     }
     h.push_str("</table>\n");
     // Lineage graph.
-    h.push_str("<h2>Lineage</h2><p>One column per candidate in creation order, one row per generation; colour = validation perplexity (green best, red worst, log scale); hollow = duplicate; grey × = failed (hover for the verdict); orange = screened by the proxy. Click a node for its details.</p>\n");
+    h.push_str("<h2>Lineage</h2><p>One column per candidate in creation order, one row per generation; colour = validation perplexity (green = the best, red = twice the best or worse, log scale); hollow = duplicate; grey × = failed (hover for the verdict); orange = screened by the proxy. Click a node for its details.</p>\n");
     h.push_str(&lineage_svg(nodes, edges));
     // Best over time.
     h.push_str("<h2>Best validation perplexity over the run</h2>\n");
@@ -380,7 +380,8 @@ fn lineage_svg(nodes: &[Node], edges: &[Edge]) -> String {
         .iter()
         .copied()
         .fold(0.0f64, f64::max)
-        .min(lo * 100.0);
+        // Twice the best is already bad at these perplexities: spend the colours near the top.
+        .min(lo * 2.0);
     let mut s = format!(
         "<div class=\"scroll\"><svg id=\"lineage\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\">\n"
     );
