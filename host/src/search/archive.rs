@@ -364,15 +364,7 @@ impl Archive {
 
     /// Record a new candidate (and its edges) in state `pending`.
     pub fn add(&mut self, node: &NewNode) -> Result<i64> {
-        let path = self.path.clone();
-        let err = |source| ArchiveError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let id = insert_node(&tx, node).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(id)
+        self.record(node, None, &[])
     }
 
     /// Record a proposal in one transaction: the node (and its edges) — `pending`, or `failed`
@@ -460,16 +452,6 @@ impl Archive {
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
-    }
-
-    /// Record a proposer call.
-    pub fn add_call(&self, c: &Call) -> Result<i64> {
-        let p = call_params(c.node, c);
-        let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref()).collect();
-        self.conn
-            .execute(INSERT_CALL, refs.as_slice())
-            .map_err(|e| self.err(e))?;
-        Ok(self.conn.last_insert_rowid())
     }
 
     /// Every node, in creation order.
@@ -603,31 +585,27 @@ impl Archive {
     }
 }
 
-const INSERT_CALL: &str = "INSERT INTO calls(node, created, proposer, prompt, response, error,
-     prompt_tokens, completion_tokens, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-
-fn call_params(node: Option<i64>, c: &Call) -> Vec<Box<dyn rusqlite::ToSql + '_>> {
-    vec![
-        Box::new(node),
-        Box::new(now()),
-        Box::new(c.proposer.as_str()),
-        Box::new(c.prompt.as_str()),
-        Box::new(c.response.as_deref()),
-        Box::new(c.error.as_deref()),
-        Box::new(c.prompt_tokens as i64),
-        Box::new(c.completion_tokens as i64),
-        Box::new(c.seconds),
-    ]
-}
-
 fn insert_call(
     tx: &rusqlite::Transaction<'_>,
     node: Option<i64>,
     c: &Call,
 ) -> rusqlite::Result<()> {
-    let p = call_params(node, c);
-    let refs: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref()).collect();
-    tx.execute(INSERT_CALL, refs.as_slice()).map(|_| ())
+    tx.execute(
+        "INSERT INTO calls(node, created, proposer, prompt, response, error,
+         prompt_tokens, completion_tokens, seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            node,
+            now(),
+            c.proposer,
+            c.prompt,
+            c.response,
+            c.error,
+            c.prompt_tokens as i64,
+            c.completion_tokens as i64,
+            c.seconds
+        ],
+    )
+    .map(|_| ())
 }
 
 fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<i64> {
@@ -715,8 +693,7 @@ mod tests {
         let h = crate::sandbox::sha256_hex(b"a");
         assert_eq!(a.by_source(&h).unwrap().unwrap().id, ids[0]);
         assert_eq!(a.node(c).unwrap().unwrap().operator, "crossover");
-        a.add_call(&Call {
-            node: Some(c),
+        let call = Call {
             proposer: "llm".into(),
             prompt: "p".into(),
             response: Some("r".into()),
@@ -724,9 +701,21 @@ mod tests {
             completion_tokens: 5,
             seconds: 0.1,
             ..Call::default()
-        })
-        .unwrap();
+        };
+        let d = a
+            .record(
+                &node("", "mutate", vec![(c, "m".into())]),
+                Some("{\"verdict\":\"no_code\"}"),
+                &[call],
+            )
+            .unwrap();
         assert_eq!(a.tokens_spent().unwrap(), 15);
+        assert_eq!(a.token_split().unwrap(), (10, 5));
+        let calls = a.calls().unwrap();
+        assert_eq!((calls.len(), calls[0].node), (1, Some(d)));
+        let failed = a.node(d).unwrap().unwrap();
+        assert_eq!(failed.status, Status::Failed);
+        assert_eq!(failed.stage.as_deref(), Some("propose"));
     }
 
     #[test]

@@ -315,6 +315,19 @@ impl LlmClient {
         }
     }
 
+    /// The verdict of a request that got no (complete) answer.
+    fn transport_verdict(&self, e: &reqwest::Error) -> CallVerdict {
+        if e.is_timeout() {
+            CallVerdict::Timeout {
+                seconds: self.cfg.timeout_s,
+            }
+        } else {
+            CallVerdict::Connection {
+                message: error_chain(e),
+            }
+        }
+    }
+
     /// One HTTP attempt: its record, its result, and the server's `Retry-After` (seconds).
     async fn attempt(
         &self,
@@ -337,18 +350,7 @@ impl LlmClient {
         };
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => {
-                let v = if e.is_timeout() {
-                    CallVerdict::Timeout {
-                        seconds: self.cfg.timeout_s,
-                    }
-                } else {
-                    CallVerdict::Connection {
-                        message: error_chain(&e),
-                    }
-                };
-                return fail(call, v, None);
-            }
+            Err(e) => return fail(call, self.transport_verdict(&e), None),
         };
         let status = resp.status();
         let retry_after = resp
@@ -358,18 +360,7 @@ impl LlmClient {
             .and_then(parse_retry_after);
         let text = match resp.text().await {
             Ok(t) => t,
-            Err(e) => {
-                let v = if e.is_timeout() {
-                    CallVerdict::Timeout {
-                        seconds: self.cfg.timeout_s,
-                    }
-                } else {
-                    CallVerdict::Connection {
-                        message: error_chain(&e),
-                    }
-                };
-                return fail(call, v, retry_after);
-            }
+            Err(e) => return fail(call, self.transport_verdict(&e), retry_after),
         };
         call.response = Some(text.clone());
         if !status.is_success() {
