@@ -138,24 +138,11 @@ fn autoprune() -> Command {
     Command::new(env!("CARGO_BIN_EXE_autoprune"))
 }
 
-fn have_data() -> bool {
-    let data = autoprune::data::DataDir::resolve();
-    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run ./setup.sh first"
-        );
-        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
-        return false;
-    }
-    true
-}
-
 /// A reduced sweep on the real SmolLM2 (2 calibration windows, 1 evaluation window): three
 /// allocations at one sparsity, the table and the plot; a rerun skips every finished cell.
 #[test]
 fn sweep_on_real_smollm2_writes_table_and_plot_and_resumes() {
-    if !have_data() {
+    if !common::have_real_data() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -219,7 +206,7 @@ fn sweep_on_real_smollm2_writes_table_and_plot_and_resumes() {
 /// `prune --allocation owl` records its plan in the report; N:M with an allocation is refused.
 #[test]
 fn prune_with_owl_allocation_reports_the_plan() {
-    if !have_data() {
+    if !common::have_real_data() {
         return;
     }
     let base = |extra: &[&str]| {
@@ -272,7 +259,7 @@ fn prune_with_owl_allocation_reports_the_plan() {
 /// a plugin whose mean is wrong stops the run with its typed verdict and exit status 1.
 #[test]
 fn prune_with_an_allocator_plugin_matches_builtin_owl() {
-    if !have_data() {
+    if !common::have_real_data() {
         return;
     }
     let plan = |allocation: &str| {

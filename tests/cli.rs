@@ -128,13 +128,7 @@ fn bad_policy_fields_are_refused() {
 /// perplexity. Runs whenever the data is present; in CI (`CI` set) missing data is a failure.
 #[test]
 fn prune_real_smollm2_export_and_reload() {
-    let data = autoprune::data::DataDir::resolve();
-    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run ./setup.sh first"
-        );
-        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+    if !common::have_real_data() {
         return;
     }
     let out = tempfile::tempdir().unwrap();

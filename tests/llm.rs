@@ -7,16 +7,10 @@
 
 mod common;
 
-use autoprune::calib::{window_offsets, Sampler};
-use autoprune::model::{Arch, Model, ModelConfig};
-use autoprune::prune::mask::Pattern;
-use autoprune::sandbox::Policy;
 use autoprune::search::archive::{Archive, Node, Status};
-use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{LlmClient, LlmConfig};
 use autoprune::search::run::{run, Budget, Pools, Stop};
-use candle_core::Device;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::AtomicBool;
@@ -144,44 +138,6 @@ fn serve(script: Vec<Reply>, after: Reply) -> (String, Arc<Mutex<Vec<Seen>>>) {
     (url, seen)
 }
 
-fn tokens(n: usize, vocab: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| (i * 7 + (i / 13) * 3 + (i * i / 97)) % vocab)
-        .collect()
-}
-
-/// The cascade on a tiny random model (fast), with a bubblewrap builder.
-fn evaluator() -> Evaluator {
-    let cfg = ModelConfig::tiny(Arch::Llama);
-    let model = Model::random(&cfg, 21, &Device::Cpu).unwrap();
-    let toks = tokens(20_000, cfg.vocab_size as u32);
-    let seq = 64;
-    let win = |o: &usize| toks[*o..*o + seq].to_vec();
-    let calib = window_offsets(toks.len(), 4, seq, Sampler::Even).unwrap();
-    let proxy = window_offsets(toks.len(), 2, seq, Sampler::Even).unwrap();
-    let val = autoprune::calib::validation_offsets(toks.len(), &calib, 2, seq).unwrap();
-    let data = SearchData {
-        model,
-        calib: calib.iter().map(win).collect(),
-        proxy_calib: proxy.iter().map(win).collect(),
-        validation: val.iter().flat_map(win).collect(),
-        validation_windows: val.len(),
-        heldout: toks[..seq * 2].to_vec(),
-        heldout_windows: 2,
-        seq_len: seq,
-    };
-    let cascade = CascadeConfig {
-        sparsity: 0.5,
-        pattern: Pattern::PerRow,
-        proxy_calib_windows: 2,
-        proxy_val_windows: 2,
-        // Let everything that runs through to the full stage: this test is about the endpoint.
-        proxy_factor: 1e9,
-        calib_batch: 4,
-    };
-    Evaluator::new(cascade, data, common::builder(true), Policy::default()).unwrap()
-}
-
 fn verdict_kind(n: &Node) -> String {
     let v: serde_json::Value =
         serde_json::from_str(n.verdict.as_deref().unwrap_or("{}")).unwrap_or_default();
@@ -275,7 +231,8 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
     // Afterwards: the same good answer (its source is cached: reused, not rebuilt).
     let after = chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 1000, 200);
     let (url, seen) = serve(script, after);
-    let ev = evaluator();
+    // Everything runs through to the full stage: these tests are about the endpoint.
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let budget = Budget {
@@ -405,7 +362,8 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
             held.push(s);
         }
     });
-    let ev = evaluator();
+    // Everything runs through to the full stage: these tests are about the endpoint.
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let stop = AtomicBool::new(false);
@@ -449,33 +407,13 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
 /// LLM settings are recorded, `--resume` raises the budget and continues with them.
 #[test]
 fn cli_search_with_an_llm_endpoint_and_resume() {
-    let data = autoprune::data::DataDir::resolve();
-    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run ./setup.sh first"
-        );
-        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+    if !common::have_real_data() {
         return;
     }
     let script = vec![chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 800, 100)];
     let (url, seen) = serve(script, chat(&metric("cube", "w * n * n * n"), 800, 100));
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("s");
-    let reduced = [
-        "--calib-windows",
-        "2",
-        "--proxy-calib-windows",
-        "1",
-        "--validation-windows",
-        "2",
-        "--proxy-validation-windows",
-        "1",
-        "--eval-windows",
-        "1",
-        "--heldout-top",
-        "1",
-    ];
     let bin = env!("CARGO_BIN_EXE_autoprune");
     let o = std::process::Command::new(bin)
         .args(["search", "--run"])
@@ -488,7 +426,7 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
             "--budget-candidates",
             "1",
         ])
-        .args(reduced)
+        .args(common::REDUCED_SEARCH)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -528,7 +466,8 @@ fn a_stop_lets_the_request_in_flight_land() {
         ..chat(&metric("slow", "w * n * n"), 700, 100)
     };
     let (url, seen) = serve(vec![], slow);
-    let ev = evaluator();
+    // Everything runs through to the full stage: these tests are about the endpoint.
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let stop = AtomicBool::new(false);
@@ -571,7 +510,8 @@ fn a_stop_lets_the_request_in_flight_land() {
 #[test]
 fn identical_answers_in_parallel_are_evaluated_once() {
     let (url, _) = serve(vec![], chat(&metric("same", "w * n * n"), 100, 10));
-    let ev = evaluator();
+    // Everything runs through to the full stage: these tests are about the endpoint.
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let why = run(

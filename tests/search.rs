@@ -4,58 +4,16 @@
 
 mod common;
 
-use autoprune::calib::{window_offsets, Sampler};
-use autoprune::model::{Arch, Model, ModelConfig};
-use autoprune::prune::mask::Pattern;
-use autoprune::sandbox::Policy;
 use autoprune::search::archive::{Archive, Status};
-use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
 use autoprune::search::proposer::{GpProposer, GpSettings};
 use autoprune::search::run::{run, Budget, Pools, Stop};
-use candle_core::Device;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-fn tokens(n: usize, vocab: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| (i * 7 + (i / 13) * 3 + (i * i / 97)) % vocab)
-        .collect()
-}
-
-fn tiny_evaluator() -> Evaluator {
-    let cfg = ModelConfig::tiny(Arch::Llama);
-    let model = Model::random(&cfg, 21, &Device::Cpu).unwrap();
-    let toks = tokens(20_000, cfg.vocab_size as u32);
-    let seq = 64;
-    let win = |o: &usize| toks[*o..*o + seq].to_vec();
-    let calib = window_offsets(toks.len(), 8, seq, Sampler::Even).unwrap();
-    let proxy = window_offsets(toks.len(), 2, seq, Sampler::Even).unwrap();
-    let val = autoprune::calib::validation_offsets(toks.len(), &calib, 4, seq).unwrap();
-    let data = SearchData {
-        model,
-        calib: calib.iter().map(win).collect(),
-        proxy_calib: proxy.iter().map(win).collect(),
-        validation: val.iter().flat_map(win).collect(),
-        validation_windows: val.len(),
-        heldout: toks[..seq * 4].to_vec(),
-        heldout_windows: 4,
-        seq_len: seq,
-    };
-    let cascade = CascadeConfig {
-        sparsity: 0.5,
-        pattern: Pattern::PerRow,
-        proxy_calib_windows: 2,
-        proxy_val_windows: 2,
-        proxy_factor: 1.5,
-        calib_batch: 4,
-    };
-    Evaluator::new(cascade, data, common::builder(true), Policy::default()).unwrap()
-}
-
 #[test]
 fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
-    let ev = tiny_evaluator();
+    let ev = common::tiny_search_evaluator(8, 4, 1.5);
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let gp = std::sync::Arc::new(GpProposer::new(GpSettings::default(), 5, false));
@@ -111,7 +69,7 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
 /// and recorded, whatever order the evaluations finish in.
 #[test]
 fn parallel_evaluation_records_every_candidate_once() {
-    let ev = tiny_evaluator();
+    let ev = common::tiny_search_evaluator(8, 4, 1.5);
     let dir = tempfile::tempdir().unwrap();
     let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
     let gp = std::sync::Arc::new(GpProposer::new(GpSettings::default(), 11, true));
@@ -154,13 +112,7 @@ fn autoprune() -> Command {
 /// candidate is lost or re-evaluated, seeds are not added again, and the budget continues.
 #[test]
 fn search_survives_kill_9_and_resumes() {
-    let data = autoprune::data::DataDir::resolve();
-    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run ./setup.sh first"
-        );
-        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+    if !common::have_real_data() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -170,7 +122,7 @@ fn search_survives_kill_9_and_resumes() {
         .args(["search", "--run"])
         .arg(&run_dir)
         .args(["--budget-candidates", "4", "--seed", "3"])
-        .args(REDUCED)
+        .args(common::REDUCED_SEARCH)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -251,32 +203,11 @@ fn search_survives_kill_9_and_resumes() {
         .contains("id=\"best\" data-best="));
 }
 
-const REDUCED: [&str; 12] = [
-    "--calib-windows",
-    "2",
-    "--proxy-calib-windows",
-    "1",
-    "--validation-windows",
-    "2",
-    "--proxy-validation-windows",
-    "1",
-    "--eval-windows",
-    "1",
-    "--heldout-top",
-    "1",
-];
-
 /// Ctrl-C (SIGINT) in the middle of a search: the candidate in evaluation finishes and is
 /// recorded, nothing is left pending, the process exits 0 and says why it stopped.
 #[test]
 fn ctrl_c_stops_a_search_cleanly() {
-    let data = autoprune::data::DataDir::resolve();
-    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run ./setup.sh first"
-        );
-        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+    if !common::have_real_data() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -286,7 +217,7 @@ fn ctrl_c_stops_a_search_cleanly() {
         .args(["search", "--run"])
         .arg(&run_dir)
         .args(["--budget-candidates", "50", "--seed", "4"])
-        .args(REDUCED)
+        .args(common::REDUCED_SEARCH)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

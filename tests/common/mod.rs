@@ -44,3 +44,78 @@ pub fn plugin(rel: &str, policy: &Policy) -> Result<Plugin, Failure> {
 pub fn small_layer() -> SyntheticLayer {
     SyntheticLayer::generate(64, 128, LayerKind::Q, 1)
 }
+
+/// Whether the real SmolLM2 and SOTU data are there (after `./setup.sh`). Without them a test
+/// skips, except in CI (`CI` set), where missing data is a failure.
+pub fn have_real_data() -> bool {
+    let data = autoprune::data::DataDir::resolve();
+    if data.smollm2_gguf().is_err() || data.sotu_dir().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run ./setup.sh first"
+        );
+        eprintln!("skipped: no SmolLM2/SOTU data (run ./setup.sh)");
+        return false;
+    }
+    true
+}
+
+/// `autoprune search` flags of a reduced protocol on the real model (seconds per candidate).
+pub const REDUCED_SEARCH: [&str; 12] = [
+    "--calib-windows",
+    "2",
+    "--proxy-calib-windows",
+    "1",
+    "--validation-windows",
+    "2",
+    "--proxy-validation-windows",
+    "1",
+    "--eval-windows",
+    "1",
+    "--heldout-top",
+    "1",
+];
+
+/// A search cascade on a tiny random LLaMA (fast) with a bubblewrap builder: `calib` full
+/// calibration windows, `val` validation windows, 2 proxy windows, the proxy threshold
+/// `proxy_factor`.
+pub fn tiny_search_evaluator(
+    calib: usize,
+    val: usize,
+    proxy_factor: f64,
+) -> autoprune::search::cascade::Evaluator {
+    use autoprune::calib::{validation_offsets, window_offsets, Sampler};
+    use autoprune::model::{Arch, Model, ModelConfig};
+    use autoprune::prune::mask::Pattern;
+    use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
+    let cfg = ModelConfig::tiny(Arch::Llama);
+    let model = Model::random(&cfg, 21, &candle_core::Device::Cpu).unwrap();
+    let vocab = cfg.vocab_size as u32;
+    let toks: Vec<u32> = (0..20_000u32)
+        .map(|i| (i * 7 + (i / 13) * 3 + (i * i / 97)) % vocab)
+        .collect();
+    let seq = 64;
+    let win = |o: &usize| toks[*o..*o + seq].to_vec();
+    let calib = window_offsets(toks.len(), calib, seq, Sampler::Even).unwrap();
+    let proxy = window_offsets(toks.len(), 2, seq, Sampler::Even).unwrap();
+    let val = validation_offsets(toks.len(), &calib, val, seq).unwrap();
+    let data = SearchData {
+        model,
+        calib: calib.iter().map(win).collect(),
+        proxy_calib: proxy.iter().map(win).collect(),
+        validation: val.iter().flat_map(win).collect(),
+        validation_windows: val.len(),
+        heldout: toks[..seq * val.len()].to_vec(),
+        heldout_windows: val.len(),
+        seq_len: seq,
+    };
+    let cascade = CascadeConfig {
+        sparsity: 0.5,
+        pattern: Pattern::PerRow,
+        proxy_calib_windows: 2,
+        proxy_val_windows: 2,
+        proxy_factor,
+        calib_batch: 4,
+    };
+    Evaluator::new(cascade, data, builder(true), Policy::default()).unwrap()
+}

@@ -730,6 +730,21 @@ mod tests {
         }
     }
 
+    /// The user message of a `mutate #3` proposal over this graph.
+    fn mutate_3_prompt(nodes: &[Node], edges: &[Edge]) -> String {
+        let plan = Plan {
+            operator: "mutate",
+            parents: vec![3],
+        };
+        let settings = PromptSettings {
+            sparsity: 0.5,
+            pattern: "per output row".into(),
+        };
+        build_messages(&Templates::builtin(), nodes, edges, &plan, &settings)[1]
+            .content
+            .clone()
+    }
+
     fn graph() -> (Vec<Node>, Vec<Edge>) {
         let nodes = vec![
             node(1, "seed", Status::Evaluated, Some(300.0)),
@@ -809,20 +824,7 @@ mod tests {
     #[test]
     fn the_prompt_walks_the_graph() {
         let (nodes, edges) = graph();
-        let m = build_messages(
-            &Templates::builtin(),
-            &nodes,
-            &edges,
-            &Plan {
-                operator: "mutate",
-                parents: vec![3],
-            },
-            &PromptSettings {
-                sparsity: 0.5,
-                pattern: "per output row".into(),
-            },
-        );
-        let u = &m[1].content;
+        let u = &mutate_3_prompt(&nodes, &edges);
         // Lineage with deltas: #3 is 5 better than its parent #2.
         assert!(
             u.contains("#3 (mutate, llm:m): validation ppl 55.000 (Δ -5.000 vs #2)"),
@@ -851,21 +853,9 @@ mod tests {
         n.code = String::new();
         nodes.push(n);
         edges.push(edge(6, 3, "mutate"));
-        let m = build_messages(
-            &Templates::builtin(),
-            &nodes,
-            &edges,
-            &Plan {
-                operator: "mutate",
-                parents: vec![3],
-            },
-            &PromptSettings {
-                sparsity: 0.5,
-                pattern: "per output row".into(),
-            },
-        );
-        assert!(!m[1].content.contains("503"), "{}", m[1].content);
-        assert!(m[1].content.contains("E0425"));
+        let u = mutate_3_prompt(&nodes, &edges);
+        assert!(!u.contains("503"), "{u}");
+        assert!(u.contains("E0425"));
     }
 
     #[test]
