@@ -182,7 +182,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let quiet = args.protocol.json;
-    let (dir, mut archive, cfg) = match &args.resume {
+    let (dir, mut archive, cfg, proposer) = match &args.resume {
         Some(dir) => {
             let archive = Archive::open_existing(&archive_path(dir))?;
             let text = archive
@@ -202,9 +202,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             if let Some(c) = args.budget_cost {
                 cfg.budget_cost = c;
             }
-            check_proposer_settings(&cfg)?;
+            let proposer = build_proposer(&cfg)?;
             archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
-            (dir.clone(), archive, cfg)
+            (dir.clone(), archive, cfg, proposer)
         }
         None => {
             let dir = args.run.clone().expect("clap: --run or --resume");
@@ -287,35 +287,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             };
             // Check the proposer's settings before anything is written, so a typo does not
             // leave a run folder that only holds a broken configuration.
-            check_proposer_settings(&cfg)?;
+            let proposer = build_proposer(&cfg)?;
             let archive = Archive::open(&path)?;
             archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
-            (dir, archive, cfg)
+            (dir, archive, cfg, proposer)
         }
     };
     let policy = load_policy(cfg.policy.as_ref())?;
-    // The proposer first: a bad endpoint URL, a missing key or a broken template is an error
-    // before minutes of model loading.
-    let proposer: Arc<dyn Proposer> = match &cfg.llm {
-        Some(llm) => {
-            let templates = Templates::load(cfg.prompts.as_deref())?;
-            let client = LlmClient::new(llm.clone())?;
-            Arc::new(LlmProposer::new(
-                client,
-                templates,
-                PromptSettings {
-                    sparsity: cfg.cascade.sparsity,
-                    pattern: pattern_words(cfg.cascade.pattern),
-                },
-                cfg.seed,
-            ))
-        }
-        None => Arc::new(GpProposer::new(
-            cfg.gp.clone(),
-            cfg.seed,
-            cfg.proposer == "random",
-        )),
-    };
     let device = super::protocol::device(&args.protocol.device)?;
     let loaded = load_model(cfg.model.as_ref(), &device)?;
     let calib = stream(&loaded.tokenizer, cfg.calib.as_ref(), "calib")?;
@@ -424,12 +402,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Settings that would make a run fail or a budget meaningless, refused up front.
-fn check_proposer_settings(cfg: &RunConfig) -> anyhow::Result<()> {
-    if let Some(llm) = &cfg.llm {
-        LlmClient::new(llm.clone())?;
-        Templates::load(cfg.prompts.as_deref())?;
-    }
+/// The run's proposer. Settings that would make the run fail or a budget meaningless are
+/// refused here, before the model loads and (for a new run) before anything is written.
+fn build_proposer(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Proposer>> {
     if cfg.budget_cost > 0.0 {
         let priced = cfg
             .llm
@@ -441,7 +416,26 @@ fn check_proposer_settings(cfg: &RunConfig) -> anyhow::Result<()> {
              --price-completion-per-1k (without prices nothing costs anything)"
         );
     }
-    Ok(())
+    Ok(match &cfg.llm {
+        Some(llm) => {
+            let templates = Templates::load(cfg.prompts.as_deref())?;
+            let client = LlmClient::new(llm.clone())?;
+            Arc::new(LlmProposer::new(
+                client,
+                templates,
+                PromptSettings {
+                    sparsity: cfg.cascade.sparsity,
+                    pattern: pattern_words(cfg.cascade.pattern),
+                },
+                cfg.seed,
+            ))
+        }
+        None => Arc::new(GpProposer::new(
+            cfg.gp.clone(),
+            cfg.seed,
+            cfg.proposer == "random",
+        )),
+    })
 }
 
 /// A flag set by the first Ctrl-C (the loop then stops after the current candidate, with
