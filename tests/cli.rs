@@ -176,6 +176,36 @@ fn prune_real_smollm2_export_and_reload() {
         (reloaded - pruned).abs() < 1e-3 * pruned,
         "export {reloaded} vs in-memory {pruned}"
     );
+    // bf16 arithmetic: a measured, small change where the CPU has AVX512-BF16, a clear
+    // refusal where it has not.
+    let b = autoprune()
+        .args([
+            "eval",
+            "--eval-windows",
+            "2",
+            "--json",
+            "--precision",
+            "bf16",
+            "--model",
+        ])
+        .arg(out.path().join("model"))
+        .output()
+        .unwrap();
+    let cpu_has_bf16 = std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|c| c.split_whitespace().any(|f| f == "avx512_bf16"));
+    if cpu_has_bf16 {
+        assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+        let bv: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+        assert_eq!(bv["precision"], "bf16");
+        let bf = bv["perplexity"]["ppl"].as_f64().unwrap();
+        assert!(
+            bf != reloaded && (bf - reloaded).abs() < 0.02 * reloaded,
+            "bf16 {bf} vs f32 {reloaded}"
+        );
+    } else {
+        assert_eq!(b.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&b.stderr).contains("AVX512-BF16"));
+    }
 }
 
 #[test]

@@ -189,7 +189,14 @@ fn batch_nll_with(model: &Model, windows: &[&[u32]], head: Head) -> Result<Vec<f
             let vocab = model.lm_head.shape().0;
             with_cpu_f32(&hidden, |xs| {
                 with_cpu_f32(model.lm_head.weight(), |w| {
-                    head_nll_cpu(matmul::backend(), xs, w, (n, vocab, h), &targets, panel)
+                    head_nll_cpu(
+                        model.lm_head.backend(),
+                        xs,
+                        w,
+                        (n, vocab, h),
+                        &targets,
+                        panel,
+                    )
                 })
             })???
         }

@@ -35,6 +35,13 @@ pub struct Protocol {
     pub calib_tokens: usize,
     /// Tokens in the evaluation stream.
     pub eval_tokens: usize,
+    /// Arithmetic of the linear layers in the calibration passes (reports written before it
+    /// existed are f32).
+    #[serde(default)]
+    pub precision: crate::model::Precision,
+    /// Arithmetic of the linear layers in the perplexity evaluations.
+    #[serde(default)]
+    pub eval_precision: crate::model::Precision,
 }
 
 /// A perplexity measurement.

@@ -19,6 +19,10 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead: the CPU linear layers of SmolLM2's shapes (8 windows of 512 tokens; the
+    /// output head on 2 windows), f32 against bf16, with the bf16 error relative to f32.
+    #[arg(long)]
+    pub gemm: bool,
     #[command(flatten)]
     pub flags: BuildFlags,
 }
@@ -62,8 +66,86 @@ fn build_times(builder: &Builder, reps: usize) -> anyhow::Result<(f64, f64, f64)
     Ok((cold, warm, cached))
 }
 
+/// `--gemm`: f32 and bf16 linear layers on SmolLM2's shapes, timed in the same run.
+fn gemm(args: &Args) -> anyhow::Result<i32> {
+    use autoprune::model::{init_cpu_matmul, Linear, Precision};
+    use candle_core::{Device, Tensor};
+    let backend = init_cpu_matmul();
+    let reps = args.reps.max(1);
+    let data = |len: usize, seed: u64| -> Vec<f32> {
+        // Deterministic values in [-1, 1) (a 64-bit LCG; quality does not matter here).
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect()
+    };
+    let shapes = [
+        ("q/o", 4096usize, 576usize, 576usize),
+        ("k/v", 4096, 192, 576),
+        ("gate/up", 4096, 1536, 576),
+        ("down", 4096, 576, 1536),
+        ("lm_head", 1022, 49152, 576),
+    ];
+    let mut rows = Vec::new();
+    for (name, m, n, k) in shapes {
+        let w = Tensor::from_vec(data(n * k, 1), (n, k), &Device::Cpu)?;
+        let x = Tensor::from_vec(data(m * k, 2), (m, k), &Device::Cpu)?;
+        let f32l = Linear::new(w, None)?;
+        let bf16l = f32l.clone().with_precision(Precision::Bf16)?;
+        let (a, b) = (f32l.forward(&x)?, bf16l.forward(&x)?);
+        let (a, b) = (
+            a.flatten_all()?.to_vec1::<f32>()?,
+            b.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let rms = |v: &[f32]| {
+            (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let diff: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+        let t32 = time(reps, || f32l.forward(&x).expect("f32 product"));
+        let t16 = time(reps, || bf16l.forward(&x).expect("bf16 product"));
+        let gflop = 2.0 * (m * n * k) as f64 / 1e9;
+        rows.push(serde_json::json!({
+            "layer": name, "m": m, "n": n, "k": k,
+            "f32_gflops": gflop / t32, "bf16_gflops": gflop / t16, "speedup": t32 / t16,
+            "relative_rms_error": rms(&diff) / rms(&a),
+        }));
+    }
+    let report = serde_json::json!({ "f32_backend": backend, "reps": reps, "linear": rows });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    println!("CPU linear layers, f32 ({backend}) vs bf16 (AVX512-BF16), median of {reps}:");
+    println!(
+        "{:<8} {:>18} {:>11} {:>11} {:>8} {:>10}",
+        "layer", "m x n x k", "f32 GF/s", "bf16 GF/s", "speedup", "rel. err"
+    );
+    for r in &rows {
+        println!(
+            "{:<8} {:>18} {:>11.1} {:>11.1} {:>7.2}x {:>10.2e}",
+            r["layer"].as_str().unwrap_or(""),
+            format!("{}x{}x{}", r["m"], r["n"], r["k"]),
+            r["f32_gflops"].as_f64().unwrap_or(0.0),
+            r["bf16_gflops"].as_f64().unwrap_or(0.0),
+            r["speedup"].as_f64().unwrap_or(0.0),
+            r["relative_rms_error"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(0)
+}
+
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.gemm {
+        return gemm(&args);
+    }
     let reps = args.reps.max(1);
     let builder = args.flags.builder()?;
     let (cold, warm, cached) = build_times(&builder, reps)?;

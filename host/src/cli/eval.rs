@@ -14,7 +14,11 @@ pub struct Args {
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let p = &args.protocol;
-    let loaded = load_model(p.model.as_ref(), &super::protocol::device(&p.device)?)?;
+    let loaded = load_model(
+        p.model.as_ref(),
+        &super::protocol::device(&p.device)?,
+        p.precision,
+    )?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
     let opts = PerplexityOptions {
         seq_len: p.seqlen,
@@ -30,18 +34,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if p.json {
         let j = serde_json::json!({
             "model": loaded.path, "eval_source": eval.source, "eval_tokens": eval.tokens.len(),
-            "seq_len": p.seqlen, "perplexity": report, "load_seconds": loaded.seconds,
+            "seq_len": p.seqlen, "precision": p.precision, "perplexity": report, "load_seconds": loaded.seconds,
             "peak_rss_bytes": peak_rss_bytes(),
         });
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!(
-            "{}: perplexity {:.4} on {} ({} windows × {} tokens, {:.1} s)",
+            "{}: perplexity {:.4} on {} ({} windows × {} tokens, {}, {:.1} s)",
             loaded.path.display(),
             report.ppl,
             eval.source,
             report.windows,
             p.seqlen,
+            p.precision,
             report.seconds
         );
     }

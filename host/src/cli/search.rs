@@ -5,6 +5,7 @@ use super::protocol::{load_model, stream, ProtocolArgs};
 use super::BuildFlags;
 use anyhow::Context;
 use autoprune::calib::{validation_offsets, window_offsets, Sampler};
+use autoprune::model::Precision;
 use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
@@ -153,6 +154,9 @@ pub struct RunConfig {
     policy: Option<PathBuf>,
     trusted: bool,
     gp: GpSettings,
+    /// Arithmetic of the linear layers (runs recorded before it existed are f32).
+    #[serde(default)]
+    precision: Precision,
 }
 
 fn archive_path(dir: &Path) -> PathBuf {
@@ -284,6 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 policy: args.policy.clone(),
                 trusted: args.flags.trusted,
                 gp: GpSettings::default(),
+                precision: args.protocol.precision,
             };
             // Check the proposer's settings before anything is written, so a typo does not
             // leave a run folder that only holds a broken configuration.
@@ -295,7 +300,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let policy = load_policy(cfg.policy.as_ref())?;
     let device = super::protocol::device(&args.protocol.device)?;
-    let loaded = load_model(cfg.model.as_ref(), &device)?;
+    let loaded = load_model(cfg.model.as_ref(), &device, cfg.precision)?;
     let calib = stream(&loaded.tokenizer, cfg.calib.as_ref(), "calib")?;
     let eval = stream(&loaded.tokenizer, cfg.eval.as_ref(), "eval")?;
     let seq = cfg.seq_len;

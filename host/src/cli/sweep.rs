@@ -17,6 +17,7 @@ use autoprune::alloc::{
 };
 use autoprune::calib::{validation_offsets, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
+use autoprune::model::Precision;
 use autoprune::pipeline::{prune_model_with_progress, Method, PruneConfig};
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::{sha256_hex, Plugin};
@@ -216,7 +217,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let policy = load_policy(args.policy.as_ref())?;
     let device = super::protocol::device(&p.device)?;
-    let loaded = load_model(p.model.as_ref(), &device)?;
+    let loaded = load_model(p.model.as_ref(), &device, p.precision)?;
     let model_path = loaded.path.clone();
     let calib = stream(&loaded.tokenizer, args.calib.as_ref(), "calib")?;
     let offsets = window_offsets(
@@ -247,7 +248,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     autoprune::eval::eval_windows(&eval_tokens, &opts)?;
     let protocol_key = sha256_hex(
-        format!(
+        (format!(
             "{}|{}|{}|{:?}|{}|{}",
             model_path.display(),
             calib.source,
@@ -255,7 +256,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             offsets,
             eval_windows,
             p.seqlen
-        )
+        ) + match p.precision {
+            // f32 keys stay as they were before the setting existed.
+            Precision::F32 => String::new(),
+            other => format!("|{other}"),
+        }
+        .as_str())
         .as_bytes(),
     );
     let cells_path = args.out.join("cells.jsonl");
@@ -328,7 +334,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 let t = Instant::now();
                 let mut m = match model.take() {
                     Some(m) => m,
-                    None => load_model(Some(&model_path), &device)?.model,
+                    None => load_model(Some(&model_path), &device, p.precision)?.model,
                 };
                 let (layer_sparsity, unit_sparsity) = if *rule == Allocation::Uniform {
                     (Vec::new(), Vec::new())

@@ -92,6 +92,15 @@ impl Block {
             .filter_map(move |k| self.linear(k).map(|l| (k, l)))
     }
 
+    /// Set the arithmetic of the seven linears (see [`super::Model::set_precision`]).
+    pub(crate) fn set_precision(&mut self, precision: super::Precision) {
+        for kind in LayerKind::BLOCK {
+            if let Some(l) = self.linear_mut(kind) {
+                l.set_precision(precision);
+            }
+        }
+    }
+
     /// Replace the weight of one linear layer (shape, dtype and device must match).
     pub fn set_weight(&mut self, kind: LayerKind, weight: Tensor) -> Result<()> {
         self.linear_mut(kind)
@@ -145,7 +154,7 @@ impl Block {
             && self.up_proj.cpu_without_bias()
             && self.gate_proj.shape() == self.up_proj.shape();
         if fused {
-            return self.swiglu_cpu(&hn, matmul::backend());
+            return self.swiglu_cpu(&hn, self.gate_proj.backend());
         }
         swiglu(&self.gate_proj.forward(&hn)?, &self.up_proj.forward(&hn)?)
     }
@@ -177,7 +186,7 @@ impl Block {
     /// are scaled by 1/√d after QKᵀ, as in transformers' eager attention.
     fn attention(&self, xn: &Tensor, rope: &Rope) -> Result<Tensor> {
         if xn.device().is_cpu() && xn.dtype() == DType::F32 {
-            return self.attention_cpu(xn, rope, matmul::backend());
+            return self.attention_cpu(xn, rope, self.q_proj.backend());
         }
         self.attention_tensor(xn, rope)
     }
@@ -238,7 +247,8 @@ impl Block {
         rope_inplace(&mut k, t, nkv, d, cos, sin);
         let heads = Heads { b, t, nh, nkv, d };
         let scale = (1.0 / (d as f64).sqrt()) as f32;
-        let out = causal_attention(be, &q, &k, &v, heads, scale);
+        // Attention products stay f32 whatever the projections' precision.
+        let out = causal_attention(be.f32(), &q, &k, &v, heads, scale);
         Ok(Tensor::from_vec(out, (b, t, nh * d), xn.device())?)
     }
 }

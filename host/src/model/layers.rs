@@ -6,13 +6,14 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Storage, Tensor};
 
 use super::matmul::{self, Backend};
-use super::{ModelConfig, ModelError, Result};
+use super::{ModelConfig, ModelError, Precision, Result};
 
 /// A dense linear layer `y = x·Wᵀ + b` with an f32 weight `[out, in]` (Hugging Face layout).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    precision: Precision,
 }
 
 impl Linear {
@@ -31,7 +32,11 @@ impl Linear {
         }
         // The CPU product reads the weight as a row-major slice.
         let weight = weight.contiguous()?;
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            precision: Precision::F32,
+        })
     }
 
     /// The `[out, in]` weight.
@@ -48,6 +53,33 @@ impl Linear {
     pub fn shape(&self) -> (usize, usize) {
         let d = self.weight.dims();
         (d[0], d[1])
+    }
+
+    /// This layer with the given arithmetic for its CPU product (bf16 needs a CPU weight and a
+    /// CPU with AVX512-BF16).
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        super::check_precision(precision, self.weight.device())?;
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The arithmetic of the CPU product (see [`super::Model::set_precision`], which checks
+    /// that the CPU supports it).
+    pub(crate) fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The arithmetic of the CPU product.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The CPU matrix-product backend of this layer.
+    pub(crate) fn backend(&self) -> Backend {
+        match self.precision {
+            Precision::Bf16 => Backend::Bf16,
+            Precision::F32 => matmul::backend(),
+        }
     }
 
     /// Replace the weight (e.g. with its pruned version); shape, dtype and device must match.
@@ -86,7 +118,7 @@ impl Linear {
         }
         if x.device().is_cpu() && x.dtype() == DType::F32 {
             let x = x.contiguous()?;
-            let y = with_cpu_f32(&x, |xs| self.forward_cpu(matmul::backend(), xs, rows, None))??;
+            let y = with_cpu_f32(&x, |xs| self.forward_cpu(self.backend(), xs, rows, None))??;
             return Ok(Tensor::from_vec(y, out_dims, x.device())?);
         }
         let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
@@ -115,7 +147,7 @@ impl Linear {
         let (x, r) = (x.contiguous()?, residual.contiguous()?);
         let y = with_cpu_f32(&x, |xs| {
             with_cpu_f32(&r, |rs| {
-                self.forward_cpu(matmul::backend(), xs, rows, Some(rs))
+                self.forward_cpu(self.backend(), xs, rows, Some(rs))
             })
         })???;
         Ok(Tensor::from_vec(y, residual.dims(), x.device())?)

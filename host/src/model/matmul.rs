@@ -31,6 +31,19 @@ pub(crate) enum Backend {
     OpenBlas,
     /// The `gemm` crate (what candle's CPU matmul uses).
     Gemm,
+    /// bf16 operands with f32 accumulation (AVX512-BF16, see [`super::bf16`]) for the `A·Bᵀ`
+    /// products of linear layers; any other product falls back to the f32 backend.
+    Bf16,
+}
+
+impl Backend {
+    /// The f32 backend to use where this one has no kernel (itself unless bf16).
+    pub(crate) fn f32(self) -> Backend {
+        match self {
+            Backend::Bf16 => backend(),
+            other => other,
+        }
+    }
 }
 
 /// The backend of this process: OpenBLAS if it could be loaded, else `gemm`.
@@ -272,6 +285,14 @@ pub(crate) unsafe fn sgemm(
         return;
     }
     match (be, openblas()) {
+        (Backend::Bf16, _) if b_trans && super::bf16::available() => {
+            // SAFETY: forwarded from the caller; the CPU has AVX512-BF16.
+            unsafe { super::bf16::gemm_nt(m, n, k, a, lda, b, ldb, c, ldc) }
+        }
+        (Backend::Bf16, _) => {
+            // SAFETY: forwarded from the caller.
+            unsafe { sgemm(be.f32(), m, n, k, a, lda, b, ldb, b_trans, c, ldc) }
+        }
         (Backend::OpenBlas, Some(blas)) => {
             // SAFETY: forwarded from the caller.
             unsafe {

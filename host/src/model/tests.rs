@@ -19,8 +19,9 @@ fn ids(model: &Model, batch: usize, seq: usize) -> Tensor {
 }
 
 /// An independent forward: per-head loops, `repeat_kv`-style head mapping, candle's slow
-/// reference RoPE and a plain-ops RMSNorm.
-fn naive_forward(m: &Model, ids: &Tensor) -> Tensor {
+/// reference RoPE and a plain-ops RMSNorm. With `bf16`, every linear layer's input and weight
+/// are first rounded to bf16 (candle's conversion, round to nearest even).
+fn naive_forward(m: &Model, ids: &Tensor, bf16: bool) -> Tensor {
     let cfg = &m.config;
     let (b, t) = ids.dims2().unwrap();
     let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, t);
@@ -39,8 +40,20 @@ fn naive_forward(m: &Model, ids: &Tensor) -> Tensor {
     let norm = |x: &Tensor, n: &RmsNorm| {
         layers::rms_norm_reference(x, n.weight(), cfg.rms_norm_eps).unwrap()
     };
+    let round = |t: &Tensor| {
+        if bf16 {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        } else {
+            t.clone()
+        }
+    };
     let lin = |x: &Tensor, l: &Linear| {
-        let y = x.broadcast_matmul(&l.weight().t().unwrap()).unwrap();
+        let y = round(x)
+            .broadcast_matmul(&round(l.weight()).t().unwrap())
+            .unwrap();
         match l.bias() {
             Some(bias) => y.broadcast_add(bias).unwrap(),
             None => y,
@@ -106,10 +119,71 @@ fn forward_matches_naive_reference() {
             let ids = ids(&m, 2, seq);
             let got = m.forward(&ids).unwrap();
             assert_eq!(got.dims(), &[2, seq, 256]);
-            let want = naive_forward(&m, &ids);
+            let want = naive_forward(&m, &ids, false);
             let d = max_abs_diff(&got, &want);
             assert!(d < 1e-4, "{arch:?} seq {seq}: max |Δ| = {d}");
         }
+    }
+}
+
+#[test]
+fn bf16_precision_rounds_the_linear_operands_only() {
+    if !bf16::available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let mut m = tiny(arch);
+        let ids = ids(&m, 2, 100);
+        let f32_logits = m.forward(&ids).unwrap();
+        m.set_precision(Precision::Bf16).unwrap();
+        assert_eq!(m.precision(), Precision::Bf16);
+        // The setting survives pruning's weight replacement and cloning.
+        let w = m.blocks[0].q_proj.weight().clone();
+        m.blocks[0].set_weight(LayerKind::Q, w).unwrap();
+        let m = m.clone();
+        assert!(m
+            .blocks
+            .iter()
+            .all(|b| b.linears().all(|(_, l)| l.precision() == Precision::Bf16)));
+        let got = m.forward(&ids).unwrap();
+        // Against a naive forward with bf16-rounded linear operands only f32 accumulation
+        // order differs, but through the layers that flips operand roundings (each a 2⁻⁸
+        // step), which flips more: so the logits are much closer to the naive bf16 forward
+        // than to f32, not equal. The kernel itself is checked exactly in `bf16::tests`.
+        let rms = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().sqr().unwrap().mean_all().unwrap();
+            d.to_scalar::<f32>().unwrap().sqrt()
+        };
+        let to_naive = rms(&got, &naive_forward(&m, &ids, true));
+        let to_f32 = rms(&got, &f32_logits);
+        let scale = rms(&f32_logits, &f32_logits.zeros_like().unwrap());
+        assert!(
+            to_f32 > 1e-3 * scale,
+            "{arch:?}: bf16 equals f32 ({to_f32})"
+        );
+        assert!(
+            to_f32 < 0.02 * scale,
+            "{arch:?}: bf16 far from f32 ({to_f32} of {scale})"
+        );
+        assert!(to_naive < 0.35 * to_f32, "{arch:?}: {to_naive} vs {to_f32}");
+        // One layer alone is the rounded product up to accumulation order.
+        let l = &m.blocks[0].q_proj;
+        let x = m.embed(&ids).unwrap();
+        let r = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let mut want = r(&x).broadcast_matmul(&r(l.weight()).t().unwrap()).unwrap();
+        if let Some(b) = l.bias() {
+            want = want.broadcast_add(b).unwrap();
+        }
+        assert!(
+            max_abs_diff(&l.forward(&x).unwrap(), &want) < 1e-5,
+            "{arch:?}"
+        );
     }
 }
 
