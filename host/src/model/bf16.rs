@@ -35,12 +35,16 @@ pub(crate) fn available() -> bool {
     }
 }
 
-/// Round an f32 to bf16, to nearest even (NaN stays NaN): the scalar twin of
-/// `vcvtne2ps2bf16` for the tails the vector loop leaves.
+/// Round an f32 to bf16, to nearest even (NaN stays NaN, f32 denormals become signed zero):
+/// the scalar twin of `vcvtne2ps2bf16`, which treats denormal inputs as zero, for the tails
+/// the vector loop leaves.
 pub(crate) fn to_bf16(x: f32) -> u16 {
     let b = x.to_bits();
     if x.is_nan() {
         return ((b >> 16) | 0x40) as u16;
+    }
+    if x.is_subnormal() {
+        return ((b >> 16) & 0x8000) as u16;
     }
     let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
     (rounded >> 16) as u16
@@ -340,11 +344,19 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        let src: Vec<f32> = data(70, 3)
+        let mut src: Vec<f32> = data(70, 3)
             .iter()
             .enumerate()
             .map(|(i, x)| x * (1.0 + i as f32 * 1e-3))
             .collect();
+        // Ties, a denormal, a negative denormal and the largest finite value, in both the
+        // vector part and the scalar tail.
+        for base in [0, 64] {
+            src[base] = 1.0 + 2f32.powi(-8);
+            src[base + 1] = 1.0e-39;
+            src[base + 2] = -1.0e-40;
+            src[base + 3] = f32::MAX;
+        }
         let mut dst = vec![0u32; 35];
         // SAFETY: available() was checked.
         unsafe { x86::pairs(&src, &mut dst) };
