@@ -247,23 +247,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         batch: p.eval_batch,
     };
     autoprune::eval::eval_windows(&eval_tokens, &opts)?;
-    let protocol_key = sha256_hex(
-        (format!(
-            "{}|{}|{}|{:?}|{}|{}",
-            model_path.display(),
-            calib.source,
-            eval_source,
-            offsets,
-            eval_windows,
-            p.seqlen
-        ) + match p.precision {
-            // f32 keys stay as they were before the setting existed.
-            Precision::F32 => String::new(),
-            other => format!("|{other}"),
-        }
-        .as_str())
-        .as_bytes(),
+    let mut protocol = format!(
+        "{}|{}|{}|{:?}|{}|{}",
+        model_path.display(),
+        calib.source,
+        eval_source,
+        offsets,
+        eval_windows,
+        p.seqlen
     );
+    // f32 keys stay as they were before the setting existed.
+    if p.precision != Precision::F32 {
+        protocol.push_str(&format!("|{}", p.precision));
+    }
+    let protocol_key = sha256_hex(protocol.as_bytes());
     let cells_path = args.out.join("cells.jsonl");
     let mut cells = read_cells(&cells_path)?;
     let done = |cells: &[Cell], key: &str| cells.iter().any(|c| c.key == key);
