@@ -212,6 +212,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         &super::protocol::device(&p.device)?,
         p.precision,
     )?;
+    // Refuse an evaluation precision this machine cannot run now, not after the pruning.
+    let eval_precision = args.eval_precision.unwrap_or(p.precision);
+    loaded.model.set_precision(eval_precision)?;
     let calib = stream(&loaded.tokenizer, args.calib.as_ref(), "calib")?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
     let (sampler, offsets) = if args.calib_offsets.is_empty() {
@@ -233,7 +236,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     // Fail early, before minutes of pruning, if the evaluation text is too short.
     autoprune::eval::eval_windows(&eval.tokens, &opts)?;
-    let eval_precision = args.eval_precision.unwrap_or(p.precision);
     let dense = if args.skip_dense || args.plan_only {
         None
     } else {
