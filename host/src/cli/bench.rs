@@ -72,20 +72,6 @@ fn gemm(args: &Args) -> anyhow::Result<i32> {
     use candle_core::{Device, Tensor};
     let backend = init_cpu_matmul();
     let reps = args.reps.max(1);
-    let data = |len: usize, seed: u64| -> Vec<f32> {
-        // Deterministic values in [-1, 1) (a 64-bit LCG; quality does not matter here).
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-            })
-            .collect()
-    };
     let shapes = [
         ("q/o", 4096usize, 576usize, 576usize),
         ("k/v", 4096, 192, 576),
@@ -95,8 +81,12 @@ fn gemm(args: &Args) -> anyhow::Result<i32> {
     ];
     let mut rows = Vec::new();
     for (name, m, n, k) in shapes {
-        let w = Tensor::from_vec(data(n * k, 1), (n, k), &Device::Cpu)?;
-        let x = Tensor::from_vec(data(m * k, 2), (m, k), &Device::Cpu)?;
+        // Laplace-tailed weights (the `check` generator); its rows of another shape stand in
+        // for activations.
+        let w = SyntheticLayer::generate(n, k, LayerKind::Up, 1).weights;
+        let x = SyntheticLayer::generate(m, k, LayerKind::Up, 2).weights;
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
+        let x = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
         let f32l = Linear::new(w, None)?;
         let bf16l = f32l.clone().with_precision(Precision::Bf16)?;
         let (a, b) = (f32l.forward(&x)?, bf16l.forward(&x)?);

@@ -212,7 +212,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         &super::protocol::device(&p.device)?,
         p.precision,
     )?;
-    // Refuse an evaluation precision this machine cannot run now, not after the pruning.
+    // The evaluations' arithmetic, set (so checked) now: the dense evaluation runs with it, and
+    // one this machine cannot run is refused before the pruning, not after it.
     let eval_precision = args.eval_precision.unwrap_or(p.precision);
     loaded.model.set_precision(eval_precision)?;
     let calib = stream(&loaded.tokenizer, args.calib.as_ref(), "calib")?;
@@ -239,7 +240,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let dense = if args.skip_dense || args.plan_only {
         None
     } else {
-        loaded.model.set_precision(eval_precision)?;
         Some(ppl(
             &loaded.model,
             &eval.tokens,

@@ -264,12 +264,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 97.0)
-            .collect()
-    }
+    use crate::model::testutil::pattern as data;
 
     #[test]
     fn rounding_is_to_nearest_even() {

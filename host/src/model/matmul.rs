@@ -550,12 +550,7 @@ fn panel(len: usize, want: usize, align: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 1001.0)
-            .collect()
-    }
+    use crate::model::testutil::pattern as data;
 
     fn naive_nt(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
         let mut y = vec![0f64; m * n];

@@ -113,3 +113,11 @@ pub(crate) fn token_windows(batch: usize, seq: usize, vocab: usize, seed: u64) -
         })
         .collect()
 }
+
+/// `len` deterministic values in [-1, 1) (a fixed arithmetic pattern; `seed` shifts it), for
+/// matrix-product tests.
+pub(crate) fn pattern(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 - 1001.0) / 1001.0)
+        .collect()
+}
