@@ -19,3 +19,5 @@ pub mod prune;
 pub mod report;
 pub mod sandbox;
 pub mod search;
+#[cfg(test)]
+mod testutil;

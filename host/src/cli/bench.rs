@@ -66,68 +66,114 @@ fn build_times(builder: &Builder, reps: usize) -> anyhow::Result<(f64, f64, f64)
     Ok((cold, warm, cached))
 }
 
-/// `--gemm`: f32 and bf16 linear layers on SmolLM2's shapes, timed in the same run.
+/// `--gemm`: f32 and bf16 linear layers on SmolLM2's shapes, timed in the same run, and what
+/// the forward's fixed panel split costs against the thread-count split it replaced.
 fn gemm(args: &Args) -> anyhow::Result<i32> {
-    use autoprune::model::{init_cpu_matmul, Linear, Precision};
+    use autoprune::model::{bench_linear, init_cpu_matmul, Linear, Precision};
     use candle_core::{Device, Tensor};
     let backend = init_cpu_matmul();
+    let threads = rayon::current_num_threads();
     let reps = args.reps.max(1);
     let shapes = [
         ("q/o", 4096usize, 576usize, 576usize),
         ("k/v", 4096, 192, 576),
         ("gate/up", 4096, 1536, 576),
         ("down", 4096, 576, 1536),
+        ("eval q/o", 1024, 576, 576),
         ("lm_head", 1022, 49152, 576),
     ];
+    let bf16_cpu = Precision::Bf16.available();
     let mut rows = Vec::new();
     for (name, m, n, k) in shapes {
         // Laplace-tailed weights (the `check` generator); its rows of another shape stand in
         // for activations.
-        let w = SyntheticLayer::generate(n, k, LayerKind::Up, 1).weights;
-        let x = SyntheticLayer::generate(m, k, LayerKind::Up, 2).weights;
-        let w = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
-        let x = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
+        let wv = SyntheticLayer::generate(n, k, LayerKind::Up, 1).weights;
+        let xv = SyntheticLayer::generate(m, k, LayerKind::Up, 2).weights;
+        let w = Tensor::from_vec(wv.clone(), (n, k), &Device::Cpu)?;
+        let x = Tensor::from_vec(xv.clone(), (m, k), &Device::Cpu)?;
         let f32l = Linear::new(w, None)?;
-        let bf16l = f32l.clone().with_precision(Precision::Bf16)?;
-        let (a, b) = (f32l.forward(&x)?, bf16l.forward(&x)?);
-        let (a, b) = (
-            a.flatten_all()?.to_vec1::<f32>()?,
-            b.flatten_all()?.to_vec1::<f32>()?,
-        );
-        let rms = |v: &[f32]| {
-            (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
-        };
-        let diff: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
         let t32 = time(reps, || f32l.forward(&x).expect("f32 product"));
-        let t16 = time(reps, || bf16l.forward(&x).expect("bf16 product"));
+        // The split: the forward's fixed panels against 2 panels per thread (the old rule,
+        // whose bits depended on the thread count) and one call.
+        let t_fixed = time(reps, || bench_linear(&xv, &wv, (m, n, k), None));
+        let t_threads = time(reps, || {
+            bench_linear(&xv, &wv, (m, n, k), Some(2 * threads))
+        });
         let gflop = 2.0 * (m * n * k) as f64 / 1e9;
-        rows.push(serde_json::json!({
+        let mut row = serde_json::json!({
             "layer": name, "m": m, "n": n, "k": k,
-            "f32_gflops": gflop / t32, "bf16_gflops": gflop / t16, "speedup": t32 / t16,
-            "relative_rms_error": rms(&diff) / rms(&a),
-        }));
+            "f32_gflops": gflop / t32,
+            "fixed_panels_gflops": gflop / t_fixed,
+            "thread_panels_gflops": gflop / t_threads,
+            "fixed_vs_thread_panels": t_threads / t_fixed,
+        });
+        if bf16_cpu {
+            let bf16l = f32l.clone().with_precision(Precision::Bf16)?;
+            let (a, b) = (f32l.forward(&x)?, bf16l.forward(&x)?);
+            let (a, b) = (
+                a.flatten_all()?.to_vec1::<f32>()?,
+                b.flatten_all()?.to_vec1::<f32>()?,
+            );
+            let rms = |v: &[f32]| {
+                (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+            };
+            let diff: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+            let t16 = time(reps, || bf16l.forward(&x).expect("bf16 product"));
+            row["bf16_gflops"] = (gflop / t16).into();
+            row["speedup"] = (t32 / t16).into();
+            row["relative_rms_error"] = (rms(&diff) / rms(&a)).into();
+        }
+        rows.push(row);
     }
-    let report = serde_json::json!({ "f32_backend": backend, "reps": reps, "linear": rows });
+    let report = serde_json::json!({
+        "f32_backend": backend, "threads": threads, "reps": reps, "bf16": bf16_cpu, "linear": rows,
+    });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
     }
-    println!("CPU linear layers, f32 ({backend}) vs bf16 (AVX512-BF16), median of {reps}:");
+    let bf16_note = if bf16_cpu {
+        "AVX512-BF16"
+    } else {
+        "not run: this CPU has no AVX512-BF16"
+    };
+    println!("CPU linear layers, f32 ({backend}) vs bf16 ({bf16_note}), {threads} threads, median of {reps}:");
     println!(
-        "{:<8} {:>18} {:>11} {:>11} {:>8} {:>10}",
-        "layer", "m x n x k", "f32 GF/s", "bf16 GF/s", "speedup", "rel. err"
+        "{:<9} {:>18} {:>9} {:>9} {:>8} {:>10} {:>12} {:>12} {:>8}",
+        "layer",
+        "m x n x k",
+        "f32 GF/s",
+        "bf16 GF/s",
+        "speedup",
+        "rel. err",
+        "fixed GF/s",
+        "thread GF/s",
+        "ratio"
     );
+    let num = |r: &serde_json::Value, k: &str, digits: usize| {
+        r[k].as_f64().map_or("-".to_string(), |v| {
+            if digits == 99 {
+                format!("{v:.2e}")
+            } else {
+                format!("{v:.digits$}")
+            }
+        })
+    };
     for r in &rows {
         println!(
-            "{:<8} {:>18} {:>11.1} {:>11.1} {:>7.2}x {:>10.2e}",
+            "{:<9} {:>18} {:>9} {:>9} {:>8} {:>10} {:>12} {:>12} {:>8}",
             r["layer"].as_str().unwrap_or(""),
             format!("{}x{}x{}", r["m"], r["n"], r["k"]),
-            r["f32_gflops"].as_f64().unwrap_or(0.0),
-            r["bf16_gflops"].as_f64().unwrap_or(0.0),
-            r["speedup"].as_f64().unwrap_or(0.0),
-            r["relative_rms_error"].as_f64().unwrap_or(0.0),
+            num(r, "f32_gflops", 1),
+            num(r, "bf16_gflops", 1),
+            num(r, "speedup", 2),
+            num(r, "relative_rms_error", 99),
+            num(r, "fixed_panels_gflops", 1),
+            num(r, "thread_panels_gflops", 1),
+            num(r, "fixed_vs_thread_panels", 3),
         );
     }
+    println!("ratio: time with 2 panels per thread / time with the fixed split (> 1: the fixed split is faster)");
     Ok(0)
 }
 

@@ -283,11 +283,12 @@ mod tests {
 
     /// Against an f64 product of the bf16-rounded operands: only the f32 accumulation differs.
     #[test]
+    #[cfg_attr(
+        not(autoprune_cpu_avx512_bf16),
+        ignore = "needs AVX512-BF16 (vdpbf16ps)"
+    )]
     fn matches_a_product_of_the_rounded_operands() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
+        crate::testutil::require_cpu(&["avx512f", "avx512bw", "avx512bf16"]);
         // Ragged everything: m not a multiple of MR, n not of NR, odd k, k past one vector.
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -334,11 +335,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(autoprune_cpu_avx512_bf16),
+        ignore = "needs AVX512-BF16 (vdpbf16ps)"
+    )]
     fn vector_and_scalar_conversion_agree() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
+        crate::testutil::require_cpu(&["avx512f", "avx512bw", "avx512bf16"]);
         let mut src: Vec<f32> = data(70, 3)
             .iter()
             .enumerate()

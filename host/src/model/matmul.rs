@@ -7,8 +7,17 @@
 //! zero-fills them first), and bias/residual added per panel while it is in cache. Per core,
 //! both kernels run near this CPU class's peak (measured on an AMD EPYC with AVX-512:
 //! OpenBLAS's AVX-512 kernel 100–105 GFLOP/s, `gemm`'s AVX2 kernel 85–105); end to end on
-//! SOTU-512 OpenBLAS is only ≈ 2 % faster. With OpenBLAS the split never changes the
-//! reduction order over `k`, so results do not depend on the number of threads.
+//! SOTU-512 OpenBLAS is only ≈ 2 % faster.
+//!
+//! **Determinism.** The panels of a product are a function of its shape only ([`panels`]),
+//! never of the thread count, and each panel is one single-threaded kernel call, so a product
+//! gives the same bits on any number of threads, with any kernel family. Splitting does change
+//! bits on some families — OpenBLAS's Haswell/Zen `sgemm` rounds a row differently depending
+//! on where its panel starts (measured with Debian's 0.3.21: row panels that start at a
+//! multiple of 12 agree with one call, other row panels and column panels do not), while its
+//! SkylakeX kernel and the `gemm` crate do not — which is why the split is fixed. Different
+//! kernel families (SkylakeX vs Haswell vs `gemm`) round differently from each other; the
+//! family in use is reported ([`describe`]).
 //!
 //! OpenBLAS is loaded lazily (`dlopen` at the first product, or at [`init`]), because Debian's
 //! build picks its kernels from `OPENBLAS_CORETYPE` when the library loads and may detect a
@@ -376,10 +385,16 @@ unsafe impl Sync for SendPtr {}
 // ---------------------------------------------------------------------------------------------
 // Parallel products
 
-/// Multiply-adds below which a product runs on the calling thread.
+/// Multiply-adds below which a product is one panel (one kernel call on the calling thread).
 const PAR_MIN: usize = 1 << 18;
 /// Narrowest panel (columns or rows) of a split product.
 const PANEL_MIN: usize = 64;
+/// Panels a large product is split into, whatever the number of threads: results depend on
+/// the panel boundaries (on some kernel families, e.g. OpenBLAS's Haswell/Zen `sgemm`, a row
+/// computed in a panel that starts elsewhere rounds differently), so the boundaries are a
+/// function of the product's shape only, never of the thread pool. 12 divides evenly among
+/// 1, 2, 3, 4, 6 and 12 threads.
+pub(crate) const PANEL_COUNT: usize = 12;
 
 /// `Y[m×n] = X[m×k] · Wᵀ (+ bias) (+ residual)` for row-major `X`, `W[n×k]` (a linear
 /// layer), an optional `[n]` bias and an optional `[m×n]` residual, split over the rayon pool.
@@ -436,6 +451,52 @@ pub(crate) fn matmul_nt(
         }
     });
     // SAFETY: the panels cover Y, and each product wrote its panel.
+    unsafe { y.set_len(m * n) };
+    y
+}
+
+/// `X·Wᵀ` on this process's f32 backend, split into about `count` panels (`None`: the
+/// forward's shape-only split, [`panels`]), for `bench --gemm` to time what a split costs.
+/// Results of different splits may differ in the last bits (see the module header).
+#[doc(hidden)]
+pub fn bench_linear(
+    x: &[f32],
+    w: &[f32],
+    (m, n, k): (usize, usize, usize),
+    count: Option<usize>,
+) -> Vec<f32> {
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "bench_linear: operand too short"
+    );
+    let be = backend();
+    let split = match count {
+        Some(c) => panels_with(m, n, k, c),
+        None => panels(m, n, k),
+    };
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let out = SendPtr(y.as_mut_ptr());
+    let (xp, wp) = (x.as_ptr() as usize, w.as_ptr() as usize);
+    par_panels_of(split, |(i0, i1), (j0, j1)| {
+        let (xp, wp) = (xp as *const f32, wp as *const f32);
+        // SAFETY: as in `matmul_nt`: disjoint output panels, operands asserted above.
+        unsafe {
+            sgemm(
+                be,
+                i1 - i0,
+                j1 - j0,
+                k,
+                xp.add(i0 * k),
+                k,
+                wp.add(j0 * k),
+                k,
+                true,
+                out.get().add(i0 * n + j0),
+                n,
+            )
+        }
+    });
+    // SAFETY: the panels cover Y.
     unsafe { y.set_len(m * n) };
     y
 }
@@ -511,32 +572,59 @@ pub(crate) fn matmul_nt_swiglu(
     y
 }
 
-/// Run `f((i0, i1), (j0, j1))` over panels that tile an `m×n` product with inner size `k`:
-/// on the calling thread when it is small, else two panels per rayon thread (so a core slowed
-/// by other work holds up the rest less; more panels cost more packing: on SmolLM2's eval,
-/// 1, 2 and 4 panels per thread took 13.1, 13.5 and 13.8 CPU-seconds for 8 windows).
+/// Run `f((i0, i1), (j0, j1))` over panels that tile an `m×n` product with inner size `k`,
+/// in parallel on the rayon pool. The panels depend on `(m, n, k)` only (see [`PANEL_COUNT`]), so a
+/// product gives the same bits on 1 thread or 64: with one thread the same panels run in turn.
 ///
 /// Row panels unless `n` is much larger than `m`: each panel's product packs its own rows of
 /// `X` but all of `W`, which costs little (8 row panels of a 1024×576×576 product run at 97 %
 /// of one call's speed per core), while column panels each re-pack all of `X` (8 column
-/// panels of a 4096-row product: 75 %). The output head (49,152 columns) takes column panels.
+/// panels of a 4096-row product: 75 %). A wide product (the output head) takes column panels.
 fn par_panels(m: usize, n: usize, k: usize, f: impl Fn((usize, usize), (usize, usize)) + Sync) {
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || m * n * k < PAR_MIN {
-        f((0, m), (0, n));
-        return;
-    }
-    let want = 2 * threads;
-    if n >= 4 * m {
-        let step = panel(n, want, 16);
-        (0..n.div_ceil(step))
-            .into_par_iter()
-            .for_each(|p| f((0, m), (p * step, ((p + 1) * step).min(n))));
+    par_panels_of(panels(m, n, k), f)
+}
+
+fn par_panels_of(
+    (rows, cols): Split,
+    f: impl Fn((usize, usize), (usize, usize)) + Sync,
+) {
+    let tasks = rows.len() * cols.len();
+    let run = |t: usize| f(rows[t / cols.len()], cols[t % cols.len()]);
+    if tasks == 1 {
+        run(0);
     } else {
-        let step = panel(m, want, 8);
-        (0..m.div_ceil(step))
-            .into_par_iter()
-            .for_each(|p| f((p * step, ((p + 1) * step).min(m)), (0, n)));
+        (0..tasks).into_par_iter().for_each(run);
+    }
+}
+
+/// Row ranges and column ranges of the panels of a product.
+pub(crate) type Split = (Vec<(usize, usize)>, Vec<(usize, usize)>);
+
+/// The row and column ranges of the panels of an `m×n×k` product (one of the two lists has a
+/// single range): a pure function of the shape.
+pub(crate) fn panels(m: usize, n: usize, k: usize) -> Split {
+    panels_with(m, n, k, PANEL_COUNT)
+}
+
+/// [`panels`] with about `count` panels instead of [`PANEL_COUNT`] (for `bench --gemm`).
+fn panels_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    count: usize,
+) -> Split {
+    let ranges = |len: usize, step: usize| -> Vec<(usize, usize)> {
+        (0..len.div_ceil(step.max(1)))
+            .map(|p| (p * step, ((p + 1) * step).min(len)))
+            .collect()
+    };
+    if m * n * k < PAR_MIN || m == 0 || n == 0 {
+        return (vec![(0, m)], vec![(0, n)]);
+    }
+    if n >= 4 * m {
+        (vec![(0, m)], ranges(n, panel(n, count, 16)))
+    } else {
+        (ranges(m, panel(m, count, 8)), vec![(0, n)])
     }
 }
 
@@ -652,35 +740,147 @@ mod tests {
     }
 
     #[test]
-    fn openblas_split_is_bit_identical_to_one_call() {
-        if backend() != Backend::OpenBlas {
-            eprintln!("skipped: OpenBLAS is not available");
-            return;
+    fn panels_are_a_function_of_the_shape_and_tile_the_product() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (1024, 576, 576),
+            (517, 49152, 576),
+            (700, 33, 129),
+        ] {
+            let (rows, cols) = panels(m, n, k);
+            assert!(rows.len() == 1 || cols.len() == 1);
+            assert!(rows.len() * cols.len() <= PANEL_COUNT + 1, "{m}x{n}x{k}");
+            for (ranges, len) in [(&rows, m), (&cols, n)] {
+                assert_eq!(ranges.first().unwrap().0, 0);
+                assert_eq!(ranges.last().unwrap().1, len);
+                assert!(ranges
+                    .windows(2)
+                    .all(|w| w[0].1 == w[1].0 && w[0].0 < w[0].1));
+            }
+            // Pure: the same in any thread pool.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(3)
+                .build()
+                .unwrap();
+            assert_eq!(pool.install(|| panels(m, n, k)), (rows, cols));
         }
-        // Row panels, then column panels.
-        for (m, n, k) in [(300, 700, 96), (50, 700, 96)] {
-            let x = data(m * k, 5);
-            let w = data(n * k, 6);
-            let split = matmul_nt(Backend::OpenBlas, &x, &w, (m, n, k), None, None);
-            let mut one = vec![0f32; m * n];
-            // SAFETY: sizes as described.
-            unsafe {
-                let (xp, wp) = (x.as_ptr(), w.as_ptr());
-                sgemm(
-                    Backend::OpenBlas,
-                    m,
-                    n,
-                    k,
-                    xp,
-                    k,
-                    wp,
-                    k,
-                    true,
-                    one.as_mut_ptr(),
-                    n,
-                )
-            };
-            assert_eq!(split, one, "{m}x{n}x{k}");
+        // Products big enough to split are split (row panels for a block linear, column
+        // panels for the output head).
+        assert!(panels(1024, 576, 576).0.len() > 1);
+        assert!(panels(517, 49152, 576).1.len() > 1);
+    }
+
+    /// The bits of every product kind on `be` in pools of 1, 2, 3 and 5 threads.
+    fn assert_thread_count_invariant(be: Backend) {
+        let shapes = [
+            (300, 700, 96),
+            (50, 700, 96),
+            (1030, 576, 576),
+            (97, 1536, 576),
+        ];
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                shapes
+                    .iter()
+                    .map(|&(m, n, k)| {
+                        let x = data(m * k, 5);
+                        let w = data(n * k, 6);
+                        let u = data(n * k, 7);
+                        let plain = matmul_nt(be, &x, &w, (m, n, k), None, None);
+                        let fused = matmul_nt_swiglu(be, &x, &w, &u, (m, n, k));
+                        (plain, fused)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            let many = run(threads);
+            for ((a, b), &(m, n, k)) in one.iter().zip(&many).zip(&shapes) {
+                assert!(a == b, "{be:?} {m}x{n}x{k}: 1 thread vs {threads} differ");
+            }
+        }
+    }
+
+    #[test]
+    fn products_do_not_depend_on_the_thread_count() {
+        for be in backends() {
+            assert_thread_count_invariant(be);
+        }
+        if crate::model::bf16::available() {
+            assert_thread_count_invariant(Backend::Bf16);
+        }
+        // Run as a child of the kernel-family tests below: the family must have loaded.
+        if let Ok(want) = std::env::var("AUTOPRUNE_TEST_CORETYPE") {
+            assert_eq!(
+                describe().to_lowercase(),
+                format!("openblas ({})", want.to_lowercase()),
+                "OPENBLAS_CORETYPE={want} did not select that kernel family"
+            );
+        }
+    }
+
+    /// Runs [`products_do_not_depend_on_the_thread_count`] in a child test process whose
+    /// OpenBLAS loads the kernel family `core` (OpenBLAS reads `OPENBLAS_CORETYPE` once, when
+    /// it loads, so each family needs its own process).
+    fn thread_invariance_with_kernel_family(core: &str) {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "model::matmul::tests::products_do_not_depend_on_the_thread_count",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("OPENBLAS_CORETYPE", core)
+            .env("AUTOPRUNE_TEST_CORETYPE", core)
+            .env_remove("AUTOPRUNE_BLAS")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "with OPENBLAS_CORETYPE={core}:\n{text}"
+        );
+        assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(all(autoprune_openblas, autoprune_cpu_avx512)),
+        ignore = "needs OpenBLAS and AVX-512 F/BW/VL/DQ/CD (its SkylakeX kernels)"
+    )]
+    fn openblas_skylakex_kernels_are_thread_count_invariant() {
+        crate::testutil::require_cpu(&["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"]);
+        thread_invariance_with_kernel_family("SkylakeX");
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(all(autoprune_openblas, autoprune_cpu_avx2_fma)),
+        ignore = "needs OpenBLAS and AVX2 + FMA (its Haswell and Zen kernels)"
+    )]
+    fn openblas_haswell_and_zen_kernels_are_thread_count_invariant() {
+        crate::testutil::require_cpu(&["avx2", "fma"]);
+        thread_invariance_with_kernel_family("Haswell");
+        thread_invariance_with_kernel_family("Zen");
+    }
+
+    #[test]
+    #[cfg_attr(
+        not(autoprune_openblas),
+        ignore = "needs OpenBLAS (libopenblas0-pthread)"
+    )]
+    fn openblas_is_loaded_where_installed() {
+        // Guards the kernel-family tests above: they are only meaningful with OpenBLAS loaded.
+        if std::env::var("AUTOPRUNE_BLAS").is_err() {
+            assert_eq!(backend(), Backend::OpenBlas, "{}", describe());
         }
     }
 }

@@ -30,7 +30,7 @@ pub use block::{AttnShape, Block, Capture};
 pub use config::{Arch, ModelConfig};
 pub(crate) use layers::with_cpu_f32;
 pub use layers::{rope_tables, Linear, RmsNorm, Rope};
-pub use matmul::{describe as cpu_matmul_backend, init as init_cpu_matmul};
+pub use matmul::{bench_linear, describe as cpu_matmul_backend, init as init_cpu_matmul};
 pub use tokenizer::Tokenizer;
 
 /// Errors of the model room. Candle errors are wrapped at the edge in [`ModelError::Tensor`].
@@ -96,6 +96,16 @@ pub enum Precision {
     /// Operands rounded to bf16, products accumulated in f32 (AVX512-BF16 CPUs only). About
     /// twice the f32 speed; its effect on perplexity is measured, not assumed (README).
     Bf16,
+}
+
+impl Precision {
+    /// Whether this CPU can run it (bf16 needs AVX512-BF16).
+    pub fn available(self) -> bool {
+        match self {
+            Precision::F32 => true,
+            Precision::Bf16 => bf16::available(),
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {

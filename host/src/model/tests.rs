@@ -126,12 +126,28 @@ fn forward_matches_naive_reference() {
     }
 }
 
+/// On a CPU without AVX512-BF16 (e.g. an AMD EPYC Zen 3), bf16 is refused with the documented
+/// error instead of running a kernel the CPU lacks.
 #[test]
+#[cfg_attr(
+    autoprune_cpu_avx512_bf16,
+    ignore = "needs a CPU *without* AVX512-BF16 (checks the refusal)"
+)]
+fn bf16_precision_is_refused_without_avx512_bf16() {
+    assert!(!bf16::available(), "rebuild the tests on this machine");
+    let mut m = tiny(Arch::Llama);
+    let err = m.set_precision(Precision::Bf16).unwrap_err().to_string();
+    assert!(err.contains("needs a CPU with AVX512-BF16"), "{err}");
+    assert_eq!(m.precision(), Precision::F32);
+}
+
+#[test]
+#[cfg_attr(
+    not(autoprune_cpu_avx512_bf16),
+    ignore = "needs AVX512-BF16 (vdpbf16ps)"
+)]
 fn bf16_precision_rounds_the_linear_operands_only() {
-    if !bf16::available() {
-        eprintln!("skipped: this CPU has no AVX512-BF16");
-        return;
-    }
+    crate::testutil::require_cpu(&["avx512f", "avx512bw", "avx512bf16"]);
     for arch in [Arch::Llama, Arch::Qwen2] {
         let mut m = tiny(arch);
         let ids = ids(&m, 2, 100);
