@@ -396,7 +396,7 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
         &wins,
         &Method::Metric(&pz),
         &pcfg,
-        Some(grads),
+        Some(&grads),
         &mut |p| saw_gradient |= matches!(p, Progress::Gradient { .. }),
     )
     .unwrap();

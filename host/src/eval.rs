@@ -118,6 +118,22 @@ pub fn perplexity_with_progress(
     })
 }
 
+/// Mean NLL per predicted token of each window (`seq − 1` positions each), in batches of
+/// `batch` windows: the per-window losses a paired comparison needs
+/// ([`crate::search::paired`]). `exp` of their mean is the perplexity over the windows.
+pub fn window_nlls(
+    model: &Model,
+    windows: &[&[u32]],
+    batch: usize,
+) -> Result<Vec<f64>, ModelError> {
+    let mut out = Vec::with_capacity(windows.len());
+    for chunk in windows.chunks(batch.max(1)) {
+        let predicted = chunk.first().map_or(1, |w| w.len().saturating_sub(1).max(1));
+        out.extend(batch_nll(model, chunk)?.into_iter().map(|s| s / predicted as f64));
+    }
+    Ok(out)
+}
+
 /// The first `opts.windows` non-overlapping windows of `tokens`.
 pub fn eval_windows<'a>(
     tokens: &'a [u32],

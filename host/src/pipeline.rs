@@ -221,42 +221,34 @@ pub fn prune_model_with_progress(
 }
 
 /// [`prune_model_with_progress`] with the gradient statistic already computed on the dense
-/// `model` over the same `windows` (e.g. by the allocation step), so it is not computed twice.
-/// With `None` it is computed here when the metric reads it.
+/// `model` over the same `windows` (e.g. by the allocation step, or once per search run), so
+/// it is not computed again. With `None` it is computed here when the metric reads it.
 pub fn prune_model_with_gradients(
     model: &mut Model,
     windows: &[&[u32]],
     method: &Method<'_>,
     cfg: &PruneConfig,
-    gradients: Option<Gradients>,
+    gradients: Option<&Gradients>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PruneReport, PipelineError> {
     // The gradient statistic, only for a metric that asks for it (it costs a backward pass per
     // window), on the dense model before anything is pruned.
-    let mut grads: Option<Gradients> = match method {
-        Method::Metric(plugin) if plugin.info().needs_gradient => match gradients {
-            Some(g) => Some(g),
-            None => Some(gradient::compute(model, windows, &mut |done, total| {
+    let computed: Option<Gradients> = match (method, gradients) {
+        (Method::Metric(plugin), None) if plugin.info().needs_gradient => {
+            Some(gradient::compute(model, windows, &mut |done, total| {
                 progress(Progress::Gradient { done, total });
                 ControlFlow::Continue(())
-            })?),
-        },
+            })?)
+        }
         _ => None,
     };
-    let expected = model.blocks.len() * LayerKind::BLOCK.len();
-    if !cfg.layer_sparsity.is_empty() {
-        if cfg.layer_sparsity.len() != expected {
-            return Err(PipelineError::Config(format!(
-                "{} per-layer sparsities for {expected} linear layers",
-                cfg.layer_sparsity.len()
-            )));
-        }
-        if matches!(cfg.pattern, Pattern::NM { .. }) {
-            return Err(PipelineError::Config(
-                "per-layer sparsities need an unstructured pattern (row or layer); N:M fixes the sparsity".into(),
-            ));
-        }
-    }
+    let needs = matches!(method, Method::Metric(p) if p.info().needs_gradient);
+    let grads = if needs {
+        computed.as_ref().or(gradients)
+    } else {
+        None
+    };
+    check_layer_sparsity(model, cfg)?;
     let seq_len = windows.first().map_or(0, |w| w.len());
     let rope = model.rope(seq_len)?;
     let mut inps = embed_batches(model, windows, cfg.batch)?;
@@ -267,7 +259,7 @@ pub fn prune_model_with_gradients(
         stats_seconds: 0.0,
         prune_seconds: 0.0,
         forward_seconds: 0.0,
-        gradient_seconds: grads.as_ref().map_or(0.0, |g| g.seconds),
+        gradient_seconds: computed.as_ref().map_or(0.0, |g| g.seconds),
     };
     let sparsegpt = matches!(method, Method::SparseGpt);
     for i in 0..num_blocks {
@@ -296,13 +288,9 @@ pub fn prune_model_with_gradients(
                 num_blocks: num_blocks as u32,
                 kind,
             };
-            let grad = grads.as_ref().and_then(|g| g.get(i, kind));
+            let grad = grads.and_then(|g| g.get(i, kind));
             let layer = prune_linear(model, id, &inputs, &factors, method, cfg, grad)?;
             report.layers.push(layer);
-        }
-        // This block's statistic is no longer needed.
-        if let Some(g) = grads.as_mut() {
-            g.release_block(i);
         }
         report.prune_seconds += t.elapsed().as_secs_f64();
         // The last block's pruned outputs would feed nothing: the protocol never reads them.
@@ -329,6 +317,78 @@ pub fn prune_model_with_gradients(
     let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
     report.sparsity = zeros as f64 / total.max(1) as f64;
     Ok(report)
+}
+
+/// One-shot pruning: every block is pruned with statistics of the *dense* model (`stats`,
+/// e.g. from [`crate::alloc::summary::dense_stats`]), with no pruned pass between blocks.
+/// Cheaper than the protocol (no forward pass at all here) and a screen for search: the
+/// statistics are computed once per run and shared by every candidate. A metric that reads
+/// the gradient statistic needs `gradients` (of the dense model).
+pub fn prune_one_shot(
+    model: &mut Model,
+    stats: &crate::alloc::summary::DenseStats,
+    plugin: &Plugin,
+    cfg: &PruneConfig,
+    gradients: Option<&Gradients>,
+) -> Result<PruneReport, PipelineError> {
+    let num_blocks = model.blocks.len();
+    check_layer_sparsity(model, cfg)?;
+    if plugin.info().needs_gradient && gradients.is_none() {
+        return Err(PipelineError::Config(
+            "the metric reads the gradient statistic; compute it first".into(),
+        ));
+    }
+    let mut report = PruneReport {
+        layers: Vec::new(),
+        sparsity: 0.0,
+        stats_seconds: 0.0,
+        prune_seconds: 0.0,
+        forward_seconds: 0.0,
+        gradient_seconds: 0.0,
+    };
+    let t = Instant::now();
+    let method = Method::Metric(plugin);
+    let factors = BTreeMap::new();
+    for i in 0..num_blocks {
+        let inputs = BlockInputs {
+            stats: stats.blocks.get(i).cloned().unwrap_or_default(),
+            hessians: BTreeMap::new(),
+        };
+        for kind in LayerKind::BLOCK {
+            let id = LayerId {
+                block: i as u32,
+                num_blocks: num_blocks as u32,
+                kind,
+            };
+            let grad = gradients.and_then(|g| g.get(i, kind));
+            let layer = prune_linear(model, id, &inputs, &factors, &method, cfg, grad)?;
+            report.layers.push(layer);
+        }
+    }
+    report.prune_seconds = t.elapsed().as_secs_f64();
+    let zeros: usize = report.layers.iter().map(|l| l.zeros).sum();
+    let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
+    report.sparsity = zeros as f64 / total.max(1) as f64;
+    Ok(report)
+}
+
+/// Per-layer sparsities must match the model and an unstructured pattern.
+fn check_layer_sparsity(model: &Model, cfg: &PruneConfig) -> Result<(), PipelineError> {
+    let expected = model.blocks.len() * LayerKind::BLOCK.len();
+    if !cfg.layer_sparsity.is_empty() {
+        if cfg.layer_sparsity.len() != expected {
+            return Err(PipelineError::Config(format!(
+                "{} per-layer sparsities for {expected} linear layers",
+                cfg.layer_sparsity.len()
+            )));
+        }
+        if matches!(cfg.pattern, Pattern::NM { .. }) {
+            return Err(PipelineError::Config(
+                "per-layer sparsities need an unstructured pattern (row or layer); N:M fixes the sparsity".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Score, mask (or SparseGPT-update) and write back one linear layer. `gradient` is the

@@ -292,7 +292,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         &calib_windows,
         &method,
         &cfg,
-        grads,
+        grads.as_ref(),
         &mut |p| {
             let (what, done, total) = match p {
                 Progress::Gradient { done, total } => ("gradients", done, total),

@@ -8,7 +8,8 @@ use autoprune::calib::{validation_offsets, window_offsets, Sampler};
 use autoprune::model::Precision;
 use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
-use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
+use autoprune::search::cascade::{Evaluator, LadderConfig, Reference, SearchData};
+use autoprune::search::objective::{Objective, Setting};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{LlmClient, LlmConfig};
 use autoprune::search::proposer::{GpProposer, GpSettings};
@@ -78,10 +79,16 @@ pub struct Args {
     /// Evaluation threads (each evaluation also uses the rayon pool for its products).
     #[arg(long, default_value_t = 1)]
     pub eval_workers: usize,
-    /// Target sparsity.
+    /// What to optimise: one setting or several, comma-separated, e.g. `2:4`, `0.7+sdsa`
+    /// (70 % with SDSA allocation), `0.5,2:4,0.7+sdsa` (the geometric mean of the perplexity
+    /// ratios to Wanda under the three). Every setting is compared with Wanda under itself.
+    /// Default: `--sparsity` with `--pattern`.
+    #[arg(long)]
+    pub objective: Option<Objective>,
+    /// Target sparsity (when no `--objective` is given).
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
-    /// Comparison group: `row`, `layer`, or N:M such as `2:4`.
+    /// Comparison group: `row`, `layer`, or N:M such as `2:4` (when no `--objective` is given).
     #[arg(long, default_value = "row")]
     pub pattern: Pattern,
     /// Candidates to propose (seeds excluded). On `--resume`, a new total.
@@ -94,21 +101,23 @@ pub struct Args {
     /// Seed of every random choice of the proposer.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Calibration windows of the full stage (the protocol's 32).
+    /// Calibration windows (the protocol's 32): the dense statistics of the screen and the
+    /// sequential level's protocol.
     #[arg(long, default_value_t = 32)]
     pub calib_windows: usize,
-    /// Calibration windows of the proxy stage.
-    #[arg(long, default_value_t = 4)]
-    pub proxy_calib_windows: usize,
-    /// Validation windows (held out of the calibration stream) of the full stage.
-    #[arg(long, default_value_t = 16)]
+    /// Validation windows (held out of the calibration stream) of the sequential level.
+    #[arg(long, default_value_t = 32)]
     pub validation_windows: usize,
-    /// Validation windows of the proxy stage.
+    /// Validation windows of the screen (the first ones of the validation windows).
     #[arg(long, default_value_t = 4)]
-    pub proxy_validation_windows: usize,
-    /// Continue past the proxy only if proxy ≤ this × the best baseline's proxy.
-    #[arg(long, default_value_t = 1.5)]
-    pub proxy_factor: f64,
+    pub screen_windows: usize,
+    /// Continue past the screen only if its perplexity ratio to Wanda is at most this.
+    #[arg(long, default_value_t = 1.1)]
+    pub promote_ratio: f64,
+    /// Do not compute the gradient statistic (faster start; GBLM, Pruner-Zero and candidates
+    /// that read the gradient are then refused).
+    #[arg(long)]
+    pub no_gradient: bool,
     /// Candidates measured on the held-out evaluation windows at the end.
     #[arg(long, default_value_t = 3)]
     pub heldout_top: usize,
@@ -142,7 +151,7 @@ pub struct RunConfig {
     prompts: Option<PathBuf>,
     #[serde(default)]
     pools: Pools,
-    cascade: CascadeConfig,
+    ladder: LadderConfig,
     calib_windows: usize,
     validation_windows: usize,
     heldout_windows: usize,
@@ -189,6 +198,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let (dir, mut archive, cfg, proposer) = match &args.resume {
         Some(dir) => {
             let archive = Archive::open_existing(&archive_path(dir))?;
+            let schema = archive.schema()?;
+            anyhow::ensure!(
+                schema == autoprune::search::archive::SCHEMA_VERSION,
+                "{} was recorded by an earlier autoprune (archive schema {schema}: perplexities, \
+                 not ratios to Wanda); `autoprune runs show` still reads it, but it cannot be \
+                 resumed: start a new run",
+                dir.display()
+            );
             let text = archive
                 .meta("config")?
                 .with_context(|| format!("{} has no recorded configuration", dir.display()))?;
@@ -269,13 +286,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 seed: args.seed,
                 budget_candidates: args.budget_candidates.unwrap_or(200),
                 budget_minutes: args.budget_minutes.unwrap_or(0.0),
-                cascade: CascadeConfig {
-                    sparsity: args.sparsity,
-                    pattern: args.pattern,
-                    proxy_calib_windows: args.proxy_calib_windows,
-                    proxy_val_windows: args.proxy_validation_windows,
-                    proxy_factor: args.proxy_factor,
+                ladder: LadderConfig {
+                    objective: args.objective.clone().unwrap_or_else(|| {
+                        Objective::single(Setting::uniform(args.sparsity, args.pattern))
+                    }),
+                    screen_windows: args.screen_windows,
+                    promote_ratio: args.promote_ratio,
                     calib_batch: 8,
+                    gradient: !args.no_gradient,
                 },
                 calib_windows: args.calib_windows,
                 validation_windows: args.validation_windows,
@@ -287,7 +305,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 eval: args.protocol.eval.clone(),
                 policy: args.policy.clone(),
                 trusted: args.flags.trusted,
-                gp: GpSettings::default(),
+                gp: GpSettings {
+                    allow_gradient: !args.no_gradient,
+                    ..GpSettings::default()
+                },
                 precision: args.protocol.precision,
             };
             // Check the proposer's settings before anything is written, so a typo does not
@@ -305,18 +326,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let eval = stream(&loaded.tokenizer, cfg.eval.as_ref(), "eval")?;
     let seq = cfg.seq_len;
     let offsets = window_offsets(calib.tokens.len(), cfg.calib_windows, seq, Sampler::Even)?;
-    let proxy_offsets = window_offsets(
-        calib.tokens.len(),
-        cfg.cascade.proxy_calib_windows,
-        seq,
-        Sampler::Even,
-    )?;
     let val = validation_offsets(calib.tokens.len(), &offsets, cfg.validation_windows, seq)?;
     let win = |o: &usize| calib.tokens[*o..*o + seq].to_vec();
     let data = SearchData {
         model: loaded.model,
         calib: offsets.iter().map(win).collect(),
-        proxy_calib: proxy_offsets.iter().map(win).collect(),
         validation: val.iter().flat_map(win).collect(),
         validation_windows: val.len(),
         heldout: eval.tokens,
@@ -335,12 +349,39 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         trusted: cfg.trusted,
         build_timeout: args.flags.build_timeout,
     };
-    let evaluator = Evaluator::new(cfg.cascade.clone(), data, flags.builder()?, policy)?;
+    let cached: Option<Reference> = archive
+        .meta("reference")?
+        .and_then(|r| serde_json::from_str(&r).ok());
+    let evaluator = Evaluator::new(
+        cfg.ladder.clone(),
+        data,
+        flags.builder()?,
+        policy,
+        cached,
+        &mut |what| {
+            if !quiet {
+                eprintln!("preparing: {what}");
+            }
+        },
+    )?;
+    archive.set_meta("reference", &serde_json::to_string(&evaluator.reference())?)?;
+    if !quiet {
+        let p = evaluator.preparation();
+        eprintln!(
+            "prepared in {:.1} s (dense statistics {:.1} s, gradient {:.1} s, plans {:.1} s, Wanda's losses {:.1} s); objective {}",
+            p.dense_stats + p.gradient + p.plans + p.reference,
+            p.dense_stats,
+            p.gradient,
+            p.plans,
+            p.reference,
+            cfg.ladder.objective
+        );
+    }
     // LLM runs start from the hand-written sources (readable); GP runs from trees (breedable).
     let seeds = if cfg.llm.is_some() {
-        autoprune::search::gcot::seeds()
+        autoprune::search::gcot::seeds(cfg.ladder.gradient)
     } else {
-        GpProposer::seeds()
+        GpProposer::seeds(cfg.ladder.gradient)
     };
     let stop = stop_on_ctrl_c();
     let budget = Budget {
@@ -355,7 +396,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         match e {
             Event::Finished(n, o) => eprintln!(
-                "#{:<4} {:<9} {:<10} {:<6} proxy {:>10} fitness {:>10}  {}",
+                "#{:<4} {:<9} {:<10} {:<10} screen {:>7} fitness {:>7}  {}",
                 n.id,
                 n.operator,
                 format!("{:?}", o.status.unwrap_or(Status::Failed)).to_lowercase(),
@@ -364,7 +405,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 fmt_opt(o.fitness),
                 first_line(&n.thought, 60)
             ),
-            Event::Heldout(n, p) => eprintln!("held-out #{:<4} {:.4}", n.id, p),
+            Event::Heldout(n, p) => eprintln!("held-out #{:<4} {:.4} × Wanda", n.id, p),
             Event::Proposed(n) => {
                 if n.status == Status::Failed {
                     eprintln!(
@@ -429,8 +470,8 @@ fn build_proposer(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Proposer>> {
                 client,
                 templates,
                 PromptSettings {
-                    sparsity: cfg.cascade.sparsity,
-                    pattern: pattern_words(cfg.cascade.pattern),
+                    sparsity: cfg.ladder.objective.settings[0].sparsity,
+                    pattern: objective_words(&cfg.ladder.objective),
                 },
                 cfg.seed,
             ))
@@ -477,6 +518,23 @@ fn pattern_words(p: Pattern) -> String {
     }
 }
 
+/// The objective in words for the prompts.
+fn objective_words(o: &Objective) -> String {
+    let parts: Vec<String> = o
+        .settings
+        .iter()
+        .map(|s| {
+            let alloc = if s.is_uniform() {
+                String::new()
+            } else {
+                format!(", {} layer-wise allocation", s.allocation.name().to_uppercase())
+            };
+            format!("{} comparison{alloc}", pattern_words(s.pattern))
+        })
+        .collect();
+    parts.join("; and ")
+}
+
 fn fmt_opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| {
         if v >= 1e6 {
@@ -514,7 +572,9 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
         count(Status::Failed),
         count(Status::Pending)
     );
-    out.push_str("  id  proposer  operator      proxy   fitness(val)  held-out  idea\n");
+    out.push_str(
+        "  id  proposer  operator   screen×W   fitness×W  held-out×W  idea   (×W: perplexity ratio to Wanda)\n",
+    );
     for n in best.iter().take(top) {
         let _ = writeln!(
             out,

@@ -36,8 +36,11 @@ pub enum ArchiveError {
 /// Result alias of this module.
 pub type Result<T> = std::result::Result<T, ArchiveError>;
 
-/// Schema version written into `meta`; bump on incompatible changes.
-pub const SCHEMA_VERSION: &str = "1";
+/// Schema version written into `meta`; bump on incompatible changes. Version 2 records the
+/// evaluation ladder: `proxy`, `fitness` and `heldout` are perplexity *ratios to Wanda* at the
+/// screen, sequential and held-out levels, and `detail` holds every level's paired comparison
+/// (JSON). Version-1 archives (perplexities, no `detail`) can still be read (`runs show`).
+pub const SCHEMA_VERSION: &str = "2";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -62,7 +65,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     fitness     REAL,
     heldout     REAL,
     seconds     REAL,
-    tokens      INTEGER NOT NULL DEFAULT 0
+    tokens      INTEGER NOT NULL DEFAULT 0,
+    detail      TEXT
 );
 CREATE INDEX IF NOT EXISTS nodes_source ON nodes(source_hash);
 CREATE INDEX IF NOT EXISTS nodes_mask ON nodes(mask_hash);
@@ -173,16 +177,22 @@ pub struct Node {
     pub mask_hash: Option<String>,
     /// The node whose result was reused.
     pub duplicate_of: Option<i64>,
-    /// Proxy score (lower is better).
+    /// Screen score: perplexity ratio to Wanda on the screen windows (lower is better;
+    /// version-1 archives: the proxy perplexity).
     pub proxy: Option<f64>,
-    /// Full-protocol fitness on the validation windows (lower is better).
+    /// Fitness: ratio to Wanda at the sequential level on the validation windows (lower is
+    /// better; version-1 archives: the validation perplexity).
     pub fitness: Option<f64>,
-    /// Perplexity on the held-out evaluation windows (final ranking only).
+    /// Ratio to Wanda on the held-out evaluation windows (final ranking only; version-1
+    /// archives: the held-out perplexity).
     pub heldout: Option<f64>,
     /// Evaluation seconds.
     pub seconds: Option<f64>,
     /// Proposer tokens.
     pub tokens: u64,
+    /// Every level's paired comparison (JSON of [`super::cascade::Detail`]).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 /// A derivation edge.
@@ -211,12 +221,14 @@ pub struct Outcome {
     pub mask_hash: Option<String>,
     /// Reused node.
     pub duplicate_of: Option<i64>,
-    /// Proxy.
+    /// Screen ratio to Wanda.
     pub proxy: Option<f64>,
-    /// Fitness.
+    /// Sequential-level ratio to Wanda.
     pub fitness: Option<f64>,
     /// Seconds.
     pub seconds: f64,
+    /// Every level's paired comparison (JSON).
+    pub detail: Option<String>,
 }
 
 /// One proposer call (prompt and response), for the record.
@@ -278,6 +290,19 @@ impl Archive {
         match a.meta("schema")? {
             None => a.set_meta("schema", SCHEMA_VERSION)?,
             Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) if v == "1" => {
+                // Readable: add the column this version reads (left empty); the schema stays 1,
+                // so `--resume` can refuse it (its scores are perplexities, not ratios).
+                let has = a
+                    .conn
+                    .prepare("SELECT detail FROM nodes LIMIT 0")
+                    .is_ok();
+                if !has {
+                    a.conn
+                        .execute_batch("ALTER TABLE nodes ADD COLUMN detail TEXT")
+                        .map_err(|e| a.err(e))?;
+                }
+            }
             Some(v) => {
                 return Err(ArchiveError::Schema {
                     path: path.to_path_buf(),
@@ -304,6 +329,11 @@ impl Archive {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// The schema version this archive was written with (`"1"` or [`SCHEMA_VERSION`]).
+    pub fn schema(&self) -> Result<String> {
+        Ok(self.meta("schema")?.unwrap_or_else(|| SCHEMA_VERSION.into()))
     }
 
     /// The database file.
@@ -426,7 +456,8 @@ impl Archive {
         self.conn
             .execute(
                 "UPDATE nodes SET status = ?2, stage = ?3, verdict = ?4, mask_hash = ?5,
-                 duplicate_of = ?6, proxy = ?7, fitness = ?8, seconds = ?9 WHERE id = ?1",
+                 duplicate_of = ?6, proxy = ?7, fitness = ?8, seconds = ?9, detail = ?10
+                 WHERE id = ?1",
                 params![
                     id,
                     status.as_str(),
@@ -436,19 +467,31 @@ impl Archive {
                     o.duplicate_of,
                     o.proxy,
                     o.fitness,
-                    o.seconds
+                    o.seconds,
+                    o.detail
                 ],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
 
-    /// Record a node's perplexity on the held-out evaluation windows.
-    pub fn set_heldout(&self, id: i64, ppl: f64) -> Result<()> {
+    /// Record a node's held-out score (ratio to Wanda), and its detail when given.
+    pub fn set_heldout(&self, id: i64, score: f64) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE nodes SET heldout = ?2 WHERE id = ?1",
-                params![id, ppl],
+                params![id, score],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Replace a node's detail (JSON).
+    pub fn set_detail(&self, id: i64, detail: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE nodes SET detail = ?2 WHERE id = ?1",
+                params![id, detail],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -577,6 +620,7 @@ impl Archive {
                     heldout: r.get("heldout")?,
                     seconds: r.get("seconds")?,
                     tokens: r.get::<_, i64>("tokens")? as u64,
+                    detail: r.get("detail")?,
                 })
             })
             .map_err(|e| self.err(e))?;

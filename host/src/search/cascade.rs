@@ -1,61 +1,80 @@
-//! The evaluation cascade: every candidate goes build → check → probe masks → proxy → full
-//! protocol, and stops at the first stage it fails or does not pass.
+//! The evaluation ladder: every candidate climbs build → check → probe → screen →
+//! sequential, stopping at the first level it fails or does not pass, and the best climb to
+//! the held-out text at the end.
 //!
 //! - **build**: the sandboxed builder (same as any candidate; cache by source hash).
 //! - **check**: the validation suite on small synthetic layers (typed verdicts, determinism).
 //! - **probe**: masks on fixed probe layers of the real model (the first and the middle block,
-//!   with dense statistics); their hash identifies *behaviour*: a candidate whose probe masks
-//!   equal an earlier candidate's reuses that result instead of being evaluated again
+//!   dense statistics) under every setting of the objective; their hash identifies
+//!   *behaviour*: a candidate whose probe masks equal an earlier candidate's reuses that result
 //!   (metrics that differ by a monotone transform prune identically).
-//! - **proxy**: prune with a few calibration windows, perplexity on a few validation windows;
-//!   a candidate continues only if its proxy is at most `proxy_factor ×` the best built-in
-//!   baseline's proxy measured in the same run.
-//! - **full**: the full calibration (the protocol's windows), perplexity on every validation
-//!   window: the fitness proposers see.
+//! - **screen** (one-shot): every layer pruned with the *dense* model's statistics, which are
+//!   computed once per run, then perplexity on the first `screen_windows` validation windows.
+//!   No forward pass is needed to prune, so a candidate costs its scoring, its masks and a
+//!   short evaluation. A candidate continues only if its screen ratio to Wanda is at most
+//!   `promote_ratio` (the seeds, i.e. the baselines, always continue).
+//! - **sequential**: the Wanda protocol (statistics of each block from the pruned blocks
+//!   before it; the protocol's calibration windows), perplexity on every validation window:
+//!   the fitness proposers see.
+//! - **held-out** ([`Evaluator::heldout`]): the sequential protocol evaluated on the held-out
+//!   text, for the final ranking only; proposers never see it.
 //!
-//! Validation windows come from the calibration stream (held out between calibration
-//! windows); the evaluation text is used only for the final ranking ([`Evaluator::heldout`]),
-//! which proposers never see.
+//! Every level is a **paired comparison** with Wanda under the same setting on the same
+//! windows ([`super::paired`]): per-window differences of mean NLL, their mean `Δ` and a
+//! bootstrap 95 % interval; the recorded score of a level is the ratio `exp(Δ)` (1.0 = Wanda,
+//! lower is better), averaged in log space over the objective's settings. Wanda's per-window
+//! losses at every level are computed once per run ([`Reference`]) and stored in the archive,
+//! so a resumed run does not recompute them.
+//!
+//! Everything that does not depend on the candidate is computed once per run: the token
+//! windows, the dense statistics of every block, the gradient statistic of the dense model (for
+//! metrics that read it), the allocation plan of every setting, and Wanda's losses.
 
 use super::archive::{Archive, Node, Outcome, Status};
-use crate::alloc::summary::DenseStats;
+use super::objective::{Objective, Setting};
+use super::paired::{paired, paired_diffs, Paired};
+use crate::alloc::summary::{dense_stats, summarize, DenseStats};
+use crate::alloc::{expand, Granularity};
 use crate::build::Builder;
+use crate::calib::gradient::{self, Gradients};
 use crate::check;
-use crate::eval::{perplexity, PerplexityOptions};
+use crate::eval::window_nlls;
 use crate::layer::{LayerData, LayerId, LayerKind};
 use crate::model::Model;
-use crate::pipeline::{prune_model, Method, PipelineError, PruneConfig};
+use crate::pipeline::{
+    prune_model_with_gradients, prune_one_shot, Method, PipelineError, PruneConfig,
+};
 use crate::prune::mask::{Mask, Pattern};
 use crate::sandbox::{Failure, Plugin, Policy};
 use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+use std::sync::Mutex;
 use std::time::Instant;
 
-/// Settings of the cascade.
+/// Settings of the ladder.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CascadeConfig {
-    /// Target sparsity.
-    pub sparsity: f64,
-    /// Comparison group.
-    pub pattern: Pattern,
-    /// Calibration windows of the proxy stage.
-    pub proxy_calib_windows: usize,
-    /// Validation windows of the proxy stage.
-    pub proxy_val_windows: usize,
-    /// Continue past the proxy only if proxy ≤ this × the best baseline's proxy.
-    pub proxy_factor: f64,
+pub struct LadderConfig {
+    /// What the search optimises.
+    pub objective: Objective,
+    /// Validation windows of the screen (the first ones of the validation windows).
+    pub screen_windows: usize,
+    /// Continue past the screen only if its ratio to Wanda is at most this.
+    pub promote_ratio: f64,
     /// Calibration windows per forward pass.
     pub calib_batch: usize,
+    /// Compute the gradient statistic of the dense model once per run, so metrics may read it
+    /// (GBLM and Pruner-Zero's baselines do). Costs one backward pass per calibration window.
+    pub gradient: bool,
 }
 
-impl Default for CascadeConfig {
+impl Default for LadderConfig {
     fn default() -> Self {
-        CascadeConfig {
-            sparsity: 0.5,
-            pattern: Pattern::PerRow,
-            proxy_calib_windows: 4,
-            proxy_val_windows: 4,
-            proxy_factor: 1.5,
+        LadderConfig {
+            objective: Objective::single(Setting::uniform(0.5, Pattern::PerRow)),
+            screen_windows: 4,
+            promote_ratio: 1.1,
             calib_batch: 8,
+            gradient: true,
         }
     }
 }
@@ -64,10 +83,8 @@ impl Default for CascadeConfig {
 pub struct SearchData {
     /// The dense model (cloned for every evaluation; tensors are shared until replaced).
     pub model: Model,
-    /// Full-protocol calibration windows.
+    /// Calibration windows (the protocol's).
     pub calib: Vec<Vec<u32>>,
-    /// Proxy calibration windows (a subset, evenly spread).
-    pub proxy_calib: Vec<Vec<u32>>,
     /// Validation tokens: held-out calibration-side windows, concatenated.
     pub validation: Vec<u32>,
     /// Number of validation windows in `validation`.
@@ -80,7 +97,81 @@ pub struct SearchData {
     pub seq_len: usize,
 }
 
-/// One probe layer: weights and dense statistics.
+/// A ladder level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// One-shot with dense statistics, a few validation windows.
+    Screen,
+    /// The sequential protocol, every validation window.
+    Sequential,
+    /// The sequential protocol on the held-out text.
+    Heldout,
+}
+
+impl Level {
+    /// Its name in records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Screen => "screen",
+            Level::Sequential => "sequential",
+            Level::Heldout => "heldout",
+        }
+    }
+}
+
+/// Wanda's per-window mean NLLs, per setting, at every level (computed once per run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Identifies the data and settings these losses belong to.
+    pub key: String,
+    /// Screen windows, per setting.
+    pub screen: Vec<Vec<f64>>,
+    /// Validation windows (sequential level), per setting.
+    pub sequential: Vec<Vec<f64>>,
+    /// Held-out windows, per setting (computed at the first held-out ranking).
+    #[serde(default)]
+    pub heldout: Option<Vec<Vec<f64>>>,
+}
+
+/// One setting's result at one level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettingResult {
+    /// The setting (e.g. `2:4`).
+    pub setting: String,
+    /// Perplexity over the level's windows.
+    pub ppl: f64,
+    /// Wanda's perplexity over the same windows.
+    pub wanda_ppl: f64,
+    /// The paired comparison with Wanda.
+    pub paired: Paired,
+}
+
+/// A candidate's result at one level: per setting, and combined over the settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelResult {
+    /// Per-window differences averaged over the settings, compared as a whole.
+    pub combined: Paired,
+    /// Each setting.
+    pub settings: Vec<SettingResult>,
+    /// Seconds the level took.
+    pub seconds: f64,
+}
+
+/// Everything measured for a candidate, stored as JSON with its node (`detail`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detail {
+    /// The screen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<LevelResult>,
+    /// The sequential level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<LevelResult>,
+    /// The held-out ranking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heldout: Option<LevelResult>,
+}
+
+/// One probe layer: weights, shape and block.
 struct Probe {
     id: LayerId,
     rows: usize,
@@ -89,70 +180,171 @@ struct Probe {
     block: usize,
 }
 
-/// Runs the cascade for one search.
+/// What the one-time preparation cost (seconds), for reports.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Preparation {
+    /// The dense statistics pass.
+    pub dense_stats: f64,
+    /// The gradient pass (0 when not computed).
+    pub gradient: f64,
+    /// Allocation plans.
+    pub plans: f64,
+    /// Wanda's losses at the screen and sequential levels (0 when reused from the archive).
+    pub reference: f64,
+}
+
+/// Runs the ladder for one search.
 pub struct Evaluator {
-    cfg: CascadeConfig,
+    cfg: LadderConfig,
     data: SearchData,
     builder: Builder,
     policy: Policy,
-    stats: DenseStats,
+    dense: DenseStats,
+    grads: Option<Gradients>,
+    /// Per-layer sparsities of each setting (empty: uniform).
+    plans: Vec<Vec<f64>>,
     probes: Vec<Probe>,
+    reference: Mutex<Reference>,
+    prep: Preparation,
 }
 
-fn verdict(f: &Failure) -> String {
-    serde_json::to_string(f).unwrap_or_else(|_| format!("{{\"verdict\":\"{f}\"}}"))
+/// The Wanda source every run compares with (the same file as `candidates/wanda.rs`).
+pub const WANDA_SOURCE: &str = include_str!("../../../candidates/wanda.rs");
+
+fn failure_of(e: PipelineError) -> Failure {
+    match e {
+        PipelineError::Metric { failure, .. } => failure,
+        e => Failure::Rejected {
+            reason: format!("pruning failed: {e}"),
+        },
+    }
 }
 
 impl Evaluator {
-    /// Prepare: dense statistics of the proxy windows (for the probe layers).
+    /// Prepare a run: dense statistics of every block over the calibration windows, the
+    /// gradient statistic (if configured), the allocation plans, and Wanda's losses at the
+    /// screen and sequential levels (taken from `cached` when its key matches).
     pub fn new(
-        cfg: CascadeConfig,
+        cfg: LadderConfig,
         data: SearchData,
         builder: Builder,
         policy: Policy,
+        cached: Option<Reference>,
+        progress: &mut dyn FnMut(&str),
     ) -> Result<Self, PipelineError> {
-        let wins: Vec<&[u32]> = data.proxy_calib.iter().map(|w| w.as_slice()).collect();
-        let stats = crate::alloc::summary::dense_stats(
-            &data.model,
-            &wins,
-            cfg.calib_batch,
-            &mut |_, _| {},
-        )?;
-        let n = data.model.blocks.len();
-        let mut probes = Vec::new();
-        let mut blocks = vec![0, n / 2];
-        blocks.dedup();
-        for b in blocks {
-            for kind in LayerKind::BLOCK {
-                let Some(lin) = data.model.blocks[b].linear(kind) else {
-                    continue;
-                };
-                let (rows, cols) = lin.shape();
-                probes.push(Probe {
-                    id: LayerId {
-                        block: b as u32,
-                        num_blocks: n as u32,
-                        kind,
-                    },
-                    rows,
-                    cols,
-                    weights: lin.weight().flatten_all()?.to_vec1()?,
-                    block: b,
-                });
-            }
+        if cfg.objective.settings.is_empty() {
+            return Err(PipelineError::Config("the objective has no setting".into()));
         }
-        Ok(Evaluator {
+        if data.validation_windows == 0 || cfg.screen_windows == 0 {
+            return Err(PipelineError::Config(
+                "the ladder needs validation windows and at least one screen window".into(),
+            ));
+        }
+        let mut prep = Preparation::default();
+        let wins: Vec<&[u32]> = data.calib.iter().map(|w| w.as_slice()).collect();
+        progress("dense statistics of every block");
+        let dense = dense_stats(&data.model, &wins, cfg.calib_batch, &mut |_, _| {})?;
+        prep.dense_stats = dense.seconds;
+        let grads = if cfg.gradient {
+            progress("gradient statistic of the dense model");
+            let g = gradient::compute(&data.model, &wins, &mut |_, _| ControlFlow::Continue(()))?;
+            prep.gradient = g.seconds;
+            Some(g)
+        } else {
+            None
+        };
+        let t = Instant::now();
+        let mut plans = Vec::new();
+        for s in &cfg.objective.settings {
+            plans.push(if s.is_uniform() {
+                Vec::new()
+            } else {
+                let units = summarize(
+                    &data.model,
+                    &dense,
+                    None,
+                    None,
+                    s.sparsity,
+                    Granularity::Block,
+                )?;
+                let alloc = s
+                    .allocation
+                    .allocate(s.sparsity, &units)
+                    .map_err(|e| PipelineError::Config(format!("allocation for {s}: {e}")))?;
+                expand(&units, &alloc, data.model.blocks.len())
+            });
+        }
+        prep.plans = t.elapsed().as_secs_f64();
+        let probes = probes(&data.model)?;
+        let mut ev = Evaluator {
             cfg,
             data,
             builder,
             policy,
-            stats,
+            dense,
+            grads,
+            plans,
             probes,
-        })
+            reference: Mutex::new(Reference::default()),
+            prep,
+        };
+        let key = ev.reference_key();
+        let reference = match cached {
+            Some(r) if r.key == key => r,
+            _ => {
+                progress("Wanda's losses at the screen and sequential levels");
+                let t = Instant::now();
+                let wanda = ev.wanda().map_err(|f| {
+                    PipelineError::Config(format!("the Wanda reference failed: {f}"))
+                })?;
+                let mut r = Reference {
+                    key,
+                    ..Reference::default()
+                };
+                for i in 0..ev.cfg.objective.settings.len() {
+                    r.screen.push(ev.losses(&wanda, i, Level::Screen).map_err(|f| {
+                        PipelineError::Config(format!("the Wanda reference failed: {f}"))
+                    })?);
+                    r.sequential
+                        .push(ev.losses(&wanda, i, Level::Sequential).map_err(|f| {
+                            PipelineError::Config(format!("the Wanda reference failed: {f}"))
+                        })?);
+                }
+                ev.prep.reference = t.elapsed().as_secs_f64();
+                r
+            }
+        };
+        ev.reference = Mutex::new(reference);
+        Ok(ev)
+    }
+
+    /// A key for the reference losses: the settings, the windows and the model's size and
+    /// first weights (a different model or text gives a different key).
+    fn reference_key(&self) -> String {
+        let mut h = String::new();
+        h.push_str(&serde_json::to_string(&self.cfg.objective).unwrap_or_default());
+        h.push_str(&format!(
+            "|{}|{}|{}|{}|",
+            self.cfg.screen_windows,
+            self.data.seq_len,
+            self.data.validation_windows,
+            self.data.heldout_windows
+        ));
+        for w in &self.data.calib {
+            h.push_str(&format!("{w:?}"));
+        }
+        h.push_str(&format!("{:?}", self.data.validation));
+        h.push_str(&format!("{:?}", &self.data.heldout[..self.data.heldout.len().min(4096)]));
+        h.push_str(&format!("{}", self.data.model.num_linear_weights()));
+        if let Some(p) = self.probes.first() {
+            let bits: Vec<u32> = p.weights.iter().take(4096).map(|x| x.to_bits()).collect();
+            h.push_str(&format!("{bits:?}"));
+        }
+        crate::sandbox::sha256_hex(h.as_bytes())[..32].to_string()
     }
 
     /// The settings.
-    pub fn config(&self) -> &CascadeConfig {
+    pub fn config(&self) -> &LadderConfig {
         &self.cfg
     }
 
@@ -161,11 +353,38 @@ impl Evaluator {
         &self.data
     }
 
+    /// What the preparation cost.
+    pub fn preparation(&self) -> Preparation {
+        self.prep
+    }
+
+    /// Wanda's losses (to store in the archive, so a resumed run reuses them).
+    pub fn reference(&self) -> Reference {
+        self.reference
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The gradient statistic of the dense model, if this run computes it.
+    pub fn gradients(&self) -> Option<&Gradients> {
+        self.grads.as_ref()
+    }
+
+    /// The dense statistics of every block.
+    pub fn dense_stats(&self) -> &DenseStats {
+        &self.dense
+    }
+
+    fn wanda(&self) -> Result<Plugin, Failure> {
+        self.load(WANDA_SOURCE).map_err(|(_, f)| f)
+    }
+
     /// Build and load a candidate (stages build and check), or its verdict and stage.
     pub fn load(&self, code: &str) -> Result<Plugin, (&'static str, Failure)> {
         let built = self.builder.build(code).map_err(|f| ("build", f))?;
         let plugin = Plugin::load(&built.wasm, &self.policy, None).map_err(|f| ("build", f))?;
-        if plugin.info().needs_gradient {
+        if plugin.info().needs_gradient && self.grads.is_none() {
             return Err((
                 "check",
                 Failure::Rejected {
@@ -189,12 +408,23 @@ impl Evaluator {
         Ok(plugin)
     }
 
-    /// Hash of the candidate's masks on the probe layers.
+    /// The pruning configuration of setting `i`.
+    fn prune_cfg(&self, i: usize) -> PruneConfig {
+        let s = &self.cfg.objective.settings[i];
+        PruneConfig {
+            sparsity: s.sparsity,
+            layer_sparsity: self.plans[i].clone(),
+            pattern: s.pattern,
+            batch: self.cfg.calib_batch,
+        }
+    }
+
+    /// Hash of the candidate's masks on the probe layers under every setting.
     pub fn probe_hash(&self, plugin: &Plugin) -> Result<String, Failure> {
         let mut all = String::new();
         for p in &self.probes {
             let stats = self
-                .stats
+                .dense
                 .get(p.block, p.id.kind)
                 .ok_or(Failure::Rejected {
                     reason: "host bug: no probe statistics".into(),
@@ -205,70 +435,125 @@ impl Evaluator {
                 cols: p.cols,
                 weights: &p.weights,
                 stats,
-                gradient: None,
-                sparsity: self.cfg.sparsity as f32,
+                gradient: self.grads.as_ref().and_then(|g| g.get(p.block, p.id.kind)),
+                sparsity: self.cfg.objective.settings[0].sparsity as f32,
             };
             let scored = plugin.score(&data)?;
-            let mask = Mask::from_scores(
-                &scored.scores,
-                p.rows,
-                p.cols,
-                self.cfg.pattern,
-                self.cfg.sparsity,
-            )
-            .map_err(|e| Failure::Rejected {
-                reason: format!("probe mask of {}: {e}", p.id),
-            })?;
-            all.push_str(&format!("{:016x}", mask.hash64()));
+            for (i, s) in self.cfg.objective.settings.iter().enumerate() {
+                let sparsity = self.prune_cfg(i).sparsity_of(p.id);
+                let mask = Mask::from_scores(&scored.scores, p.rows, p.cols, s.pattern, sparsity)
+                    .map_err(|e| Failure::Rejected {
+                        reason: format!("probe mask of {}: {e}", p.id),
+                    })?;
+                all.push_str(&format!("{:016x}", mask.hash64()));
+            }
         }
         Ok(crate::sandbox::sha256_hex(all.as_bytes())[..32].to_string())
     }
 
-    /// Prune a copy of the dense model with `plugin` on `windows`; perplexity on the first
-    /// `val_windows` validation windows (or the held-out text).
-    fn prune_and_measure(
-        &self,
-        plugin: &Plugin,
-        windows: &[Vec<u32>],
-        tokens: &[u32],
-        eval_windows: usize,
-    ) -> Result<f64, Failure> {
-        let mut model = self.data.model.clone();
-        let wins: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
-        let cfg = PruneConfig::uniform(self.cfg.sparsity, self.cfg.pattern, self.cfg.calib_batch);
-        match prune_model(
-            &mut model,
-            &wins,
-            &Method::Metric(plugin),
-            &cfg,
-            &mut |_, _| {},
-        ) {
-            Ok(_) => {}
-            Err(PipelineError::Metric { failure, .. }) => return Err(failure),
-            Err(e) => {
-                return Err(Failure::Rejected {
-                    reason: format!("pruning failed: {e}"),
-                })
-            }
-        }
-        let opts = PerplexityOptions {
-            seq_len: self.data.seq_len,
-            windows: eval_windows,
-            batch: 2,
+    /// The windows a level is measured on.
+    fn windows(&self, level: Level) -> Vec<&[u32]> {
+        let seq = self.data.seq_len;
+        let (tokens, n) = match level {
+            Level::Screen => (
+                &self.data.validation,
+                self.cfg.screen_windows.min(self.data.validation_windows),
+            ),
+            Level::Sequential => (&self.data.validation, self.data.validation_windows),
+            Level::Heldout => (&self.data.heldout, self.data.heldout_windows),
         };
-        let p = perplexity(&model, tokens, &opts).map_err(|e| Failure::Rejected {
-            reason: format!("evaluation failed: {e}"),
-        })?;
-        if !p.ppl.is_finite() {
-            // A pruned model whose loss overflows is a (terrible) result, not an error.
-            return Ok(f64::MAX);
-        }
-        Ok(p.ppl)
+        tokens.chunks_exact(seq).take(n).collect()
     }
 
-    /// Run the cascade on `node`. `baseline_proxy` is the best built-in baseline's proxy in
-    /// this run (`None` while the baselines themselves are evaluated: they always go through).
-    pub fn evaluate(&self, archive: &Archive, node: &Node, baseline_proxy: Option<f64>) -> Outcome {
+    /// Prune a copy of the dense model with `plugin` under setting `i` as `level` does, and
+    /// return the per-window mean NLLs on the level's windows.
+    pub fn losses(&self, plugin: &Plugin, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
+        let mut model = self.data.model.clone();
+        let cfg = self.prune_cfg(i);
+        match level {
+            Level::Screen => {
+                prune_one_shot(&mut model, &self.dense, plugin, &cfg, self.grads.as_ref())
+                    .map_err(failure_of)?;
+            }
+            Level::Sequential | Level::Heldout => {
+                let wins: Vec<&[u32]> = self.data.calib.iter().map(|w| w.as_slice()).collect();
+                prune_model_with_gradients(
+                    &mut model,
+                    &wins,
+                    &Method::Metric(plugin),
+                    &cfg,
+                    self.grads.as_ref(),
+                    &mut |_| {},
+                )
+                .map_err(failure_of)?;
+            }
+        }
+        window_nlls(&model, &self.windows(level), 2).map_err(|e| Failure::Rejected {
+            reason: format!("evaluation failed: {e}"),
+        })
+    }
+
+    /// Wanda's losses of setting `i` at `level`.
+    fn reference_losses(&self, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
+        let have = {
+            let r = self.reference.lock().map_err(|_| Failure::Rejected {
+                reason: "host bug: reference lock poisoned".into(),
+            })?;
+            match level {
+                Level::Screen => r.screen.get(i).cloned(),
+                Level::Sequential => r.sequential.get(i).cloned(),
+                Level::Heldout => r.heldout.as_ref().and_then(|h| h.get(i).cloned()),
+            }
+        };
+        if let Some(l) = have {
+            return Ok(l);
+        }
+        // Only the held-out losses are computed lazily (at the first final ranking).
+        let wanda = self.wanda()?;
+        let all: Vec<Vec<f64>> = (0..self.cfg.objective.settings.len())
+            .map(|j| self.losses(&wanda, j, Level::Heldout))
+            .collect::<Result<_, _>>()?;
+        let mut r = self.reference.lock().map_err(|_| Failure::Rejected {
+            reason: "host bug: reference lock poisoned".into(),
+        })?;
+        r.heldout = Some(all.clone());
+        Ok(all[i].clone())
+    }
+
+    /// Measure `plugin` at `level` under every setting, paired with Wanda.
+    pub fn measure(&self, plugin: &Plugin, level: Level) -> Result<LevelResult, Failure> {
+        let t = Instant::now();
+        let n = self.cfg.objective.settings.len();
+        let mut settings = Vec::with_capacity(n);
+        let mut sum_diff: Vec<f64> = Vec::new();
+        for (i, s) in self.cfg.objective.settings.iter().enumerate() {
+            let cand = self.losses(plugin, i, level)?;
+            let base = self.reference_losses(i, level)?;
+            let p = paired(&cand, &base, i as u64);
+            if sum_diff.is_empty() {
+                sum_diff = vec![0.0; cand.len()];
+            }
+            for (acc, (c, b)) in sum_diff.iter_mut().zip(cand.iter().zip(&base)) {
+                let c = if c.is_finite() { *c } else { f64::MAX / 4.0 };
+                *acc += (c - b) / n as f64;
+            }
+            settings.push(SettingResult {
+                setting: s.to_string(),
+                ppl: mean_exp(&cand),
+                wanda_ppl: mean_exp(&base),
+                paired: p,
+            });
+        }
+        Ok(LevelResult {
+            combined: paired_diffs(&sum_diff, 7),
+            settings,
+            seconds: t.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Run the ladder on `node`. The seeds (the baselines) always climb to the sequential
+    /// level (`always_promote`); other candidates only if their screen ratio passes.
+    pub fn evaluate(&self, archive: &Archive, node: &Node, always_promote: bool) -> Outcome {
         let t = Instant::now();
         let mut o = Outcome {
             stage: "build".into(),
@@ -302,49 +587,75 @@ impl Evaluator {
                 }
             }
         }
-        o.stage = "proxy".into();
-        let proxy = match self.prune_and_measure(
-            &plugin,
-            &self.data.proxy_calib,
-            &self.data.validation,
-            self.cfg.proxy_val_windows.min(self.data.validation_windows),
-        ) {
-            Ok(p) => p,
-            Err(f) => return finish(fail(o, "proxy", f), t),
+        let mut detail = Detail::default();
+        o.stage = Level::Screen.name().into();
+        let screen = match self.measure(&plugin, Level::Screen) {
+            Ok(r) => r,
+            Err(f) => return finish(fail(o, Level::Screen.name(), f), t),
         };
-        o.proxy = Some(proxy);
-        if let Some(b) = baseline_proxy {
-            if proxy > self.cfg.proxy_factor * b {
-                o.status = Some(Status::Screened);
-                return finish(o, t);
-            }
+        let ratio = screen.combined.ratio();
+        o.proxy = Some(ratio);
+        detail.screen = Some(screen);
+        o.detail = serde_json::to_string(&detail).ok();
+        if !always_promote && !(ratio <= self.cfg.promote_ratio) {
+            o.status = Some(Status::Screened);
+            return finish(o, t);
         }
-        o.stage = "full".into();
-        match self.prune_and_measure(
-            &plugin,
-            &self.data.calib,
-            &self.data.validation,
-            self.data.validation_windows,
-        ) {
-            Ok(f) => {
-                o.fitness = Some(f);
+        o.stage = Level::Sequential.name().into();
+        match self.measure(&plugin, Level::Sequential) {
+            Ok(r) => {
+                o.fitness = Some(r.combined.ratio());
                 o.status = Some(Status::Evaluated);
+                detail.sequential = Some(r);
+                o.detail = serde_json::to_string(&detail).ok();
             }
-            Err(f) => return finish(fail(o, "full", f), t),
+            Err(f) => return finish(fail(o, Level::Sequential.name(), f), t),
         }
         finish(o, t)
     }
 
-    /// Perplexity on the held-out evaluation windows (final ranking).
-    pub fn heldout(&self, code: &str) -> Result<f64, Failure> {
+    /// The held-out level (final ranking): the ratio to Wanda and its detail.
+    pub fn heldout(&self, code: &str) -> Result<LevelResult, Failure> {
         let plugin = self.load(code).map_err(|(_, f)| f)?;
-        self.prune_and_measure(
-            &plugin,
-            &self.data.calib,
-            &self.data.heldout,
-            self.data.heldout_windows,
-        )
+        self.measure(&plugin, Level::Heldout)
     }
+}
+
+/// The probe layers: every linear of the first and the middle block.
+fn probes(model: &Model) -> Result<Vec<Probe>, PipelineError> {
+    let n = model.blocks.len();
+    let mut probes = Vec::new();
+    let mut blocks = vec![0, n / 2];
+    blocks.dedup();
+    for b in blocks {
+        for kind in LayerKind::BLOCK {
+            let Some(lin) = model.blocks[b].linear(kind) else {
+                continue;
+            };
+            let (rows, cols) = lin.shape();
+            probes.push(Probe {
+                id: LayerId {
+                    block: b as u32,
+                    num_blocks: n as u32,
+                    kind,
+                },
+                rows,
+                cols,
+                weights: lin.weight().flatten_all()?.to_vec1()?,
+                block: b,
+            });
+        }
+    }
+    Ok(probes)
+}
+
+/// `exp` of the mean of per-window mean NLLs: the perplexity over windows of equal length.
+fn mean_exp(nll: &[f64]) -> f64 {
+    (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
+}
+
+fn verdict(f: &Failure) -> String {
+    serde_json::to_string(f).unwrap_or_else(|_| format!("{{\"verdict\":\"{f}\"}}"))
 }
 
 fn finish(mut o: Outcome, t: Instant) -> Outcome {
@@ -360,5 +671,6 @@ fn reuse(mut o: Outcome, prev: &Node, t: Instant) -> Outcome {
     o.mask_hash = prev.mask_hash.clone().or(o.mask_hash);
     o.proxy = prev.proxy;
     o.fitness = prev.fitness;
+    o.detail = prev.detail.clone();
     finish(o, t)
 }

@@ -373,9 +373,10 @@ pub struct PromptSettings {
     pub pattern: String,
 }
 
-/// The seed candidates of an LLM run: the hand-written magnitude and Wanda sources (what a
-/// model reads best), tests stripped. They prune exactly like the GP seeds.
-pub fn seeds() -> Vec<NewNode> {
+/// The seed candidates of an LLM run: the hand-written baselines (what a model reads best),
+/// tests stripped: magnitude, Wanda, RIA, and with the gradient statistic GBLM and
+/// Pruner-Zero's tree. They prune like the GP seeds.
+pub fn seeds(gradient: bool) -> Vec<NewNode> {
     [
         (
             include_str!("../../../candidates/magnitude.rs"),
@@ -385,8 +386,21 @@ pub fn seeds() -> Vec<NewNode> {
             include_str!("../../../candidates/wanda.rs"),
             "Wanda: |W| · ‖X‖₂",
         ),
+        (
+            include_str!("../../../candidates/ria.rs"),
+            "RIA: (|W|/Σ_col|W| + |W|/Σ_row|W|) · ‖X‖₂^0.5",
+        ),
+        (
+            include_str!("../../../candidates/gblm.rs"),
+            "GBLM: |W| · (‖X‖₂ + √32 · G)",
+        ),
+        (
+            include_str!("../../../candidates/pruner_zero.rs"),
+            "Pruner-Zero: |W|² · mms(G)",
+        ),
     ]
     .into_iter()
+    .filter(|(src, _)| gradient || !src.contains("needs_gradient()"))
     .map(|(src, thought)| NewNode {
         proposer: "seed".into(),
         operator: "seed".into(),

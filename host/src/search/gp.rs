@@ -289,6 +289,19 @@ impl Expr {
         )
     }
 
+    /// GBLM-Pruner: `|W| · (‖X_j‖₂ + √32 · G)` (the weighting of `candidates/gblm.rs`).
+    pub fn gblm() -> Expr {
+        Expr::bin(
+            BinOp::Mul,
+            Expr::W,
+            Expr::bin(
+                BinOp::Add,
+                Expr::N,
+                Expr::bin(BinOp::Mul, Expr::Const(Num(5.656_854)), Expr::G),
+            ),
+        )
+    }
+
     /// RIA: `(colnorm(|W|) + rownorm(|W|)) · sqrt(‖X_j‖₂)` (scores equal `candidates/ria.rs`
     /// bitwise on layers without all-zero rows or columns).
     pub fn ria() -> Expr {

@@ -8,6 +8,8 @@ pub mod cascade;
 pub mod gcot;
 pub mod gp;
 pub mod llm;
+pub mod objective;
+pub mod paired;
 pub mod proposer;
 pub mod report;
 pub mod run;

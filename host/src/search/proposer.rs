@@ -41,16 +41,23 @@ impl GpProposer {
         }
     }
 
-    /// The seed candidates of every run: the built-in baselines magnitude and Wanda, as trees
-    /// (so they also take part in crossover).
-    pub fn seeds() -> Vec<NewNode> {
-        [
+    /// The seed candidates of every run: the built-in baselines as trees (so they also take
+    /// part in crossover): magnitude, Wanda and RIA, and with the gradient statistic GBLM and
+    /// Pruner-Zero's best tree.
+    pub fn seeds(gradient: bool) -> Vec<NewNode> {
+        let mut seeds = vec![
             (Expr::magnitude(), "magnitude: |W|"),
             (Expr::wanda(), "Wanda: |W| · ‖X‖₂"),
-        ]
-        .into_iter()
-        .map(|(e, thought)| seed_node(&e, thought))
-        .collect()
+            (Expr::ria(), "RIA: (|W|/Σ_col|W| + |W|/Σ_row|W|) · ‖X‖₂^0.5"),
+        ];
+        if gradient {
+            seeds.push((Expr::gblm(), "GBLM: |W| · (‖X‖₂ + √32 · G)"));
+            seeds.push((Expr::pruner_zero_best(), "Pruner-Zero: |W|² · mms(G)"));
+        }
+        seeds
+            .into_iter()
+            .map(|(e, thought)| seed_node(&e, thought))
+            .collect()
     }
 }
 

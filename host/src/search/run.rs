@@ -175,18 +175,10 @@ pub enum Event<'a> {
     Heldout(&'a Node, f64),
 }
 
-/// The best baseline proxy: the lowest proxy among evaluated seed nodes.
-pub fn baseline_proxy(nodes: &[Node]) -> Option<f64> {
-    nodes
-        .iter()
-        .filter(|n| n.operator == "seed" && n.status == Status::Evaluated)
-        .filter_map(|n| n.proxy)
-        .min_by(f64::total_cmp)
-}
-
 struct Job {
     node: Node,
-    baseline: Option<f64>,
+    /// Seeds (the baselines) climb every level whatever their screen.
+    always_promote: bool,
 }
 
 /// Run (or resume) a search until a budget is spent, the proposer keeps failing, or `stop` is
@@ -231,7 +223,7 @@ pub fn run(
                     let Ok(job) = job else { return };
                     // A host bug must not lose the job (the coordinator counts on an answer).
                     let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        evaluator.evaluate(&reader, &job.node, job.baseline)
+                        evaluator.evaluate(&reader, &job.node, job.always_promote)
                     }))
                     .unwrap_or_else(|p| Outcome {
                         status: Some(Status::Failed),
@@ -290,7 +282,6 @@ async fn coordinate(
     let mut proposed = next_index;
     let (mut prompt_tokens, mut completion_tokens) = archive.token_split()?;
     let mut seeds_pending = queue.iter().filter(|n| n.operator == "seed").count();
-    let mut baseline = baseline_proxy(&archive.nodes()?);
     let mut failures = 0usize;
     let mut in_eval: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
@@ -312,7 +303,7 @@ async fn coordinate(
             proposing.abort_all();
         }
         // Hand queued candidates to free evaluation threads (the baselines first: no proposal
-        // is evaluated before every seed is, so the proxy threshold is known).
+        // is evaluated before every seed is, so proposers see the baselines' results).
         while halt.is_none() && evaluating < workers {
             let Some(front) = queue.front() else { break };
             if front.operator != "seed" && seeds_pending > 0 {
@@ -324,15 +315,11 @@ async fn coordinate(
             }
             let node = queue.pop_front().expect("front exists");
             in_eval.insert(node.source_hash.clone());
-            let base = if node.operator == "seed" {
-                None
-            } else {
-                baseline
-            };
+            let always_promote = node.operator == "seed";
             job_tx
                 .send(Job {
                     node,
-                    baseline: base,
+                    always_promote,
                 })
                 .map_err(|_| SearchError::Runtime("every evaluation thread died".into()))?;
             evaluating += 1;
@@ -426,12 +413,6 @@ async fn coordinate(
                 archive.finish(node.id, &o)?;
                 if node.operator == "seed" {
                     seeds_pending = seeds_pending.saturating_sub(1);
-                    if o.status == Some(Status::Evaluated) {
-                        baseline = match (baseline, o.proxy) {
-                            (Some(b), Some(p)) => Some(b.min(p)),
-                            (b, p) => b.or(p),
-                        };
-                    }
                 }
                 archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
                 events(Event::Finished(&node, &o));
@@ -473,10 +454,20 @@ pub fn rank_heldout(
         if n.heldout.is_some() {
             continue;
         }
-        if let Ok(ppl) = evaluator.heldout(&n.code) {
-            archive.set_heldout(n.id, ppl)?;
-            n.heldout = Some(ppl);
-            events(Event::Heldout(n, ppl));
+        if let Ok(level) = evaluator.heldout(&n.code) {
+            let ratio = level.combined.ratio();
+            let mut detail: super::cascade::Detail = n
+                .detail
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or_default();
+            detail.heldout = Some(level);
+            let text = serde_json::to_string(&detail).unwrap_or_default();
+            archive.set_heldout(n.id, ratio)?;
+            archive.set_detail(n.id, &text)?;
+            n.heldout = Some(ratio);
+            n.detail = Some(text);
+            events(Event::Heldout(n, ratio));
         }
     }
     best.sort_by(|a, b| {
