@@ -245,7 +245,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
         &mut archive,
         &ev,
         proposer(&url, Some(key_var), 30.0, 3),
-        &autoprune::search::gcot::seeds(),
+        &autoprune::search::gcot::seeds(false),
         budget,
         Pools {
             proposal_workers: 1,
@@ -296,14 +296,14 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
         })
         .collect();
     let expect = [
-        (Status::Evaluated, "full", ""),
+        (Status::Evaluated, "sequential", ""),
         (Status::Failed, "propose", "malformed_json"),
         (Status::Failed, "propose", "empty_choices"),
         (Status::Failed, "propose", "no_code"),
         (Status::Failed, "build", "compile"),
         (Status::Failed, "build", "compile"),
         (Status::Failed, "check", "out_of_fuel"),
-        (Status::Evaluated, "full", ""),
+        (Status::Evaluated, "sequential", ""),
     ];
     for (i, (st, stage, v)) in expect.iter().enumerate() {
         let got = &kinds[i];
@@ -372,7 +372,7 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
         &mut archive,
         &ev,
         proposer(&url, None, 0.3, 1),
-        &autoprune::search::gcot::seeds(),
+        &autoprune::search::gcot::seeds(false),
         Budget::default(),
         Pools {
             proposal_workers: 2,
@@ -483,7 +483,7 @@ fn a_stop_lets_the_request_in_flight_land() {
             &mut archive,
             &ev,
             proposer(&url, None, 30.0, 0),
-            &autoprune::search::gcot::seeds(),
+            &autoprune::search::gcot::seeds(false),
             Budget::default(),
             Pools {
                 proposal_workers: 1,
@@ -518,7 +518,7 @@ fn identical_answers_in_parallel_are_evaluated_once() {
         &mut archive,
         &ev,
         proposer(&url, None, 30.0, 0),
-        &autoprune::search::gcot::seeds(),
+        &autoprune::search::gcot::seeds(false),
         Budget {
             candidates: 4,
             ..Budget::default()

@@ -22,7 +22,7 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
         &mut archive,
         &ev,
         gp,
-        &GpProposer::seeds(),
+        &GpProposer::seeds(false),
         Budget {
             candidates: 10,
             ..Budget::default()
@@ -34,12 +34,13 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
     .unwrap();
     assert_eq!(why, Stop::Candidates);
     let nodes = archive.nodes().unwrap();
-    assert_eq!(nodes.len(), 12);
+    // Three seeds (magnitude, Wanda, RIA) and ten proposals.
+    assert_eq!(nodes.len(), 13);
     assert!(nodes.iter().all(|n| n.status != Status::Pending));
     let magnitude = nodes[0].fitness.expect("the magnitude seed is evaluated");
     // The best *proposed* candidate (seeds excluded; a proposal that prunes like a seed counts
     // with the seed's result) is at least as good as magnitude.
-    let best_proposed = nodes[2..]
+    let best_proposed = nodes[3..]
         .iter()
         .filter_map(|n| n.fitness)
         .fold(f64::INFINITY, f64::min);
@@ -52,7 +53,7 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
         "best proposal {best_proposed} vs magnitude {magnitude}: {summary:#?}"
     );
     // Proposals went through the cascade: each has a final stage, failures a typed verdict.
-    for n in &nodes[2..] {
+    for n in &nodes[3..] {
         assert!(n.stage.is_some(), "{n:?}");
         if n.status == Status::Failed {
             let v: serde_json::Value = serde_json::from_str(n.verdict.as_deref().unwrap()).unwrap();
@@ -61,8 +62,8 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
     }
     // Same seed, same proposals (the first candidate's code is reproducible).
     let again = GpProposer::new(GpSettings::default(), 5, false);
-    let p = again.propose_now(&nodes[..2], 0).unwrap();
-    assert_eq!(p.code, nodes[2].code);
+    let p = again.propose_now(&nodes[..3], 0).unwrap();
+    assert_eq!(p.code, nodes[3].code);
 }
 
 /// Two evaluation threads and a lookahead of three: every candidate is evaluated exactly once
@@ -78,7 +79,7 @@ fn parallel_evaluation_records_every_candidate_once() {
         &mut archive,
         &ev,
         gp,
-        &GpProposer::seeds(),
+        &GpProposer::seeds(false),
         Budget {
             candidates: 8,
             ..Budget::default()
@@ -95,13 +96,13 @@ fn parallel_evaluation_records_every_candidate_once() {
     .unwrap();
     assert_eq!(why, Stop::Candidates);
     let nodes = archive.nodes().unwrap();
-    assert_eq!(nodes.len(), 10);
+    assert_eq!(nodes.len(), 11);
     assert!(nodes
         .iter()
         .all(|n| n.status != Status::Pending && n.seconds.is_some()));
     let distinct: std::collections::HashSet<&str> =
         nodes.iter().map(|n| n.source_hash.as_str()).collect();
-    assert_eq!(distinct.len(), 10);
+    assert_eq!(distinct.len(), 11);
 }
 
 fn autoprune() -> Command {
@@ -145,7 +146,7 @@ fn search_survives_kill_9_and_resumes() {
                     .filter(|n| n.status != Status::Pending)
                     .cloned()
                     .collect();
-                if done.len() >= 3 {
+                if done.len() >= 4 {
                     break done;
                 }
             }
@@ -162,7 +163,8 @@ fn search_survives_kill_9_and_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let a = Archive::open_existing(&db).unwrap();
     let nodes = a.nodes().unwrap();
-    assert_eq!(nodes.iter().filter(|n| n.operator == "seed").count(), 2);
+    // No gradient in the reduced protocol: magnitude, Wanda and RIA.
+    assert_eq!(nodes.iter().filter(|n| n.operator == "seed").count(), 3);
     assert_eq!(a.proposed_count().unwrap(), 4);
     assert!(nodes.iter().all(|n| n.status != Status::Pending));
     for before in &finished_before {
@@ -234,7 +236,7 @@ fn ctrl_c_stops_a_search_cleanly() {
             .map_or(0, |n| {
                 n.iter().filter(|n| n.status != Status::Pending).count()
             });
-        if finished >= 3 {
+        if finished >= 4 {
             break;
         }
         std::thread::sleep(Duration::from_millis(200));

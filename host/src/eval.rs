@@ -128,8 +128,14 @@ pub fn window_nlls(
 ) -> Result<Vec<f64>, ModelError> {
     let mut out = Vec::with_capacity(windows.len());
     for chunk in windows.chunks(batch.max(1)) {
-        let predicted = chunk.first().map_or(1, |w| w.len().saturating_sub(1).max(1));
-        out.extend(batch_nll(model, chunk)?.into_iter().map(|s| s / predicted as f64));
+        let predicted = chunk
+            .first()
+            .map_or(1, |w| w.len().saturating_sub(1).max(1));
+        out.extend(
+            batch_nll(model, chunk)?
+                .into_iter()
+                .map(|s| s / predicted as f64),
+        );
     }
     Ok(out)
 }

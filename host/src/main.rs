@@ -9,7 +9,11 @@ fn main() {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Prune(_) | Command::Eval(_) | Command::Sweep(_) | Command::Search(_)
+        Command::Prune(_)
+            | Command::Eval(_)
+            | Command::Sweep(_)
+            | Command::Search(_)
+            | Command::Fidelity(_)
     ) {
         // Load the CPU matrix-product library now, before any other thread exists (it reads
         // its kernel choice from the environment while loading).
@@ -25,6 +29,7 @@ fn main() {
         Command::Sweep(a) => cli::sweep::run(*a),
         Command::Search(a) => cli::search::run(*a),
         Command::Runs(a) => cli::search::runs(a),
+        Command::Fidelity(a) => cli::fidelity::run(*a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -60,34 +60,43 @@ pub fn have_real_data() -> bool {
     true
 }
 
-/// `autoprune search` flags of a reduced protocol on the real model (seconds per candidate).
-pub const REDUCED_SEARCH: [&str; 12] = [
+/// `autoprune search` flags of a reduced protocol on the real model (seconds per candidate;
+/// no gradient pass, so the gradient baselines are left out).
+pub const REDUCED_SEARCH: [&str; 11] = [
     "--calib-windows",
     "2",
-    "--proxy-calib-windows",
-    "1",
     "--validation-windows",
     "2",
-    "--proxy-validation-windows",
+    "--screen-windows",
     "1",
     "--eval-windows",
     "1",
     "--heldout-top",
     "1",
+    "--no-gradient",
 ];
 
-/// A search cascade on a tiny random LLaMA (fast) with a bubblewrap builder: `calib` full
-/// calibration windows, `val` validation windows, 2 proxy windows, the proxy threshold
-/// `proxy_factor`.
+/// A search ladder on a tiny random LLaMA (fast) with a bubblewrap builder: `calib`
+/// calibration windows, `val` validation windows (the screen reads 2), promotion past the
+/// screen at ratio `promote_ratio` to Wanda; the gradient statistic is computed (cheap here).
 pub fn tiny_search_evaluator(
     calib: usize,
     val: usize,
-    proxy_factor: f64,
+    promote_ratio: f64,
+) -> autoprune::search::cascade::Evaluator {
+    tiny_search_evaluator_for(calib, val, promote_ratio, "0.5".parse().unwrap())
+}
+
+/// [`tiny_search_evaluator`] for another objective.
+pub fn tiny_search_evaluator_for(
+    calib: usize,
+    val: usize,
+    promote_ratio: f64,
+    objective: autoprune::search::objective::Objective,
 ) -> autoprune::search::cascade::Evaluator {
     use autoprune::calib::{validation_offsets, window_offsets, Sampler};
     use autoprune::model::{Arch, Model, ModelConfig};
-    use autoprune::prune::mask::Pattern;
-    use autoprune::search::cascade::{CascadeConfig, Evaluator, SearchData};
+    use autoprune::search::cascade::{Evaluator, LadderConfig, SearchData};
     let cfg = ModelConfig::tiny(Arch::Llama);
     let model = Model::random(&cfg, 21, &candle_core::Device::Cpu).unwrap();
     let vocab = cfg.vocab_size as u32;
@@ -97,25 +106,30 @@ pub fn tiny_search_evaluator(
     let seq = 64;
     let win = |o: &usize| toks[*o..*o + seq].to_vec();
     let calib = window_offsets(toks.len(), calib, seq, Sampler::Even).unwrap();
-    let proxy = window_offsets(toks.len(), 2, seq, Sampler::Even).unwrap();
     let val = validation_offsets(toks.len(), &calib, val, seq).unwrap();
     let data = SearchData {
         model,
         calib: calib.iter().map(win).collect(),
-        proxy_calib: proxy.iter().map(win).collect(),
         validation: val.iter().flat_map(win).collect(),
         validation_windows: val.len(),
         heldout: toks[..seq * val.len()].to_vec(),
         heldout_windows: val.len(),
         seq_len: seq,
     };
-    let cascade = CascadeConfig {
-        sparsity: 0.5,
-        pattern: Pattern::PerRow,
-        proxy_calib_windows: 2,
-        proxy_val_windows: 2,
-        proxy_factor,
+    let ladder = LadderConfig {
+        objective,
+        screen_windows: 2,
+        promote_ratio,
         calib_batch: 4,
+        gradient: true,
     };
-    Evaluator::new(cascade, data, builder(true), Policy::default()).unwrap()
+    Evaluator::new(
+        ladder,
+        data,
+        builder(true),
+        Policy::default(),
+        None,
+        &mut |_| {},
+    )
+    .unwrap()
 }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod build;
 pub mod check;
 pub mod eval;
+pub mod fidelity;
 pub mod protocol;
 pub mod prune;
 pub mod sdk;
@@ -40,6 +41,9 @@ pub enum Command {
     Search(Box<search::Args>),
     /// Inspect search runs (`runs show <dir>`).
     Runs(search::RunsArgs),
+    /// Measure how well each level of the search ladder predicts the held-out ranking, on a
+    /// panel of metrics (Kendall's τ, cost per candidate).
+    Fidelity(Box<fidelity::Args>),
     /// Perplexity of a model under the protocol.
     Eval(eval::Args),
     /// Benchmark the sandbox: wasm vs native Wanda, build and instantiation times.

@@ -9,9 +9,9 @@ use autoprune::model::Precision;
 use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::{Evaluator, LadderConfig, Reference, SearchData};
-use autoprune::search::objective::{Objective, Setting};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{LlmClient, LlmConfig};
+use autoprune::search::objective::{Objective, Setting};
 use autoprune::search::proposer::{GpProposer, GpSettings};
 use autoprune::search::run::{
     rank_heldout, run as run_search, Budget, Event, Pools, Proposer, Stop,
@@ -321,29 +321,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let policy = load_policy(cfg.policy.as_ref())?;
     let device = super::protocol::device(&args.protocol.device)?;
-    let loaded = load_model(cfg.model.as_ref(), &device, cfg.precision)?;
-    let calib = stream(&loaded.tokenizer, cfg.calib.as_ref(), "calib")?;
-    let eval = stream(&loaded.tokenizer, cfg.eval.as_ref(), "eval")?;
-    let seq = cfg.seq_len;
-    let offsets = window_offsets(calib.tokens.len(), cfg.calib_windows, seq, Sampler::Even)?;
-    let val = validation_offsets(calib.tokens.len(), &offsets, cfg.validation_windows, seq)?;
-    let win = |o: &usize| calib.tokens[*o..*o + seq].to_vec();
-    let data = SearchData {
-        model: loaded.model,
-        calib: offsets.iter().map(win).collect(),
-        validation: val.iter().flat_map(win).collect(),
-        validation_windows: val.len(),
-        heldout: eval.tokens,
-        heldout_windows: cfg.heldout_windows,
-        seq_len: seq,
-    };
-    autoprune::eval::eval_windows(
-        &data.heldout,
-        &autoprune::eval::PerplexityOptions {
-            seq_len: seq,
-            windows: cfg.heldout_windows,
-            batch: 2,
+    let data = search_data(
+        &DataSpec {
+            model: cfg.model.as_ref(),
+            calib: cfg.calib.as_ref(),
+            eval: cfg.eval.as_ref(),
+            calib_windows: cfg.calib_windows,
+            validation_windows: cfg.validation_windows,
+            heldout_windows: cfg.heldout_windows,
+            seq_len: cfg.seq_len,
+            precision: cfg.precision,
         },
+        &device,
     )?;
     let flags = BuildFlags {
         trusted: cfg.trusted,
@@ -448,6 +437,58 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Where a search's (or a fidelity study's) model and text come from.
+pub struct DataSpec<'a> {
+    /// Model file or folder (default: SmolLM2).
+    pub model: Option<&'a PathBuf>,
+    /// Calibration text (default: SOTU before 1990).
+    pub calib: Option<&'a PathBuf>,
+    /// Held-out text (default: SOTU from 1990).
+    pub eval: Option<&'a PathBuf>,
+    /// Calibration windows.
+    pub calib_windows: usize,
+    /// Validation windows (between calibration windows).
+    pub validation_windows: usize,
+    /// Held-out windows.
+    pub heldout_windows: usize,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Arithmetic of the linear layers.
+    pub precision: Precision,
+}
+
+/// Load the model and texts and cut the windows of a search.
+pub fn search_data(
+    spec: &DataSpec<'_>,
+    device: &candle_core::Device,
+) -> anyhow::Result<SearchData> {
+    let loaded = load_model(spec.model, device, spec.precision)?;
+    let calib = stream(&loaded.tokenizer, spec.calib, "calib")?;
+    let eval = stream(&loaded.tokenizer, spec.eval, "eval")?;
+    let seq = spec.seq_len;
+    let offsets = window_offsets(calib.tokens.len(), spec.calib_windows, seq, Sampler::Even)?;
+    let val = validation_offsets(calib.tokens.len(), &offsets, spec.validation_windows, seq)?;
+    let win = |o: &usize| calib.tokens[*o..*o + seq].to_vec();
+    let data = SearchData {
+        model: loaded.model,
+        calib: offsets.iter().map(win).collect(),
+        validation: val.iter().flat_map(win).collect(),
+        validation_windows: val.len(),
+        heldout: eval.tokens,
+        heldout_windows: spec.heldout_windows,
+        seq_len: seq,
+    };
+    autoprune::eval::eval_windows(
+        &data.heldout,
+        &autoprune::eval::PerplexityOptions {
+            seq_len: seq,
+            windows: spec.heldout_windows,
+            batch: 2,
+        },
+    )?;
+    Ok(data)
+}
+
 /// The run's proposer. Settings that would make the run fail or a budget meaningless are
 /// refused here, before the model loads and (for a new run) before anything is written.
 fn build_proposer(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Proposer>> {
@@ -527,7 +568,10 @@ fn objective_words(o: &Objective) -> String {
             let alloc = if s.is_uniform() {
                 String::new()
             } else {
-                format!(", {} layer-wise allocation", s.allocation.name().to_uppercase())
+                format!(
+                    ", {} layer-wise allocation",
+                    s.allocation.name().to_uppercase()
+                )
             };
             format!("{} comparison{alloc}", pattern_words(s.pattern))
         })

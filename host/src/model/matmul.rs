@@ -584,10 +584,7 @@ fn par_panels(m: usize, n: usize, k: usize, f: impl Fn((usize, usize), (usize, u
     par_panels_of(panels(m, n, k), f)
 }
 
-fn par_panels_of(
-    (rows, cols): Split,
-    f: impl Fn((usize, usize), (usize, usize)) + Sync,
-) {
+fn par_panels_of((rows, cols): Split, f: impl Fn((usize, usize), (usize, usize)) + Sync) {
     let tasks = rows.len() * cols.len();
     let run = |t: usize| f(rows[t / cols.len()], cols[t % cols.len()]);
     if tasks == 1 {
@@ -607,12 +604,7 @@ pub(crate) fn panels(m: usize, n: usize, k: usize) -> Split {
 }
 
 /// [`panels`] with about `count` panels instead of [`PANEL_COUNT`] (for `bench --gemm`).
-fn panels_with(
-    m: usize,
-    n: usize,
-    k: usize,
-    count: usize,
-) -> Split {
+fn panels_with(m: usize, n: usize, k: usize, count: usize) -> Split {
     let ranges = |len: usize, step: usize| -> Vec<(usize, usize)> {
         (0..len.div_ceil(step.max(1)))
             .map(|p| (p * step, ((p + 1) * step).min(len)))

@@ -293,10 +293,7 @@ impl Archive {
             Some(v) if v == "1" => {
                 // Readable: add the column this version reads (left empty); the schema stays 1,
                 // so `--resume` can refuse it (its scores are perplexities, not ratios).
-                let has = a
-                    .conn
-                    .prepare("SELECT detail FROM nodes LIMIT 0")
-                    .is_ok();
+                let has = a.conn.prepare("SELECT detail FROM nodes LIMIT 0").is_ok();
                 if !has {
                     a.conn
                         .execute_batch("ALTER TABLE nodes ADD COLUMN detail TEXT")
@@ -333,7 +330,9 @@ impl Archive {
 
     /// The schema version this archive was written with (`"1"` or [`SCHEMA_VERSION`]).
     pub fn schema(&self) -> Result<String> {
-        Ok(self.meta("schema")?.unwrap_or_else(|| SCHEMA_VERSION.into()))
+        Ok(self
+            .meta("schema")?
+            .unwrap_or_else(|| SCHEMA_VERSION.into()))
     }
 
     /// The database file.

@@ -171,6 +171,25 @@ pub struct Detail {
     pub heldout: Option<LevelResult>,
 }
 
+/// How [`Evaluator::prune_and_measure`] prunes.
+pub enum Pruning<'a> {
+    /// Every block with the dense statistics computed once per run (the screen).
+    OneShot,
+    /// The sequential protocol on these calibration windows.
+    Sequential(Vec<&'a [u32]>),
+}
+
+/// What [`Evaluator::prune_and_measure`] measured.
+#[derive(Debug, Clone, Default)]
+pub struct Measurement {
+    /// Per-window mean NLLs, one list per window set.
+    pub losses: Vec<Vec<f64>>,
+    /// Seconds of the pruning.
+    pub prune_seconds: f64,
+    /// Seconds of each set's evaluation.
+    pub eval_seconds: Vec<f64>,
+}
+
 /// One probe layer: weights, shape and block.
 struct Probe {
     id: LayerId,
@@ -302,9 +321,10 @@ impl Evaluator {
                     ..Reference::default()
                 };
                 for i in 0..ev.cfg.objective.settings.len() {
-                    r.screen.push(ev.losses(&wanda, i, Level::Screen).map_err(|f| {
-                        PipelineError::Config(format!("the Wanda reference failed: {f}"))
-                    })?);
+                    r.screen
+                        .push(ev.losses(&wanda, i, Level::Screen).map_err(|f| {
+                            PipelineError::Config(format!("the Wanda reference failed: {f}"))
+                        })?);
                     r.sequential
                         .push(ev.losses(&wanda, i, Level::Sequential).map_err(|f| {
                             PipelineError::Config(format!("the Wanda reference failed: {f}"))
@@ -334,7 +354,10 @@ impl Evaluator {
             h.push_str(&format!("{w:?}"));
         }
         h.push_str(&format!("{:?}", self.data.validation));
-        h.push_str(&format!("{:?}", &self.data.heldout[..self.data.heldout.len().min(4096)]));
+        h.push_str(&format!(
+            "{:?}",
+            &self.data.heldout[..self.data.heldout.len().min(4096)]
+        ));
         h.push_str(&format!("{}", self.data.model.num_linear_weights()));
         if let Some(p) = self.probes.first() {
             let bits: Vec<u32> = p.weights.iter().take(4096).map(|x| x.to_bits()).collect();
@@ -360,10 +383,7 @@ impl Evaluator {
 
     /// Wanda's losses (to store in the archive, so a resumed run reuses them).
     pub fn reference(&self) -> Reference {
-        self.reference
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default()
+        self.reference.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// The gradient statistic of the dense model, if this run computes it.
@@ -443,8 +463,8 @@ impl Evaluator {
                 let sparsity = self.prune_cfg(i).sparsity_of(p.id);
                 let mask = Mask::from_scores(&scored.scores, p.rows, p.cols, s.pattern, sparsity)
                     .map_err(|e| Failure::Rejected {
-                        reason: format!("probe mask of {}: {e}", p.id),
-                    })?;
+                    reason: format!("probe mask of {}: {e}", p.id),
+                })?;
                 all.push_str(&format!("{:016x}", mask.hash64()));
             }
         }
@@ -452,7 +472,7 @@ impl Evaluator {
     }
 
     /// The windows a level is measured on.
-    fn windows(&self, level: Level) -> Vec<&[u32]> {
+    pub fn windows(&self, level: Level) -> Vec<&[u32]> {
         let seq = self.data.seq_len;
         let (tokens, n) = match level {
             Level::Screen => (
@@ -465,18 +485,41 @@ impl Evaluator {
         tokens.chunks_exact(seq).take(n).collect()
     }
 
+    /// The protocol's calibration windows.
+    pub fn calib_windows(&self) -> Vec<&[u32]> {
+        self.data.calib.iter().map(|w| w.as_slice()).collect()
+    }
+
     /// Prune a copy of the dense model with `plugin` under setting `i` as `level` does, and
     /// return the per-window mean NLLs on the level's windows.
     pub fn losses(&self, plugin: &Plugin, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
+        let windows = self.windows(level);
+        let prune = match level {
+            Level::Screen => Pruning::OneShot,
+            Level::Sequential | Level::Heldout => Pruning::Sequential(self.calib_windows()),
+        };
+        let mut out = self.prune_and_measure(plugin, i, prune, &[&windows])?;
+        Ok(out.losses.pop().unwrap_or_default())
+    }
+
+    /// Prune a copy of the dense model with `plugin` under setting `i` (`prune`), then the
+    /// per-window mean NLLs on each of `sets`: one pruning, several evaluations.
+    pub fn prune_and_measure(
+        &self,
+        plugin: &Plugin,
+        i: usize,
+        prune: Pruning<'_>,
+        sets: &[&[&[u32]]],
+    ) -> Result<Measurement, Failure> {
+        let t = Instant::now();
         let mut model = self.data.model.clone();
         let cfg = self.prune_cfg(i);
-        match level {
-            Level::Screen => {
+        match prune {
+            Pruning::OneShot => {
                 prune_one_shot(&mut model, &self.dense, plugin, &cfg, self.grads.as_ref())
                     .map_err(failure_of)?;
             }
-            Level::Sequential | Level::Heldout => {
-                let wins: Vec<&[u32]> = self.data.calib.iter().map(|w| w.as_slice()).collect();
+            Pruning::Sequential(wins) => {
                 prune_model_with_gradients(
                     &mut model,
                     &wins,
@@ -488,13 +531,24 @@ impl Evaluator {
                 .map_err(failure_of)?;
             }
         }
-        window_nlls(&model, &self.windows(level), 2).map_err(|e| Failure::Rejected {
-            reason: format!("evaluation failed: {e}"),
-        })
+        let mut out = Measurement {
+            prune_seconds: t.elapsed().as_secs_f64(),
+            ..Measurement::default()
+        };
+        for w in sets {
+            let t = Instant::now();
+            out.losses
+                .push(window_nlls(&model, w, 2).map_err(|e| Failure::Rejected {
+                    reason: format!("evaluation failed: {e}"),
+                })?);
+            out.eval_seconds.push(t.elapsed().as_secs_f64());
+        }
+        Ok(out)
     }
 
-    /// Wanda's losses of setting `i` at `level`.
-    fn reference_losses(&self, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
+    /// Wanda's losses of setting `i` at `level` (the held-out ones are computed at the first
+    /// call).
+    pub fn reference_losses(&self, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
         let have = {
             let r = self.reference.lock().map_err(|_| Failure::Rejected {
                 reason: "host bug: reference lock poisoned".into(),

@@ -732,6 +732,7 @@ mod tests {
             heldout: None,
             seconds: Some(1.0),
             tokens: 0,
+            detail: None,
         }
     }
 
@@ -874,10 +875,14 @@ mod tests {
 
     #[test]
     fn llm_seeds_are_the_handwritten_sources() {
-        let s = seeds();
-        assert_eq!(s.len(), 2);
+        let s = seeds(false);
+        assert_eq!(s.len(), 3);
         assert!(s[1].code.contains("export_metric!(Wanda);"));
         assert!(!s[1].code.contains("cfg(test)"));
+        // With the gradient statistic: GBLM and Pruner-Zero too.
+        let g = seeds(true);
+        assert_eq!(g.len(), 5);
+        assert!(g[3..].iter().all(|n| n.code.contains("needs_gradient()")));
     }
 
     #[test]

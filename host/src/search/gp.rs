@@ -446,6 +446,67 @@ impl fmt::Display for Expr {
     }
 }
 
+/// Parses the prefix form that [`Display`](fmt::Display) prints, e.g. `mul(W,sqrt(N))` or
+/// `add(mul(W,N),mul(5.656854,G))`; whitespace is ignored.
+impl std::str::FromStr for Expr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Expr, String> {
+        let text: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        let (e, rest) = parse_prefix(&text, 0)?;
+        if !rest.is_empty() {
+            return Err(format!("unexpected `{rest}` after the expression"));
+        }
+        Ok(e)
+    }
+}
+
+/// One expression at the start of `s`, and what follows it.
+fn parse_prefix(s: &str, depth: usize) -> Result<(Expr, &str), String> {
+    // Deeper than any tree the generator makes; bounds the recursion on hostile input.
+    if depth > 64 {
+        return Err("the expression is nested too deeply".into());
+    }
+    let end = s.find(['(', ',', ')']).unwrap_or(s.len());
+    let (name, rest) = s.split_at(end);
+    if let Some(args) = rest.strip_prefix('(') {
+        if let Some(op) = UnOp::ALL.iter().find(|o| o.name() == name) {
+            let (a, rest) = parse_prefix(args, depth + 1)?;
+            let rest = rest
+                .strip_prefix(')')
+                .ok_or_else(|| format!("`{name}(` takes one argument"))?;
+            return Ok((Expr::un(*op, a), rest));
+        }
+        if let Some(op) = BinOp::ALL.iter().find(|o| o.name() == name) {
+            let (a, rest) = parse_prefix(args, depth + 1)?;
+            let rest = rest
+                .strip_prefix(',')
+                .ok_or_else(|| format!("`{name}(` takes two arguments"))?;
+            let (b, rest) = parse_prefix(rest, depth + 1)?;
+            let rest = rest
+                .strip_prefix(')')
+                .ok_or_else(|| format!("`{name}(` takes two arguments"))?;
+            return Ok((Expr::bin(*op, a, b), rest));
+        }
+        return Err(format!("unknown operator `{name}`"));
+    }
+    let leaf = match name {
+        "W" => Expr::W,
+        "Ws" => Expr::Wsigned,
+        "X" => Expr::X,
+        "N" => Expr::N,
+        "A" => Expr::A,
+        "Var" => Expr::Var,
+        "G" => Expr::G,
+        c => Expr::Const(Num(c
+            .parse::<f32>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| format!("unknown terminal `{c}`"))?)),
+    };
+    Ok((leaf, rest))
+}
+
 /// A human-readable infix form, e.g. `|W| * N` or `|W|^2 * mms(G)`, for reports and LLM
 /// prompts. `/` is the safe division, `log`/`sqrt` take `|a|` (see the module docs).
 pub fn to_infix(e: &Expr) -> String {
@@ -1554,6 +1615,34 @@ pub fn render(expr: &Expr, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_form_round_trips() {
+        for e in [
+            Expr::wanda(),
+            Expr::ria(),
+            Expr::gblm(),
+            Expr::pruner_zero_best(),
+            Expr::bin(BinOp::Div, Expr::Wsigned, Expr::un(UnOp::Tanh, Expr::Var)),
+            Expr::bin(BinOp::Sub, Expr::Const(Num(-0.1)), Expr::A),
+        ] {
+            let text = e.to_string();
+            assert_eq!(text.parse::<Expr>().unwrap(), e, "{text}");
+        }
+        assert_eq!(" mul( W , N ) ".parse::<Expr>().unwrap(), Expr::wanda());
+        for bad in [
+            "",
+            "mul(W)",
+            "foo(W)",
+            "W)",
+            "mul(W,N",
+            "inf",
+            "Q",
+            &"sqrt(".repeat(100),
+        ] {
+            assert!(bad.parse::<Expr>().is_err(), "{bad}");
+        }
+    }
 
     fn stats(cols: usize, tokens: u64) -> ChannelStats {
         let mut s = ChannelStats::new(cols);

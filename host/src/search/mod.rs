@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod cascade;
+pub mod fidelity;
 pub mod gcot;
 pub mod gp;
 pub mod llm;

@@ -81,10 +81,9 @@ impl FromStr for Setting {
             let pattern: Pattern = body.parse().map_err(|e| format!("`{s}`: {e}"))?;
             Setting::uniform(0.0, pattern)
         } else {
-            let sparsity: f64 = body
-                .trim_end_matches('%')
-                .parse()
-                .map_err(|_| format!("`{s}`: expected a sparsity like 0.5 or a pattern like 2:4"))?;
+            let sparsity: f64 = body.trim_end_matches('%').parse().map_err(|_| {
+                format!("`{s}`: expected a sparsity like 0.5 or a pattern like 2:4")
+            })?;
             let sparsity = if body.ends_with('%') {
                 sparsity / 100.0
             } else {

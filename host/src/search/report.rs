@@ -596,6 +596,7 @@ mod tests {
             heldout: None,
             seconds: Some(1.0),
             tokens: 0,
+            detail: None,
         }
     }
 

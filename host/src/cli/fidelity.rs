@@ -1,0 +1,267 @@
+//! `autoprune fidelity`: how well each level of the search ladder predicts the held-out
+//! ranking, on a fixed panel of metrics (resumable; results in a folder).
+
+use super::check::load_policy;
+use super::protocol::ProtocolArgs;
+use super::search::{search_data, DataSpec};
+use super::BuildFlags;
+use anyhow::Context;
+use autoprune::calib::{window_offsets, Sampler};
+use autoprune::search::archive::{Archive, Status};
+use autoprune::search::cascade::{Evaluator, LadderConfig};
+use autoprune::search::fidelity::{
+    analyze, builtin_panel, markdown, measure, Measured, PanelEntry,
+};
+use autoprune::search::objective::Objective;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Arguments of `autoprune fidelity`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder for the results (`results.jsonl`, one line per metric, is read back on a rerun:
+    /// measured metrics are skipped), `fidelity.json` and `fidelity.md`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The setting (the study measures one): e.g. `0.5`, `2:4`, `0.7+sdsa`.
+    #[arg(long, default_value = "0.5")]
+    pub objective: Objective,
+    /// Also measure every `.rs` candidate in this folder.
+    #[arg(long)]
+    pub panel: Vec<PathBuf>,
+    /// Also measure the best evaluated candidates of this search run.
+    #[arg(long)]
+    pub from_run: Vec<PathBuf>,
+    /// How many of each `--from-run`'s best candidates.
+    #[arg(long, default_value_t = 5)]
+    pub from_run_top: usize,
+    /// Leave out the built-in panel.
+    #[arg(long)]
+    pub no_builtin: bool,
+    /// Calibration windows (the protocol's 32).
+    #[arg(long, default_value_t = 32)]
+    pub calib_windows: usize,
+    /// Validation windows measured (the sequential level reads 8, 16 and all of them).
+    #[arg(long, default_value_t = 32)]
+    pub validation_windows: usize,
+    /// Screen windows measured (the screen levels read 1, 2, 4, 8 and 16 of them).
+    #[arg(long, default_value_t = 16)]
+    pub screen_windows: usize,
+    /// Calibration windows of the former proxy level (sequential, few windows).
+    #[arg(long, default_value_t = 4)]
+    pub proxy_calib_windows: usize,
+    /// Validation windows of the former proxy level.
+    #[arg(long, default_value_t = 4)]
+    pub proxy_validation_windows: usize,
+    /// Do not compute the gradient statistic (the panel's gradient metrics are left out).
+    #[arg(long)]
+    pub no_gradient: bool,
+    /// Only analyse what `results.jsonl` holds.
+    #[arg(long)]
+    pub analyze_only: bool,
+    /// Calibration text file (default: SOTU speeches before 1990).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    /// A JSON file with sandbox limits.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub flags: BuildFlags,
+}
+
+/// The panel: built-in, folders, and search runs' best candidates.
+fn panel(args: &Args) -> anyhow::Result<Vec<PanelEntry>> {
+    let mut p = if args.no_builtin {
+        Vec::new()
+    } else {
+        builtin_panel(!args.no_gradient)
+    };
+    for dir in &args.panel {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+            .collect();
+        files.sort();
+        for f in files {
+            let source = autoprune::data::read_text(&f)?;
+            let name = f
+                .file_stem()
+                .map_or("?".into(), |s| s.to_string_lossy().into_owned());
+            p.push(PanelEntry { name, source });
+        }
+    }
+    for run in &args.from_run {
+        let a = Archive::open_existing(&run.join("archive.sqlite"))?;
+        let mut nodes: Vec<_> = a
+            .nodes()?
+            .into_iter()
+            .filter(|n| n.status == Status::Evaluated && n.operator != "seed")
+            .collect();
+        nodes.sort_by(|x, y| {
+            x.fitness
+                .unwrap_or(f64::MAX)
+                .total_cmp(&y.fitness.unwrap_or(f64::MAX))
+        });
+        let tag = run
+            .file_name()
+            .map_or("run".into(), |s| s.to_string_lossy().into_owned());
+        for n in nodes.into_iter().take(args.from_run_top) {
+            p.push(PanelEntry {
+                name: format!("{tag}#{}", n.id),
+                source: n.code,
+            });
+        }
+    }
+    Ok(p)
+}
+
+fn read_results(path: &std::path::Path) -> Vec<Measured> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Run it.
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let results = args.out.join("results.jsonl");
+    let mut done = read_results(&results);
+    if !args.analyze_only {
+        let panel = panel(&args)?;
+        let todo: Vec<&PanelEntry> = panel
+            .iter()
+            .filter(|e| {
+                let h = autoprune::sandbox::sha256_hex(e.source.as_bytes());
+                !done.iter().any(|d| d.name == e.name && d.source_hash == h)
+            })
+            .collect();
+        eprintln!(
+            "{} metrics in the panel, {} measured before, {} to measure",
+            panel.len(),
+            panel.len() - todo.len(),
+            todo.len()
+        );
+        if !todo.is_empty() {
+            let device = super::protocol::device(&args.protocol.device)?;
+            let data = search_data(
+                &DataSpec {
+                    model: args.protocol.model.as_ref(),
+                    calib: args.calib.as_ref(),
+                    eval: args.protocol.eval.as_ref(),
+                    calib_windows: args.calib_windows,
+                    validation_windows: args.validation_windows,
+                    heldout_windows: args.protocol.eval_windows,
+                    seq_len: args.protocol.seqlen,
+                    precision: args.protocol.precision,
+                },
+                &device,
+            )?;
+            // The former proxy's calibration windows: evenly spaced, fewer.
+            let seq = args.protocol.seqlen;
+            let calib_stream = super::protocol::stream(
+                &super::protocol::load_model(
+                    args.protocol.model.as_ref(),
+                    &device,
+                    args.protocol.precision,
+                )?
+                .tokenizer,
+                args.calib.as_ref(),
+                "calib",
+            )?;
+            let proxy_offsets = window_offsets(
+                calib_stream.tokens.len(),
+                args.proxy_calib_windows,
+                seq,
+                Sampler::Even,
+            )?;
+            let proxy_calib: Vec<Vec<u32>> = proxy_offsets
+                .iter()
+                .map(|&o| calib_stream.tokens[o..o + seq].to_vec())
+                .collect();
+            let proxy_refs: Vec<&[u32]> = proxy_calib.iter().map(|w| w.as_slice()).collect();
+            let cfg = LadderConfig {
+                objective: args.objective.clone(),
+                screen_windows: args.screen_windows,
+                promote_ratio: f64::INFINITY,
+                calib_batch: 8,
+                gradient: !args.no_gradient,
+            };
+            let ev = Evaluator::new(
+                cfg,
+                data,
+                args.flags.builder()?,
+                load_policy(args.policy.as_ref())?,
+                None,
+                &mut |what| eprintln!("preparing: {what}"),
+            )?;
+            let prep = ev.preparation();
+            eprintln!(
+                "prepared: dense statistics {:.1} s, gradient {:.1} s, Wanda's losses {:.1} s",
+                prep.dense_stats, prep.gradient, prep.reference
+            );
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&results)
+                .with_context(|| format!("opening {}", results.display()))?;
+            for (k, e) in todo.iter().enumerate() {
+                let m = measure(&ev, e, &proxy_refs, args.proxy_validation_windows);
+                eprintln!(
+                    "[{}/{}] {:<16} {}",
+                    k + 1,
+                    todo.len(),
+                    e.name,
+                    match &m.failure {
+                        Some(f) => format!("failed: {}", first_line(f)),
+                        None => format!(
+                            "screen {:.1}+{:.1} s, proxy {:.1} s, sequential {:.1}+{:.1} s, held-out {:.1} s",
+                            m.screen_prune_s,
+                            m.screen_eval_s,
+                            m.proxy_s,
+                            m.sequential_prune_s,
+                            m.sequential_eval_s,
+                            m.heldout_eval_s
+                        ),
+                    }
+                );
+                writeln!(file, "{}", serde_json::to_string(&m)?)?;
+                file.flush()?;
+                done.push(m);
+            }
+        }
+    }
+    let screens: Vec<usize> = [1, 2, 4, 8, 16]
+        .into_iter()
+        .filter(|&s| s <= args.screen_windows)
+        .collect();
+    let vals: Vec<usize> = [8, 16, 32]
+        .into_iter()
+        .filter(|&v| v <= args.validation_windows)
+        .collect();
+    let study = analyze(&done, "wanda", &screens, &vals).map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        args.out.join("fidelity.json"),
+        serde_json::to_string_pretty(&study)?,
+    )?;
+    let md = markdown(
+        &study,
+        &format!("Fidelity of the evaluation ladder ({})", args.objective),
+    );
+    std::fs::write(args.out.join("fidelity.md"), &md)?;
+    if args.protocol.json {
+        println!("{}", serde_json::to_string_pretty(&study)?);
+    } else {
+        println!("{md}");
+    }
+    Ok(0)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(100).collect()
+}
