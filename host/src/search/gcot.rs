@@ -237,11 +237,12 @@ pub fn plan(nodes: &[Node], edges: &[Edge], proposer: &str, rng: &mut Rng) -> Pl
     }
 }
 
+/// A ratio to Wanda's perplexity (4 decimals: the search resolves about 1 %).
 fn fmt_ppl(x: f64) -> String {
     if x >= 1e6 {
         format!("{x:.3e}")
     } else {
-        format!("{x:.3}")
+        format!("{x:.4}")
     }
 }
 
@@ -257,12 +258,12 @@ fn describe(n: &Node, parent: Option<&Node>) -> String {
             let f = n.fitness.unwrap_or(f64::NAN);
             let delta = parent
                 .and_then(fitness)
-                .map(|p| format!(" (Δ {:+.3} vs #{})", f - p, parent.map_or(0, |p| p.id)))
+                .map(|p| format!(" (Δ {:+.4} vs #{})", f - p, parent.map_or(0, |p| p.id)))
                 .unwrap_or_default();
-            format!("validation ppl {}{delta}", fmt_ppl(f))
+            format!("{} × Wanda's perplexity{delta}", fmt_ppl(f))
         }
         Status::Screened => format!(
-            "screened by the proxy (proxy ppl {}, too far above the baselines)",
+            "screened out by the one-shot screen ({} × Wanda's perplexity there)",
             n.proxy.map_or("?".into(), fmt_ppl)
         ),
         Status::Duplicate => format!(
@@ -306,7 +307,7 @@ pub fn lessons(nodes: &[Node], edges: &[Edge]) -> String {
     let step = |d: f64, e: &Edge| {
         let c = by_id[&e.child];
         format!(
-            "{} #{} → #{} changed validation ppl by {:+.3}: {}",
+            "{} #{} → #{} changed the ratio to Wanda by {:+.4}: {}",
             e.operator,
             e.parent,
             e.child,
@@ -357,8 +358,8 @@ pub fn lessons(nodes: &[Node], edges: &[Edge]) -> String {
         .count();
     if screened > 0 {
         out.push(format!(
-            "- {screened} candidates were screened out by the cheap proxy (far worse than the \
-             baselines)"
+            "- {screened} candidates were screened out by the cheap one-shot screen (clearly \
+             worse than Wanda)"
         ));
     }
     section(out)
@@ -842,7 +843,7 @@ mod tests {
         let u = &mutate_3_prompt(&nodes, &edges);
         // Lineage with deltas: #3 is 5 better than its parent #2.
         assert!(
-            u.contains("#3 (mutate, llm:m): validation ppl 55.000 (Δ -5.000 vs #2)"),
+            u.contains("#3 (mutate, llm:m): 55.0000 × Wanda's perplexity (Δ -5.0000 vs #2)"),
             "{u}"
         );
         // The failed sibling with its typed verdict.

@@ -98,13 +98,18 @@ impl GpProposer {
     /// returns, computed at once).
     pub fn propose_now(&self, history: &[Node], index: u64) -> anyhow::Result<NewNode> {
         let mut gp = Gp::new(self.config.clone(), mix(self.seed, index));
-        // The population: evaluated trees with their validation fitness (lower is better).
+        // The population: every tree the ladder scored, with its best-informed score (lower is
+        // better): the sequential level's ratio to Wanda where it got there, else its screen
+        // ratio (a noisier estimate of the same ratio; its rank agreement with the held-out
+        // text is measured by `autoprune fidelity`). Screened trees thus still breed, and the
+        // cheap screen carries most of the selection.
         let population: Vec<(Expr, f64, i64)> = history
             .iter()
-            .filter(|n| n.status == Status::Evaluated)
+            .filter(|n| matches!(n.status, Status::Evaluated | Status::Screened))
             .filter_map(|n| {
                 let e: Expr = serde_json::from_str(n.expr.as_deref()?).ok()?;
-                Some((e, n.fitness?, n.id))
+                let score = n.fitness.or(n.proxy).filter(|f| f.is_finite())?;
+                Some((e, score, n.id))
             })
             .collect();
         let seen: HashSet<String> = history
@@ -149,7 +154,7 @@ impl GpProposer {
                     let (pe, pf, pid) = &population[i];
                     (
                         *pid,
-                        format!("{operator} of {} (validation ppl {pf:.3})", to_infix(pe)),
+                        format!("{operator} of {} ({pf:.4} × Wanda)", to_infix(pe)),
                     )
                 })
                 .collect();
