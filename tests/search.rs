@@ -488,3 +488,91 @@ fn html_report_renders_in_headless_chromium() {
     assert!(dom.contains("52.700"));
     assert!(dom.contains("&lt;img src=x onerror=alert(1)&gt; hostile"));
 }
+
+/// `autoprune fidelity` on the real model under a reduced protocol, with a panel folder of
+/// three candidates: every level is measured, Wanda's ratios are exactly 1, magnitude ranks
+/// last at every level, and a rerun measures nothing again.
+#[test]
+fn fidelity_study_measures_every_level_and_resumes() {
+    if !common::have_real_data() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let panel = dir.path().join("panel");
+    std::fs::create_dir_all(&panel).unwrap();
+    for name in ["wanda", "magnitude", "ria"] {
+        std::fs::copy(
+            common::workspace().join(format!("candidates/{name}.rs")),
+            panel.join(format!("{name}.rs")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("fid");
+    let run = || {
+        autoprune()
+            .args(["fidelity", "--out"])
+            .arg(&out)
+            .arg("--panel")
+            .arg(&panel)
+            .args([
+                "--no-builtin",
+                "--no-gradient",
+                "--calib-windows",
+                "2",
+                "--validation-windows",
+                "2",
+                "--screen-windows",
+                "2",
+                "--proxy-calib-windows",
+                "1",
+                "--proxy-validation-windows",
+                "1",
+                "--eval-windows",
+                "2",
+                "--json",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let study: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(study["metrics"], 3);
+    let levels: Vec<&str> = study["levels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        levels,
+        [
+            "screen@1",
+            "screen@2",
+            "proxy@1",
+            "sequential@2",
+            "heldout@2"
+        ]
+    );
+    let table = study["table"].as_array().unwrap();
+    let row = |name: &str| table.iter().find(|r| r[0] == name).unwrap().clone();
+    for v in row("wanda")[2].as_array().unwrap() {
+        assert_eq!(v.as_f64().unwrap(), 1.0);
+    }
+    // Magnitude is far worse than Wanda at every level and last on the held-out text.
+    assert!(row("magnitude")[2]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v.as_f64().unwrap() > 2.0));
+    assert_eq!(table.last().unwrap()[0], "magnitude");
+    assert!(out.join("fidelity.md").exists());
+    let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    // A rerun finds everything measured.
+    let o = run();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("3 measured before, 0 to measure"));
+    let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+}

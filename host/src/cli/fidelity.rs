@@ -236,14 +236,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
     }
-    let screens: Vec<usize> = [1, 2, 4, 8, 16]
-        .into_iter()
-        .filter(|&s| s <= args.screen_windows)
-        .collect();
-    let vals: Vec<usize> = [8, 16, 32]
-        .into_iter()
-        .filter(|&v| v <= args.validation_windows)
-        .collect();
+    let counts = |standard: &[usize], max: usize| {
+        let mut v: Vec<usize> = standard.iter().copied().filter(|&n| n < max).collect();
+        v.push(max);
+        v
+    };
+    let screens = counts(&[1, 2, 4, 8, 16], args.screen_windows);
+    let vals = counts(&[8, 16, 32], args.validation_windows);
     let study = analyze(&done, "wanda", &screens, &vals).map_err(anyhow::Error::msg)?;
     std::fs::write(
         args.out.join("fidelity.json"),

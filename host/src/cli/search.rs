@@ -114,6 +114,10 @@ pub struct Args {
     /// Continue past the screen only if its perplexity ratio to Wanda is at most this.
     #[arg(long, default_value_t = 1.1)]
     pub promote_ratio: f64,
+    /// Probability that a GP breeding step is constant tuning (one constant of a good tree
+    /// scaled, or a sum re-weighted) instead of crossover or mutation.
+    #[arg(long, default_value_t = 0.2)]
+    pub gp_tune: f64,
     /// Do not compute the gradient statistic (faster start; GBLM, Pruner-Zero and candidates
     /// that read the gradient are then refused).
     #[arg(long)]
@@ -163,6 +167,9 @@ pub struct RunConfig {
     policy: Option<PathBuf>,
     trusted: bool,
     gp: GpSettings,
+    /// Probability of a constant-tuning step in GP breeding.
+    #[serde(default)]
+    gp_tune: f64,
     /// Arithmetic of the linear layers (runs recorded before it existed are f32).
     #[serde(default)]
     precision: Precision,
@@ -309,6 +316,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     allow_gradient: !args.no_gradient,
                     ..GpSettings::default()
                 },
+                gp_tune: args.gp_tune,
                 precision: args.protocol.precision,
             };
             // Check the proposer's settings before anything is written, so a typo does not
@@ -517,11 +525,10 @@ fn build_proposer(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Proposer>> {
                 cfg.seed,
             ))
         }
-        None => Arc::new(GpProposer::new(
-            cfg.gp.clone(),
-            cfg.seed,
-            cfg.proposer == "random",
-        )),
+        None => Arc::new(
+            GpProposer::new(cfg.gp.clone(), cfg.seed, cfg.proposer == "random")
+                .with_tuning(cfg.gp_tune),
+        ),
     })
 }
 

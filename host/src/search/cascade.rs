@@ -651,7 +651,9 @@ impl Evaluator {
         o.proxy = Some(ratio);
         detail.screen = Some(screen);
         o.detail = serde_json::to_string(&detail).ok();
-        if !always_promote && !(ratio <= self.cfg.promote_ratio) {
+        // A NaN ratio (never expected) is not promoted.
+        let promoted = ratio.partial_cmp(&self.cfg.promote_ratio).is_some_and(|o| o.is_le());
+        if !always_promote && !promoted {
             o.status = Some(Status::Screened);
             return finish(o, t);
         }

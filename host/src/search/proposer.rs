@@ -9,7 +9,9 @@
 //! uninterrupted run would have.
 
 use super::archive::{NewNode, Node, Status};
-use super::gp::{self, canonical_key, render, simplify, to_infix, Expr, Gp, GpConfig};
+use super::gp::{
+    self, canonical_key, render, simplify, to_infix, BinOp, Expr, Gp, GpConfig, Num, Rng,
+};
 use super::run::{Context, Proposal, ProposalFuture, Proposer};
 use std::collections::HashSet;
 
@@ -21,6 +23,51 @@ pub struct GpProposer {
     config: GpConfig,
     seed: u64,
     random_only: bool,
+    tune_prob: f64,
+}
+
+/// Factors a `tune` step scales a constant by.
+const TUNE_FACTORS: [f32; 4] = [0.5, 0.8, 1.25, 2.0];
+
+/// Constant tuning: scale one constant of `e` by a factor of [`TUNE_FACTORS`]; a tree without
+/// constants gets one, weighting one side of a sum or difference by 0.3 or 3 (only a sum's
+/// balance changes a ranking; a constant factor on a whole product does not). `None` when the
+/// tree has neither.
+pub fn tune(e: &Expr, rng: &mut Rng) -> Option<Expr> {
+    let n = e.size();
+    let consts: Vec<usize> = (0..n)
+        .filter(|&i| matches!(e.subtree(i), Some(Expr::Const(_))))
+        .collect();
+    if !consts.is_empty() {
+        let i = consts[rng.below(consts.len())];
+        let Some(Expr::Const(Num(c))) = e.subtree(i) else {
+            return None;
+        };
+        let f = TUNE_FACTORS[rng.below(TUNE_FACTORS.len())];
+        return Some(e.replace_subtree(i, &Expr::Const(Num(c * f))));
+    }
+    let sums: Vec<usize> = (0..n)
+        .filter(|&i| {
+            matches!(
+                e.subtree(i),
+                Some(Expr::Binary(BinOp::Add | BinOp::Sub, _, _))
+            )
+        })
+        .collect();
+    if sums.is_empty() {
+        return None;
+    }
+    let i = sums[rng.below(sums.len())];
+    let Some(Expr::Binary(op, a, b)) = e.subtree(i) else {
+        return None;
+    };
+    let w = Expr::Const(Num(if rng.chance(0.5) { 0.3 } else { 3.0 }));
+    let weighted = if rng.chance(0.5) {
+        Expr::bin(*op, Expr::bin(BinOp::Mul, w, (**a).clone()), (**b).clone())
+    } else {
+        Expr::bin(*op, (**a).clone(), Expr::bin(BinOp::Mul, w, (**b).clone()))
+    };
+    Some(e.replace_subtree(i, &weighted))
 }
 
 pub(crate) fn mix(seed: u64, index: u64) -> u64 {
@@ -38,7 +85,15 @@ impl GpProposer {
             config,
             seed,
             random_only,
+            tune_prob: 0.0,
         }
+    }
+
+    /// With probability `p` a breeding step is constant tuning ([`tune`]) of a tournament
+    /// winner instead of crossover or mutation.
+    pub fn with_tuning(mut self, p: f64) -> Self {
+        self.tune_prob = p.clamp(0.0, 1.0);
+        self
     }
 
     /// The seed candidates of every run: the built-in baselines as trees (so they also take
@@ -122,7 +177,14 @@ impl GpProposer {
         for _ in 0..64 {
             let (tree, operator, parents): (Expr, &str, Vec<usize>) = if breed {
                 let a = gp.tournament(&pairs).unwrap_or(0);
-                if gp.rng.chance(self.config.crossover_prob) {
+                let tuned = if self.tune_prob > 0.0 && gp.rng.chance(self.tune_prob) {
+                    tune(&pairs[a].0, &mut gp.rng)
+                } else {
+                    None
+                };
+                if let Some(t) = tuned {
+                    (t, "tune", vec![a])
+                } else if gp.rng.chance(self.config.crossover_prob) {
                     let b = gp.tournament(&pairs).unwrap_or(0);
                     let mut child = gp.crossover(&pairs[a].0, &pairs[b].0);
                     if gp.rng.chance(self.config.mutation_prob) {
@@ -180,3 +242,29 @@ impl GpProposer {
 
 /// Re-export for the CLI.
 pub use gp::GpConfig as GpSettings;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_scales_a_constant_or_weights_a_sum() {
+        let mut rng = Rng::new(3);
+        // A constant is scaled by one of the factors.
+        let e: Expr = "add(mul(W,N),mul(10,W))".parse().unwrap();
+        let t = tune(&e, &mut rng).unwrap();
+        let c = (0..t.size())
+            .find_map(|i| match t.subtree(i) {
+                Some(Expr::Const(Num(c))) => Some(*c),
+                _ => None,
+            })
+            .unwrap();
+        assert!(TUNE_FACTORS.iter().any(|f| c == 10.0 * f), "{t}");
+        // No constant: one side of the sum gets a weight.
+        let e: Expr = "add(mul(W,N),W)".parse().unwrap();
+        let t = tune(&e, &mut rng).unwrap().to_string();
+        assert!(t.contains("mul(0.3,") || t.contains("mul(3,"), "{t}");
+        // Neither: nothing to tune.
+        assert!(tune(&Expr::wanda(), &mut rng).is_none());
+    }
+}
