@@ -461,3 +461,50 @@ fn real_model_one_window() {
         }
     }
 }
+
+/// The statistic saved and loaded again is the same; a flipped byte, a truncated file or a
+/// file of another model is an error (never a panic), so a search recomputes instead.
+#[test]
+fn saved_statistic_loads_exactly_and_corruption_is_refused() {
+    let cfg = ModelConfig::tiny(Arch::Llama);
+    let model = Model::random(&cfg, 3, &Device::Cpu).unwrap();
+    let toks = tokens(2048, cfg.vocab_size as u32);
+    let offs = window_offsets(toks.len(), 2, 32, Sampler::Even).unwrap();
+    let wins = windows(&toks, &offs, 32);
+    let g = gradient::compute(&model, &wins, &mut |_, _| ControlFlow::Continue(())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/g.grad");
+    g.save(&path).unwrap();
+    let back = gradient::Gradients::load(&path, &model).unwrap();
+    assert_eq!(back.windows, g.windows);
+    assert_eq!(back.mean_loss.to_bits(), g.mean_loss.to_bits());
+    for b in 0..cfg.num_layers {
+        for kind in LayerKind::BLOCK {
+            assert_eq!(back.get(b, kind), g.get(b, kind));
+        }
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x40;
+    std::fs::write(&path, &flipped).unwrap();
+    let e = gradient::Gradients::load(&path, &model)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checksum"), "{e}");
+    std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+    assert!(gradient::Gradients::load(&path, &model).is_err());
+    std::fs::write(&path, &bytes).unwrap();
+    let other = Model::random(
+        &ModelConfig {
+            intermediate_size: 96,
+            ..cfg.clone()
+        },
+        3,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let e = gradient::Gradients::load(&path, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("size differs") || e.contains("larger"), "{e}");
+}

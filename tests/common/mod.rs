@@ -115,6 +115,7 @@ pub fn tiny_search_evaluator_for(
         heldout: toks[..seq * val.len()].to_vec(),
         heldout_windows: val.len(),
         seq_len: seq,
+        gradient_cache: None,
     };
     let ladder = LadderConfig {
         objective,

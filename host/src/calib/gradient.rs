@@ -120,6 +120,132 @@ impl Gradients {
     }
 }
 
+/// Magic and version of the gradient file format ([`Gradients::save`]).
+const FILE_MAGIC: &[u8; 8] = b"APGRAD01";
+
+impl Gradients {
+    /// Write the statistic to `path` (atomically: a temporary file renamed into place):
+    /// a header (magic, windows, mean loss, seconds, block and layer counts, each layer's
+    /// length), the values as little-endian f32, and a SHA-256 of everything before it.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut buf: Vec<u8> = Vec::with_capacity(self.bytes() + 4096);
+        buf.extend_from_slice(FILE_MAGIC);
+        buf.extend_from_slice(&(self.windows as u64).to_le_bytes());
+        buf.extend_from_slice(&self.mean_loss.to_le_bytes());
+        buf.extend_from_slice(&self.seconds.to_le_bytes());
+        buf.extend_from_slice(&(self.layers.len() as u64).to_le_bytes());
+        for block in &self.layers {
+            let block = block
+                .as_ref()
+                .ok_or_else(|| std::io::Error::other("a released block cannot be saved"))?;
+            buf.extend_from_slice(&(block.len() as u64).to_le_bytes());
+            for l in block {
+                buf.extend_from_slice(&(l.len() as u64).to_le_bytes());
+            }
+        }
+        for l in self.layers.iter().flatten().flatten() {
+            for v in l {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let digest = crate::sandbox::sha256_hex(&buf);
+        buf.extend_from_slice(digest.as_bytes());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(path.parent().unwrap_or(std::path::Path::new(".")))?;
+        tmp.write_all(&buf)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Read a statistic written by [`Gradients::save`] for `model`: every block's layers must
+    /// have the model's weight counts, and the checksum must match; anything else is an error
+    /// (never a panic), so a corrupt or foreign file is recomputed instead of used.
+    pub fn load(path: &std::path::Path, model: &Model) -> Result<Gradients> {
+        let bad = |why: &str| GradientError::Input(format!("{}: {why}", path.display()));
+        let expected: u64 = model
+            .blocks
+            .iter()
+            .flat_map(|b| b.linears().map(|(_, l)| l.weight().elem_count() as u64))
+            .sum();
+        let meta = std::fs::metadata(path).map_err(|e| bad(&e.to_string()))?;
+        // Header, per-layer lengths, values and digest; refuse before reading anything larger.
+        let limit = 4 * expected + 64 + 16 * (model.blocks.len() as u64 + 1) * 8 + 64;
+        if meta.len() > limit {
+            return Err(bad("larger than the model's gradient statistic"));
+        }
+        let buf = std::fs::read(path).map_err(|e| bad(&e.to_string()))?;
+        if buf.len() < 8 + 32 + 64 || &buf[..8] != FILE_MAGIC {
+            return Err(bad("not a gradient statistic file"));
+        }
+        let (body, digest) = buf.split_at(buf.len() - 64);
+        if crate::sandbox::sha256_hex(body).as_bytes() != digest {
+            return Err(bad("checksum mismatch"));
+        }
+        let mut at = 8usize;
+        let u64_at = |at: &mut usize| -> Result<u64> {
+            let b = body
+                .get(*at..*at + 8)
+                .ok_or_else(|| bad("truncated header"))?;
+            *at += 8;
+            Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        };
+        let windows = u64_at(&mut at)? as usize;
+        let mean_loss = f64::from_bits(u64_at(&mut at)?);
+        let seconds = f64::from_bits(u64_at(&mut at)?);
+        let blocks = u64_at(&mut at)? as usize;
+        if blocks != model.blocks.len() {
+            return Err(bad("block count differs from the model's"));
+        }
+        let mut shapes = Vec::with_capacity(blocks);
+        for b in &model.blocks {
+            let n = u64_at(&mut at)? as usize;
+            let want: Vec<usize> = b.linears().map(|(_, l)| l.weight().elem_count()).collect();
+            if n != want.len() {
+                return Err(bad("layer count differs from the model's"));
+            }
+            let mut lens = Vec::with_capacity(n);
+            for &w in &want {
+                let len = u64_at(&mut at)? as usize;
+                if len != w {
+                    return Err(bad("a layer's size differs from the model's"));
+                }
+                lens.push(len);
+            }
+            shapes.push(lens);
+        }
+        let mut layers = Vec::with_capacity(blocks);
+        for lens in shapes {
+            let mut block = Vec::with_capacity(lens.len());
+            for len in lens {
+                let bytes = body
+                    .get(at..at + 4 * len)
+                    .ok_or_else(|| bad("truncated values"))?;
+                at += 4 * len;
+                block.push(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                        .collect(),
+                );
+            }
+            layers.push(Some(block));
+        }
+        if at != body.len() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Gradients {
+            layers,
+            windows,
+            mean_loss,
+            seconds,
+        })
+    }
+}
+
 /// Compute the gradient statistic of all seven linears of every block of the dense `model` over
 /// the calibration `windows` (each of at least 2 tokens; lengths may differ), one window at a
 /// time.

@@ -485,6 +485,9 @@ pub fn search_data(
         heldout: eval.tokens,
         heldout_windows: spec.heldout_windows,
         seq_len: seq,
+        gradient_cache: autoprune::build::default_cache()
+            .ok()
+            .map(|c| c.dir().join("gradients")),
     };
     autoprune::eval::eval_windows(
         &data.heldout,

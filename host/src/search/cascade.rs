@@ -95,6 +95,9 @@ pub struct SearchData {
     pub heldout_windows: usize,
     /// Tokens per window.
     pub seq_len: usize,
+    /// A folder where the gradient statistic of a model and calibration windows is kept, so
+    /// runs on the same model and windows compute it once (`None`: always compute).
+    pub gradient_cache: Option<std::path::PathBuf>,
 }
 
 /// A ladder level.
@@ -265,9 +268,35 @@ impl Evaluator {
         let dense = dense_stats(&data.model, &wins, cfg.calib_batch, &mut |_, _| {})?;
         prep.dense_stats = dense.seconds;
         let grads = if cfg.gradient {
-            progress("gradient statistic of the dense model");
-            let g = gradient::compute(&data.model, &wins, &mut |_, _| ControlFlow::Continue(()))?;
-            prep.gradient = g.seconds;
+            let t = Instant::now();
+            let file = match &data.gradient_cache {
+                Some(d) => Some(d.join(format!("{}.grad", gradient_key(&data)?))),
+                None => None,
+            };
+            let cached = file
+                .as_ref()
+                .filter(|f| f.exists())
+                .and_then(|f| Gradients::load(f, &data.model).ok());
+            let g = match cached {
+                Some(g) => {
+                    progress("gradient statistic of the dense model (cached)");
+                    g
+                }
+                None => {
+                    progress("gradient statistic of the dense model");
+                    let g = gradient::compute(&data.model, &wins, &mut |_, _| {
+                        ControlFlow::Continue(())
+                    })?;
+                    if let Some(f) = &file {
+                        // A cache that cannot be written only costs the next run the pass.
+                        if let Err(e) = g.save(f) {
+                            progress(&format!("note: could not cache the gradient: {e}"));
+                        }
+                    }
+                    g
+                }
+            };
+            prep.gradient = t.elapsed().as_secs_f64();
             Some(g)
         } else {
             None
@@ -652,7 +681,9 @@ impl Evaluator {
         detail.screen = Some(screen);
         o.detail = serde_json::to_string(&detail).ok();
         // A NaN ratio (never expected) is not promoted.
-        let promoted = ratio.partial_cmp(&self.cfg.promote_ratio).is_some_and(|o| o.is_le());
+        let promoted = ratio
+            .partial_cmp(&self.cfg.promote_ratio)
+            .is_some_and(|o| o.is_le());
         if !always_promote && !promoted {
             o.status = Some(Status::Screened);
             return finish(o, t);
@@ -675,6 +706,25 @@ impl Evaluator {
         let plugin = self.load(code).map_err(|(_, f)| f)?;
         self.measure(&plugin, Level::Heldout)
     }
+}
+
+/// The gradient cache key of a model and its calibration windows: the windows' tokens and the
+/// model's shape and weights (a sample of every linear's first and last values).
+fn gradient_key(data: &SearchData) -> Result<String, PipelineError> {
+    let mut h = format!("{:?}|{}|", data.calib, data.model.num_linear_weights());
+    for b in &data.model.blocks {
+        for (_, l) in b.linears() {
+            let w: Vec<f32> = l.weight().flatten_all()?.to_vec1()?;
+            let n = w.len();
+            let sample: Vec<u32> = w[..n.min(64)]
+                .iter()
+                .chain(&w[n.saturating_sub(64)..])
+                .map(|x| x.to_bits())
+                .collect();
+            h.push_str(&format!("{n}:{sample:?}"));
+        }
+    }
+    Ok(crate::sandbox::sha256_hex(h.as_bytes())[..32].to_string())
 }
 
 /// The probe layers: every linear of the first and the middle block.
