@@ -591,10 +591,10 @@ fn objective_words(o: &Objective) -> String {
 
 fn fmt_opt(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| {
-        if v >= 1e6 {
-            format!("{v:.3e}")
+        if v >= 1e4 {
+            format!("{v:.1e}")
         } else {
-            format!("{v:.3}")
+            format!("{v:.4}")
         }
     })
 }
@@ -618,7 +618,7 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
     });
     let count = |s: Status| nodes.iter().filter(|n| n.status == s).count();
     let mut out = format!(
-        "{} nodes: {} evaluated, {} screened by the proxy, {} duplicates, {} failed, {} pending\n",
+        "{} nodes: {} evaluated, {} screened out by the screen, {} duplicates, {} failed, {} pending\n",
         nodes.len(),
         count(Status::Evaluated),
         count(Status::Screened),
@@ -627,21 +627,37 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
         count(Status::Pending)
     );
     out.push_str(
-        "  id  proposer  operator   screen×W   fitness×W  held-out×W  idea   (×W: perplexity ratio to Wanda)\n",
+        "  id  proposer  operator    screen  sequential [95 % CI]     held-out [95 % CI]  idea\n",
     );
     for n in best.iter().take(top) {
+        let detail: autoprune::search::cascade::Detail = n
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
+        let ci = |l: &Option<autoprune::search::cascade::LevelResult>| {
+            l.as_ref().map_or(String::new(), |l| {
+                let (lo, hi) = l.combined.ratio_ci();
+                format!("[{lo:.4}, {hi:.4}]")
+            })
+        };
         let _ = writeln!(
             out,
-            "{:>4}  {:<8}  {:<9} {:>9} {:>13} {:>9}  {}",
+            "{:>4}  {:<8}  {:<9} {:>7} {:>7} {:<18} {:>7} {:<18}  {}",
             n.id,
-            n.proposer,
+            first_line(&n.proposer, 8),
             n.operator,
             fmt_opt(n.proxy),
             fmt_opt(n.fitness),
+            ci(&detail.sequential),
             fmt_opt(n.heldout),
-            first_line(&n.thought, 70)
+            ci(&detail.heldout),
+            first_line(&n.thought, 60)
         );
     }
+    out.push_str(
+        "(perplexity as a ratio to Wanda's under the same setting, windows and protocol; lower is better)\n",
+    );
     out
 }
 

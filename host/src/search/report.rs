@@ -30,7 +30,7 @@ fn fmt_ppl(x: Option<f64>) -> String {
     match x {
         None => "–".into(),
         Some(v) if v >= 1e6 => format!("{v:.3e}"),
-        Some(v) => format!("{v:.3}"),
+        Some(v) => format!("{v:.4}"),
     }
 }
 
@@ -42,7 +42,7 @@ fn score(n: &Node) -> Option<f64> {
     n.heldout.or(n.fitness)
 }
 
-/// The best evaluated node: lowest held-out perplexity, then lowest validation fitness.
+/// The best evaluated node: lowest held-out ratio to Wanda, then lowest sequential-level ratio.
 pub fn best(nodes: &[Node]) -> Option<&Node> {
     nodes
         .iter()
@@ -77,7 +77,7 @@ pub fn funnel(nodes: &[Node]) -> Vec<(&'static str, usize)> {
             }),
         ),
         (
-            "passed proxy",
+            "passed the screen",
             count(&|n| n.status == Status::Evaluated || failed_at(n, &["full"])),
         ),
         ("fully evaluated", count(&|n| n.status == Status::Evaluated)),
@@ -134,7 +134,7 @@ pub fn render(
     });
     let _ = writeln!(
         h,
-        "<p>{} nodes: {} evaluated, {} screened by the proxy, {} duplicates, {} failed, {} pending. \
+        "<p>{} nodes: {} evaluated, {} screened out, {} duplicates, {} failed, {} pending. \
          {} proposer calls, {} tokens.</p>",
         nodes.len(),
         count(Status::Evaluated),
@@ -151,7 +151,7 @@ pub fn render(
             let _ = writeln!(
                 h,
                 "<section id=\"best\" data-best=\"{}\"><h2>Best candidate: #{}</h2>\
-                 <p>held-out perplexity <b>{}</b>, validation {}, proxy {} — {} ({})</p>\
+                 <p>held-out <b>{}</b> × Wanda's perplexity, sequential level {}, screen {} — {} ({})</p>\
                  <p>{}</p><details><summary>code</summary><pre><code>{}</code></pre></details></section>",
                 b.id,
                 b.id,
@@ -178,7 +178,7 @@ pub fn render(
             .partial_cmp(&(b.heldout.unwrap_or(f64::MAX), b.fitness.unwrap_or(f64::MAX)))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
-    h.push_str("<h2>Leaderboard</h2><table id=\"leaderboard\"><tr><th>#</th><th>proposer</th><th>operator</th><th>proxy</th><th>validation</th><th>held-out</th><th>idea</th></tr>\n");
+    h.push_str("<h2>Leaderboard</h2><table id=\"leaderboard\"><tr><th>#</th><th>proposer</th><th>operator</th><th>screen ×W</th><th>sequential ×W</th><th>held-out ×W</th><th>idea</th></tr>\n");
     for n in ranked.iter().take(25) {
         let _ = writeln!(
             h,
@@ -196,10 +196,10 @@ pub fn render(
     }
     h.push_str("</table>\n");
     // Lineage graph.
-    h.push_str("<h2>Lineage</h2><p>One column per candidate in creation order, one row per generation; colour = validation perplexity (green = the best, red = twice the best or worse, log scale); hollow = duplicate; grey × = failed (hover for the verdict); orange = screened by the proxy. Click a node for its details.</p>\n");
+    h.push_str("<h2>Lineage</h2><p>One column per candidate in creation order, one row per generation; colour = ratio to Wanda's perplexity at the sequential level, else the screen (green = the best, red = twice the best or worse, log scale); hollow = duplicate; grey × = failed (hover for the verdict); orange = screened out. Click a node for its details.</p>\n");
     h.push_str(&lineage_svg(nodes, edges));
     // Best over time.
-    h.push_str("<h2>Best validation perplexity over the run</h2>\n");
+    h.push_str("<h2>Best ratio to Wanda over the run (sequential level)</h2>\n");
     h.push_str(&best_over_time_svg(nodes));
     // Funnel.
     h.push_str("<h2>Candidates per stage</h2>\n");
@@ -235,7 +235,7 @@ pub fn render(
         let _ = write!(
             h,
             "<details id=\"node-{}\"><summary><span class=\"{state}\">#{} {state}</span> \
-             [{} / {}] stage {} · proxy {} · validation {} · held-out {} — {}</summary>",
+             [{} / {}] stage {} · screen {} · sequential {} · held-out {} (× Wanda) — {}</summary>",
             n.id,
             n.id,
             esc(&n.proposer),
@@ -249,7 +249,7 @@ pub fn render(
         if let Some(ps) = parents.get(&n.id) {
             h.push_str("<ul>");
             for e in ps {
-                // The measured effect: validation perplexity against this parent.
+                // The measured effect: the ratio to Wanda against this parent.
                 let effect = match (
                     by_id.get(&e.parent).and_then(|p| score_val(p)),
                     score_val(n),
