@@ -661,6 +661,107 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
     out
 }
 
+/// The prune flags of a setting (for the reproduce line).
+fn prune_flags(s: &Setting) -> String {
+    let mut f = match s.pattern {
+        Pattern::NM { n, m } => format!("--pattern {n}:{m}"),
+        Pattern::PerRow => format!("--sparsity {}", s.sparsity),
+        p => format!("--pattern {p} --sparsity {}", s.sparsity),
+    };
+    if !s.is_uniform() {
+        f.push_str(&format!(" --allocation {}", s.allocation.name()));
+    }
+    f
+}
+
+/// `runs export`: the node's code under a provenance header.
+fn export(dir: &Path, node: Option<i64>, out: &Path) -> anyhow::Result<i32> {
+    let archive = Archive::open_existing(&archive_path(dir))?;
+    let nodes = archive.nodes()?;
+    let n = match node {
+        Some(id) => nodes
+            .iter()
+            .find(|n| n.id == id)
+            .with_context(|| format!("{} has no node #{id}", dir.display()))?,
+        None => autoprune::search::report::best(&nodes)
+            .with_context(|| format!("{} has no evaluated candidate", dir.display()))?,
+    };
+    anyhow::ensure!(
+        !n.code.trim().is_empty(),
+        "node #{} has no code (it failed at {})",
+        n.id,
+        n.stage.as_deref().unwrap_or("?")
+    );
+    let cfg: Option<RunConfig> = archive
+        .meta("config")?
+        .and_then(|c| serde_json::from_str(&c).ok());
+    let detail: autoprune::search::cascade::Detail = n
+        .detail
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default();
+    let file = out
+        .file_name()
+        .map_or("metric.rs".into(), |f| f.to_string_lossy().into_owned());
+    let mut h = String::new();
+    let clean = |t: &str| -> String {
+        t.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    };
+    h.push_str(&format!(
+        "//! Discovered by `autoprune search` ({}), node #{} of the run `{}`.\n",
+        clean(&n.proposer),
+        n.id,
+        clean(&dir.display().to_string())
+    ));
+    h.push_str(&format!("//! Idea: {}\n", clean(&first_line(&n.thought, 200))));
+    if let Some(c) = &cfg {
+        h.push_str(&format!(
+            "//! Objective: {} (ratio to Wanda's perplexity under each setting; SmolLM2-135M, SOTU-512 \
+             unless the run names another model), seed {}.\n",
+            c.ladder.objective, c.seed
+        ));
+    }
+    let level = |name: &str, l: &Option<autoprune::search::cascade::LevelResult>| {
+        l.as_ref().map(|l| {
+            let (lo, hi) = l.combined.ratio_ci();
+            let per: Vec<String> = l
+                .settings
+                .iter()
+                .map(|s| format!("{}: ppl {:.4} vs Wanda {:.4}", s.setting, s.ppl, s.wanda_ppl))
+                .collect();
+            format!(
+                "//! {name}: {:.4} × Wanda [95 % CI {lo:.4}, {hi:.4}] over {} windows ({}).\n",
+                l.combined.ratio(),
+                l.combined.windows,
+                per.join("; ")
+            )
+        })
+    };
+    if let Some(t) = level("Sequential level (validation windows)", &detail.sequential) {
+        h.push_str(&t);
+    }
+    if let Some(t) = level("Held-out (the evaluation text)", &detail.heldout) {
+        h.push_str(&t);
+    }
+    if let Some(c) = &cfg {
+        for s in &c.ladder.objective.settings {
+            h.push_str(&format!(
+                "//! Reproduce: autoprune prune --metric candidates/discovered/{file} {}\n",
+                prune_flags(s)
+            ));
+        }
+    }
+    h.push_str("//!\n");
+    let code = n.code.trim_start();
+    // A generated file's own `//!` header follows ours (inner doc comments must come first).
+    std::fs::write(out, format!("{h}{code}"))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote node #{} to {}", n.id, out.display());
+    Ok(0)
+}
+
 /// Arguments of `autoprune runs`.
 #[derive(Debug, clap::Args)]
 pub struct RunsArgs {
@@ -687,11 +788,25 @@ pub enum RunsCommand {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Write a candidate of a run as a metric file with a header that states where it comes
+    /// from: the objective, the run, its measured ratios to Wanda, the command that
+    /// reproduces the held-out number.
+    Export {
+        /// The run folder.
+        dir: PathBuf,
+        /// The node (default: the best by held-out ratio, then sequential ratio).
+        #[arg(long)]
+        node: Option<i64>,
+        /// The metric file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
 }
 
 /// Run `autoprune runs`.
 pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
     match args.command {
+        RunsCommand::Export { dir, node, out } => export(&dir, node, &out),
         RunsCommand::Show {
             dir,
             top,
