@@ -248,9 +248,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         args.out.join("fidelity.json"),
         serde_json::to_string_pretty(&study)?,
     )?;
+    let cpu = autoprune::model::cpu_report();
     let md = markdown(
         &study,
-        &format!("Fidelity of the evaluation ladder ({})", args.objective),
+        &format!(
+            "Fidelity of the evaluation ladder ({}; {}, {} threads)",
+            args.objective, cpu.matmul, cpu.threads
+        ),
     );
     std::fs::write(args.out.join("fidelity.md"), &md)?;
     if args.protocol.json {

@@ -356,6 +356,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                       "stats_seconds": pruned_report.stats_seconds, "score_mask_seconds": pruned_report.prune_seconds,
                       "pruned_forward_seconds": pruned_report.forward_seconds, "total_seconds": start.elapsed().as_secs_f64() },
         "peak_rss_bytes": peak_rss_bytes(),
+        "cpu": autoprune::model::cpu_report(),
         "layers": pruned_report.layers,
     });
     if let Some(out) = &args.out {

@@ -362,6 +362,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         },
     )?;
     archive.set_meta("reference", &serde_json::to_string(&evaluator.reference())?)?;
+    archive.set_meta("cpu", &serde_json::to_string(&autoprune::model::cpu_report())?)?;
     if !quiet {
         let p = evaluator.preparation();
         eprintln!(

@@ -80,6 +80,52 @@ pub fn describe() -> String {
     }
 }
 
+/// The machine's arithmetic as reports record it: the product kernels and the CPU features
+/// that choose them (results are bit-identical between machines with the same kernels; see
+/// `docs/MACHINES.md`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CpuReport {
+    /// The f32 product backend, e.g. `openblas (Haswell)` or `gemm`.
+    pub matmul: String,
+    /// The features that select kernels: `avx2`, `fma`, `avx512f`, `avx512bw`, `avx512vl`,
+    /// `avx512dq`, `avx512cd`, `avx512bf16` (those present).
+    pub features: Vec<String>,
+    /// Threads of the pool (results do not depend on it).
+    pub threads: usize,
+    /// Panels a large product is split into (results depend on it; fixed).
+    pub panels: usize,
+}
+
+/// This process's [`CpuReport`].
+pub fn cpu_report() -> CpuReport {
+    #[allow(unused_mut)]
+    let mut features = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        for (name, present) in [
+            ("avx2", has!("avx2")),
+            ("fma", has!("fma")),
+            ("avx512f", has!("avx512f")),
+            ("avx512bw", has!("avx512bw")),
+            ("avx512vl", has!("avx512vl")),
+            ("avx512dq", has!("avx512dq")),
+            ("avx512cd", has!("avx512cd")),
+            ("avx512bf16", has!("avx512bf16")),
+        ] {
+            if present {
+                features.push(name.to_string());
+            }
+        }
+    }
+    CpuReport {
+        matmul: describe(),
+        features,
+        threads: rayon::current_num_threads(),
+        panels: PANEL_COUNT,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // OpenBLAS
 

@@ -30,7 +30,9 @@ pub use block::{AttnShape, Block, Capture};
 pub use config::{Arch, ModelConfig};
 pub(crate) use layers::with_cpu_f32;
 pub use layers::{rope_tables, Linear, RmsNorm, Rope};
-pub use matmul::{bench_linear, describe as cpu_matmul_backend, init as init_cpu_matmul};
+pub use matmul::{
+    bench_linear, cpu_report, describe as cpu_matmul_backend, init as init_cpu_matmul, CpuReport,
+};
 pub use tokenizer::Tokenizer;
 
 /// Errors of the model room. Candle errors are wrapped at the edge in [`ModelError::Tensor`].
