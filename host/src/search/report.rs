@@ -54,7 +54,7 @@ pub fn best(nodes: &[Node]) -> Option<&Node> {
         })
 }
 
-/// Counts of the cascade's funnel: (label, count).
+/// Counts of the ladder's funnel: (label, count).
 pub fn funnel(nodes: &[Node]) -> Vec<(&'static str, usize)> {
     let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
     let failed_at = |n: &Node, stages: &[&str]| {
@@ -77,10 +77,17 @@ pub fn funnel(nodes: &[Node]) -> Vec<(&'static str, usize)> {
             }),
         ),
         (
-            "passed the screen",
-            count(&|n| n.status == Status::Evaluated || failed_at(n, &["full"])),
+            "screened",
+            count(&|n| {
+                matches!(n.status, Status::Evaluated | Status::Screened)
+                    || failed_at(n, &["screen", "sequential"])
+            }),
         ),
-        ("fully evaluated", count(&|n| n.status == Status::Evaluated)),
+        (
+            "passed the screen",
+            count(&|n| n.status == Status::Evaluated || failed_at(n, &["sequential"])),
+        ),
+        ("sequential level", count(&|n| n.status == Status::Evaluated)),
         ("duplicates", count(&|n| n.status == Status::Duplicate)),
         ("failed", count(&|n| n.status == Status::Failed)),
     ]
@@ -654,7 +661,9 @@ mod tests {
         assert_eq!(f["proposed"], 4);
         assert_eq!(f["built"], 3);
         assert_eq!(f["new behaviour"], 2);
-        assert_eq!(f["fully evaluated"], 1);
+        assert_eq!(f["screened"], 2);
+        assert_eq!(f["passed the screen"], 1);
+        assert_eq!(f["sequential level"], 1);
         assert_eq!(f["duplicates"], 1);
         assert_eq!(f["failed"], 1);
     }
