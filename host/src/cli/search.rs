@@ -362,7 +362,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         },
     )?;
     archive.set_meta("reference", &serde_json::to_string(&evaluator.reference())?)?;
-    archive.set_meta("cpu", &serde_json::to_string(&autoprune::model::cpu_report())?)?;
+    archive.set_meta(
+        "cpu",
+        &serde_json::to_string(&autoprune::model::cpu_report())?,
+    )?;
     if !quiet {
         let p = evaluator.preparation();
         eprintln!(
@@ -716,7 +719,10 @@ fn export(dir: &Path, node: Option<i64>, out: &Path) -> anyhow::Result<i32> {
         n.id,
         clean(&dir.display().to_string())
     ));
-    h.push_str(&format!("//! Idea: {}\n", clean(&first_line(&n.thought, 200))));
+    h.push_str(&format!(
+        "//! Idea: {}\n",
+        clean(&first_line(&n.thought, 200))
+    ));
     if let Some(c) = &cfg {
         h.push_str(&format!(
             "//! Objective: {} (ratio to Wanda's perplexity under each setting; SmolLM2-135M, SOTU-512 \
@@ -730,7 +736,12 @@ fn export(dir: &Path, node: Option<i64>, out: &Path) -> anyhow::Result<i32> {
             let per: Vec<String> = l
                 .settings
                 .iter()
-                .map(|s| format!("{}: ppl {:.4} vs Wanda {:.4}", s.setting, s.ppl, s.wanda_ppl))
+                .map(|s| {
+                    format!(
+                        "{}: ppl {:.4} vs Wanda {:.4}",
+                        s.setting, s.ppl, s.wanda_ppl
+                    )
+                })
                 .collect();
             format!(
                 "//! {name}: {:.4} × Wanda [95 % CI {lo:.4}, {hi:.4}] over {} windows ({}).\n",

@@ -146,12 +146,30 @@ type SgemmFn = unsafe extern "C" fn(
     c_int,
 );
 
+type DgemmFn = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f64,
+    *const f64,
+    c_int,
+    *const f64,
+    c_int,
+    f64,
+    *mut f64,
+    c_int,
+);
+
 const ROW_MAJOR: c_int = 101;
 const NO_TRANS: c_int = 111;
 const TRANS: c_int = 112;
 
 struct OpenBlas {
     sgemm: SgemmFn,
+    dgemm: DgemmFn,
     core: String,
     // Keeps the library mapped for as long as `sgemm` may be called (the process lifetime).
     _lib: libloading::Library,
@@ -241,6 +259,9 @@ fn load_openblas(names: &[&str]) -> Result<OpenBlas, String> {
     // SAFETY: the symbols are declared with their C prototypes from cblas.h / openblas_config.h.
     let sgemm: SgemmFn = *unsafe { lib.get::<SgemmFn>("cblas_sgemm") }
         .map_err(|e| format!("no cblas_sgemm: {e}"))?;
+    // SAFETY: as above, cblas.h's prototype.
+    let dgemm: DgemmFn = *unsafe { lib.get::<DgemmFn>("cblas_dgemm") }
+        .map_err(|e| format!("no cblas_dgemm: {e}"))?;
     let core =
         unsafe { lib.get::<unsafe extern "C" fn() -> *const c_char>("openblas_get_corename") }
             .ok()
@@ -257,6 +278,7 @@ fn load_openblas(names: &[&str]) -> Result<OpenBlas, String> {
     }
     let blas = OpenBlas {
         sgemm,
+        dgemm,
         core,
         _lib: lib,
     };
@@ -402,6 +424,92 @@ pub(crate) unsafe fn sgemm(
             }
         }
     }
+}
+
+/// `C[m×n] = A[m×k] · op(B)` in f64, row-major and contiguous (`op(B) = Bᵀ` for `B[n×k]` when
+/// `b_trans`, else `B[k×n]`), split into shape-fixed row panels over the rayon pool like the
+/// f32 products: OpenBLAS's `cblas_dgemm` per panel where loaded (its blocking is fixed per
+/// kernel family), else the `gemm` crate (whose blocking follows the detected caches).
+pub(crate) fn matmul_f64(
+    a: &[f64],
+    m: usize,
+    k: usize,
+    b: &[f64],
+    n: usize,
+    b_trans: bool,
+) -> Vec<f64> {
+    assert!(
+        a.len() >= m * k && b.len() >= n * k,
+        "matmul_f64: operand too short"
+    );
+    let mut c: Vec<f64> = vec![0.0; m * n];
+    if m == 0 || n == 0 {
+        return c;
+    }
+    let out = c.as_mut_ptr() as usize;
+    let (ap, bp) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    let ldb = if b_trans { k } else { n };
+    par_panels(m, n, k, |(i0, i1), (j0, j1)| {
+        let (ap, bp, cp) = (ap as *const f64, bp as *const f64, out as *mut f64);
+        let (rows, cols) = (i1 - i0, j1 - j0);
+        // SAFETY: rows i0..i1 × columns j0..j1 of C belong to this task only; the operand
+        // panels lie inside the asserted extents.
+        unsafe {
+            let a0 = ap.add(i0 * k);
+            let b0 = if b_trans { bp.add(j0 * k) } else { bp.add(j0) };
+            let c0 = cp.add(i0 * n + j0);
+            if k == 0 {
+                return;
+            }
+            match openblas() {
+                Some(blas) => (blas.dgemm)(
+                    ROW_MAJOR,
+                    NO_TRANS,
+                    if b_trans { TRANS } else { NO_TRANS },
+                    rows as c_int,
+                    cols as c_int,
+                    k as c_int,
+                    1.0,
+                    a0,
+                    k as c_int,
+                    b0,
+                    ldb as c_int,
+                    0.0,
+                    c0,
+                    n as c_int,
+                ),
+                None => {
+                    let (rs, cs) = if b_trans {
+                        (1, ldb as isize)
+                    } else {
+                        (ldb as isize, 1)
+                    };
+                    gemm::gemm(
+                        rows,
+                        cols,
+                        k,
+                        c0,
+                        1,
+                        n as isize,
+                        false,
+                        a0,
+                        1,
+                        k as isize,
+                        b0,
+                        cs,
+                        rs,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+        }
+    });
+    c
 }
 
 /// The first `len` elements of a reusable buffer, growing it if needed (never shrinking, so
@@ -774,6 +882,28 @@ mod tests {
                 }
                 assert_eq!(&c[i * 5 + 3..i * 5 + 5], &[7.0, 7.0], "{be:?} wrote past n");
             }
+        }
+    }
+
+    #[test]
+    fn f64_products_match_naive_sums_and_threads() {
+        for &(m, n, k, bt) in &[(3, 5, 7, true), (130, 90, 200, false), (700, 40, 64, true)] {
+            let a: Vec<f64> = data(m * k, 1).iter().map(|&x| f64::from(x)).collect();
+            let b: Vec<f64> = data(n * k, 2).iter().map(|&x| f64::from(x) * 0.5).collect();
+            let c = matmul_f64(&a, m, k, &b, n, bt);
+            for i in (0..m).step_by(7) {
+                for j in 0..n {
+                    let want: f64 = (0..k)
+                        .map(|p| a[i * k + p] * if bt { b[j * k + p] } else { b[p * n + j] })
+                        .sum();
+                    assert!((c[i * n + j] - want).abs() <= 1e-12 * (1.0 + want.abs()));
+                }
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(3)
+                .build()
+                .unwrap();
+            assert_eq!(pool.install(|| matmul_f64(&a, m, k, &b, n, bt)), c);
         }
     }
 

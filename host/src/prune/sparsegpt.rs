@@ -6,13 +6,15 @@
 //! error is compensated on the columns to its right).
 //!
 //! Numerics, and why:
-//! - **Hessian**: each batch's Gram matrix `XᵀX` comes from f32 GEMMs (candle, like
-//!   the reference's f32 `matmul`; only the lower-triangle tiles are multiplied); the
+//! - **Hessian**: each batch's Gram matrix `XᵀX` comes from f32 GEMMs (the forward's own
+//!   products, like the reference's f32 `matmul`; only the lower-triangle tiles are multiplied); the
 //!   running average `H = H·n/(n+t) + (2/(n+t))·XᵀX` is kept in **f64**, so 32 or 128
 //!   batches add no rounding drift. Mathematically this is the reference's update
 //!   exactly (`H_N = 2/N · Σ x xᵀ`), so a caller may as well pass many sequences in
 //!   one call (`samples` = their number).
-//! - **Factorisation in f64**, blocked, with the O(n³) parts in candle's f64 GEMM.
+//! - **Factorisation in f64**, blocked, with the O(n³) parts in f64 GEMMs (OpenBLAS `dgemm`
+//!   in shape-fixed panels, so the bits depend on the kernel family, not on the thread count
+//!   or the cache sizes).
 //!   The reference computes `cholesky(cholesky_inverse(cholesky(H)), upper=True)` in
 //!   f32. The upper Cholesky factor `U` of `H⁻¹` is unique, and equals
 //!   `J·chol_lower(J·H·J)⁻¹·J` (`J` reverses the order), so we compute that: one
@@ -25,7 +27,6 @@
 //! One deliberate deviation: a sparsity of 0 prunes nothing (the reference's
 //! `tmp <= sorted[0]` would prune each block's minimum).
 
-use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
 use super::mask::{prune_count, Mask};
@@ -384,8 +385,9 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// `A·B` (`A·Bᵀ` when `b_transposed`, `B` then stored `n × k`), row-major f64, through
-/// candle's multi-threaded GEMM: 5–10× our scalar loops on this CPU class.
+/// `A·B` (`A·Bᵀ` when `b_transposed`, `B` then stored `n × k`), row-major f64, through the
+/// forward's f64 products (OpenBLAS `dgemm` in shape-fixed panels: the same bits on every CPU
+/// of a kernel family, whatever the thread count).
 fn gemm_f64(
     a: &[f64],
     m: usize,
@@ -394,14 +396,14 @@ fn gemm_f64(
     n: usize,
     b_transposed: bool,
 ) -> Result<Vec<f64>> {
-    let dev = Device::Cpu;
-    let ta = Tensor::from_slice(a, (m, k), &dev)?;
-    let tb = if b_transposed {
-        Tensor::from_slice(b, (n, k), &dev)?.t()?
-    } else {
-        Tensor::from_slice(b, (k, n), &dev)?
-    };
-    Ok(ta.matmul(&tb)?.flatten_all()?.to_vec1::<f64>()?)
+    Ok(crate::model::matmul::matmul_f64(
+        a,
+        m,
+        k,
+        b,
+        n,
+        b_transposed,
+    ))
 }
 
 /// Block size of the factorisations: the diagonal blocks (128³/6 flops each) run in

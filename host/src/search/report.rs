@@ -87,7 +87,10 @@ pub fn funnel(nodes: &[Node]) -> Vec<(&'static str, usize)> {
             "passed the screen",
             count(&|n| n.status == Status::Evaluated || failed_at(n, &["sequential"])),
         ),
-        ("sequential level", count(&|n| n.status == Status::Evaluated)),
+        (
+            "sequential level",
+            count(&|n| n.status == Status::Evaluated),
+        ),
         ("duplicates", count(&|n| n.status == Status::Duplicate)),
         ("failed", count(&|n| n.status == Status::Failed)),
     ]
