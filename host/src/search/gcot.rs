@@ -644,7 +644,6 @@ pub fn build_messages(
     let mut diverse = diverse;
     let mut lessons_lines = lesson_lines(nodes, edges);
     let mut siblings = siblings;
-    let mut lineage = lineage;
     let mut code_chars = usize::MAX;
     let system_tokens = estimate_prompt_tokens(&system);
     let user = loop {
