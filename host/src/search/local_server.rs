@@ -90,6 +90,12 @@ impl LocalLlm {
             &self.threads().to_string(),
             "--alias",
             alias,
+            // Prompts are read 256 tokens per step, so that prompt-progress chunks keep a slow
+            // machine's stream from looking idle (one 2,048-token step took 300 s here).
+            "-b",
+            "256",
+            "-ub",
+            "256",
             // No web UI, no prompt cache in RAM: a search sends a new prompt every time.
             "--no-webui",
             "--cache-ram",
