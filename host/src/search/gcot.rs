@@ -418,7 +418,7 @@ fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
 /// The most tokens a prompt (system and user message) may take, so that a small local model's
 /// context holds it and its answer: the `--llm local` server gives every request 6,144 tokens,
 /// which leaves 1,024 for the answer and 1,120 to spare. Measured with the Qwen2.5 tokenizer,
-/// GCoT prompts take one token per 3.3–3.9 characters; [`estimate_prompt_tokens`] counts one
+/// the system prompt takes one token per 3.47 characters (its parts 3.1–4.2); [`estimate_prompt_tokens`] counts one
 /// per 3 (an overestimate), so the budget holds for the real tokenizer.
 pub const PROMPT_BUDGET_TOKENS: u64 = 4000;
 
