@@ -418,8 +418,8 @@ fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
 /// The most tokens a prompt (system and user message) may take, so that a small local model's
 /// context holds it and its answer: the `--llm local` server gives every request 6,144 tokens,
 /// which leaves 1,024 for the answer and 1,120 to spare. Measured with the Qwen2.5 tokenizer,
-/// the system prompt takes one token per 3.47 characters (its parts 3.1–4.2); [`estimate_prompt_tokens`] counts one
-/// per 3 (an overestimate), so the budget holds for the real tokenizer.
+/// the system prompt takes one token per 3.47 characters (its parts 3.1–4.2);
+/// [`estimate_prompt_tokens`] counts one per 3 (an overestimate on the whole).
 pub const PROMPT_BUDGET_TOKENS: u64 = 4000;
 
 /// A deliberately high token count for a prompt text (one token per 3 characters).
