@@ -3,7 +3,10 @@
 //! code, broken code, a compile-time and a run-time attack, then good answers until the token
 //! budget is spent. The run survives all of it, records a typed verdict for each, and stops on
 //! its budget. A dead endpoint (accepts, never answers) stops the run cleanly while the
-//! baselines are evaluated.
+//! baselines are evaluated. Streamed answers (server-sent events) are assembled, a stream that
+//! falls silent is abandoned after the idle timeout and retried, concurrent requests get
+//! different prompts, and a slow proposer is not started when the wall-time budget cannot hold
+//! it.
 
 mod common;
 
@@ -17,13 +20,15 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// One scripted answer: status, extra headers, body.
-#[derive(Clone)]
+/// One scripted answer: status, extra headers, body; or, with `sse`, a stream of events, each
+/// written after its delay.
+#[derive(Clone, Default)]
 struct Reply {
     delay_ms: u64,
     status: u16,
     headers: Vec<(String, String)>,
     body: String,
+    sse: Vec<(u64, String)>,
 }
 
 /// A request as the server saw it.
@@ -40,6 +45,7 @@ fn chat(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
         delay_ms: 0,
         status: 200,
         headers: vec![],
+        sse: vec![],
         body: serde_json::json!({
             "id": "x", "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -48,6 +54,28 @@ fn chat(content: &str, prompt_tokens: u64, completion_tokens: u64) -> Reply {
                       "total_tokens": prompt_tokens + completion_tokens}
         })
         .to_string(),
+    }
+}
+
+/// `content` as a chat-completion event stream in pieces of `piece` characters, `gap_ms` apart,
+/// then `finish_reason`, a usage chunk and `[DONE]`.
+fn streamed(content: &str, piece: usize, gap_ms: u64, finish: &str, usage: (u64, u64)) -> Reply {
+    let chars: Vec<char> = content.chars().collect();
+    let mut sse: Vec<(u64, String)> = chars
+        .chunks(piece)
+        .map(|c| {
+            let d = serde_json::json!({"choices": [{"index": 0, "delta": {"content": c.iter().collect::<String>()}, "finish_reason": null}]});
+            (gap_ms, format!("data: {d}\n\n"))
+        })
+        .collect();
+    let end = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]});
+    sse.push((0, format!("data: {end}\n\n")));
+    let u = serde_json::json!({"choices": [], "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1, "total_tokens": usage.0 + usage.1}, "timings": {"predicted_per_second": 12.5}});
+    sse.push((0, format!("data: {u}\n\ndata: [DONE]\n\n")));
+    Reply {
+        status: 200,
+        sse,
+        ..Reply::default()
     }
 }
 
@@ -109,33 +137,57 @@ fn serve(script: Vec<Reply>, after: Reply) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let log = seen.clone();
     std::thread::spawn(move || {
         let mut script = script.into_iter();
+        // One thread per connection (a stalled stream does not hold up the retry); the script
+        // is handed out in the order the connections arrive.
         for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let Some((path, authorization, body)) = read_request(&mut s) else {
-                continue;
-            };
-            log.lock().unwrap().push(Seen {
-                at: Instant::now(),
-                path,
-                authorization,
-                body,
-            });
+            let Ok(s) = conn else { continue };
             let r = script.next().unwrap_or_else(|| after.clone());
-            std::thread::sleep(Duration::from_millis(r.delay_ms));
-            let mut out = format!(
-                "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-                r.status,
-                r.body.len()
-            );
-            for (k, v) in &r.headers {
-                out.push_str(&format!("{k}: {v}\r\n"));
-            }
-            out.push_str("\r\n");
-            out.push_str(&r.body);
-            let _ = s.write_all(out.as_bytes());
+            let log = log.clone();
+            std::thread::spawn(move || answer(s, r, &log));
         }
     });
     (url, seen)
+}
+
+fn answer(mut s: TcpStream, r: Reply, log: &Mutex<Vec<Seen>>) {
+    let Some((path, authorization, body)) = read_request(&mut s) else {
+        return;
+    };
+    log.lock().unwrap().push(Seen {
+        at: Instant::now(),
+        path,
+        authorization,
+        body,
+    });
+    std::thread::sleep(Duration::from_millis(r.delay_ms));
+    if !r.sse.is_empty() {
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        for (gap, event) in &r.sse {
+            std::thread::sleep(Duration::from_millis(*gap));
+            if s.write_all(event.as_bytes())
+                .and_then(|_| s.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+        return;
+    }
+    let mut out = format!(
+        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        r.status,
+        r.body.len()
+    );
+    for (k, v) in &r.headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&r.body);
+    let _ = s.write_all(out.as_bytes());
 }
 
 fn verdict_kind(n: &Node) -> String {
@@ -195,6 +247,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
             status: 429,
             headers: vec![("Retry-After".into(), "1".into())],
             body: r#"{"error":{"message":"slow down"}}"#.into(),
+            sse: vec![],
         },
         // 1: a good metric.
         chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 1000, 200),
@@ -204,6 +257,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
             status: 200,
             headers: vec![],
             body: "{\"choices\": [oops".into(),
+            sse: vec![],
         },
         // 3: no choices.
         Reply {
@@ -212,6 +266,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
             headers: vec![],
             body: r#"{"choices": [], "usage": {"prompt_tokens": 900, "completion_tokens": 0}}"#
                 .into(),
+            sse: vec![],
         },
         // 4: prose, no code.
         chat(
@@ -546,4 +601,245 @@ fn identical_answers_in_parallel_are_evaluated_once() {
         .filter(|n| n.status == Status::Duplicate)
         .count();
     assert_eq!((evaluated, reused), (1, 3), "{proposed:#?}");
+}
+
+/// Streamed answers: one stream falls silent (abandoned after the idle timeout, retried), the
+/// next arrives in small pieces over more than the idle timeout in all (assembled, its usage
+/// read from the final chunk), and one is cut off at max_tokens (a typed `no_code`, truncated).
+#[test]
+fn streamed_answers_are_assembled_and_silence_is_a_timeout() {
+    let good = metric("streamed", "w * n * n");
+    // Stalls after two events for longer than the idle timeout.
+    let mut stall = streamed(&good, 40, 0, "stop", (1, 1));
+    stall.sse.truncate(2);
+    stall.sse.push((2500, "data: [DONE]\n\n".into()));
+    // 12 pieces 150 ms apart: 1.8 s in all, never 0.8 s silent.
+    let slow = streamed(&good, good.len().div_ceil(12), 150, "stop", (1234, 321));
+    let cut = streamed(
+        "## Thought\nlong\n```rust\nfn main() {",
+        8,
+        0,
+        "length",
+        (1000, 64),
+    );
+    let (url, seen) = serve(vec![stall, slow, cut.clone()], cut);
+    let client = LlmClient::new(LlmConfig {
+        base_url: url,
+        model: "scripted".into(),
+        max_tokens: 64,
+        idle_timeout_s: 0.8,
+        max_retries: 1,
+        backoff_base_s: 0.05,
+        backoff_max_s: 0.1,
+        ..LlmConfig::default()
+    })
+    .unwrap();
+    let p = Arc::new(LlmProposer::new(
+        client,
+        Templates::builtin(),
+        PromptSettings {
+            sparsity: 0.5,
+            pattern: "per output row".into(),
+        },
+        3,
+    ));
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let why = run(
+        &mut archive,
+        &ev,
+        p,
+        &autoprune::search::gcot::seeds(false),
+        Budget {
+            candidates: 2,
+            ..Budget::default()
+        },
+        Pools::default(),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(why, Stop::Candidates);
+    // The request asked for a stream with usage.
+    let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap()[0].body).unwrap();
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+    assert!(
+        body.get("return_progress").is_none(),
+        "llama.cpp-only field sent: {body}"
+    );
+    let calls = archive.calls().unwrap();
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    let idle: serde_json::Value = serde_json::from_str(calls[0].error.as_deref().unwrap()).unwrap();
+    assert_eq!(idle["verdict"], "idle_timeout", "{idle}");
+    assert_eq!(idle["seconds"], 0.8);
+    assert!(idle["received"].as_u64().unwrap() > 0);
+    // The second attempt of the same proposal: the assembled stream, recorded with its usage.
+    assert_eq!(calls[0].node, calls[1].node);
+    assert!(calls[1].error.is_none(), "{:?}", calls[1].error);
+    assert_eq!(
+        (calls[1].prompt_tokens, calls[1].completion_tokens),
+        (1234, 321)
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(calls[1].response.as_deref().unwrap()).unwrap();
+    assert_eq!(rec["stream"], true);
+    assert_eq!(rec["content"], good.as_str());
+    assert_eq!(rec["finish_reason"], "stop");
+    assert_eq!(rec["final_chunk"]["timings"]["predicted_per_second"], 12.5);
+    assert!(calls[1].seconds >= 1.5, "{}", calls[1].seconds);
+    let nodes = archive.nodes().unwrap();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    assert_eq!(proposed[0].status, Status::Evaluated, "{:?}", proposed[0]);
+    assert!(proposed[0].code.contains("w * n * n"));
+    // Cut off at max_tokens: no complete code block, and the verdict says why.
+    assert_eq!(proposed[1].status, Status::Failed);
+    let v: serde_json::Value =
+        serde_json::from_str(proposed[1].verdict.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (v["verdict"].as_str(), v["truncated"].as_bool()),
+        (Some("no_code"), Some(true))
+    );
+}
+
+/// Two requests in flight at once never get the same prompt: the second is planned apart from
+/// the first and its prompt lists the first as being written.
+#[test]
+fn concurrent_proposals_get_different_prompts() {
+    let slow = Reply {
+        delay_ms: 1500,
+        ..chat(&metric("slow", "w * n * n"), 700, 100)
+    };
+    let (url, seen) = serve(vec![], slow);
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    run(
+        &mut archive,
+        &ev,
+        proposer(&url, None, 30.0, 0),
+        &autoprune::search::gcot::seeds(false),
+        Budget {
+            candidates: 2,
+            ..Budget::default()
+        },
+        Pools {
+            proposal_workers: 2,
+            eval_workers: 1,
+            lookahead: 3,
+            max_proposal_failures: 3,
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    // Both were in flight together.
+    assert!(seen[1].at.duration_since(seen[0].at) < Duration::from_millis(1400));
+    let user = |s: &Seen| -> String {
+        let b: serde_json::Value = serde_json::from_str(&s.body).unwrap();
+        b["messages"][1]["content"].as_str().unwrap().to_string()
+    };
+    let (a, b) = (user(&seen[0]), user(&seen[1]));
+    assert_ne!(a, b);
+    let marker = "Being written right now by other requests";
+    assert_eq!(
+        [&a, &b].iter().filter(|u| u.contains(marker)).count(),
+        1,
+        "{a}\n-----\n{b}"
+    );
+    // Different plans: the two edges differ in operator or parents.
+    let edges = archive.edges().unwrap();
+    let plan_of = |child: i64| -> (String, Vec<i64>) {
+        let es: Vec<_> = edges.iter().filter(|e| e.child == child).collect();
+        (
+            es.first().map_or("new".into(), |e| e.operator.clone()),
+            es.iter().map(|e| e.parent).collect(),
+        )
+    };
+    let nodes = archive.nodes().unwrap();
+    let ids: Vec<i64> = nodes
+        .iter()
+        .filter(|n| n.operator != "seed")
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(plan_of(ids[0]), plan_of(ids[1]), "{nodes:#?}");
+}
+
+/// A proposer whose every proposal takes `seconds` and produces no candidate.
+struct Slow {
+    seconds: f64,
+    starts: Mutex<Vec<Instant>>,
+}
+
+impl autoprune::search::run::Proposer for Slow {
+    fn name(&self) -> String {
+        "slow".into()
+    }
+
+    fn propose(
+        &self,
+        _ctx: autoprune::search::run::Context,
+    ) -> autoprune::search::run::ProposalFuture {
+        self.starts.lock().unwrap().push(Instant::now());
+        let d = Duration::from_secs_f64(self.seconds);
+        Box::pin(async move {
+            tokio::time::sleep(d).await;
+            Ok(autoprune::search::run::Proposal {
+                node: autoprune::search::archive::NewNode {
+                    proposer: "slow".into(),
+                    operator: "new".into(),
+                    ..Default::default()
+                },
+                failure: Some(r#"{"verdict":"test"}"#.into()),
+                calls: vec![],
+            })
+        })
+    }
+}
+
+/// Near the end of the wall-time budget a proposal that cannot finish in time is not started:
+/// with 1.5 s proposals and a 5 s budget, three start (at 0, 1.5 and 3 s), the fourth would end
+/// at 6 s, so the run stops at 4.5 s with nothing in flight, instead of starting it and
+/// abandoning it at the deadline.
+#[test]
+fn a_proposal_that_cannot_finish_in_time_is_not_started() {
+    let ev = common::tiny_search_evaluator(4, 2, 1e9);
+    let dir = tempfile::tempdir().unwrap();
+    let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+    let slow = Arc::new(Slow {
+        seconds: 1.5,
+        starts: Mutex::new(Vec::new()),
+    });
+    let t = Instant::now();
+    let why = run(
+        &mut archive,
+        &ev,
+        slow.clone(),
+        &[],
+        Budget {
+            candidates: 100,
+            seconds: 5.0,
+            ..Budget::default()
+        },
+        Pools {
+            max_proposal_failures: 100,
+            ..Pools::default()
+        },
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
+    let took = t.elapsed();
+    assert_eq!(why, Stop::Time);
+    let starts = slow.starts.lock().unwrap().len();
+    let recorded = archive.nodes().unwrap().len();
+    // Every proposal started was recorded (none abandoned), and the run ended before the
+    // deadline: the last start left at least one proposal's time.
+    assert_eq!(starts, recorded);
+    assert_eq!(starts, 3, "{starts} proposals started in {took:?}");
+    assert!(took < Duration::from_secs_f64(5.0), "{took:?}");
 }

@@ -11,6 +11,7 @@ use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::{Evaluator, LadderConfig, Reference, SearchData};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{LlmClient, LlmConfig};
+use autoprune::search::local_server::{LocalLlm, LocalServer, LOCAL};
 use autoprune::search::objective::{Objective, Setting};
 use autoprune::search::proposer::{GpProposer, GpSettings};
 use autoprune::search::run::{
@@ -34,9 +35,19 @@ pub struct Args {
     /// baseline every search result is compared against), or `llm` (implied by `--llm`).
     #[arg(long, default_value = "gp", value_parser = ["gp", "random", "llm"])]
     pub proposer: String,
-    /// Base URL of an OpenAI-compatible endpoint (`…/v1`): the LLM proposer.
+    /// Base URL of an OpenAI-compatible endpoint (`…/v1`): the LLM proposer. `local` starts
+    /// llama.cpp's server (built by ./setup.sh) on 127.0.0.1 for the run and stops it at the end.
     #[arg(long)]
     pub llm: Option<String>,
+    /// GGUF model served by `--llm local` (default: the coder model of `./setup.sh --llm`).
+    #[arg(long)]
+    pub llm_model_file: Option<PathBuf>,
+    /// The llama-server binary of `--llm local` (default: the one ./setup.sh builds).
+    #[arg(long)]
+    pub llm_server: Option<PathBuf>,
+    /// CPU threads of the `--llm local` server (0 = every core).
+    #[arg(long, default_value_t = 0)]
+    pub llm_threads: usize,
     /// Model name sent to the endpoint.
     #[arg(long, default_value = "default")]
     pub llm_model: String,
@@ -46,12 +57,19 @@ pub struct Args {
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.8)]
     pub llm_temperature: f64,
-    /// Completion tokens per request.
-    #[arg(long, default_value_t = 2048)]
-    pub llm_max_tokens: u32,
-    /// Seconds before a request is abandoned (and retried).
+    /// Completion tokens per request (default 2048; 1024 with `--llm local`: a metric is short).
+    #[arg(long)]
+    pub llm_max_tokens: Option<u32>,
+    /// Seconds before a request is abandoned (and retried) however busy the stream is
+    /// (default 120; 3600 with `--llm local`).
+    #[arg(long)]
+    pub llm_timeout: Option<f64>,
+    /// Seconds without a byte of the streamed answer before a request is abandoned (and retried).
     #[arg(long, default_value_t = 120.0)]
-    pub llm_timeout: f64,
+    pub llm_idle_timeout: f64,
+    /// Do not stream answers (then only `--llm-timeout` applies).
+    #[arg(long)]
+    pub llm_no_stream: bool,
     /// Retries of a request after a transient failure (429, 5xx, timeout, connection).
     #[arg(long, default_value_t = 4)]
     pub llm_retries: u32,
@@ -151,6 +169,9 @@ pub struct RunConfig {
     budget_cost: f64,
     #[serde(default)]
     llm: Option<LlmConfig>,
+    /// The llama.cpp server that `--llm local` starts for every session of the run.
+    #[serde(default)]
+    local: Option<LocalLlm>,
     #[serde(default)]
     prompts: Option<PathBuf>,
     #[serde(default)]
@@ -202,7 +223,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let quiet = args.protocol.json;
-    let (dir, mut archive, cfg, proposer) = match &args.resume {
+    let (dir, mut archive, cfg, mut proposer) = match &args.resume {
         Some(dir) => {
             let archive = Archive::open_existing(&archive_path(dir))?;
             let schema = archive.schema()?;
@@ -230,7 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             if let Some(c) = args.budget_cost {
                 cfg.budget_cost = c;
             }
-            let proposer = build_proposer(&cfg)?;
+            let proposer = build_proposer(&cfg, None)?;
             archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
             (dir.clone(), archive, cfg, proposer)
         }
@@ -245,17 +266,45 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     dir.display()
                 );
             }
+            let local = (args.llm.as_deref() == Some(LOCAL)).then(|| {
+                let data = autoprune::data::DataDir::resolve();
+                let d = LocalLlm::new(data.root(), args.llm_concurrency);
+                LocalLlm {
+                    server: args.llm_server.clone().unwrap_or(d.server.clone()),
+                    model: args.llm_model_file.clone().unwrap_or(d.model.clone()),
+                    threads: args.llm_threads,
+                    ..d
+                }
+            });
             let llm = if args.llm.is_some() || args.proposer == "llm" {
                 Some(LlmConfig {
                     base_url: args
                         .llm
                         .clone()
                         .context("--proposer llm needs --llm <base URL>")?,
-                    model: args.llm_model.clone(),
+                    model: match &local {
+                        // The model's own name, unless one is given.
+                        Some(l) if args.llm_model == "default" => l
+                            .model
+                            .file_stem()
+                            .map_or("local".into(), |s| s.to_string_lossy().into_owned()),
+                        _ => args.llm_model.clone(),
+                    },
                     api_key_env: args.api_key_env.clone(),
                     temperature: args.llm_temperature,
-                    max_tokens: args.llm_max_tokens,
-                    timeout_s: args.llm_timeout,
+                    max_tokens: args.llm_max_tokens.unwrap_or(if local.is_some() {
+                        1024
+                    } else {
+                        2048
+                    }),
+                    timeout_s: args.llm_timeout.unwrap_or(if local.is_some() {
+                        3600.0
+                    } else {
+                        120.0
+                    }),
+                    idle_timeout_s: args.llm_idle_timeout,
+                    stream: !args.llm_no_stream,
+                    prompt_progress: local.is_some(),
                     max_retries: args.llm_retries,
                     price_prompt_per_1k: args.price_prompt_per_1k,
                     price_completion_per_1k: args.price_completion_per_1k,
@@ -288,6 +337,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 budget_tokens: args.budget_tokens.unwrap_or(0),
                 budget_cost: args.budget_cost.unwrap_or(0.0),
                 llm,
+                local,
                 prompts: args.prompts.clone(),
                 pools,
                 seed: args.seed,
@@ -321,7 +371,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             };
             // Check the proposer's settings before anything is written, so a typo does not
             // leave a run folder that only holds a broken configuration.
-            let proposer = build_proposer(&cfg)?;
+            let proposer = build_proposer(&cfg, None)?;
             let archive = Archive::open(&path)?;
             archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
             (dir, archive, cfg, proposer)
@@ -384,6 +434,26 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         GpProposer::seeds(cfg.ladder.gradient)
     };
+    // `--llm local`: the server runs for this session's search; dropping it stops it (also on
+    // an error or Ctrl-C; it dies with autoprune even on SIGKILL).
+    let server = match &cfg.local {
+        Some(l) => {
+            let alias = cfg.llm.as_ref().map_or("local", |c| c.model.as_str());
+            let s = LocalServer::start(l, alias, &dir.join("llama-server.log"))?;
+            if !quiet {
+                eprintln!(
+                    "local LLM: {} on {} (pid {}, log {})",
+                    l.model.display(),
+                    s.base_url(),
+                    s.pid().unwrap_or(0),
+                    s.log().display()
+                );
+            }
+            proposer = build_proposer(&cfg, Some(&s.base_url()))?;
+            Some(s)
+        }
+        None => None,
+    };
     let stop = stop_on_ctrl_c();
     let budget = Budget {
         candidates: cfg.budget_candidates,
@@ -430,6 +500,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         &stop,
         &mut print,
     )?;
+    drop(server);
     let ranked = if why == Stop::Interrupted {
         Vec::new()
     } else {
@@ -506,7 +577,8 @@ pub fn search_data(
 
 /// The run's proposer. Settings that would make the run fail or a budget meaningless are
 /// refused here, before the model loads and (for a new run) before anything is written.
-fn build_proposer(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Proposer>> {
+/// `local_url` is the address of the `--llm local` server once it runs.
+fn build_proposer(cfg: &RunConfig, local_url: Option<&str>) -> anyhow::Result<Arc<dyn Proposer>> {
     if cfg.budget_cost > 0.0 {
         let priced = cfg
             .llm
@@ -521,7 +593,11 @@ fn build_proposer(cfg: &RunConfig) -> anyhow::Result<Arc<dyn Proposer>> {
     Ok(match &cfg.llm {
         Some(llm) => {
             let templates = Templates::load(cfg.prompts.as_deref())?;
-            let client = LlmClient::new(llm.clone())?;
+            let mut llm = llm.clone();
+            if cfg.local.is_some() {
+                llm.base_url = local_url.unwrap_or("http://127.0.0.1:0/v1").into();
+            }
+            let client = LlmClient::new(llm)?;
             Arc::new(LlmProposer::new(
                 client,
                 templates,
@@ -842,17 +918,19 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
                 println!("wrote {}", out.display());
                 return Ok(0);
             }
+            let funnel = autoprune::search::funnel::funnel(&nodes, &archive.calls()?);
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "config": archive.meta("config")?.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok()),
-                        "nodes": nodes, "edges": archive.edges()?,
+                        "nodes": nodes, "edges": archive.edges()?, "funnel": funnel,
                     }))?
                 );
                 return Ok(0);
             }
             println!("{}", leaderboard(&nodes, top));
+            println!("{funnel}");
             let (pt, ct) = archive.token_split()?;
             let calls = archive.calls()?;
             if !calls.is_empty() {

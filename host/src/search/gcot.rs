@@ -12,7 +12,10 @@
 //! - failed or screened siblings (other children of the same parent) with their typed verdicts;
 //! - lessons distilled from the whole graph: the derivations that helped and hurt most, failure
 //!   counts per stage with the latest verdict, duplicates and proxy screening;
-//! - the parent's (and the other parent's) full source.
+//! - the parent's (and the other parent's) full source;
+//! - the proposals other requests are writing at this moment (operator and parents), so that
+//!   concurrent requests do not receive the same prompt; their plans are also drawn apart
+//!   ([`plan_apart`]).
 //!
 //! The response is parsed into {thought, code} ([`super::llm::parse_response`]); a malformed
 //! one is recorded as a failed node with its typed verdict.
@@ -23,7 +26,7 @@ use super::llm::{excerpt, parse_response, LlmClient, Message};
 use super::run::{Context, Proposal, ProposalFuture, Proposer};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The template files, by name, with their built-in text.
 pub const TEMPLATE_FILES: [(&str, &str); 6] = [
@@ -56,6 +59,7 @@ fn allowed(file: &str) -> &'static [&'static str] {
             "failed_siblings",
             "lessons",
             "parent",
+            "in_flight",
             "pattern",
             "sparsity_percent",
         ],
@@ -237,6 +241,48 @@ pub fn plan(nodes: &[Node], edges: &[Edge], proposer: &str, rng: &mut Rng) -> Pl
     }
 }
 
+/// Draws a plan as [`plan`] does, again (up to 8 times) while it equals a plan that another
+/// request is working on, so that concurrent proposals start from different parents or
+/// operators. If every draw collides the last one is kept (the prompt still differs: it lists
+/// the plans in flight).
+pub fn plan_apart(
+    nodes: &[Node],
+    edges: &[Edge],
+    proposer: &str,
+    rng: &mut Rng,
+    in_flight: &[Plan],
+) -> Plan {
+    let mut p = plan(nodes, edges, proposer, rng);
+    for _ in 0..8 {
+        if !in_flight.contains(&p) {
+            break;
+        }
+        p = plan(nodes, edges, proposer, rng);
+    }
+    p
+}
+
+/// One line per plan in flight (empty when there are none).
+fn in_flight_section(in_flight: &[Plan]) -> String {
+    if in_flight.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<String> = in_flight
+        .iter()
+        .map(|p| {
+            let ids: Vec<String> = p.parents.iter().map(|i| format!("#{i}")).collect();
+            match p.operator {
+                "new" => "- a new metric".to_string(),
+                op => format!("- {op} of {}", ids.join(" and ")),
+            }
+        })
+        .collect();
+    format!(
+        "# Being written right now by other requests (do something different)\n{}\n",
+        lines.join("\n")
+    )
+}
+
 /// A ratio to Wanda's perplexity (4 decimals: the search resolves about 1 %).
 fn fmt_ppl(x: f64) -> String {
     if x >= 1e6 {
@@ -293,6 +339,11 @@ fn section(lines: Vec<String>) -> String {
 
 /// The distilled lessons of the graph.
 pub fn lessons(nodes: &[Node], edges: &[Edge]) -> String {
+    section(lesson_lines(nodes, edges))
+}
+
+/// The lessons, one entry each, most useful first.
+fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
     let by_id: HashMap<i64, &Node> = nodes.iter().map(|n| (n.id, n)).collect();
     let mut deltas: Vec<(f64, &Edge)> = edges
         .iter()
@@ -362,8 +413,26 @@ pub fn lessons(nodes: &[Node], edges: &[Edge]) -> String {
              worse than Wanda)"
         ));
     }
-    section(out)
+    out
 }
+
+/// The most tokens a prompt (system and user message) may take, so that a small local model's
+/// context holds it and its answer: the `--llm local` server gives every request 6,144 tokens,
+/// which leaves 1,024 for the answer and 1,120 to spare. Measured with the Qwen2.5 tokenizer,
+/// the system prompt takes one token per 3.47 characters (its parts 3.1–4.2);
+/// [`estimate_prompt_tokens`] counts one per 3 (an overestimate on the whole).
+pub const PROMPT_BUDGET_TOKENS: u64 = 4000;
+
+/// A deliberately high token count for a prompt text (one token per 3 characters).
+pub fn estimate_prompt_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(3)
+}
+
+/// What a section says when the budget left it out.
+const LEFT_OUT: &str = "- (left out to fit the prompt)";
+
+/// The shortest a parent's code is cut to when nothing else is left to drop.
+const MIN_CODE_CHARS: usize = 1500;
 
 /// Settings the prompt mentions.
 #[derive(Debug, Clone)]
@@ -414,7 +483,7 @@ pub fn seeds(gradient: bool) -> Vec<NewNode> {
 
 /// A proposal that failed at the endpoint (HTTP status, timeout, connection): nothing the model
 /// wrote, so it is left out of prompts (malformed answers stay: the model should learn from them).
-fn endpoint_failure(n: &Node) -> bool {
+pub(crate) fn endpoint_failure(n: &Node) -> bool {
     n.status == Status::Failed
         && n.stage.as_deref() == Some("propose")
         && n.verdict.as_deref().is_some_and(|v| {
@@ -423,6 +492,9 @@ fn endpoint_failure(n: &Node) -> bool {
                 "\"timeout\"",
                 "\"connection\"",
                 "\"retry_after_too_long\"",
+                "\"idle_timeout\"",
+                "\"stream_error\"",
+                "\"too_large\"",
             ]
             .iter()
             .any(|k| v.contains(k))
@@ -433,12 +505,13 @@ fn strip_tests(src: &str) -> &str {
     src.split("#[cfg(test)]").next().unwrap_or(src).trim_end()
 }
 
-/// The chat messages of one proposal.
+/// The chat messages of one proposal; `in_flight` are the plans other requests are working on.
 pub fn build_messages(
     t: &Templates,
     nodes: &[Node],
     edges: &[Edge],
     plan: &Plan,
+    in_flight: &[Plan],
     s: &PromptSettings,
 ) -> Vec<Message> {
     let by_id: HashMap<i64, &Node> = nodes.iter().map(|n| (n.id, n)).collect();
@@ -493,7 +566,6 @@ pub fn build_messages(
     });
     let best: Vec<&Node> = ranked.iter().take(5).copied().collect();
     let best_ids: HashSet<i64> = best.iter().map(|n| n.id).collect();
-    let best_text = section(best.iter().map(|n| describe(n, parent_of(n))).collect());
     // Diverse: other behaviours spread over the score range.
     let mut seen_masks: HashSet<&str> =
         best.iter().filter_map(|n| n.mask_hash.as_deref()).collect();
@@ -546,40 +618,100 @@ pub fn build_messages(
             .collect(),
         None => Vec::new(),
     };
-    let code_of = |id: &i64| -> Option<String> {
+    let code_of = |id: &i64, max_chars: usize| -> Option<String> {
         let n = by_id.get(id)?;
+        let code = n.code.trim_end();
+        let code = if code.chars().count() > max_chars {
+            let cut: String = code.chars().take(max_chars).collect();
+            format!("{cut}\n// … (cut to fit the prompt)")
+        } else {
+            code.to_string()
+        };
         Some(format!(
             "#{} — {}\n```rust\n{}\n```",
             n.id,
             excerpt(&n.thought.replace('\n', " "), 300),
-            n.code.trim_end()
+            code
         ))
     };
-    let mut parent_text: Vec<String> = plan.parents.iter().filter_map(code_of).collect();
-    if plan.parents.is_empty() {
-        // A new idea still sees the best code so far.
-        if let Some(b) = best
-            .first()
-            .or(nodes.iter().find(|n| n.operator == "seed").as_ref())
-        {
-            parent_text.extend(code_of(&b.id).map(|c| format!("(for reference, not to copy) {c}")));
+    let parent_text = |max_chars: usize| -> Vec<String> {
+        let mut out: Vec<String> = plan
+            .parents
+            .iter()
+            .filter_map(|p| code_of(p, max_chars))
+            .collect();
+        if plan.parents.is_empty() {
+            // A new idea still sees the best code so far.
+            if let Some(b) = best
+                .first()
+                .or(nodes.iter().find(|n| n.operator == "seed").as_ref())
+            {
+                out.extend(
+                    code_of(&b.id, max_chars).map(|c| format!("(for reference, not to copy) {c}")),
+                );
+            }
         }
-    }
-    let user = fill(
-        t.get("user.md"),
-        &[
-            ("task", task.trim().to_string()),
-            ("baselines", baselines),
-            ("best", best_text),
-            ("diverse", section(diverse)),
-            ("lineage", section(lineage)),
-            ("failed_siblings", section(siblings)),
-            ("lessons", lessons(nodes, edges)),
-            ("parent", section(parent_text)),
-            ("pattern", s.pattern.clone()),
-            ("sparsity_percent", sp),
-        ],
-    );
+        out
+    };
+    // Sections that give way, in this order, when the prompt is over its budget: entries are
+    // dropped from the end (the most useful come first), then the code is cut.
+    let mut best_lines: Vec<String> = best.iter().map(|n| describe(n, parent_of(n))).collect();
+    let mut diverse = diverse;
+    let mut lessons_lines = lesson_lines(nodes, edges);
+    let mut siblings = siblings;
+    let mut code_chars = usize::MAX;
+    let system_tokens = estimate_prompt_tokens(&system);
+    let user = loop {
+        let user = fill(
+            t.get("user.md"),
+            &[
+                ("task", task.trim().to_string()),
+                ("baselines", baselines.clone()),
+                ("best", section(best_lines.clone())),
+                ("diverse", section(diverse.clone())),
+                ("lineage", section(lineage.clone())),
+                ("failed_siblings", section(siblings.clone())),
+                ("lessons", section(lessons_lines.clone())),
+                ("parent", section(parent_text(code_chars))),
+                ("in_flight", in_flight_section(in_flight)),
+                ("pattern", s.pattern.clone()),
+                ("sparsity_percent", sp.clone()),
+            ],
+        );
+        if system_tokens + estimate_prompt_tokens(&user) <= PROMPT_BUDGET_TOKENS {
+            break user;
+        }
+        // Sections in the order they give way (`best` keeps its first entry).
+        let mut order: [(&mut Vec<String>, bool); 5] = [
+            (&mut diverse, true),
+            (&mut lessons_lines, true),
+            (&mut siblings, true),
+            (&mut lineage, true),
+            (&mut best_lines, false),
+        ];
+        if let Some((v, _)) = order.iter_mut().find(|(v, _)| v.len() > 1) {
+            v.pop();
+            continue;
+        }
+        if let Some((v, _)) = order
+            .iter_mut()
+            .find(|(v, clear)| *clear && v.first().is_some_and(|l| l != LEFT_OUT))
+        {
+            **v = vec![LEFT_OUT.into()];
+        } else if code_chars > MIN_CODE_CHARS {
+            let longest = plan
+                .parents
+                .iter()
+                .filter_map(|p| by_id.get(p))
+                .map(|n| n.code.chars().count())
+                .max()
+                .unwrap_or(MIN_CODE_CHARS);
+            code_chars = (code_chars.min(longest) * 3 / 4).max(MIN_CODE_CHARS);
+        } else {
+            // Nothing left to give: send it as it is (the server reports what it cannot hold).
+            break user;
+        }
+    };
     vec![
         Message {
             role: "system".into(),
@@ -599,6 +731,22 @@ pub struct LlmProposer {
     templates: Arc<Templates>,
     settings: PromptSettings,
     seed: u64,
+    /// Plans of the requests in flight, by proposal index.
+    in_flight: Arc<Mutex<Vec<(u64, Plan)>>>,
+}
+
+/// Removes a proposal's plan from the in-flight list when its request ends (or is abandoned).
+pub struct InFlight {
+    list: Arc<Mutex<Vec<(u64, Plan)>>>,
+    index: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.list.lock() {
+            l.retain(|(i, _)| *i != self.index);
+        }
+    }
 }
 
 impl LlmProposer {
@@ -614,7 +762,32 @@ impl LlmProposer {
             templates: Arc::new(templates),
             settings,
             seed,
+            in_flight: Arc::default(),
         }
+    }
+
+    /// The plan and messages of proposal `ctx.index`, drawn apart from the requests in flight
+    /// (which the prompt lists), and the proposal's own place in that list, held until the
+    /// returned guard is dropped.
+    pub fn prepare(&self, ctx: &Context) -> (Plan, Vec<Message>, InFlight) {
+        let mut rng = Rng::new(super::proposer::mix(self.seed, ctx.index));
+        let mut list = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let others: Vec<Plan> = list.iter().map(|(_, p)| p.clone()).collect();
+        let plan = plan_apart(&ctx.nodes, &ctx.edges, &self.name(), &mut rng, &others);
+        let messages = build_messages(
+            &self.templates,
+            &ctx.nodes,
+            &ctx.edges,
+            &plan,
+            &others,
+            &self.settings,
+        );
+        list.push((ctx.index, plan.clone()));
+        let guard = InFlight {
+            list: self.in_flight.clone(),
+            index: ctx.index,
+        };
+        (plan, messages, guard)
     }
 }
 
@@ -634,19 +807,12 @@ impl Proposer for LlmProposer {
 
     fn propose(&self, ctx: Context) -> ProposalFuture {
         let name = self.name();
-        let mut rng = Rng::new(super::proposer::mix(self.seed, ctx.index));
-        let plan = plan(&ctx.nodes, &ctx.edges, &name, &mut rng);
-        let messages = build_messages(
-            &self.templates,
-            &ctx.nodes,
-            &ctx.edges,
-            &plan,
-            &self.settings,
-        );
+        let (plan, messages, guard) = self.prepare(&ctx);
         let client = self.client.clone();
         let jitter = super::proposer::mix(self.seed ^ 0xA5A5, ctx.index);
         Box::pin(async move {
             let outcome = client.chat(&messages, jitter).await;
+            drop(guard);
             let tokens = outcome.tokens();
             let mut node = NewNode {
                 proposer: name.clone(),
@@ -756,7 +922,7 @@ mod tests {
             sparsity: 0.5,
             pattern: "per output row".into(),
         };
-        build_messages(&Templates::builtin(), nodes, edges, &plan, &settings)[1]
+        build_messages(&Templates::builtin(), nodes, edges, &plan, &[], &settings)[1]
             .content
             .clone()
     }
@@ -819,6 +985,7 @@ mod tests {
                 &nodes,
                 &edges,
                 &plan,
+                &[],
                 &PromptSettings {
                     sparsity: 0.5,
                     pattern: "per output row".into(),
@@ -919,5 +1086,150 @@ mod tests {
                 "repair"
             );
         }
+    }
+
+    #[test]
+    fn concurrent_plans_are_drawn_apart() {
+        let (nodes, edges) = graph();
+        for i in 0..100 {
+            let first = plan(&nodes, &edges, "llm:m", &mut Rng::new(i));
+            let second = plan_apart(
+                &nodes,
+                &edges,
+                "llm:m",
+                &mut Rng::new(i),
+                std::slice::from_ref(&first),
+            );
+            assert_ne!(first, second, "seed {i}");
+            // Without anything in flight it is the plain plan.
+            assert_eq!(
+                plan_apart(&nodes, &edges, "llm:m", &mut Rng::new(i), &[]),
+                first
+            );
+        }
+    }
+
+    #[test]
+    fn the_prompt_lists_the_requests_in_flight_until_they_end() {
+        let (nodes, edges) = graph();
+        let p = LlmProposer::new(
+            LlmClient::new(super::super::llm::LlmConfig::default()).unwrap(),
+            Templates::builtin(),
+            PromptSettings {
+                sparsity: 0.5,
+                pattern: "per output row".into(),
+            },
+            1,
+        );
+        let ctx = |index| Context {
+            index,
+            nodes: nodes.clone(),
+            edges: edges.clone(),
+        };
+        let (p0, m0, g0) = p.prepare(&ctx(0));
+        let (p1, m1, g1) = p.prepare(&ctx(1));
+        assert_ne!(p0, p1);
+        assert_ne!(m0[1].content, m1[1].content);
+        let marker = "Being written right now by other requests";
+        assert!(!m0[1].content.contains(marker));
+        let listed = match p0.operator {
+            "new" => "- a new metric".to_string(),
+            op => format!(
+                "- {op} of {}",
+                p0.parents
+                    .iter()
+                    .map(|i| format!("#{i}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        };
+        assert!(
+            m1[1]
+                .content
+                .contains(&format!("{marker} (do something different)\n{listed}\n")),
+            "{}",
+            m1[1].content
+        );
+        drop((g0, g1));
+        let (_, m2, _g2) = p.prepare(&ctx(2));
+        assert!(!m2[1].content.contains(marker));
+    }
+
+    #[test]
+    fn the_prompt_fits_its_budget_on_a_large_graph() {
+        // 60 nodes with long ideas, long verdicts and long code; a deep lineage.
+        let long_code = format!(
+            "use autoprune_sdk::prelude::*;\n{}export_metric!(M);",
+            "// a long explanation of the metric's maths, line after line\n".repeat(120)
+        );
+        let mut nodes = vec![
+            node(1, "seed", Status::Evaluated, Some(300.0)),
+            node(2, "seed", Status::Evaluated, Some(60.0)),
+        ];
+        let mut edges = Vec::new();
+        for id in 3..63 {
+            let status = match id % 4 {
+                0 => Status::Failed,
+                1 => Status::Screened,
+                _ => Status::Evaluated,
+            };
+            let mut n = node(id, "mutate", status, Some(50.0 + id as f64));
+            n.thought = "a very long idea ".repeat(40);
+            n.code = long_code.clone();
+            if status == Status::Failed {
+                n.verdict = Some(format!(
+                    "{{\"verdict\":\"compile\",\"diagnostics\":\"{}\"}}",
+                    "error[E0308]: mismatched types ".repeat(40)
+                ));
+            }
+            nodes.push(n);
+            edges.push(edge(
+                id,
+                if id < 20 { id - 1 } else { 2 + id % 17 },
+                "mutate",
+            ));
+        }
+        let settings = PromptSettings {
+            sparsity: 0.5,
+            pattern: "per output row".into(),
+        };
+        for plan in [
+            Plan {
+                operator: "mutate",
+                parents: vec![19],
+            },
+            Plan {
+                operator: "crossover",
+                parents: vec![18, 30],
+            },
+            Plan {
+                operator: "repair",
+                parents: vec![16],
+            },
+            Plan {
+                operator: "new",
+                parents: vec![],
+            },
+        ] {
+            let m = build_messages(&Templates::builtin(), &nodes, &edges, &plan, &[], &settings);
+            let tokens =
+                estimate_prompt_tokens(&m[0].content) + estimate_prompt_tokens(&m[1].content);
+            assert!(
+                tokens <= PROMPT_BUDGET_TOKENS,
+                "{}: {tokens}",
+                plan.operator
+            );
+            // What matters most stays: the task, the baselines, the parent's code (cut).
+            let u = &m[1].content;
+            assert!(u.contains("# Task") && u.contains("#2 (seed"), "{u}");
+            if let Some(p) = plan.parents.first() {
+                assert!(u.contains(&format!("#{p} — a very long idea")), "{u}");
+                assert!(u.contains("(cut to fit the prompt)"), "{u}");
+            }
+        }
+        // A small graph is not trimmed at all.
+        let (nodes, edges) = graph();
+        let u = mutate_3_prompt(&nodes, &edges);
+        assert!(!u.contains("left out") && !u.contains("cut to fit"), "{u}");
     }
 }

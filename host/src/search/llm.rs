@@ -1,6 +1,11 @@
 //! The LLM side of the search: a client for any OpenAI-compatible chat-completions endpoint
 //! (real HTTP on tokio), and the parser that turns a response into {thought, code}.
 //!
+//! - **Streaming.** By default the answer is streamed (`stream: true`, server-sent events) and a
+//!   request is abandoned when no byte arrives for `idle_timeout_s`, not when a total time is
+//!   up: a slow local model that keeps producing tokens is never cut off (the total timeout is
+//!   a generous cap). `usage` comes from the final chunk (`stream_options.include_usage`). A
+//!   server that answers a streamed request with plain JSON is read as before.
 //! - **Retries.** Connection errors, timeouts, HTTP 408/429/500/502/503/504 are retried with
 //!   exponential backoff (`backoff_base · 2^k`, capped, with deterministic ±25 % jitter); a
 //!   `Retry-After` header (seconds or an HTTP date) is honoured instead, up to
@@ -9,7 +14,8 @@
 //! - **Accounting.** Tokens come from the response's `usage`; when it is missing they are
 //!   estimated (4 characters a token) and the call says so.
 //! - **Record.** Every attempt becomes a [`Call`]: the request (model and messages as JSON), the
-//!   raw response body, a typed verdict when it failed ([`CallVerdict`]), tokens and seconds.
+//!   raw response body (for a stream: the assembled text, `finish_reason`, `usage` and the final
+//!   chunk as JSON), a typed verdict when it failed ([`CallVerdict`]), tokens and seconds.
 
 use super::archive::Call;
 use serde::{Deserialize, Serialize};
@@ -42,7 +48,28 @@ pub struct LlmConfig {
     pub price_prompt_per_1k: f64,
     /// Price per 1000 completion tokens.
     pub price_completion_per_1k: f64,
+    /// Stream the answer (server-sent events) and time out on silence (`idle_timeout_s`).
+    #[serde(default = "yes")]
+    pub stream: bool,
+    /// Seconds without a single byte after which a streamed request is abandoned (and retried).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: f64,
+    /// Ask for llama.cpp's prompt-progress chunks (`return_progress`), so that a long prompt
+    /// being read does not look like silence. Only for llama.cpp servers (`--llm local`).
+    #[serde(default)]
+    pub prompt_progress: bool,
 }
+
+fn yes() -> bool {
+    true
+}
+
+fn default_idle_timeout() -> f64 {
+    120.0
+}
+
+/// The most bytes a streamed answer may take (a metric is a few kilobytes).
+pub const MAX_STREAM_BYTES: usize = 8 << 20;
 
 impl Default for LlmConfig {
     fn default() -> Self {
@@ -59,6 +86,9 @@ impl Default for LlmConfig {
             retry_after_max_s: 300.0,
             price_prompt_per_1k: 0.0,
             price_completion_per_1k: 0.0,
+            stream: true,
+            idle_timeout_s: default_idle_timeout(),
+            prompt_progress: false,
         }
     }
 }
@@ -89,6 +119,26 @@ pub enum CallVerdict {
     Timeout {
         /// The timeout.
         seconds: f64,
+    },
+    /// A streamed answer fell silent: no byte for `seconds`.
+    #[error("no byte for {seconds} s (after {received} bytes)")]
+    IdleTimeout {
+        /// The idle timeout.
+        seconds: f64,
+        /// Bytes received before the silence.
+        received: usize,
+    },
+    /// The server reported an error inside the stream.
+    #[error("the server reported an error mid-stream: {excerpt}")]
+    StreamError {
+        /// The start of the error event.
+        excerpt: String,
+    },
+    /// A streamed answer grew past [`MAX_STREAM_BYTES`].
+    #[error("the streamed answer exceeded {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
     },
     /// Could not connect, or the connection broke.
     #[error("connection failed: {message}")]
@@ -138,7 +188,9 @@ impl CallVerdict {
             CallVerdict::HttpStatus { status, .. } => {
                 matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
             }
-            CallVerdict::Timeout { .. } | CallVerdict::Connection { .. } => true,
+            CallVerdict::Timeout { .. }
+            | CallVerdict::IdleTimeout { .. }
+            | CallVerdict::Connection { .. } => true,
             _ => false,
         }
     }
@@ -208,11 +260,13 @@ impl LlmClient {
             })?),
             None => None,
         };
-        if !(cfg.timeout_s.is_finite() && cfg.timeout_s > 0.0 && cfg.timeout_s <= 86_400.0) {
-            anyhow::bail!(
-                "the LLM timeout must be in (0, 86400] seconds (got {})",
-                cfg.timeout_s
-            );
+        for (name, v) in [
+            ("timeout", cfg.timeout_s),
+            ("idle timeout", cfg.idle_timeout_s),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 86_400.0) {
+                anyhow::bail!("the LLM {name} must be in (0, 86400] seconds (got {v})");
+            }
         }
         for (name, v) in [
             ("temperature", cfg.temperature),
@@ -262,12 +316,19 @@ impl LlmClient {
 
     /// One logical request, with retries. `jitter_seed` makes the backoff jitter reproducible.
     pub async fn chat(&self, messages: &[Message], jitter_seed: u64) -> ChatOutcome {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "model": self.cfg.model,
             "messages": messages,
             "temperature": self.cfg.temperature,
             "max_tokens": self.cfg.max_tokens,
         });
+        if self.cfg.stream {
+            body["stream"] = true.into();
+            body["stream_options"] = serde_json::json!({ "include_usage": true });
+            if self.cfg.prompt_progress {
+                body["return_progress"] = true.into();
+            }
+        }
         let prompt = serde_json::to_string_pretty(&body).unwrap_or_default();
         let prompt_estimate = messages.iter().map(|m| estimate_tokens(&m.content)).sum();
         let mut attempts = Vec::new();
@@ -348,7 +409,17 @@ impl LlmClient {
             call.error = Some(v.to_json());
             (call, Err(v), ra)
         };
-        let resp = match req.send().await {
+        // A streamed request may wait for its headers only as long as it may stay silent
+        // (llama.cpp sends them when it starts on the prompt, or at once with prompt progress).
+        let sent = if self.cfg.stream {
+            match tokio::time::timeout(self.idle(), req.send()).await {
+                Ok(r) => r,
+                Err(_) => return fail(call, self.idle_verdict(0), None),
+            }
+        } else {
+            req.send().await
+        };
+        let mut resp = match sent {
             Ok(r) => r,
             Err(e) => return fail(call, self.transport_verdict(&e), None),
         };
@@ -358,9 +429,18 @@ impl LlmClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let text = match resp.text().await {
+        let event_stream = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        if status.is_success() && event_stream {
+            let (call, result) = self.read_stream(call, &mut resp, prompt_estimate).await;
+            return (call, result, None);
+        }
+        let text = match self.read_body(&mut resp).await {
             Ok(t) => t,
-            Err(e) => return fail(call, self.transport_verdict(&e), retry_after),
+            Err(v) => return fail(call, v, retry_after),
         };
         call.response = Some(text.clone());
         if !status.is_success() {
@@ -387,24 +467,8 @@ impl LlmClient {
             .as_ref()
             .and_then(|c| c.first())
             .map(|c| (c.message.as_ref().and_then(|m| m.content.clone()), c));
-        // Counts from the body are untrusted: each is capped, and a `usage` that reports
-        // nothing falls back to the estimate (so a budget cannot be dodged by `"usage": {}`).
-        let cap = |x: Option<u64>| x.unwrap_or(0).min(MAX_TOKENS_PER_CALL);
-        let estimated_completion = content
-            .as_ref()
-            .and_then(|(c, _)| c.as_deref())
-            .map_or(0, estimate_tokens);
-        match &parsed.usage {
-            Some(u) if cap(u.prompt_tokens) + cap(u.completion_tokens) > 0 => {
-                call.prompt_tokens = cap(u.prompt_tokens);
-                call.completion_tokens = cap(u.completion_tokens);
-            }
-            Some(u) if cap(u.total_tokens) > 0 => call.prompt_tokens = cap(u.total_tokens),
-            _ => {
-                call.prompt_tokens = prompt_estimate.min(MAX_TOKENS_PER_CALL);
-                call.completion_tokens = estimated_completion.min(MAX_TOKENS_PER_CALL);
-            }
-        }
+        let text_out = content.as_ref().and_then(|(c, _)| c.as_deref());
+        charge(&mut call, parsed.usage.as_ref(), prompt_estimate, text_out);
         match content {
             None => fail(call, CallVerdict::EmptyChoices, None),
             Some((None, _)) => fail(call, CallVerdict::EmptyContent, None),
@@ -421,6 +485,251 @@ impl LlmClient {
             ),
         }
     }
+
+    fn idle(&self) -> Duration {
+        Duration::from_secs_f64(self.cfg.idle_timeout_s)
+    }
+
+    fn idle_verdict(&self, received: usize) -> CallVerdict {
+        CallVerdict::IdleTimeout {
+            seconds: self.cfg.idle_timeout_s,
+            received,
+        }
+    }
+
+    /// The next piece of a body: `Ok(None)` at its end; silence longer than the idle timeout
+    /// (when streaming) is a verdict.
+    async fn next_chunk(
+        &self,
+        resp: &mut reqwest::Response,
+        received: usize,
+    ) -> Result<Option<Vec<u8>>, CallVerdict> {
+        let next = if self.cfg.stream {
+            match tokio::time::timeout(self.idle(), resp.chunk()).await {
+                Ok(r) => r,
+                Err(_) => return Err(self.idle_verdict(received)),
+            }
+        } else {
+            resp.chunk().await
+        };
+        match next {
+            Ok(c) => Ok(c.map(|b| b.to_vec())),
+            Err(e) => Err(self.transport_verdict(&e)),
+        }
+    }
+
+    /// A whole (non-streamed) body as text.
+    async fn read_body(&self, resp: &mut reqwest::Response) -> Result<String, CallVerdict> {
+        let mut bytes = Vec::new();
+        while let Some(c) = self.next_chunk(resp, bytes.len()).await? {
+            bytes.extend_from_slice(&c);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Read a server-sent-event stream of chat-completion chunks into one completion.
+    async fn read_stream(
+        &self,
+        mut call: Call,
+        resp: &mut reqwest::Response,
+        prompt_estimate: u64,
+    ) -> (Call, Result<Completion, CallVerdict>) {
+        let mut sse = SseAssembler::default();
+        let mut received = 0usize;
+        let outcome = loop {
+            let chunk = match self.next_chunk(resp, received).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break sse.finish(),
+                Err(v) => break Err(v),
+            };
+            received += chunk.len();
+            if received > MAX_STREAM_BYTES {
+                break Err(CallVerdict::TooLarge {
+                    max: MAX_STREAM_BYTES,
+                });
+            }
+            if let Err(v) = sse.feed(&chunk) {
+                break Err(v);
+            }
+            if sse.done {
+                break sse.finish();
+            }
+        };
+        call.response = Some(sse.record());
+        charge(
+            &mut call,
+            sse.usage.as_ref(),
+            prompt_estimate,
+            Some(&sse.content),
+        );
+        match outcome {
+            Ok(c) => (call, Ok(c)),
+            Err(v) => {
+                call.error = Some(v.to_json());
+                (call, Err(v))
+            }
+        }
+    }
+}
+
+/// Token counts of a call. Counts from the body are untrusted: each is capped, and a `usage`
+/// that reports nothing falls back to the estimate (so a budget cannot be dodged by
+/// `"usage": {}`).
+fn charge(call: &mut Call, usage: Option<&Usage>, prompt_estimate: u64, content: Option<&str>) {
+    let cap = |x: Option<u64>| x.unwrap_or(0).min(MAX_TOKENS_PER_CALL);
+    match usage {
+        Some(u) if cap(u.prompt_tokens) + cap(u.completion_tokens) > 0 => {
+            call.prompt_tokens = cap(u.prompt_tokens);
+            call.completion_tokens = cap(u.completion_tokens);
+        }
+        Some(u) if cap(u.total_tokens) > 0 => call.prompt_tokens = cap(u.total_tokens),
+        _ => {
+            call.prompt_tokens = prompt_estimate.min(MAX_TOKENS_PER_CALL);
+            call.completion_tokens = content.map_or(0, estimate_tokens).min(MAX_TOKENS_PER_CALL);
+        }
+    }
+}
+
+/// Assembles a chat-completion event stream (`data: {json}` events, `data: [DONE]` at the end).
+#[derive(Default)]
+struct SseAssembler {
+    /// Bytes of an unfinished line.
+    line: Vec<u8>,
+    /// `data:` lines of the event being read.
+    data: Vec<String>,
+    content: String,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+    /// The last event's data (llama.cpp puts `usage` and `timings` there).
+    final_chunk: Option<String>,
+    events: usize,
+    done: bool,
+}
+
+impl SseAssembler {
+    /// Take more bytes; complete events are applied at once.
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), CallVerdict> {
+        for &b in bytes {
+            if b != b'\n' {
+                self.line.push(b);
+                continue;
+            }
+            let raw = std::mem::take(&mut self.line);
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            if line.is_empty() {
+                self.dispatch()?;
+            } else if let Some(d) = line.strip_prefix("data:") {
+                self.data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
+            } else if line.starts_with("error") {
+                return Err(CallVerdict::StreamError {
+                    excerpt: excerpt(line, 300),
+                });
+            }
+            // `event:`, `id:`, `retry:` and `:` comments carry nothing we need.
+            if self.done {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply the event whose `data:` lines were collected.
+    fn dispatch(&mut self) -> Result<(), CallVerdict> {
+        if self.data.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::take(&mut self.data).join("\n");
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        self.events += 1;
+        let chunk: StreamChunk =
+            serde_json::from_str(&data).map_err(|e| CallVerdict::MalformedJson {
+                message: e.to_string(),
+                excerpt: excerpt(&data, 300),
+            })?;
+        if let Some(e) = chunk.error {
+            return Err(CallVerdict::StreamError {
+                excerpt: excerpt(&e.to_string(), 300),
+            });
+        }
+        for c in chunk
+            .choices
+            .iter()
+            .flatten()
+            .filter(|c| c.index.unwrap_or(0) == 0)
+        {
+            if let Some(t) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                self.content.push_str(t);
+            }
+            if c.finish_reason.is_some() {
+                self.finish_reason.clone_from(&c.finish_reason);
+            }
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        self.final_chunk = Some(data);
+        Ok(())
+    }
+
+    /// The completion, once the stream has ended.
+    fn finish(&mut self) -> Result<Completion, CallVerdict> {
+        // A last event not followed by a blank line still counts.
+        if !self.line.is_empty() {
+            self.feed(b"\n")?;
+        }
+        self.dispatch()?;
+        if !self.done && self.finish_reason.is_none() {
+            return Err(CallVerdict::Connection {
+                message: "the stream ended before the answer was complete".into(),
+            });
+        }
+        if self.events == 0 {
+            return Err(CallVerdict::EmptyChoices);
+        }
+        if self.content.trim().is_empty() {
+            return Err(CallVerdict::EmptyContent);
+        }
+        Ok(Completion {
+            content: self.content.clone(),
+            truncated: self.finish_reason.as_deref() == Some("length"),
+        })
+    }
+
+    /// What the archive records of a streamed answer: the assembled text, `finish_reason`,
+    /// `usage`, the number of events and the final chunk (parsed when it is JSON).
+    fn record(&self) -> String {
+        let last = self
+            .final_chunk
+            .as_deref()
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap_or_else(|_| d.into()));
+        serde_json::json!({
+            "stream": true,
+            "content": self.content,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "events": self.events,
+            "final_chunk": last,
+        })
+        .to_string()
+    }
+}
+
+#[derive(Deserialize)]
+struct StreamChunk {
+    choices: Option<Vec<StreamChoice>>,
+    usage: Option<Usage>,
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    index: Option<u64>,
+    delta: Option<ChoiceMessage>,
+    finish_reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -440,7 +749,7 @@ struct ChoiceMessage {
     content: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Usage {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,

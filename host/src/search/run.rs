@@ -15,6 +15,10 @@
 //! holds.
 //!
 //! **Stopping.** When a budget is spent, nothing new is proposed and the queue is evaluated.
+//! Near the end of a wall-time budget no proposal starts that would not finish in time: once
+//! proposals have been timed, one starts only while the time left is at least their mean
+//! duration ([`ProposalClock`]), so a slow local model's last request is not started only to be
+//! abandoned at the deadline.
 //! When `stop` is set (Ctrl-C) or the wall time is spent, nothing new starts: evaluations in
 //! flight finish and are recorded, proposals in flight get [`HALT_GRACE`] to land (recorded,
 //! their candidates left `pending`), after which they are abandoned (a request cut off mid-way
@@ -181,6 +185,35 @@ struct Job {
     always_promote: bool,
 }
 
+/// The mean duration of the proposals of this session, which decides whether another one can
+/// finish before the wall-time budget ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProposalClock {
+    count: u32,
+    total_s: f64,
+}
+
+impl ProposalClock {
+    /// Count one finished proposal that took `seconds`.
+    pub fn record(&mut self, seconds: f64) {
+        if seconds.is_finite() && seconds >= 0.0 {
+            self.count += 1;
+            self.total_s += seconds;
+        }
+    }
+
+    /// The mean duration so far (`None` before the first proposal finished).
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.total_s / self.count as f64)
+    }
+
+    /// Whether a proposal started now is expected to finish within `remaining_s`; with no
+    /// measurement yet it may start.
+    pub fn fits(&self, remaining_s: f64) -> bool {
+        self.mean().is_none_or(|m| m <= remaining_s)
+    }
+}
+
 /// Run (or resume) a search until a budget is spent, the proposer keeps failing, or `stop` is
 /// set.
 #[allow(clippy::too_many_arguments)]
@@ -277,6 +310,10 @@ async fn coordinate(
     let mut queue: VecDeque<Node> = archive.pending()?.into();
     let mut evaluating = 0usize;
     let mut proposing: tokio::task::JoinSet<anyhow::Result<Proposal>> = tokio::task::JoinSet::new();
+    // When each proposal in flight started, and how long the finished ones took.
+    let mut started: std::collections::HashMap<tokio::task::Id, Instant> =
+        std::collections::HashMap::new();
+    let mut clock = ProposalClock::default();
     let mut next_index = archive.proposed_count()?;
     // Counters kept in memory (the archive is read in full only to build a proposal's context).
     let mut proposed = next_index;
@@ -338,6 +375,10 @@ async fn coordinate(
             && proposer.cost(pt, ct) + proposer.cost(in_flight * per, 0) >= budget.cost
         {
             Some(Stop::Cost)
+        } else if budget.seconds > 0.0 && !clock.fits(budget.seconds - elapsed()) {
+            // Too little time left for another proposal to finish: let the ones in flight
+            // land and the queue be evaluated, then stop.
+            Some(Stop::Time)
         } else {
             None
         };
@@ -352,7 +393,8 @@ async fn coordinate(
                     edges: archive.edges()?,
                 };
                 next_index += 1;
-                proposing.spawn(proposer.propose(ctx));
+                let handle = proposing.spawn(proposer.propose(ctx));
+                started.insert(handle.id(), Instant::now());
                 continue;
             }
         }
@@ -369,9 +411,17 @@ async fn coordinate(
             }
         }
         tokio::select! {
-            Some(joined) = proposing.join_next(), if !proposing.is_empty() => {
-                match joined {
+            Some(joined) = proposing.join_next_with_id(), if !proposing.is_empty() => {
+                let id = match &joined {
+                    Ok((id, _)) => *id,
+                    Err(e) => e.id(),
+                };
+                let began = started.remove(&id);
+                match joined.map(|(_, p)| p) {
                     Ok(Ok(p)) => {
+                        if let Some(t) = began {
+                            clock.record(t.elapsed().as_secs_f64());
+                        }
                         let id = archive.record(&p.node, p.failure.as_deref(), &p.calls)?;
                         proposed += 1;
                         for c in &p.calls {

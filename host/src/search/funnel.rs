@@ -1,0 +1,278 @@
+//! How far a run's proposals get through the cascade (parse, compile, check, promotion to the
+//! sequential level) and how fast its proposer answers (seconds per request, and the prompt and
+//! generation speed that llama.cpp reports in its final stream chunk): the numbers that compare
+//! proposers, e.g. a local LLM against GP, on the same objective.
+
+use super::archive::{Call, Node, Status};
+use super::gcot::endpoint_failure;
+use serde::Serialize;
+
+/// Counts and rates of one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Funnel {
+    /// Proposals recorded (seeds and pending ones excluded).
+    pub proposed: usize,
+    /// Proposals the endpoint answered (not an HTTP error, timeout or broken connection).
+    pub answered: usize,
+    /// Answers with a code block (or a GP tree).
+    pub parsed: usize,
+    /// Parsed candidates that compiled in the sandbox.
+    pub compiled: usize,
+    /// Compiled candidates that passed the checks (valid, finite, deterministic scores).
+    pub checked: usize,
+    /// Checked candidates that passed the one-shot screen and were measured on the sequential level.
+    pub promoted: usize,
+    /// Candidates that pruned exactly like an earlier one (their result reused).
+    pub duplicates: usize,
+    /// Mean seconds of the proposer's requests per proposal (all attempts), if it made any.
+    pub seconds_per_proposal: Option<f64>,
+    /// Prompt tokens per second over every call that reported timings (llama.cpp).
+    pub prompt_tokens_per_s: Option<f64>,
+    /// Generated tokens per second over every call that reported timings (llama.cpp).
+    pub generation_tokens_per_s: Option<f64>,
+}
+
+/// The stage a node failed at, if it failed (a duplicate of a failure failed where its
+/// original did).
+fn failed_at(n: &Node) -> Option<&str> {
+    let failed =
+        n.status == Status::Failed || (n.status == Status::Duplicate && n.verdict.is_some());
+    failed.then(|| n.stage.as_deref().unwrap_or(""))
+}
+
+/// The funnel of `nodes`, with the speeds of `calls`.
+pub fn funnel(nodes: &[Node], calls: &[Call]) -> Funnel {
+    let mut f = Funnel::default();
+    for n in nodes
+        .iter()
+        .filter(|n| n.operator != "seed" && n.status != Status::Pending)
+    {
+        f.proposed += 1;
+        if endpoint_failure(n) {
+            continue;
+        }
+        f.answered += 1;
+        let at = failed_at(n);
+        if at == Some("propose") {
+            continue;
+        }
+        f.parsed += 1;
+        if at == Some("build") {
+            continue;
+        }
+        f.compiled += 1;
+        if matches!(at, Some("check" | "probe")) {
+            continue;
+        }
+        f.checked += 1;
+        if n.status == Status::Duplicate {
+            f.duplicates += 1;
+        }
+        if n.fitness.is_some() && at.is_none() {
+            f.promoted += 1;
+        }
+    }
+    let mut per_node: std::collections::HashMap<i64, f64> = std::collections::HashMap::new();
+    for c in calls {
+        if let Some(id) = c.node {
+            *per_node.entry(id).or_default() += c.seconds;
+        }
+    }
+    if !per_node.is_empty() {
+        f.seconds_per_proposal = Some(per_node.values().sum::<f64>() / per_node.len() as f64);
+    }
+    let (mut pn, mut pms, mut gn, mut gms) = (0.0, 0.0, 0.0, 0.0);
+    for t in calls.iter().filter_map(timings) {
+        pn += t.0;
+        pms += t.1;
+        gn += t.2;
+        gms += t.3;
+    }
+    if pms > 0.0 {
+        f.prompt_tokens_per_s = Some(pn / pms * 1000.0);
+    }
+    if gms > 0.0 {
+        f.generation_tokens_per_s = Some(gn / gms * 1000.0);
+    }
+    f
+}
+
+/// (prompt tokens, prompt ms, generated tokens, generation ms) from a recorded stream's final
+/// chunk (llama.cpp's `timings`).
+fn timings(c: &Call) -> Option<(f64, f64, f64, f64)> {
+    let r: serde_json::Value = serde_json::from_str(c.response.as_deref()?).ok()?;
+    let t = r.get("final_chunk")?.get("timings")?;
+    let num = |k: &str| t.get(k).and_then(serde_json::Value::as_f64);
+    let v = (
+        num("prompt_n")?,
+        num("prompt_ms")?,
+        num("predicted_n")?,
+        num("predicted_ms")?,
+    );
+    [v.0, v.1, v.2, v.3]
+        .iter()
+        .all(|x| x.is_finite() && *x >= 0.0)
+        .then_some(v)
+}
+
+fn pct(part: usize, whole: usize) -> String {
+    if whole == 0 {
+        "-".into()
+    } else {
+        format!("{:.0} %", 100.0 * part as f64 / whole as f64)
+    }
+}
+
+impl std::fmt::Display for Funnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "funnel: {} proposed, {} answered; parsed {} ({}), compiled {} ({}), passed the \
+             checks {} ({}), promoted to the sequential level {} ({}); {} duplicates",
+            self.proposed,
+            self.answered,
+            self.parsed,
+            pct(self.parsed, self.answered),
+            self.compiled,
+            pct(self.compiled, self.parsed),
+            self.checked,
+            pct(self.checked, self.compiled),
+            self.promoted,
+            pct(self.promoted, self.checked),
+            self.duplicates
+        )?;
+        let opt = |x: Option<f64>, unit: &str| x.map_or("-".into(), |v| format!("{v:.1} {unit}"));
+        if self.seconds_per_proposal.is_some() || self.prompt_tokens_per_s.is_some() {
+            writeln!(
+                f,
+                "proposer speed: {} per proposal, prompt {}, generation {}",
+                opt(self.seconds_per_proposal, "s"),
+                opt(self.prompt_tokens_per_s, "tokens/s"),
+                opt(self.generation_tokens_per_s, "tokens/s")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: i64, status: Status, stage: &str, verdict: Option<&str>) -> Node {
+        Node {
+            id,
+            created: 0.0,
+            proposer: "llm:m".into(),
+            operator: "mutate".into(),
+            thought: String::new(),
+            code: String::new(),
+            source_hash: String::new(),
+            expr: None,
+            status,
+            stage: Some(stage.into()),
+            verdict: verdict.map(str::to_string),
+            mask_hash: None,
+            duplicate_of: None,
+            proxy: None,
+            fitness: (status == Status::Evaluated).then_some(50.0),
+            heldout: None,
+            seconds: None,
+            tokens: 0,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn every_stage_is_counted_once() {
+        let mut seed = node(1, Status::Evaluated, "sequential", None);
+        seed.operator = "seed".into();
+        let mut dup_ok = node(9, Status::Duplicate, "sequential", None);
+        dup_ok.fitness = Some(50.0);
+        let nodes = vec![
+            seed,
+            node(
+                2,
+                Status::Failed,
+                "propose",
+                Some(r#"{"verdict":"timeout","seconds":1}"#),
+            ),
+            node(
+                3,
+                Status::Failed,
+                "propose",
+                Some(r#"{"verdict":"no_code"}"#),
+            ),
+            node(4, Status::Failed, "build", Some(r#"{"verdict":"compile"}"#)),
+            node(
+                5,
+                Status::Failed,
+                "check",
+                Some(r#"{"verdict":"non_finite"}"#),
+            ),
+            node(6, Status::Screened, "screen", None),
+            node(7, Status::Evaluated, "sequential", None),
+            node(
+                8,
+                Status::Duplicate,
+                "build",
+                Some(r#"{"verdict":"compile"}"#),
+            ),
+            dup_ok,
+            node(10, Status::Pending, "build", None),
+        ];
+        let f = funnel(&nodes, &[]);
+        assert_eq!(
+            (
+                f.proposed,
+                f.answered,
+                f.parsed,
+                f.compiled,
+                f.checked,
+                f.promoted,
+                f.duplicates
+            ),
+            (8, 7, 6, 4, 3, 2, 1)
+        );
+        let text = f.to_string();
+        assert!(
+            text.contains("parsed 6 (86 %), compiled 4 (67 %)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("promoted to the sequential level 2 (67 %)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn speeds_come_from_the_recorded_timings() {
+        let call = |node, seconds, timings: serde_json::Value| Call {
+            node: Some(node),
+            seconds,
+            response: Some(
+                serde_json::json!({"stream": true, "final_chunk": {"timings": timings}})
+                    .to_string(),
+            ),
+            ..Call::default()
+        };
+        let calls = vec![
+            call(
+                1,
+                10.0,
+                serde_json::json!({"prompt_n": 100, "prompt_ms": 2000.0, "predicted_n": 10, "predicted_ms": 1000.0}),
+            ),
+            call(
+                1,
+                20.0,
+                serde_json::json!({"prompt_n": 300, "prompt_ms": 2000.0, "predicted_n": 30, "predicted_ms": 1000.0}),
+            ),
+            call(2, 30.0, serde_json::json!(null)),
+        ];
+        let f = funnel(&[], &calls);
+        // Node 1: two attempts, 30 s; node 2: 30 s.
+        assert_eq!(f.seconds_per_proposal, Some(30.0));
+        assert_eq!(f.prompt_tokens_per_s, Some(100.0));
+        assert_eq!(f.generation_tokens_per_s, Some(20.0));
+    }
+}
