@@ -9,6 +9,7 @@ pub const BASELINES: &[(&str, &str)] = &[
     ("ria", include_str!("ria.rs")),
     ("gblm", include_str!("gblm.rs")),
     ("pruner_zero", include_str!("pruner_zero.rs")),
+    ("obs", include_str!("obs.rs")),
 ];
 
 /// `(name, source)` of every baseline allocator candidate (the `allocator` world).

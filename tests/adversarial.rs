@@ -155,6 +155,52 @@ fn guest_errors_are_typed() {
     }
 }
 
+#[test]
+fn undeclared_hessian_inputs_are_unsupported_not_data() {
+    // The synthetic layer carries both inputs; the guest never declared them.
+    let layer = small_layer();
+    assert!(layer.data(0.5).hessian_inverse_diagonal.is_some());
+    match score("tests/attacks/undeclared_hessian.rs", &Policy::default()) {
+        Failure::GuestError(e) => {
+            assert_eq!(e.kind, "unsupported");
+            assert!(
+                e.message
+                    .contains("hessian: hessian-inverse-diagonal needs")
+                    && e.message.contains("output: output-stats needs"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("got {other:?}"),
+    }
+}
+
+#[test]
+fn declared_hessian_inputs_the_host_did_not_compute_are_unsupported() {
+    let p = plugin("candidates/obs.rs", &Policy::default()).expect("obs loads");
+    assert!(p.info().needs_hessian_inverse_diagonal && !p.info().needs_output_stats);
+    let layer = small_layer();
+    let mut data = layer.data(0.5);
+    data.hessian_inverse_diagonal = None;
+    match p.score(&data) {
+        Err(Failure::GuestError(e)) => {
+            assert_eq!(e.kind, "unsupported");
+            assert!(
+                e.message.contains("Hessian inverse diagonal"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("got {other:?}"),
+    }
+    // With it, the scores are w² / [H⁻¹]_jj.
+    let scores = p.score(&layer.data(0.5)).expect("scores").scores;
+    for (k, s) in scores.iter().enumerate() {
+        let w = layer.weights[k];
+        assert_eq!(*s, w * w / layer.hessian_inverse_diagonal[k % layer.cols]);
+    }
+}
+
 fn load_wat(wat: &str) -> Failure {
     let bytes = wat::parse_str(wat).expect("valid WAT");
     Plugin::load(&bytes, &Policy::default(), None).expect_err("must be rejected")

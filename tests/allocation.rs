@@ -34,7 +34,16 @@ fn allocations_are_applied_exactly_and_hit_the_target() {
     assert_eq!(stats.blocks.len(), cfg.num_layers);
     let target = 0.6;
     for granularity in [Granularity::Block, Granularity::Layer] {
-        let units = summarize(&dense, &stats, Some(&wanda), None, target, granularity).unwrap();
+        let units = summarize(
+            &dense,
+            &stats,
+            Some(&wanda),
+            None,
+            None,
+            target,
+            granularity,
+        )
+        .unwrap();
         let per_unit = match granularity {
             Granularity::Block => 1,
             Granularity::Layer => 7,

@@ -1,13 +1,14 @@
 //! Allocator plugins (the WIT `allocator` world): the OWL candidate built by the real builder
 //! agrees with the host's `owl`, every broken answer gets its typed verdict, runaway guests are
-//! stopped, and metric plugins (new builds and 0.1.0 components) still work after the WIT
-//! version bump.
+//! stopped, and plugins built against older versions of the package (0.1.0 and 0.1.1 metrics,
+//! 0.1.1 allocators) load and compute exactly what the 0.2.0 builds of the same sources do.
 
 mod common;
 
 use autoprune::alloc::{owl, AllocError, Bounds, OwlParams};
 use autoprune::build::{component_imports, component_world};
-use autoprune::check::synthetic_units;
+use autoprune::check::{synthetic_units, SyntheticLayer};
+use autoprune::layer::LayerKind;
 use autoprune::sandbox::{
     AllocatorPlugin, AnyPlugin, Failure, InvalidOutput, Plugin, Policy, World,
 };
@@ -194,7 +195,7 @@ fn metric_candidate_still_builds_and_scores_after_the_version_bump() {
     assert!(
         imports
             .iter()
-            .all(|i| i.ends_with("@0.1.1") && !i.contains("logging")),
+            .all(|i| i.ends_with("@0.2.0") && !i.contains("logging")),
         "{imports:?}"
     );
     let p = match AnyPlugin::load(&built.wasm, &Policy::default(), Some(&cache())).unwrap() {
@@ -221,9 +222,83 @@ fn components_built_against_0_1_0_still_load_and_score() {
     assert!(imports.iter().all(|i| i.ends_with("@0.1.0")), "{imports:?}");
     let p = Plugin::load(&wasm, &Policy::default(), None).expect("semver-compatible link");
     assert_eq!(p.info().name, "wanda");
+    assert_eq!(p.package_version(), "0.1.1");
     let layer = small_layer();
     let old = p.score(&layer.data(0.5)).unwrap().scores;
     let new = builder(true).build(&source("candidates/wanda.rs")).unwrap();
     let new = Plugin::load(&new.wasm, &Policy::default(), None).unwrap();
-    assert_eq!(old, new.score(&layer.data(0.5)).unwrap().scores);
+    assert_eq!(new.package_version(), "0.2.0");
+    assert_bits_eq(&old, &new.score(&layer.data(0.5)).unwrap().scores);
+}
+
+#[test]
+fn components_built_against_0_1_1_still_load_and_score() {
+    // Built from candidates/ria.rs by the 0.1.1 builder (the last one before 0.2.0).
+    let wasm = std::fs::read(common::workspace().join("tests/fixtures/ria-0.1.1.wasm")).unwrap();
+    let imports = component_imports(&wasm).unwrap();
+    assert!(imports.iter().all(|i| i.ends_with("@0.1.1")), "{imports:?}");
+    let old = Plugin::load(&wasm, &Policy::default(), None).expect("0.1.1 link");
+    assert_eq!(old.package_version(), "0.1.1");
+    let built = builder(true).build(&source("candidates/ria.rs")).unwrap();
+    assert!(component_imports(&built.wasm)
+        .unwrap()
+        .iter()
+        .all(|i| i.ends_with("@0.2.0")));
+    let new = Plugin::load(&built.wasm, &Policy::default(), None).unwrap();
+    assert_eq!(new.package_version(), "0.2.0");
+    assert_eq!(old.info(), new.info());
+    // Small tiles, so RIA's column pass spans several tiles in both.
+    let policy = Policy {
+        tile_bytes: 128 * 4 * 5,
+        ..Policy::default()
+    };
+    let (old, new) = (
+        Plugin::load(&wasm, &policy, None).unwrap(),
+        Plugin::load(&built.wasm, &policy, None).unwrap(),
+    );
+    for layer in [
+        small_layer(),
+        SyntheticLayer::generate(96, 40, LayerKind::Down, 4),
+    ] {
+        let a = old.score(&layer.data(0.5)).unwrap();
+        let b = new.score(&layer.data(0.5)).unwrap();
+        assert_bits_eq(&a.scores, &b.scores);
+    }
+}
+
+#[test]
+fn allocators_built_against_0_1_1_still_load_and_allocate() {
+    // Built from candidates/owl_alloc.rs by the 0.1.1 builder.
+    let wasm =
+        std::fs::read(common::workspace().join("tests/fixtures/owl_alloc-0.1.1.wasm")).unwrap();
+    let imports = component_imports(&wasm).unwrap();
+    assert!(imports.iter().all(|i| i.ends_with("@0.1.1")), "{imports:?}");
+    let old = AllocatorPlugin::load(&wasm, &Policy::default(), None).expect("0.1.1 link");
+    assert_eq!(old.package_version(), "0.1.1");
+    let new = allocator("candidates/owl_alloc.rs", &Policy::default());
+    assert_eq!(new.package_version(), "0.2.0");
+    assert_eq!(old.info(), new.info());
+    for (units, target) in [
+        (synthetic_units(30, false, 0), 0.7),
+        (synthetic_units(30, true, 1), 0.5),
+    ] {
+        let a = old.allocate(target, Bounds::HOST, &units).unwrap();
+        let b = new.allocate(target, Bounds::HOST, &units).unwrap();
+        assert_eq!(
+            a.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
+    // An old allocator is still an allocator, not a metric.
+    assert!(matches!(
+        AnyPlugin::load(&wasm, &Policy::default(), None),
+        Ok(AnyPlugin::Allocator(_))
+    ));
+}
+
+fn assert_bits_eq(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x.to_bits(), y.to_bits(), "[{i}] {x} != {y}");
+    }
 }

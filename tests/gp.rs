@@ -31,6 +31,16 @@ fn build(expr: &Expr, name: &str, policy: &Policy) -> Plugin {
         .unwrap_or_else(|f| panic!("{expr}: load failed: {f}"));
     assert_eq!(plugin.info().name, name);
     assert_eq!(plugin.info().needs_gradient, expr.uses_gradient(), "{expr}");
+    assert_eq!(
+        plugin.info().needs_hessian_inverse_diagonal,
+        expr.uses_hessian(),
+        "{expr}"
+    );
+    assert_eq!(
+        plugin.info().needs_output_stats,
+        expr.uses_output_stats(),
+        "{expr}"
+    );
     assert!(
         plugin.info().description.contains(&gp::to_infix(expr)),
         "{}",
@@ -39,15 +49,22 @@ fn build(expr: &Expr, name: &str, policy: &Policy) -> Plugin {
     plugin
 }
 
+/// The host's scores, from everything the layer holds (gradient, `H`, `O`).
 fn native(expr: &Expr, layer: &SyntheticLayer) -> Vec<f32> {
-    gp::eval_native(
-        expr,
-        layer.rows,
-        layer.cols,
-        &layer.weights,
-        &layer.stats,
-        Some(&layer.gradient),
-    )
+    let want = gp::eval_layer(expr, &layer.data(0.5));
+    if !expr.uses_hessian() && !expr.uses_output_stats() {
+        // Trees without the 0.2.0 terminals score as they always did.
+        let old = gp::eval_native(
+            expr,
+            layer.rows,
+            layer.cols,
+            &layer.weights,
+            &layer.stats,
+            Some(&layer.gradient),
+        );
+        assert_bitwise(&old, &want, &expr.to_string());
+    }
+    want
 }
 
 fn assert_bitwise(got: &[f32], want: &[f32], what: &str) {
@@ -89,6 +106,14 @@ fn covering_trees() -> Vec<Expr> {
         ),
         // Division by an all-zero column norm of a constant 0: finite.
         bin(BinOp::Div, W, un(UnOp::ColNorm, Expr::constant(0.0))),
+        // The WIT 0.2.0 terminals: OBS's w²/H, the output norm per row, inside a whole-layer
+        // pass too.
+        bin(BinOp::Div, un(UnOp::Sqr, Wsigned), H),
+        bin(
+            BinOp::Mul,
+            un(UnOp::ColNorm, bin(BinOp::Mul, W, O)),
+            un(UnOp::Zsn, bin(BinOp::Sub, H, un(UnOp::Log, O))),
+        ),
     ]
 }
 

@@ -310,6 +310,8 @@ fn pipeline_hands_the_exact_statistic_to_a_metric_that_asks() {
             weights: &w,
             stats: &stats,
             gradient: Some(g),
+            hessian_inverse_diagonal: None,
+            output_stats: None,
             sparsity: 0.5,
         };
         let scored = grad_plugin.score(&data).unwrap();
@@ -322,6 +324,8 @@ fn pipeline_hands_the_exact_statistic_to_a_metric_that_asks() {
         let failure = grad_plugin
             .score(&LayerData {
                 gradient: None,
+                hessian_inverse_diagonal: None,
+                output_stats: None,
                 ..data
             })
             .unwrap_err();

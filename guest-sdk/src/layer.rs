@@ -64,6 +64,22 @@ pub struct ChannelStats {
     pub max_abs: Vec<f32>,
 }
 
+/// Statistics of each output row `i` (output feature `y_i = w_i · x`) of the *dense* layer over
+/// the calibration tokens; every list has `rows` entries. Ask for them with
+/// [`Info::needs_output_stats`](crate::Info::needs_output_stats), read them with
+/// [`Layer::output_stats`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowStats {
+    /// Number of calibration tokens the statistics were taken over.
+    pub tokens: u64,
+    /// `‖y_i‖₂ = sqrt(Σ_tokens y_i²)`.
+    pub l2_norm: Vec<f32>,
+    /// `Σ_tokens y_i / tokens`.
+    pub mean: Vec<f32>,
+    /// Population variance of `y_i` over tokens (never negative).
+    pub variance: Vec<f32>,
+}
+
 /// One row of the weight matrix, as a [`Layer::score_rows`] closure or a [`Tile`] sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Row<'a> {
@@ -160,6 +176,8 @@ pub struct Layer {
     info: LayerInfo,
     gradient: bool,
     stats: OnceCell<ChannelStats>,
+    hessian_inverse_diagonal: OnceCell<Result<Vec<f32>>>,
+    output_stats: OnceCell<Result<RowStats>>,
     backend: Backend,
     /// The score buffer, reused by every tile.
     scores: RefCell<Vec<f32>>,
@@ -171,6 +189,8 @@ impl Layer {
             info,
             gradient,
             stats: OnceCell::new(),
+            hessian_inverse_diagonal: OnceCell::new(),
+            output_stats: OnceCell::new(),
             backend,
             scores: RefCell::new(Vec::new()),
         }
@@ -200,6 +220,72 @@ impl Layer {
     /// cached.
     pub fn stats(&self) -> &ChannelStats {
         self.stats.get_or_init(|| self.backend.stats())
+    }
+
+    /// `[(H + λI)⁻¹]_jj` for every input channel `j` (`cols` values), fetched from the host on
+    /// first use and cached: `H = XᵀX / tokens` over the calibration inputs,
+    /// `λ = 0.01·mean(diag H)`. Every value is finite and positive. Ask for it with
+    /// [`Info::needs_hessian_inverse_diagonal`](crate::Info::needs_hessian_inverse_diagonal);
+    /// without that the host answers [`Error::Unsupported`].
+    ///
+    /// OBS's saliency of removing one weight (without the update of the others):
+    ///
+    /// ```
+    /// use autoprune_sdk::prelude::*;
+    ///
+    /// struct Obs;
+    /// impl Metric for Obs {
+    ///     fn info() -> Info { Info::new("obs", "1.0.0", "w^2 / [H^-1]_jj").needs_hessian_inverse_diagonal() }
+    ///     fn score(layer: &Layer) -> Result<()> {
+    ///         let hinv = layer.hessian_inverse_diagonal()?;
+    ///         layer.score_rows(|row, out| {
+    ///             for ((o, w), h) in out.iter_mut().zip(row.weights).zip(hinv) { *o = w * w / h; }
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// let layer = autoprune_sdk::testing::TestLayer::new(1, 2, vec![-2.0, 3.0])
+    ///     .with_hessian_inverse_diagonal(vec![0.5, 3.0]);
+    /// assert_eq!(autoprune_sdk::testing::run::<Obs>(&layer).unwrap(), [8.0, 3.0]);
+    /// ```
+    pub fn hessian_inverse_diagonal(&self) -> Result<&[f32]> {
+        let cols = self.cols();
+        self.hessian_inverse_diagonal
+            .get_or_init(|| {
+                let v = self.backend.hessian_inverse_diagonal()?;
+                if v.len() != cols {
+                    return Err(Error::failed(format!(
+                        "host sent {} Hessian inverse values for {cols} columns",
+                        v.len()
+                    )));
+                }
+                Ok(v)
+            })
+            .as_deref()
+            .map_err(Clone::clone)
+    }
+
+    /// Statistics of every output row of the dense layer (see [`RowStats`]), fetched from the
+    /// host on first use and cached. Ask for them with
+    /// [`Info::needs_output_stats`](crate::Info::needs_output_stats); without that the host
+    /// answers [`Error::Unsupported`].
+    pub fn output_stats(&self) -> Result<&RowStats> {
+        let rows = self.rows();
+        self.output_stats
+            .get_or_init(|| {
+                let s = self.backend.output_stats()?;
+                if [&s.l2_norm, &s.mean, &s.variance]
+                    .iter()
+                    .any(|l| l.len() != rows)
+                {
+                    return Err(Error::failed(format!(
+                        "host sent output statistics that do not have {rows} rows"
+                    )));
+                }
+                Ok(s)
+            })
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Read the whole layer once, tile by tile, without writing scores: the first pass of a

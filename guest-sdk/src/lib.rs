@@ -33,6 +33,9 @@
 //! - [`Layer::for_each_tile`]: an extra pass for whole-layer quantities (row/column sums).
 //! - [`Layer::info`] (block, kind, shape, sparsity) and [`Layer::stats`] (channel statistics).
 //! - [`Row::gradient`], after asking for it with [`Info::needs_gradient`].
+//! - [`Layer::hessian_inverse_diagonal`] (`[(H + λI)⁻¹]_jj` per input channel) and
+//!   [`Layer::output_stats`] (per-row statistics of the dense output), after asking for them
+//!   with [`Info::needs_hessian_inverse_diagonal`] and [`Info::needs_output_stats`].
 //! - [`log!`] for messages, [`Error`] for failures the host should see as a verdict.
 //!
 //! The same source compiles natively, where [`export_metric!`] exports nothing and
@@ -71,7 +74,7 @@ pub use allocator::{
     check_allocation, project_to_mean, Allocator, AllocatorInfo, Distribution, Request, UnitSummary,
 };
 pub use error::{Error, Result};
-pub use layer::{ChannelStats, Layer, LayerInfo, LayerKind, Row, Tile};
+pub use layer::{ChannelStats, Layer, LayerInfo, LayerKind, Row, RowStats, Tile};
 pub use metric::{Info, Input, Metric};
 
 /// Everything a metric needs: `use autoprune_sdk::prelude::*;`.
@@ -79,7 +82,7 @@ pub mod prelude {
     pub use crate::{
         export_allocator, export_metric, log, project_to_mean, Allocator, AllocatorInfo,
         ChannelStats, Distribution, Error, Info, Input, Layer, LayerInfo, LayerKind, Level, Metric,
-        Request, Result, Row, Tile, UnitSummary,
+        Request, Result, Row, RowStats, Tile, UnitSummary,
     };
 }
 
@@ -90,7 +93,7 @@ pub mod prelude {
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "autoprune:metric/metric@0.1.1",
+        world: "autoprune:metric/metric@0.2.0",
         runtime_path: "::autoprune_sdk::__rt",
         pub_export_macro: true,
         export_macro_name: "export",
@@ -106,13 +109,13 @@ pub mod bindings {
 pub mod allocator_bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "autoprune:metric/allocator@0.1.1",
+        world: "autoprune:metric/allocator@0.2.0",
         runtime_path: "::autoprune_sdk::__rt",
         pub_export_macro: true,
         export_macro_name: "export",
         default_bindings_module: "::autoprune_sdk::allocator_bindings",
         with: {
-            "autoprune:metric/types@0.1.1": crate::bindings::autoprune::metric::types,
+            "autoprune:metric/types@0.2.0": crate::bindings::autoprune::metric::types,
         },
     });
 }

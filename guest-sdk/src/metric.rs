@@ -8,7 +8,8 @@ use crate::{Layer, Result};
 /// Export the implementation with [`export_metric!`](crate::export_metric).
 pub trait Metric {
     /// Name, version and one-line description; list optional inputs with
-    /// [`Info::needs_gradient`].
+    /// [`Info::needs_gradient`], [`Info::needs_hessian_inverse_diagonal`] and
+    /// [`Info::needs_output_stats`].
     fn info() -> Info;
 
     /// Score `layer`: write every row's scores exactly once, usually with one
@@ -21,6 +22,12 @@ pub trait Metric {
 pub enum Input {
     /// Per-weight gradient magnitude `sqrt(Σ_windows (100·∂L/∂W_ij)²)`; costs a backward pass.
     Gradient,
+    /// `[(H + λI)⁻¹]_jj` per input channel ([`Layer::hessian_inverse_diagonal`](crate::Layer::hessian_inverse_diagonal));
+    /// costs the input Hessian and its inverse.
+    HessianInverseDiagonal,
+    /// Statistics of the dense layer output per row ([`Layer::output_stats`](crate::Layer::output_stats));
+    /// costs the input Hessian and one product per layer.
+    OutputStats,
 }
 
 /// How a metric describes itself to the host.
@@ -52,9 +59,26 @@ impl Info {
     }
 
     /// Ask the host for the gradient statistic ([`Row::gradient`](crate::Row::gradient)).
-    pub fn needs_gradient(mut self) -> Self {
-        if !self.needs.contains(&Input::Gradient) {
-            self.needs.push(Input::Gradient);
+    pub fn needs_gradient(self) -> Self {
+        self.needs(Input::Gradient)
+    }
+
+    /// Ask the host for the diagonal of the damped inverse input Hessian
+    /// ([`Layer::hessian_inverse_diagonal`](crate::Layer::hessian_inverse_diagonal)).
+    pub fn needs_hessian_inverse_diagonal(self) -> Self {
+        self.needs(Input::HessianInverseDiagonal)
+    }
+
+    /// Ask the host for the statistics of the dense layer output per row
+    /// ([`Layer::output_stats`](crate::Layer::output_stats)).
+    pub fn needs_output_stats(self) -> Self {
+        self.needs(Input::OutputStats)
+    }
+
+    /// Ask the host for `input` (once, however often it is asked).
+    pub fn needs(mut self, input: Input) -> Self {
+        if !self.needs.contains(&input) {
+            self.needs.push(input);
         }
         self
     }

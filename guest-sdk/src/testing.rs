@@ -21,9 +21,11 @@
 
 use std::cell::RefCell;
 
-use crate::{ChannelStats, Error, Layer, LayerInfo, LayerKind, Level, Metric, Result};
+use crate::{
+    ChannelStats, Error, Info, Input, Layer, LayerInfo, LayerKind, Level, Metric, Result, RowStats,
+};
 
-/// An in-memory layer: weights, statistics, an optional gradient, and the tile size.
+/// An in-memory layer: weights, statistics, the optional inputs, and the tile size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestLayer {
     /// Identity and shape; `tile_rows` defaults to all rows, `kind` to `Other`.
@@ -34,6 +36,10 @@ pub struct TestLayer {
     pub stats: ChannelStats,
     /// The gradient statistic, row-major; served only to metrics that ask for it.
     pub gradient: Option<Vec<f32>>,
+    /// `[(H + λI)⁻¹]_jj` per input channel; served only to metrics that ask for it.
+    pub hessian_inverse_diagonal: Option<Vec<f32>>,
+    /// Output statistics per row; served only to metrics that ask for them.
+    pub output_stats: Option<RowStats>,
 }
 
 impl TestLayer {
@@ -69,6 +75,8 @@ impl TestLayer {
                 max_abs: vec![0.0; c],
             },
             gradient: None,
+            hessian_inverse_diagonal: None,
+            output_stats: None,
         }
     }
 
@@ -122,6 +130,39 @@ impl TestLayer {
         self
     }
 
+    /// Set the diagonal of the damped inverse input Hessian (`cols` values).
+    ///
+    /// # Panics
+    ///
+    /// When `values` does not hold `cols` values.
+    pub fn with_hessian_inverse_diagonal(mut self, values: Vec<f32>) -> Self {
+        assert_eq!(
+            values.len(),
+            self.info.cols as usize,
+            "hessian_inverse_diagonal must have cols values"
+        );
+        self.hessian_inverse_diagonal = Some(values);
+        self
+    }
+
+    /// Set the output statistics (`rows` values per list).
+    ///
+    /// # Panics
+    ///
+    /// When a list does not hold `rows` values.
+    pub fn with_output_stats(mut self, stats: RowStats) -> Self {
+        let r = self.info.rows as usize;
+        for list in [&stats.l2_norm, &stats.mean, &stats.variance] {
+            assert_eq!(
+                list.len(),
+                r,
+                "every output statistic must have rows values"
+            );
+        }
+        self.output_stats = Some(stats);
+        self
+    }
+
     /// Move at most `tile_rows` rows per tile (as a host does for big layers).
     pub fn with_tile_rows(mut self, tile_rows: u32) -> Self {
         self.info.tile_rows = tile_rows;
@@ -133,10 +174,11 @@ impl TestLayer {
 /// error for output the host would reject (`Error::Failed("invalid output: ...")`: a bad
 /// write, a non-finite score, a row written twice or never).
 pub fn run<M: Metric>(layer: &TestLayer) -> Result<Vec<f32>> {
-    let gradient = M::info().wants_gradient();
+    let info = M::info();
+    let gradient = info.wants_gradient();
     let backend = Backend {
         layer: layer.clone(),
-        gradient,
+        info,
         out: RefCell::new(Output {
             scores: vec![0.0; layer.weights.len()],
             written: vec![false; layer.info.rows as usize],
@@ -170,7 +212,7 @@ struct Output {
 /// The in-memory layer behind a native [`Layer`], checking calls as the host does.
 pub(crate) struct Backend {
     layer: TestLayer,
-    gradient: bool,
+    info: Info,
     out: RefCell<Output>,
 }
 
@@ -184,7 +226,7 @@ impl Backend {
     }
 
     pub(crate) fn read_gradient(&self, row_start: u32, rows: u32) -> Result<Vec<f32>> {
-        if !self.gradient {
+        if !self.info.needs.contains(&Input::Gradient) {
             return Err(Error::unsupported(
                 "read-gradient needs `gradient` in metric-info.needs",
             ));
@@ -193,6 +235,32 @@ impl Backend {
             Error::unsupported("no gradient statistic for this layer (TestLayer::with_gradient)")
         })?;
         self.read(gradient, row_start, rows)
+    }
+
+    pub(crate) fn hessian_inverse_diagonal(&self) -> Result<Vec<f32>> {
+        if !self.info.needs.contains(&Input::HessianInverseDiagonal) {
+            return Err(Error::unsupported(
+                "hessian-inverse-diagonal needs `hessian-inverse-diagonal` in metric-info.needs \
+                 (add `.needs_hessian_inverse_diagonal()` to the metric's Info)",
+            ));
+        }
+        self.layer.hessian_inverse_diagonal.clone().ok_or_else(|| {
+            Error::unsupported(
+                "no Hessian inverse diagonal for this layer (TestLayer::with_hessian_inverse_diagonal)",
+            )
+        })
+    }
+
+    pub(crate) fn output_stats(&self) -> Result<RowStats> {
+        if !self.info.needs.contains(&Input::OutputStats) {
+            return Err(Error::unsupported(
+                "output-stats needs `output-stats` in metric-info.needs \
+                 (add `.needs_output_stats()` to the metric's Info)",
+            ));
+        }
+        self.layer.output_stats.clone().ok_or_else(|| {
+            Error::unsupported("no output statistics for this layer (TestLayer::with_output_stats)")
+        })
     }
 
     fn read(&self, all: &[f32], row_start: u32, rows: u32) -> Result<Vec<f32>> {
@@ -314,7 +382,7 @@ pub fn unit(block: u32, params: u64, wanda_ratio5: f64) -> crate::UnitSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Info, Row};
+    use crate::Row;
 
     /// A metric whose scoring rule is a plain function, to provoke each host check.
     struct Rule<const R: u8>;
@@ -375,6 +443,54 @@ mod tests {
     #[should_panic(expected = "add `.needs_gradient()`")]
     fn undeclared_gradient_panics_with_a_hint() {
         let _ = run::<Rule<4>>(&layer().with_gradient(vec![0.0; 6]));
+    }
+
+    /// Scores every weight of row `i` with `O_i + H_j` when `DECLARE`, reading both inputs.
+    struct Extras<const DECLARE: bool>;
+    impl<const DECLARE: bool> Metric for Extras<DECLARE> {
+        fn info() -> Info {
+            let i = Info::new("extras", "0", "O_i + H_j");
+            if DECLARE {
+                i.needs_hessian_inverse_diagonal().needs_output_stats()
+            } else {
+                i
+            }
+        }
+        fn score(layer: &Layer) -> Result<()> {
+            let h = layer.hessian_inverse_diagonal()?;
+            let o = &layer.output_stats()?.l2_norm;
+            layer.score_rows(|row, out| {
+                for (x, h) in out.iter_mut().zip(h) {
+                    *x = o[row.index as usize] + h;
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn declared_hessian_inputs_are_served_and_undeclared_ones_refused() {
+        let rows = RowStats {
+            tokens: 4,
+            l2_norm: vec![10.0, 20.0, 30.0],
+            mean: vec![0.0; 3],
+            variance: vec![1.0; 3],
+        };
+        let full = layer()
+            .with_hessian_inverse_diagonal(vec![0.5, 2.0])
+            .with_output_stats(rows);
+        assert_eq!(
+            run::<Extras<true>>(&full).unwrap(),
+            [10.5, 12.0, 20.5, 22.0, 30.5, 32.0]
+        );
+        match run::<Extras<false>>(&full).unwrap_err() {
+            Error::Unsupported(m) => assert!(m.contains("needs_hessian_inverse_diagonal"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Declared, but the test layer has none: unsupported too (as a host without them).
+        assert!(matches!(
+            run::<Extras<true>>(&layer()),
+            Err(Error::Unsupported(_))
+        ));
     }
 
     #[test]

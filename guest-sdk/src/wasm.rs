@@ -8,7 +8,7 @@ use crate::allocator_bindings::autoprune::metric::{allocation, logging};
 use crate::bindings::autoprune::metric::{host, types};
 use crate::{
     Allocator, AllocatorInfo, ChannelStats, Distribution, Error, Info, Input, Layer, LayerInfo,
-    LayerKind, Level, Metric, Request, Result, UnitSummary,
+    LayerKind, Level, Metric, Request, Result, RowStats, UnitSummary,
 };
 
 /// The layer as the host serves it through `autoprune:metric/host`.
@@ -33,6 +33,20 @@ impl Backend {
 
     pub(crate) fn read_gradient(&self, row_start: u32, rows: u32) -> Result<Vec<f32>> {
         host::read_gradient(row_start, rows).map_err(Error::from)
+    }
+
+    pub(crate) fn hessian_inverse_diagonal(&self) -> Result<Vec<f32>> {
+        host::hessian_inverse_diagonal().map_err(Error::from)
+    }
+
+    pub(crate) fn output_stats(&self) -> Result<RowStats> {
+        let s = host::output_stats().map_err(Error::from)?;
+        Ok(RowStats {
+            tokens: s.tokens,
+            l2_norm: s.l2_norm,
+            mean: s.mean,
+            variance: s.variance,
+        })
     }
 
     pub(crate) fn write_scores(&self, row_start: u32, scores: &[f32]) -> Result<()> {
@@ -123,6 +137,8 @@ impl<M: Metric> crate::bindings::Guest for Exporter<M> {
             .into_iter()
             .map(|n| match n {
                 Input::Gradient => types::OptionalInput::Gradient,
+                Input::HessianInverseDiagonal => types::OptionalInput::HessianInverseDiagonal,
+                Input::OutputStats => types::OptionalInput::OutputStats,
             })
             .collect();
         types::MetricInfo {

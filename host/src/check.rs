@@ -3,7 +3,7 @@
 //! plugins run on synthetic allocation requests instead ([`run_allocator`]).
 
 use crate::alloc::{Bounds, Distribution, UnitSummary, OUTLIER_MULTIPLES};
-use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
+use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind, RowStats};
 use crate::sandbox::{AllocatorInfo, AllocatorPlugin, Failure, MetricInfo, Plugin};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,11 @@ pub struct SyntheticLayer {
     pub stats: ChannelStats,
     /// A gradient-like statistic (non-negative, heavy-tailed).
     pub gradient: Vec<f32>,
+    /// `[(H + λI)⁻¹]_jj` as if the channels were uncorrelated (`H` diagonal, `H_jj` the mean
+    /// square of channel `j`, `λ = 0.01·mean(diag H)`): what the WIT 0.2.0 input would be then.
+    pub hessian_inverse_diagonal: Vec<f32>,
+    /// Output statistics under the same assumption (`w_iᵀ(XᵀX)w_i = Σ_j w_ij²·Σx_j²`).
+    pub output_stats: RowStats,
 }
 
 /// SplitMix64: a tiny, fast, deterministic generator (no `rand` needed for test data).
@@ -91,6 +96,7 @@ impl SyntheticLayer {
             .zip(gradient.par_chunks_mut(cols))
             .enumerate()
             .for_each(|(r, (w, g))| gen_row(r, w, g));
+        let (hessian_inverse_diagonal, output_stats) = uncorrelated_inputs(&weights, cols, &stats);
         Self {
             id: LayerId {
                 block: 0,
@@ -102,6 +108,8 @@ impl SyntheticLayer {
             weights,
             stats,
             gradient,
+            hessian_inverse_diagonal,
+            output_stats,
         }
     }
 
@@ -114,9 +122,39 @@ impl SyntheticLayer {
             weights: &self.weights,
             stats: &self.stats,
             gradient: Some(&self.gradient),
+            hessian_inverse_diagonal: Some(&self.hessian_inverse_diagonal),
+            output_stats: Some(&self.output_stats),
             sparsity,
         }
     }
+}
+
+/// The Hessian-derived inputs of a layer whose input channels are uncorrelated (see
+/// [`SyntheticLayer::hessian_inverse_diagonal`]), in f64.
+fn uncorrelated_inputs(weights: &[f32], cols: usize, stats: &ChannelStats) -> (Vec<f32>, RowStats) {
+    let n = stats.tokens.max(1) as f64;
+    let h: Vec<f64> = stats.sum_sq.iter().map(|&s| s / n).collect();
+    let lambda = crate::calib::hessian::PERCDAMP * h.iter().sum::<f64>() / h.len().max(1) as f64;
+    let hinv = h.iter().map(|&d| (1.0 / (d + lambda)) as f32).collect();
+    let rows: Vec<(f32, f32, f32)> = weights
+        .par_chunks(cols.max(1))
+        .map(|w| {
+            let (mut q, mut m) = (0.0f64, 0.0f64);
+            for ((&w, &sq), &s) in w.iter().zip(&stats.sum_sq).zip(&stats.sum) {
+                let w = w as f64;
+                q += w * w * sq;
+                m += w * s / n;
+            }
+            (q.sqrt() as f32, m as f32, (q / n - m * m).max(0.0) as f32)
+        })
+        .collect();
+    let out = RowStats {
+        tokens: stats.tokens,
+        l2_norm: rows.iter().map(|r| r.0).collect(),
+        mean: rows.iter().map(|r| r.1).collect(),
+        variance: rows.iter().map(|r| r.2).collect(),
+    };
+    (hinv, out)
 }
 
 /// Results for one synthetic layer.
@@ -230,6 +268,24 @@ fn check_layer(plugin: &Plugin, layer: &SyntheticLayer) -> LayerCheck {
     out
 }
 
+/// ` [needs gradient, Hessian inverse diagonal]`-style note of the optional inputs, or "".
+fn needs_note(m: &MetricInfo) -> String {
+    let needs: Vec<&str> = [
+        (m.needs_gradient, "gradient"),
+        (m.needs_hessian_inverse_diagonal, "Hessian inverse diagonal"),
+        (m.needs_output_stats, "output stats"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n)
+    .map(|(_, what)| *what)
+    .collect();
+    if needs.is_empty() {
+        String::new()
+    } else {
+        format!(" [needs {}]", needs.join(", "))
+    }
+}
+
 /// A human summary of a report.
 pub fn render(report: &CheckReport) -> String {
     use std::fmt::Write;
@@ -241,11 +297,7 @@ pub fn render(report: &CheckReport) -> String {
         m.name,
         m.version,
         m.description,
-        if m.needs_gradient {
-            " [needs gradient]"
-        } else {
-            ""
-        }
+        needs_note(m)
     );
     let _ = writeln!(
         s,

@@ -219,6 +219,33 @@ fn accumulate_columns_body(
     }
 }
 
+/// Statistics of every output row `i` of a linear layer (output feature `y_i = w_i · x`) over
+/// the calibration tokens of the *dense* layer output `y = W x` (WIT `row-stats`, since 0.2.0).
+/// Computed from the input Gram matrix by [`crate::calib::hessian::row_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RowStats {
+    /// Number of calibration tokens.
+    pub tokens: u64,
+    /// `‖y_i‖₂ = sqrt(w_iᵀ (XᵀX) w_i)` per row.
+    pub l2_norm: Vec<f32>,
+    /// `w_i · (Σx / tokens)` per row.
+    pub mean: Vec<f32>,
+    /// `max(0, ‖y_i‖₂² / tokens − mean_i²)` per row.
+    pub variance: Vec<f32>,
+}
+
+impl RowStats {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.l2_norm.len()
+    }
+
+    /// Whether every list has `rows` entries.
+    pub fn has_rows(&self, rows: usize) -> bool {
+        self.l2_norm.len() == rows && self.mean.len() == rows && self.variance.len() == rows
+    }
+}
+
 /// Everything a metric may read about one linear layer.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerData<'a> {
@@ -234,6 +261,11 @@ pub struct LayerData<'a> {
     pub stats: &'a ChannelStats,
     /// Per-weight gradient statistic (row-major), when computed.
     pub gradient: Option<&'a [f32]>,
+    /// `[(H + λI)⁻¹]_jj` per input channel (`cols` values), when computed
+    /// ([`crate::calib::hessian::hessian_inverse_diagonal`]).
+    pub hessian_inverse_diagonal: Option<&'a [f32]>,
+    /// Statistics of the dense layer output per row (`rows` values per list), when computed.
+    pub output_stats: Option<&'a RowStats>,
     /// The sparsity the host will apply to this layer.
     pub sparsity: f32,
 }

@@ -2,6 +2,7 @@
 //! pruned pass feeding the next block.
 
 use crate::calib::gradient::{self, GradientError, Gradients};
+use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::input_slot;
 use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
 use crate::layer::{LayerData, LayerId, LayerKind};
@@ -94,6 +95,14 @@ pub enum PipelineError {
     /// The configuration is inconsistent with the model or itself.
     #[error("configuration: {0}")]
     Config(String),
+    /// The Hessian-derived optional inputs (WIT 0.2.0) of a block could not be computed.
+    #[error("Hessian inputs of block {block}: {error}")]
+    Hessian {
+        /// The block.
+        block: u32,
+        /// Why.
+        error: HessianError,
+    },
     /// SparseGPT failed on a layer.
     #[error("SparseGPT on {layer}: {message}")]
     SparseGpt {
@@ -155,6 +164,14 @@ pub struct PruneReport {
     /// gradient statistic).
     #[serde(default)]
     pub gradient_seconds: f64,
+    /// Seconds spent accumulating input Hessians in the statistics passes (part of
+    /// `stats_seconds`; 0 unless SparseGPT or the metric's optional inputs need them).
+    #[serde(default)]
+    pub hessian_seconds: f64,
+    /// Seconds spent on the Hessian-derived inputs a metric declared (inverse diagonals and
+    /// output statistics; part of `prune_seconds`).
+    #[serde(default)]
+    pub hessian_inputs_seconds: f64,
 }
 
 /// Where a pruning run is, for [`prune_model_with_progress`].
@@ -243,6 +260,11 @@ pub fn prune_model_with_gradients(
         _ => None,
     };
     let needs = matches!(method, Method::Metric(p) if p.info().needs_gradient);
+    // The Hessian-derived inputs, only for a metric that declares them (WIT 0.2.0).
+    let wanted = match method {
+        Method::Metric(p) => p.info().wanted(),
+        Method::SparseGpt => Wanted::default(),
+    };
     let grads = if needs {
         computed.as_ref().or(gradients)
     } else {
@@ -260,16 +282,28 @@ pub fn prune_model_with_gradients(
         prune_seconds: 0.0,
         forward_seconds: 0.0,
         gradient_seconds: computed.as_ref().map_or(0.0, |g| g.seconds),
+        hessian_seconds: 0.0,
+        hessian_inputs_seconds: 0.0,
     };
     let sparsegpt = matches!(method, Method::SparseGpt);
     for i in 0..num_blocks {
         let t = Instant::now();
-        let inputs = collect_block_inputs(&model.blocks[i], &inps, &rope, sparsegpt)?;
+        let hessians = sparsegpt || wanted.any();
+        let inputs = collect_block_inputs(&model.blocks[i], &inps, &rope, hessians)?;
         report.stats_seconds += t.elapsed().as_secs_f64();
+        report.hessian_seconds += inputs.hessian_seconds;
         let t = Instant::now();
+        // Before any layer of the block is pruned: output statistics of the dense weights.
+        let extras = block_extras(&model.blocks[i], &inputs, wanted).map_err(|error| {
+            PipelineError::Hessian {
+                block: i as u32,
+                error,
+            }
+        })?;
+        report.hessian_inputs_seconds += extras.seconds;
         // q/k/v and gate/up read the same inputs: one Hessian factor serves each group.
         let mut factors = BTreeMap::new();
-        for (&slot, h) in &inputs.hessians {
+        for (&slot, h) in inputs.hessians.iter().filter(|_| sparsegpt) {
             let f = HessianFactor::new(h, SparseGptConfig::default().percdamp).map_err(|e| {
                 PipelineError::SparseGpt {
                     layer: LayerId {
@@ -288,8 +322,11 @@ pub fn prune_model_with_gradients(
                 num_blocks: num_blocks as u32,
                 kind,
             };
-            let grad = grads.and_then(|g| g.get(i, kind));
-            let layer = prune_linear(model, id, &inputs, &factors, method, cfg, grad)?;
+            let optional = Optional {
+                gradient: grads.and_then(|g| g.get(i, kind)),
+                extras: Some(&extras),
+            };
+            let layer = prune_linear(model, id, &inputs, &factors, method, cfg, optional)?;
             report.layers.push(layer);
         }
         report.prune_seconds += t.elapsed().as_secs_f64();
@@ -323,19 +360,26 @@ pub fn prune_model_with_gradients(
 /// e.g. from [`crate::alloc::summary::dense_stats`]), with no pruned pass between blocks.
 /// Cheaper than the protocol (no forward pass at all here) and a screen for search: the
 /// statistics are computed once per run and shared by every candidate. A metric that reads
-/// the gradient statistic needs `gradients` (of the dense model).
+/// the gradient statistic needs `gradients` (of the dense model); one that reads the
+/// Hessian-derived inputs needs `extras` (from [`crate::alloc::summary::dense_extras`]).
 pub fn prune_one_shot(
     model: &mut Model,
     stats: &crate::alloc::summary::DenseStats,
     plugin: &Plugin,
     cfg: &PruneConfig,
     gradients: Option<&Gradients>,
+    extras: Option<&crate::alloc::summary::DenseExtras>,
 ) -> Result<PruneReport, PipelineError> {
     let num_blocks = model.blocks.len();
     check_layer_sparsity(model, cfg)?;
     if plugin.info().needs_gradient && gradients.is_none() {
         return Err(PipelineError::Config(
             "the metric reads the gradient statistic; compute it first".into(),
+        ));
+    }
+    if plugin.info().wanted().any() && extras.is_none() {
+        return Err(PipelineError::Config(
+            "the metric reads Hessian-derived inputs; compute them first".into(),
         ));
     }
     let mut report = PruneReport {
@@ -345,6 +389,8 @@ pub fn prune_one_shot(
         prune_seconds: 0.0,
         forward_seconds: 0.0,
         gradient_seconds: 0.0,
+        hessian_seconds: 0.0,
+        hessian_inputs_seconds: 0.0,
     };
     let t = Instant::now();
     let method = Method::Metric(plugin);
@@ -353,6 +399,7 @@ pub fn prune_one_shot(
         let inputs = BlockInputs {
             stats: stats.blocks.get(i).cloned().unwrap_or_default(),
             hessians: BTreeMap::new(),
+            hessian_seconds: 0.0,
         };
         for kind in LayerKind::BLOCK {
             let id = LayerId {
@@ -360,8 +407,11 @@ pub fn prune_one_shot(
                 num_blocks: num_blocks as u32,
                 kind,
             };
-            let grad = gradients.and_then(|g| g.get(i, kind));
-            let layer = prune_linear(model, id, &inputs, &factors, &method, cfg, grad)?;
+            let optional = Optional {
+                gradient: gradients.and_then(|g| g.get(i, kind)),
+                extras: extras.and_then(|e| e.blocks.get(i)),
+            };
+            let layer = prune_linear(model, id, &inputs, &factors, &method, cfg, optional)?;
             report.layers.push(layer);
         }
     }
@@ -391,8 +441,17 @@ fn check_layer_sparsity(model: &Model, cfg: &PruneConfig) -> Result<(), Pipeline
     Ok(())
 }
 
-/// Score, mask (or SparseGPT-update) and write back one linear layer. `gradient` is the
-/// layer's gradient statistic when the metric reads it.
+/// The optional inputs of one layer, as far as they were computed.
+#[derive(Clone, Copy)]
+struct Optional<'a> {
+    /// The layer's gradient statistic.
+    gradient: Option<&'a [f32]>,
+    /// Its block's Hessian-derived inputs.
+    extras: Option<&'a BlockExtras>,
+}
+
+/// Score, mask (or SparseGPT-update) and write back one linear layer. `optional` holds the
+/// optional inputs computed for the metric.
 fn prune_linear(
     model: &mut Model,
     id: LayerId,
@@ -400,7 +459,7 @@ fn prune_linear(
     factors: &BTreeMap<LayerKind, HessianFactor>,
     method: &Method<'_>,
     cfg: &PruneConfig,
-    gradient: Option<&[f32]>,
+    optional: Optional<'_>,
 ) -> Result<LayerReport, PipelineError> {
     let t = Instant::now();
     let block = &mut model.blocks[id.block as usize];
@@ -421,7 +480,11 @@ fn prune_linear(
                 cols,
                 weights: &w,
                 stats,
-                gradient,
+                gradient: optional.gradient,
+                hessian_inverse_diagonal: optional
+                    .extras
+                    .and_then(|e| e.hessian_inverse_diagonal(id.kind)),
+                output_stats: optional.extras.and_then(|e| e.output_stats(id.kind)),
                 sparsity: cfg.sparsity_of(id) as f32,
             };
             let scored = plugin

@@ -7,7 +7,10 @@
 
 use super::{Distribution, Granularity, UnitSummary};
 use crate::calib::gradient::Gradients;
-use crate::calib::{collect_block_inputs_and_outputs, input_slot};
+use crate::calib::hessian::{block_extras, BlockExtras, Wanted};
+use crate::calib::{
+    collect_block_inputs_and_outputs, collect_block_inputs_hessians_and_outputs, input_slot,
+};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use crate::model::{Model, ModelError};
 use crate::pipeline::PipelineError;
@@ -61,14 +64,76 @@ pub fn dense_stats(
     })
 }
 
+/// The Hessian-derived optional inputs (WIT 0.2.0) of every linear of the dense model.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DenseExtras {
+    /// One entry per block.
+    pub blocks: Vec<BlockExtras>,
+    /// What was computed.
+    pub wanted: Wanted,
+    /// Seconds of the whole pass (forward, statistics, Hessians, inputs).
+    pub seconds: f64,
+    /// Seconds of it spent accumulating the Hessians.
+    pub hessian_seconds: f64,
+    /// Seconds of it spent on inverses and output statistics.
+    pub inputs_seconds: f64,
+}
+
+impl DenseExtras {
+    /// The inputs of block `b`.
+    pub fn get(&self, b: usize) -> Option<&BlockExtras> {
+        self.blocks.get(b)
+    }
+}
+
+/// A dense pass like [`dense_stats`] that also accumulates every input slot's Hessian and
+/// derives the `wanted` inputs of every linear (the Hessians themselves are dropped block by
+/// block). `progress(done, total)` after each block.
+pub fn dense_extras(
+    model: &Model,
+    windows: &[&[u32]],
+    batch: usize,
+    wanted: Wanted,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<DenseExtras, PipelineError> {
+    let t = std::time::Instant::now();
+    let seq_len = windows.first().map_or(0, |w| w.len());
+    let rope = model.rope(seq_len)?;
+    let mut inps: Vec<Tensor> = windows
+        .chunks(batch.max(1))
+        .map(|w| model.embed(&model.ids_tensor(w)?))
+        .collect::<Result<_, _>>()?;
+    let mut out = DenseExtras {
+        wanted,
+        ..DenseExtras::default()
+    };
+    let total = model.blocks.len();
+    for (i, block) in model.blocks.iter().enumerate() {
+        let (acc, outs) = collect_block_inputs_hessians_and_outputs(block, &inps, &rope, true)?;
+        out.hessian_seconds += acc.hessian_seconds;
+        let extras = block_extras(block, &acc, wanted).map_err(|error| PipelineError::Hessian {
+            block: i as u32,
+            error,
+        })?;
+        out.inputs_seconds += extras.seconds;
+        out.blocks.push(extras);
+        inps = outs;
+        progress(i + 1, total);
+    }
+    out.seconds = t.elapsed().as_secs_f64();
+    Ok(out)
+}
+
 /// Per-unit summaries of the (still dense) `model` at `target`: `|W|`, Wanda scores from
 /// `stats`, and the `metric`'s scores (Wanda's when `metric` is `None`, e.g. for SparseGPT).
-/// A metric that reads the gradient statistic needs `grads`.
+/// A metric that reads the gradient statistic needs `grads`; one that reads Hessian-derived
+/// inputs needs `extras` ([`dense_extras`]).
 pub fn summarize(
     model: &Model,
     stats: &DenseStats,
     metric: Option<&Plugin>,
     grads: Option<&Gradients>,
+    extras: Option<&DenseExtras>,
     target: f64,
     granularity: Granularity,
 ) -> Result<Vec<UnitSummary>, PipelineError> {
@@ -106,6 +171,12 @@ pub fn summarize(
                         weights: &w,
                         stats: st,
                         gradient: grads.and_then(|g| g.get(b, kind)),
+                        hessian_inverse_diagonal: extras
+                            .and_then(|e| e.get(b))
+                            .and_then(|e| e.hessian_inverse_diagonal(kind)),
+                        output_stats: extras
+                            .and_then(|e| e.get(b))
+                            .and_then(|e| e.output_stats(kind)),
                         sparsity: target as f32,
                     };
                     plugin

@@ -5,6 +5,7 @@
 //! a block; inputs shared by several linears (q/k/v, gate/up) are accumulated once.
 
 pub mod gradient;
+pub mod hessian;
 pub mod tokens;
 
 use crate::layer::{ChannelStats, LayerKind};
@@ -161,6 +162,8 @@ pub struct BlockInputs {
     pub stats: BTreeMap<LayerKind, ChannelStats>,
     /// SparseGPT Hessians per slot, when asked for.
     pub hessians: BTreeMap<LayerKind, HessianAccumulator>,
+    /// Seconds spent accumulating the Hessians (0 without them): what they add to the pass.
+    pub hessian_seconds: f64,
 }
 
 impl BlockInputs {
@@ -196,6 +199,17 @@ pub fn collect_block_inputs_and_outputs(
     collect(block, batches, rope, false, true)
 }
 
+/// [`collect_block_inputs_and_outputs`] with SparseGPT Hessians (one sample per window) when
+/// `hessians`: the dense pass of the search screen's optional inputs.
+pub fn collect_block_inputs_hessians_and_outputs(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+    hessians: bool,
+) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
+    collect(block, batches, rope, hessians, true)
+}
+
 fn collect(
     block: &Block,
     batches: &[Tensor],
@@ -218,6 +232,7 @@ fn collect(
                     .or_insert_with(|| ChannelStats::new(cols))
                     .accumulate(data);
                 if hessians {
+                    let t = std::time::Instant::now();
                     let h = acc
                         .hessians
                         .entry(kind)
@@ -227,6 +242,7 @@ fn collect(
                             err.get_or_insert(CalibError::Stats(e.to_string()));
                         }
                     }
+                    acc.hessian_seconds += t.elapsed().as_secs_f64();
                 }
             };
             // Read CPU activations in place (no copy of e.g. 4096 × 1536 values per capture).

@@ -1,7 +1,7 @@
 //! Allocation flags and the allocation step shared by `prune` and `sweep`.
 
 use super::protocol::bar;
-use autoprune::alloc::summary::{dense_stats, DenseStats};
+use autoprune::alloc::summary::{dense_extras, dense_stats, DenseExtras, DenseStats};
 use autoprune::alloc::{
     expand, Allocation, Bounds, Granularity, OwlParams, SdsaParams, SkewSource, UnitSummary,
 };
@@ -163,6 +163,28 @@ pub fn gradients_if_needed(
             })?;
             pb.finish_and_clear();
             Ok(Some(g))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The Hessian-derived inputs (WIT 0.2.0) for a metric that declares them (the summaries
+/// score the metric on the dense model).
+pub fn extras_if_needed(
+    model: &Model,
+    windows: &[&[u32]],
+    batch: usize,
+    metric: Option<&Plugin>,
+    quiet: bool,
+) -> anyhow::Result<Option<DenseExtras>> {
+    match metric {
+        Some(p) if p.info().wanted().any() => {
+            let pb = bar(model.blocks.len(), "Hessian inputs (allocation)", quiet);
+            let e = dense_extras(model, windows, batch, p.info().wanted(), &mut |d, _| {
+                pb.set_position(d as u64)
+            })?;
+            pb.finish_and_clear();
+            Ok(Some(e))
         }
         _ => Ok(None),
     }

@@ -147,11 +147,14 @@ fn allocate(
     let cfg_err = |e: anyhow::Error| PipelineError::Config(format!("{e:#}"));
     let stats = stats_pass(model, windows, args.calib_batch, quiet).map_err(cfg_err)?;
     let grads = gradients_if_needed(model, windows, metric, quiet).map_err(cfg_err)?;
+    let extras = super::alloc::extras_if_needed(model, windows, args.calib_batch, metric, quiet)
+        .map_err(cfg_err)?;
     let units = summarize(
         model,
         &stats,
         metric,
         grads.as_ref(),
+        extras.as_ref(),
         args.sparsity,
         a.granularity,
     )?;

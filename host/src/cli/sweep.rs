@@ -355,11 +355,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                                 Some(plugin),
                                 quiet,
                             )?;
+                            let extras = super::alloc::extras_if_needed(
+                                &m,
+                                &calib_windows,
+                                args.calib_batch,
+                                Some(plugin),
+                                quiet,
+                            )?;
                             e.insert(summarize(
                                 &m,
                                 st,
                                 Some(plugin),
                                 grads.as_ref(),
+                                extras.as_ref(),
                                 target,
                                 args.granularity,
                             )?)

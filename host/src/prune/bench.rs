@@ -106,6 +106,8 @@ fn bench_native_metrics() {
             weights: &w,
             stats: &stats,
             gradient: None,
+            hessian_inverse_diagonal: None,
+            output_stats: None,
             sparsity: 0.5,
         };
         println!("-- native metrics {rows}x{cols} (single thread)");

@@ -145,6 +145,8 @@ mod tests {
             weights: w,
             stats,
             gradient: None,
+            hessian_inverse_diagonal: None,
+            output_stats: None,
             sparsity: 0.5,
         }
     }

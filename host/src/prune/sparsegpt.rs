@@ -273,6 +273,7 @@ pub struct HessianFactor {
     dead: Vec<bool>,
     damp: f64,
     upper: Vec<f32>,
+    inverse_diagonal: Vec<f64>,
 }
 
 impl HessianFactor {
@@ -322,6 +323,14 @@ impl HessianFactor {
             e => e,
         })?;
         let x = invert_lower(&r, n)?;
+        // `x = L⁻¹` of the reversed matrix `J(H + damp·I)J = L·Lᵀ`, so its inverse is `xᵀx`
+        // and `[(H + damp·I)⁻¹]_jj = Σ_k x[k][n−1−j]²`, summed in f64 before any rounding.
+        let mut inverse_diagonal = vec![0.0f64; n];
+        for row in x.chunks_exact(n.max(1)) {
+            for (d, v) in inverse_diagonal.iter_mut().zip(row.iter().rev()) {
+                *d += v * v;
+            }
+        }
         let mut upper = vec![0.0f32; n * n];
         upper
             .par_chunks_mut(n.max(1))
@@ -343,6 +352,7 @@ impl HessianFactor {
             dead,
             damp,
             upper,
+            inverse_diagonal,
         })
     }
 
@@ -364,6 +374,12 @@ impl HessianFactor {
     /// `U`, row-major `cols × cols`, zero below the diagonal, `UᵀU = (H + damp·I)⁻¹`.
     pub fn upper(&self) -> &[f32] {
         &self.upper
+    }
+
+    /// `[(H + damp·I)⁻¹]_jj` for every column `j`, in f64 (from the f64 inverse factor, before
+    /// it is rounded to `U`'s f32), with dead columns' diagonals replaced by 1 as above.
+    pub fn inverse_diagonal(&self) -> &[f64] {
+        &self.inverse_diagonal
     }
 }
 

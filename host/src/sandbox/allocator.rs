@@ -7,11 +7,12 @@
 //! [`crate::alloc::validate`]; a refused allocation is
 //! [`InvalidOutput::BadAllocation`](super::InvalidOutput::BadAllocation).
 
-use super::bindings::v0_1_1::{allocation, types, Allocator, AllocatorPre};
-use super::state::HostState;
+use super::bindings::{v0_1_1, v0_2_0, Version};
+use super::state::{Allowed, HostState};
 use super::{
-    check_imports_against, check_info, classify, component_of, engine, guest_error, new_store,
-    ArtifactCache, Failure, InvalidOutput, Plugin, Policy, Usage, ALLOWED_ALLOCATOR_IMPORTS,
+    check_imports_against, check_info, classify, clip_guest_error, component_of, engine, new_store,
+    version_of, wit_kind, ArtifactCache, Failure, GuestError, InvalidOutput, Plugin, Policy, Usage,
+    ALLOWED_ALLOCATOR_IMPORTS,
 };
 use crate::alloc::{self, Bounds, UnitSummary, OUTLIER_MULTIPLES};
 use crate::layer::LayerKind;
@@ -78,10 +79,18 @@ pub struct Allocated {
     pub usage: Usage,
 }
 
+/// A linked allocator component, typed by the package version it imports.
+enum AllocatorPreAny {
+    /// Built against 0.1.1.
+    V0_1(v0_1_1::AllocatorPre<HostState>),
+    /// Built against 0.2.0.
+    V0_2(v0_2_0::AllocatorPre<HostState>),
+}
+
 /// An allocator plugin: a validated, compiled component of the `allocator` world, ready to
 /// instantiate.
 pub struct AllocatorPlugin {
-    pre: AllocatorPre<HostState>,
+    pre: AllocatorPreAny,
     policy: Policy,
     info: AllocatorInfo,
 }
@@ -94,12 +103,19 @@ impl std::fmt::Debug for AllocatorPlugin {
     }
 }
 
-fn linker() -> Result<Linker<HostState>, Failure> {
+/// A linker with the `allocator` world's imports of `version`.
+fn linker(version: Version) -> Result<Linker<HostState>, Failure> {
     let mut linker = Linker::new(engine());
-    Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(|e| {
-        Failure::Rejected {
-            reason: format!("host linker: {e}"),
+    let res = match version {
+        Version::V0_1 => {
+            v0_1_1::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         }
+        Version::V0_2 => {
+            v0_2_0::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        }
+    };
+    res.map_err(|e| Failure::Rejected {
+        reason: format!("host linker: {e}"),
     })?;
     Ok(linker)
 }
@@ -118,16 +134,26 @@ impl AllocatorPlugin {
 
     fn from_component(component: &Component, policy: &Policy) -> Result<Self, Failure> {
         check_imports_against(component, ALLOWED_ALLOCATOR_IMPORTS)?;
-        let pre = linker()?
+        let version = version_of(component)?;
+        let pre = linker(version)?
             .instantiate_pre(component)
             .map_err(|e| Failure::Rejected {
                 reason: format!(
-                    "cannot link the component against autoprune:metric/allocator@0.1.1: {e:#}"
+                    "cannot link the component against autoprune:metric/allocator@{}: {e:#}",
+                    version.package()
                 ),
             })?;
-        let pre = AllocatorPre::new(pre).map_err(|e| Failure::Rejected {
+        let not_allocator = |e: wasmtime::Error| Failure::Rejected {
             reason: format!("the component does not export the allocator world: {e:#}"),
-        })?;
+        };
+        let pre = match version {
+            Version::V0_1 => {
+                AllocatorPreAny::V0_1(v0_1_1::AllocatorPre::new(pre).map_err(not_allocator)?)
+            }
+            Version::V0_2 => {
+                AllocatorPreAny::V0_2(v0_2_0::AllocatorPre::new(pre).map_err(not_allocator)?)
+            }
+        };
         let mut plugin = Self {
             pre,
             policy: policy.clone(),
@@ -146,6 +172,14 @@ impl AllocatorPlugin {
         &self.info
     }
 
+    /// The version of the `autoprune:metric` package the component was built against.
+    pub fn package_version(&self) -> &'static str {
+        match self.pre {
+            AllocatorPreAny::V0_1(_) => Version::V0_1.package(),
+            AllocatorPreAny::V0_2(_) => Version::V0_2.package(),
+        }
+    }
+
     /// The policy this plugin runs under.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -160,13 +194,24 @@ impl AllocatorPlugin {
     fn describe(&self) -> Result<AllocatorInfo, Failure> {
         let timeout = Duration::from_millis(self.policy.describe_timeout_ms);
         let fuel = self.policy.fuel_base;
-        let mut store = new_store(&self.policy, false, fuel, timeout);
+        let mut store = new_store(&self.policy, Allowed::default(), fuel, timeout);
         store.set_hostcall_fuel(64 * 1024);
-        let res = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|a| a.call_describe(&mut store));
-        let info = res.map_err(|e| classify(e, &store, fuel, timeout))?;
+        let res = match &self.pre {
+            AllocatorPreAny::V0_1(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|a| a.call_describe(&mut store))
+                .map(|i| (i.name, i.version, i.description)),
+            AllocatorPreAny::V0_2(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|a| a.call_describe(&mut store))
+                .map(|i| (i.name, i.version, i.description)),
+        };
+        let (name, version, description) = res.map_err(|e| classify(e, &store, fuel, timeout))?;
+        let info = AllocatorInfo {
+            name,
+            version,
+            description,
+        };
         check_info(&info.name, &info.version, &info.description)?;
         Ok(AllocatorInfo {
             name: info.name,
@@ -198,20 +243,29 @@ impl AllocatorPlugin {
         let start = Instant::now();
         let fuel = self.fuel_for(units.len());
         let timeout = self.policy.score_timeout();
-        let mut store = new_store(&self.policy, false, fuel, timeout);
+        let mut store = new_store(&self.policy, Allowed::default(), fuel, timeout);
         // The request (a few hundred bytes per unit) and the answer (8 bytes per unit) are
         // small; this bounds what a guest can make the host copy.
         store.set_hostcall_fuel(
             (1 << 20) + units.len() * 4096 + self.policy.max_message_bytes as usize,
         );
-        let req = request(target, bounds, units);
-        let res = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|a| a.call_allocate(&mut store, &req));
+        let res = match &self.pre {
+            AllocatorPreAny::V0_1(pre) => {
+                let req = v0_1_1_request::request(target, bounds, units);
+                pre.instantiate(&mut store)
+                    .and_then(|a| a.call_allocate(&mut store, &req))
+                    .map(|r| r.map_err(GuestError::from))
+            }
+            AllocatorPreAny::V0_2(pre) => {
+                let req = v0_2_0_request::request(target, bounds, units);
+                pre.instantiate(&mut store)
+                    .and_then(|a| a.call_allocate(&mut store, &req))
+                    .map(|r| r.map_err(GuestError::from))
+            }
+        };
         let sparsities = match res {
             Err(e) => Err(classify(e, &store, fuel, timeout)),
-            Ok(Err(e)) => Err(Failure::GuestError(guest_error(
+            Ok(Err(e)) => Err(Failure::GuestError(clip_guest_error(
                 e,
                 self.policy.max_message_bytes,
             ))),
@@ -253,43 +307,60 @@ fn check_request(target: f64, bounds: Bounds) -> Result<(), Failure> {
     }
 }
 
-fn distribution(d: &alloc::Distribution) -> allocation::Distribution {
-    allocation::Distribution {
-        count: d.count,
-        mean: d.mean,
-        variance: d.variance,
-        skewness: d.skewness,
-        kurtosis: d.kurtosis,
-        max: d.max,
-        outlier_ratios: d.outlier_ratios.clone(),
-    }
+/// The WIT `allocation-request` in the types of bindings module `$v`, in module `$m`.
+macro_rules! request_module {
+    ($m:ident, $v:ident) => {
+        mod $m {
+            use super::super::bindings::$v::{allocation, types};
+            use super::{alloc, wit_kind, Bounds, LayerKind, UnitSummary, OUTLIER_MULTIPLES};
+
+            fn distribution(d: &alloc::Distribution) -> allocation::Distribution {
+                allocation::Distribution {
+                    count: d.count,
+                    mean: d.mean,
+                    variance: d.variance,
+                    skewness: d.skewness,
+                    kurtosis: d.kurtosis,
+                    max: d.max,
+                    outlier_ratios: d.outlier_ratios.clone(),
+                }
+            }
+
+            fn kind(k: LayerKind) -> types::LayerKind {
+                wit_kind(k).into()
+            }
+
+            pub(super) fn request(
+                target: f64,
+                bounds: Bounds,
+                units: &[UnitSummary],
+            ) -> allocation::AllocationRequest {
+                allocation::AllocationRequest {
+                    target,
+                    min_sparsity: bounds.min,
+                    max_sparsity: bounds.max,
+                    outlier_multiples: OUTLIER_MULTIPLES.to_vec(),
+                    units: units
+                        .iter()
+                        .map(|u| allocation::UnitSummary {
+                            block: u.block,
+                            kind: u.kind.map(kind),
+                            rows: u.rows,
+                            cols: u.cols,
+                            params: u.params,
+                            weights: distribution(&u.weights),
+                            wanda: distribution(&u.wanda),
+                            scores: distribution(&u.scores),
+                        })
+                        .collect(),
+                }
+            }
+        }
+    };
 }
 
-fn kind(k: LayerKind) -> types::LayerKind {
-    super::wit_kind(k)
-}
-
-fn request(target: f64, bounds: Bounds, units: &[UnitSummary]) -> allocation::AllocationRequest {
-    allocation::AllocationRequest {
-        target,
-        min_sparsity: bounds.min,
-        max_sparsity: bounds.max,
-        outlier_multiples: OUTLIER_MULTIPLES.to_vec(),
-        units: units
-            .iter()
-            .map(|u| allocation::UnitSummary {
-                block: u.block,
-                kind: u.kind.map(kind),
-                rows: u.rows,
-                cols: u.cols,
-                params: u.params,
-                weights: distribution(&u.weights),
-                wanda: distribution(&u.wanda),
-                scores: distribution(&u.scores),
-            })
-            .collect(),
-    }
-}
+request_module!(v0_1_1_request, v0_1_1);
+request_module!(v0_2_0_request, v0_2_0);
 
 /// A plugin of either world, as loaded from component bytes.
 #[derive(Debug)]

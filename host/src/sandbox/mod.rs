@@ -6,7 +6,9 @@
 //!
 //! Two worlds of the `autoprune:metric` package run here: metric plugins ([`Plugin`]) and
 //! layer-wise sparsity allocators ([`AllocatorPlugin`]); [`AnyPlugin`] loads either, telling
-//! the world from the component's exports.
+//! the world from the component's exports. Each runs against the package version its component
+//! imports (0.1.0/0.1.1 through the 0.1.1 bindings, 0.2.0 through the current ones), so a
+//! component keeps loading and scoring exactly as it did when it was built.
 
 mod allocator;
 mod bindings;
@@ -22,10 +24,11 @@ pub use policy::Policy;
 pub use state::LogLine;
 pub use verdict::{Failure, GuestError, InvalidOutput};
 
+use crate::calib::hessian::Wanted;
 use crate::layer::{LayerData, LayerKind};
-use bindings::v0_1_1::{types, Metric, MetricPre};
+use bindings::{v0_1_1, v0_2_0, Version};
 use serde::{Deserialize, Serialize};
-use state::HostState;
+use state::{Allowed, HostState};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -84,6 +87,30 @@ pub struct MetricInfo {
     pub description: String,
     /// Whether the metric reads the gradient statistic.
     pub needs_gradient: bool,
+    /// Whether the metric reads the diagonal of the damped inverse input Hessian (0.2.0).
+    #[serde(default)]
+    pub needs_hessian_inverse_diagonal: bool,
+    /// Whether the metric reads the per-row statistics of the dense layer output (0.2.0).
+    #[serde(default)]
+    pub needs_output_stats: bool,
+}
+
+impl MetricInfo {
+    /// The Hessian-derived inputs the metric declared.
+    pub fn wanted(&self) -> Wanted {
+        Wanted {
+            hessian_inverse_diagonal: self.needs_hessian_inverse_diagonal,
+            output_stats: self.needs_output_stats,
+        }
+    }
+
+    fn allowed(&self) -> Allowed {
+        Allowed {
+            gradient: self.needs_gradient,
+            hessian_inverse_diagonal: self.needs_hessian_inverse_diagonal,
+            output_stats: self.needs_output_stats,
+        }
+    }
 }
 
 /// A successful evaluation of one layer.
@@ -110,17 +137,49 @@ pub struct Usage {
     pub logs: Vec<LogLine>,
 }
 
+/// A linked metric component, typed by the package version it imports.
+enum MetricPreAny {
+    /// Built against 0.1.0 or 0.1.1.
+    V0_1(v0_1_1::MetricPre<HostState>),
+    /// Built against 0.2.0.
+    V0_2(v0_2_0::MetricPre<HostState>),
+}
+
 /// A metric plugin: a validated, compiled component, ready to instantiate.
 pub struct Plugin {
-    pre: MetricPre<HostState>,
+    pre: MetricPreAny,
     policy: Policy,
     info: MetricInfo,
 }
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("info", &self.info).finish()
+        f.debug_struct("Plugin")
+            .field("info", &self.info)
+            .field("package", &self.package_version())
+            .finish()
     }
+}
+
+/// The package version a component was built against, from its imports: `@0.1.0`/`@0.1.1`
+/// names or `@0.2.0` names, never both. A component that imports nothing is taken as current.
+pub(crate) fn version_of(component: &Component) -> Result<Version, Failure> {
+    let ty = component.component_type();
+    let mut found: Option<Version> = None;
+    for (name, _) in ty.imports(engine()) {
+        let Some(v) = Version::of_import(name) else {
+            continue;
+        };
+        if found.is_some_and(|f| f != v) {
+            return Err(Failure::Rejected {
+                reason: format!(
+                    "the component imports `{name}` next to names of another package version; a component is built against one version"
+                ),
+            });
+        }
+        found = Some(v);
+    }
+    Ok(found.unwrap_or(Version::V0_2))
 }
 
 /// Reject a component whose imports leave the metric interface (no WASI, nothing unknown).
@@ -144,14 +203,10 @@ fn check_imports_against(component: &Component, allowed: &[&str]) -> Result<(), 
     Ok(())
 }
 
-/// A fresh store for one call: memory limiter, fuel and an epoch deadline of `timeout`.
-fn new_store(
-    policy: &Policy,
-    gradient_allowed: bool,
-    fuel: u64,
-    timeout: Duration,
-) -> Store<HostState> {
-    let mut store = Store::new(engine(), HostState::new(policy, gradient_allowed));
+/// A fresh store for one call: memory limiter, fuel and an epoch deadline of `timeout`; the
+/// host serves only the optional inputs in `allowed`.
+fn new_store(policy: &Policy, allowed: Allowed, fuel: u64, timeout: Duration) -> Store<HostState> {
+    let mut store = Store::new(engine(), HostState::new(policy, allowed));
     store.limiter(|s| &mut s.limiter);
     store.set_fuel(fuel).expect("fuel is enabled on the engine");
     let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
@@ -181,14 +236,45 @@ fn component_of(
     }
 }
 
-fn linker() -> Result<Linker<HostState>, Failure> {
+/// A linker with the `metric` world's imports of `version`.
+fn linker(version: Version) -> Result<Linker<HostState>, Failure> {
     let mut linker = Linker::new(engine());
-    Metric::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(|e| {
-        Failure::Rejected {
-            reason: format!("host linker: {e}"),
+    let res = match version {
+        Version::V0_1 => {
+            v0_1_1::Metric::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         }
+        Version::V0_2 => {
+            v0_2_0::Metric::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        }
+    };
+    res.map_err(|e| Failure::Rejected {
+        reason: format!("host linker: {e}"),
     })?;
     Ok(linker)
+}
+
+/// What `describe` returned, in either version's types.
+struct Described {
+    name: String,
+    version: String,
+    description: String,
+    needs: Allowed,
+}
+
+/// The WIT `layer-info` of `layer` in the types of bindings module `$v`.
+macro_rules! layer_info {
+    ($v:ident, $layer:expr, $tile_rows:expr) => {{
+        let l: &LayerData<'_> = $layer;
+        $v::types::LayerInfo {
+            block: l.id.block,
+            num_blocks: l.id.num_blocks,
+            kind: wit_kind(l.id.kind).into(),
+            rows: l.rows as u32,
+            cols: l.cols as u32,
+            tile_rows: $tile_rows as u32,
+            sparsity: l.sparsity,
+        }
+    }};
 }
 
 impl Plugin {
@@ -206,14 +292,25 @@ impl Plugin {
     /// Check, link and describe an already compiled component.
     fn from_component(component: &Component, policy: &Policy) -> Result<Self, Failure> {
         check_imports(component)?;
-        let pre = linker()?
+        let version = version_of(component)?;
+        let pre = linker(version)?
             .instantiate_pre(component)
             .map_err(|e| Failure::Rejected {
-                reason: format!("cannot link the component against autoprune:metric@0.1.1: {e:#}"),
+                reason: format!(
+                    "cannot link the component against autoprune:metric@{}: {e:#}",
+                    version.package()
+                ),
             })?;
-        let pre = MetricPre::new(pre).map_err(|e| Failure::Rejected {
-            reason: format!("the component does not export the metric world: {e:#}"),
-        })?;
+        let not_metric = |e: wasmtime::Error| Failure::Rejected {
+            reason: format!(
+                "the component does not export the metric world of autoprune:metric@{}: {e:#}",
+                version.package()
+            ),
+        };
+        let pre = match version {
+            Version::V0_1 => MetricPreAny::V0_1(v0_1_1::MetricPre::new(pre).map_err(not_metric)?),
+            Version::V0_2 => MetricPreAny::V0_2(v0_2_0::MetricPre::new(pre).map_err(not_metric)?),
+        };
         let mut plugin = Self {
             pre,
             policy: policy.clone(),
@@ -222,10 +319,21 @@ impl Plugin {
                 version: String::new(),
                 description: String::new(),
                 needs_gradient: false,
+                needs_hessian_inverse_diagonal: false,
+                needs_output_stats: false,
             },
         };
         plugin.info = plugin.describe()?;
         Ok(plugin)
+    }
+
+    /// The version of the `autoprune:metric` package the component was built against
+    /// (`"0.1.1"` also for 0.1.0 components, which link against the 0.1.1 definitions).
+    pub fn package_version(&self) -> &'static str {
+        match self.pre {
+            MetricPreAny::V0_1(_) => Version::V0_1.package(),
+            MetricPreAny::V0_2(_) => Version::V0_2.package(),
+        }
     }
 
     /// What the metric said about itself.
@@ -239,24 +347,52 @@ impl Plugin {
     }
 
     fn store(&self, fuel: u64, timeout: Duration) -> Store<HostState> {
-        new_store(&self.policy, self.info.needs_gradient, fuel, timeout)
+        new_store(&self.policy, self.info.allowed(), fuel, timeout)
     }
 
     fn describe(&self) -> Result<MetricInfo, Failure> {
         let timeout = Duration::from_millis(self.policy.describe_timeout_ms);
         let mut store = self.store(self.policy.fuel_base, timeout);
         store.set_hostcall_fuel(64 * 1024);
-        let res = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|m| m.call_describe(&mut store));
+        let res = match &self.pre {
+            MetricPreAny::V0_1(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|m| m.call_describe(&mut store))
+                .map(|i| Described {
+                    needs: Allowed {
+                        gradient: i.needs.contains(&v0_1_1::types::OptionalInput::Gradient),
+                        ..Allowed::default()
+                    },
+                    name: i.name,
+                    version: i.version,
+                    description: i.description,
+                }),
+            MetricPreAny::V0_2(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|m| m.call_describe(&mut store))
+                .map(|i| {
+                    use v0_2_0::types::OptionalInput as In;
+                    Described {
+                        needs: Allowed {
+                            gradient: i.needs.contains(&In::Gradient),
+                            hessian_inverse_diagonal: i.needs.contains(&In::HessianInverseDiagonal),
+                            output_stats: i.needs.contains(&In::OutputStats),
+                        },
+                        name: i.name,
+                        version: i.version,
+                        description: i.description,
+                    }
+                }),
+        };
         let info = res.map_err(|e| classify(e, &store, self.policy.fuel_base, timeout))?;
         check_info(&info.name, &info.version, &info.description)?;
         Ok(MetricInfo {
             name: info.name,
             version: info.version,
             description: info.description,
-            needs_gradient: info.needs.contains(&types::OptionalInput::Gradient),
+            needs_gradient: info.needs.gradient,
+            needs_hessian_inverse_diagonal: info.needs.hessian_inverse_diagonal,
+            needs_output_stats: info.needs.output_stats,
         })
     }
 
@@ -266,9 +402,11 @@ impl Plugin {
         let start = Instant::now();
         let timeout = self.policy.score_timeout();
         let mut store = self.store(self.policy.fuel_base, timeout);
-        self.pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(e, &store, self.policy.fuel_base, timeout))?;
+        let res = match &self.pre {
+            MetricPreAny::V0_1(pre) => pre.instantiate(&mut store).map(drop),
+            MetricPreAny::V0_2(pre) => pre.instantiate(&mut store).map(drop),
+        };
+        res.map_err(|e| classify(e, &store, self.policy.fuel_base, timeout))?;
         drop(store);
         Ok(start.elapsed())
     }
@@ -280,10 +418,37 @@ impl Plugin {
                 reason: format!("host bug: inconsistent layer shape for {}", layer.id),
             });
         }
-        if self.info.needs_gradient && layer.gradient.is_none() {
+        let inconsistent = layer
+            .hessian_inverse_diagonal
+            .is_some_and(|h| h.len() != layer.cols)
+            || layer.output_stats.is_some_and(|o| !o.has_rows(layer.rows));
+        if inconsistent {
+            return Err(Failure::Rejected {
+                reason: format!(
+                    "host bug: optional inputs of the wrong length for {}",
+                    layer.id
+                ),
+            });
+        }
+        let missing = [
+            (
+                self.info.needs_gradient && layer.gradient.is_none(),
+                "the gradient statistic",
+            ),
+            (
+                self.info.needs_hessian_inverse_diagonal
+                    && layer.hessian_inverse_diagonal.is_none(),
+                "the Hessian inverse diagonal",
+            ),
+            (
+                self.info.needs_output_stats && layer.output_stats.is_none(),
+                "the output statistics",
+            ),
+        ];
+        if let Some((_, what)) = missing.iter().find(|(m, _)| *m) {
             return Err(Failure::GuestError(GuestError {
                 kind: "unsupported".into(),
-                message: "the metric needs the gradient statistic, which was not computed".into(),
+                message: format!("the metric needs {what}, which was not computed"),
             }));
         }
         let start = Instant::now();
@@ -293,27 +458,27 @@ impl Plugin {
         // The store borrows `layer` (see `state::RawSlice`) and is dropped at the end of this
         // function, before the borrow ends.
         let mut store = self.store(fuel, timeout);
-        store.set_hostcall_fuel(self.policy.hostcall_fuel(tile_rows, layer.cols));
+        store.set_hostcall_fuel(
+            self.policy
+                .hostcall_fuel_for_layer(tile_rows, layer.rows, layer.cols),
+        );
         store.data_mut().attach(layer, tile_rows);
-        let info = types::LayerInfo {
-            block: layer.id.block,
-            num_blocks: layer.id.num_blocks,
-            kind: wit_kind(layer.id.kind),
-            rows: layer.rows as u32,
-            cols: layer.cols as u32,
-            tile_rows: tile_rows as u32,
-            sparsity: layer.sparsity,
+        let res = match &self.pre {
+            MetricPreAny::V0_1(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|m| m.call_score(&mut store, layer_info!(v0_1_1, layer, tile_rows)))
+                .map(|r| r.map_err(GuestError::from)),
+            MetricPreAny::V0_2(pre) => pre
+                .instantiate(&mut store)
+                .and_then(|m| m.call_score(&mut store, layer_info!(v0_2_0, layer, tile_rows)))
+                .map(|r| r.map_err(GuestError::from)),
         };
-        let res = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|m| m.call_score(&mut store, info));
         let outcome = match res {
             Err(e) => Err(classify(e, &store, fuel, timeout)),
             Ok(Err(e)) => Err(match store.data().violation() {
                 // A broken contract outranks whatever the guest reported afterwards.
                 Some(v) => Failure::InvalidOutput(v.clone()),
-                None => Failure::GuestError(guest_error(e, self.policy.max_message_bytes)),
+                None => Failure::GuestError(clip_guest_error(e, self.policy.max_message_bytes)),
             }),
             Ok(Ok(())) => store
                 .data_mut()
@@ -364,37 +529,79 @@ fn wasmparser_magic(bytes: &[u8]) -> Option<()> {
     (bytes.len() >= 8 && &bytes[..4] == b"\0asm" && bytes[6..8] == [1, 0]).then_some(())
 }
 
-fn wit_kind(kind: LayerKind) -> types::LayerKind {
+/// A layer kind as the WIT names it (converted into either version's `layer-kind`).
+#[derive(Clone, Copy)]
+pub(crate) enum WitKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    Other,
+}
+
+pub(crate) fn wit_kind(kind: LayerKind) -> WitKind {
     match kind {
-        LayerKind::Q => types::LayerKind::Q,
-        LayerKind::K => types::LayerKind::K,
-        LayerKind::V => types::LayerKind::V,
-        LayerKind::O => types::LayerKind::O,
-        LayerKind::Gate => types::LayerKind::Gate,
-        LayerKind::Up => types::LayerKind::Up,
-        LayerKind::Down => types::LayerKind::Down,
-        LayerKind::Other => types::LayerKind::Other,
+        LayerKind::Q => WitKind::Q,
+        LayerKind::K => WitKind::K,
+        LayerKind::V => WitKind::V,
+        LayerKind::O => WitKind::O,
+        LayerKind::Gate => WitKind::Gate,
+        LayerKind::Up => WitKind::Up,
+        LayerKind::Down => WitKind::Down,
+        LayerKind::Other => WitKind::Other,
     }
 }
 
-fn guest_error(e: types::Error, max: u32) -> GuestError {
-    let (kind, message) = match e {
-        types::Error::Unsupported(m) => ("unsupported", m),
-        types::Error::InvalidInput(m) => ("invalid-input", m),
-        types::Error::Failed(m) => ("failed", m),
+/// Conversions between the host's types and those of bindings module `$v`.
+macro_rules! wit_conversions {
+    ($v:ident) => {
+        impl From<WitKind> for $v::types::LayerKind {
+            fn from(k: WitKind) -> Self {
+                match k {
+                    WitKind::Q => $v::types::LayerKind::Q,
+                    WitKind::K => $v::types::LayerKind::K,
+                    WitKind::V => $v::types::LayerKind::V,
+                    WitKind::O => $v::types::LayerKind::O,
+                    WitKind::Gate => $v::types::LayerKind::Gate,
+                    WitKind::Up => $v::types::LayerKind::Up,
+                    WitKind::Down => $v::types::LayerKind::Down,
+                    WitKind::Other => $v::types::LayerKind::Other,
+                }
+            }
+        }
+
+        impl From<$v::types::Error> for GuestError {
+            fn from(e: $v::types::Error) -> Self {
+                let (kind, message) = match e {
+                    $v::types::Error::Unsupported(m) => ("unsupported", m),
+                    $v::types::Error::InvalidInput(m) => ("invalid-input", m),
+                    $v::types::Error::Failed(m) => ("failed", m),
+                };
+                GuestError {
+                    kind: kind.into(),
+                    message,
+                }
+            }
+        }
     };
-    let mut message = message;
-    if message.len() > max as usize {
+}
+
+wit_conversions!(v0_1_1);
+wit_conversions!(v0_2_0);
+
+/// `e` with its message cut to `max` bytes (at a character boundary).
+pub(crate) fn clip_guest_error(mut e: GuestError, max: u32) -> GuestError {
+    if e.message.len() > max as usize {
         let mut cut = max as usize;
-        while !message.is_char_boundary(cut) {
+        while !e.message.is_char_boundary(cut) {
             cut -= 1;
         }
-        message.truncate(cut);
+        e.message.truncate(cut);
     }
-    GuestError {
-        kind: kind.into(),
-        message,
-    }
+    e
 }
 
 /// Turn a wasmtime error from instantiation or a call into a verdict. The one place that

@@ -84,6 +84,15 @@ impl Policy {
     pub fn hostcall_fuel(&self, tile_rows: usize, cols: usize) -> usize {
         tile_rows * cols * 4 + 64 * 1024 + self.max_message_bytes as usize
     }
+
+    /// Bytes one call may copy while scoring a `rows × cols` layer: [`Self::hostcall_fuel`],
+    /// or the `output-stats` record (three lists of `rows` f32) if that is larger. Why: a tile
+    /// is ≥ 1 MiB or the whole layer, so the record only decides for layers with 87,000+ rows
+    /// (or fewer than 3 columns); a guest still cannot make one call copy more than that.
+    pub fn hostcall_fuel_for_layer(&self, tile_rows: usize, rows: usize, cols: usize) -> usize {
+        self.hostcall_fuel(tile_rows, cols)
+            .max(rows * 12 + 64 * 1024 + self.max_message_bytes as usize)
+    }
 }
 
 #[cfg(test)]

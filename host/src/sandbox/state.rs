@@ -1,8 +1,11 @@
 //! The host side of the WIT `host` interface: the per-evaluation store data.
+//!
+//! One set of inherent methods serves every published version of the package; the traits of
+//! each version's bindings ([`v0_1_1`], [`v0_2_0`]) convert their own types around them.
 
-use super::bindings::v0_1_1::{allocation, host, logging, types};
+use super::bindings::{v0_1_1, v0_2_0};
 use super::verdict::InvalidOutput;
-use crate::layer::LayerData;
+use crate::layer::{LayerData, RowStats};
 use wasmtime::{ResourceLimiter, StoreLimits};
 
 /// A borrowed `f32` slice stored without its lifetime.
@@ -106,6 +109,14 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// Which optional inputs the metric declared (`metric-info.needs`): the host serves only these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Allowed {
+    pub(crate) gradient: bool,
+    pub(crate) hessian_inverse_diagonal: bool,
+    pub(crate) output_stats: bool,
+}
+
 /// Everything the store of one evaluation holds.
 pub(crate) struct HostState {
     pub(crate) limiter: Limiter,
@@ -115,8 +126,35 @@ pub(crate) struct HostState {
     pub(crate) panic_message: Option<String>,
     max_log_messages: u32,
     max_message_bytes: usize,
-    gradient_allowed: bool,
+    allowed: Allowed,
     memory_cap: u64,
+}
+
+/// Channel statistics as the WIT `channel-stats` record carries them (version-neutral).
+#[derive(Clone, Default)]
+struct Channels {
+    tokens: u64,
+    l2_norm: Vec<f32>,
+    sum: Vec<f32>,
+    mean: Vec<f32>,
+    variance: Vec<f32>,
+    max_abs: Vec<f32>,
+}
+
+/// A guest-visible error (the WIT `error` variant, version-neutral).
+enum HostError {
+    Unsupported(String),
+    InvalidInput(String),
+    Failed(String),
+}
+
+/// Severity of a log line (the WIT `log-level`, version-neutral).
+#[derive(Clone, Copy)]
+enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
 /// The layer being scored and the scores written so far.
@@ -126,7 +164,9 @@ struct LayerView {
     tile_rows: usize,
     weights: RawSlice,
     gradient: Option<RawSlice>,
-    stats: types::ChannelStats,
+    hessian_inverse_diagonal: Option<RawSlice>,
+    output_stats: Option<RowStats>,
+    stats: Channels,
     scores: Vec<f32>,
     written: Vec<bool>,
     violation: Option<InvalidOutput>,
@@ -144,12 +184,12 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-fn bad_input(msg: String) -> types::Error {
-    types::Error::InvalidInput(msg)
+fn bad_input(msg: String) -> HostError {
+    HostError::InvalidInput(msg)
 }
 
 impl HostState {
-    pub(crate) fn new(policy: &super::Policy, gradient_allowed: bool) -> Self {
+    pub(crate) fn new(policy: &super::Policy, allowed: Allowed) -> Self {
         Self {
             limiter: Limiter::new(policy.memory_bytes),
             layer: None,
@@ -158,7 +198,7 @@ impl HostState {
             panic_message: None,
             max_log_messages: policy.max_log_messages,
             max_message_bytes: policy.max_message_bytes as usize,
-            gradient_allowed,
+            allowed,
             memory_cap: policy.memory_bytes,
         }
     }
@@ -172,7 +212,10 @@ impl HostState {
             tile_rows,
             weights: RawSlice::new(layer.weights),
             gradient: layer.gradient.map(RawSlice::new),
-            stats: types::ChannelStats {
+            hessian_inverse_diagonal: layer.hessian_inverse_diagonal.map(RawSlice::new),
+            // Three lists of `rows` values: small next to one tile, copied once per call anyway.
+            output_stats: layer.output_stats.cloned(),
+            stats: Channels {
                 tokens: stats.tokens,
                 l2_norm: stats.l2_norm(),
                 sum: stats.sum.iter().map(|&x| x as f32).collect(),
@@ -209,10 +252,18 @@ impl HostState {
         self.layer.as_ref().and_then(|v| v.violation.as_ref())
     }
 
-    fn view(&mut self) -> Result<&mut LayerView, types::Error> {
+    fn view(&mut self) -> Result<&mut LayerView, HostError> {
         self.layer
             .as_mut()
-            .ok_or_else(|| types::Error::Failed("no layer is being scored (describe phase)".into()))
+            .ok_or_else(|| HostError::Failed("no layer is being scored (describe phase)".into()))
+    }
+
+    /// `activation-stats`: empty lists outside `score`.
+    fn activation_stats(&self) -> Channels {
+        self.layer
+            .as_ref()
+            .map(|v| v.stats.clone())
+            .unwrap_or_default()
     }
 
     fn read_range(
@@ -220,7 +271,12 @@ impl HostState {
         row_start: u32,
         rows: u32,
         gradient: bool,
-    ) -> Result<Vec<f32>, types::Error> {
+    ) -> Result<Vec<f32>, HostError> {
+        if gradient && !self.allowed.gradient {
+            return Err(HostError::Unsupported(
+                "read-gradient needs `gradient` in metric-info.needs".into(),
+            ));
+        }
         let view = self.view()?;
         let (r0, n) = (row_start as usize, rows as usize);
         if n == 0 || n > view.tile_rows || r0 >= view.rows || n > view.rows - r0 {
@@ -233,7 +289,7 @@ impl HostState {
         }
         let src = if gradient {
             view.gradient.ok_or_else(|| {
-                types::Error::Unsupported("no gradient statistic for this layer".into())
+                HostError::Unsupported("no gradient statistic for this layer".into())
             })?
         } else {
             view.weights
@@ -242,55 +298,38 @@ impl HostState {
         let all = unsafe { src.get() };
         Ok(all[r0 * view.cols..(r0 + n) * view.cols].to_vec())
     }
-}
 
-impl types::Host for HostState {}
-
-impl host::Host for HostState {
-    fn activation_stats(&mut self) -> wasmtime::Result<types::ChannelStats> {
-        match self.layer.as_ref() {
-            Some(v) => Ok(v.stats.clone()),
-            None => Ok(types::ChannelStats {
-                tokens: 0,
-                l2_norm: vec![],
-                sum: vec![],
-                mean: vec![],
-                variance: vec![],
-                max_abs: vec![],
-            }),
+    /// `hessian-inverse-diagonal` (since 0.2.0): only for a metric that declared it.
+    fn hessian_inverse_diagonal(&mut self) -> Result<Vec<f32>, HostError> {
+        if !self.allowed.hessian_inverse_diagonal {
+            return Err(HostError::Unsupported(
+                "hessian-inverse-diagonal needs `hessian-inverse-diagonal` in metric-info.needs"
+                    .into(),
+            ));
         }
+        let view = self.view()?;
+        let src = view.hessian_inverse_diagonal.ok_or_else(|| {
+            HostError::Unsupported("no Hessian inverse diagonal for this layer".into())
+        })?;
+        // SAFETY: the store holding this view is dropped before the layer borrow ends.
+        Ok(unsafe { src.get() }.to_vec())
     }
 
-    fn read_weights(
-        &mut self,
-        row_start: u32,
-        rows: u32,
-    ) -> wasmtime::Result<Result<Vec<f32>, types::Error>> {
-        Ok(self.read_range(row_start, rows, false))
-    }
-
-    fn read_gradient(
-        &mut self,
-        row_start: u32,
-        rows: u32,
-    ) -> wasmtime::Result<Result<Vec<f32>, types::Error>> {
-        if !self.gradient_allowed {
-            return Ok(Err(types::Error::Unsupported(
-                "read-gradient needs `gradient` in metric-info.needs".into(),
-            )));
+    /// `output-stats` (since 0.2.0): only for a metric that declared it.
+    fn output_stats(&mut self) -> Result<RowStats, HostError> {
+        if !self.allowed.output_stats {
+            return Err(HostError::Unsupported(
+                "output-stats needs `output-stats` in metric-info.needs".into(),
+            ));
         }
-        Ok(self.read_range(row_start, rows, true))
+        let view = self.view()?;
+        view.output_stats
+            .clone()
+            .ok_or_else(|| HostError::Unsupported("no output statistics for this layer".into()))
     }
 
-    fn write_scores(
-        &mut self,
-        row_start: u32,
-        scores: Vec<f32>,
-    ) -> wasmtime::Result<Result<(), types::Error>> {
-        let view = match self.view() {
-            Ok(v) => v,
-            Err(e) => return Ok(Err(e)),
-        };
+    fn write_scores(&mut self, row_start: u32, scores: Vec<f32>) -> Result<(), HostError> {
+        let view = self.view()?;
         let (r0, cols) = (row_start as usize, view.cols);
         let n = scores.len() / cols.max(1);
         let shape_ok = !scores.is_empty()
@@ -307,7 +346,7 @@ impl host::Host for HostState {
             };
             let msg = v.to_string();
             view.violation.get_or_insert(v);
-            return Ok(Err(bad_input(msg)));
+            return Err(bad_input(msg));
         }
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             let v = InvalidOutput::NonFinite {
@@ -317,7 +356,7 @@ impl host::Host for HostState {
             };
             let msg = v.to_string();
             view.violation.get_or_insert(v);
-            return Ok(Err(bad_input(msg)));
+            return Err(bad_input(msg));
         }
         if let Some(k) = view.written[r0..r0 + n].iter().position(|w| *w) {
             let v = InvalidOutput::RowWrittenTwice {
@@ -325,51 +364,24 @@ impl host::Host for HostState {
             };
             let msg = v.to_string();
             view.violation.get_or_insert(v);
-            return Ok(Err(bad_input(msg)));
+            return Err(bad_input(msg));
         }
         view.written[r0..r0 + n].fill(true);
         view.scores[r0 * cols..(r0 + n) * cols].copy_from_slice(&scores);
-        Ok(Ok(()))
-    }
-
-    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-        self.push_log(level, message);
         Ok(())
     }
 
-    fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
-        self.record_panic(message);
-        Ok(())
-    }
-}
-
-impl allocation::Host for HostState {}
-
-/// The allocator world's only capability: the same log and panic channel as a metric's.
-impl logging::Host for HostState {
-    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-        self.push_log(level, message);
-        Ok(())
-    }
-
-    fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
-        self.record_panic(message);
-        Ok(())
-    }
-}
-
-impl HostState {
     /// Keep a log line (truncated), or count it as dropped past the cap.
-    fn push_log(&mut self, level: types::LogLevel, message: String) {
+    fn push_log(&mut self, level: Level, message: String) {
         if self.logs.len() >= self.max_log_messages as usize {
             self.dropped_logs = self.dropped_logs.saturating_add(1);
             return;
         }
         let level = match level {
-            types::LogLevel::Debug => "debug",
-            types::LogLevel::Info => "info",
-            types::LogLevel::Warn => "warn",
-            types::LogLevel::Error => "error",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
         };
         self.logs.push(LogLine {
             level: level.into(),
@@ -383,11 +395,124 @@ impl HostState {
             self.panic_message = Some(truncate(message, self.max_message_bytes));
         }
     }
-}
 
-impl HostState {
     /// The memory cap in bytes (for verdicts).
     pub(crate) fn limiter_cap(&self) -> u64 {
         self.memory_cap
     }
 }
+
+/// The traits of one version's bindings, around the shared inherent methods; `$extra` holds
+/// the `host` functions that version added.
+macro_rules! impl_version {
+    ($v:ident { $($extra:tt)* }) => {
+        impl From<HostError> for $v::types::Error {
+            fn from(e: HostError) -> Self {
+                match e {
+                    HostError::Unsupported(m) => $v::types::Error::Unsupported(m),
+                    HostError::InvalidInput(m) => $v::types::Error::InvalidInput(m),
+                    HostError::Failed(m) => $v::types::Error::Failed(m),
+                }
+            }
+        }
+
+        impl From<$v::types::LogLevel> for Level {
+            fn from(l: $v::types::LogLevel) -> Self {
+                match l {
+                    $v::types::LogLevel::Debug => Level::Debug,
+                    $v::types::LogLevel::Info => Level::Info,
+                    $v::types::LogLevel::Warn => Level::Warn,
+                    $v::types::LogLevel::Error => Level::Error,
+                }
+            }
+        }
+
+        impl $v::types::Host for HostState {}
+
+        impl $v::host::Host for HostState {
+            fn activation_stats(&mut self) -> wasmtime::Result<$v::types::ChannelStats> {
+                let c = HostState::activation_stats(self);
+                Ok($v::types::ChannelStats {
+                    tokens: c.tokens,
+                    l2_norm: c.l2_norm,
+                    sum: c.sum,
+                    mean: c.mean,
+                    variance: c.variance,
+                    max_abs: c.max_abs,
+                })
+            }
+
+            fn read_weights(
+                &mut self,
+                row_start: u32,
+                rows: u32,
+            ) -> wasmtime::Result<Result<Vec<f32>, $v::types::Error>> {
+                Ok(self.read_range(row_start, rows, false).map_err(Into::into))
+            }
+
+            fn read_gradient(
+                &mut self,
+                row_start: u32,
+                rows: u32,
+            ) -> wasmtime::Result<Result<Vec<f32>, $v::types::Error>> {
+                Ok(self.read_range(row_start, rows, true).map_err(Into::into))
+            }
+
+            fn write_scores(
+                &mut self,
+                row_start: u32,
+                scores: Vec<f32>,
+            ) -> wasmtime::Result<Result<(), $v::types::Error>> {
+                Ok(HostState::write_scores(self, row_start, scores).map_err(Into::into))
+            }
+
+            fn log(&mut self, level: $v::types::LogLevel, message: String) -> wasmtime::Result<()> {
+                self.push_log(level.into(), message);
+                Ok(())
+            }
+
+            fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
+                self.record_panic(message);
+                Ok(())
+            }
+
+            $($extra)*
+        }
+
+        impl $v::allocation::Host for HostState {}
+
+        /// The allocator world's only capability: the same log and panic channel as a metric's.
+        impl $v::logging::Host for HostState {
+            fn log(&mut self, level: $v::types::LogLevel, message: String) -> wasmtime::Result<()> {
+                self.push_log(level.into(), message);
+                Ok(())
+            }
+
+            fn report_panic(&mut self, message: String) -> wasmtime::Result<()> {
+                self.record_panic(message);
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_version!(v0_1_1 {});
+
+impl_version!(v0_2_0 {
+    fn hessian_inverse_diagonal(
+        &mut self,
+    ) -> wasmtime::Result<Result<Vec<f32>, v0_2_0::types::Error>> {
+        Ok(HostState::hessian_inverse_diagonal(self).map_err(Into::into))
+    }
+
+    fn output_stats(&mut self) -> wasmtime::Result<Result<v0_2_0::types::RowStats, v0_2_0::types::Error>> {
+        Ok(HostState::output_stats(self)
+            .map(|r| v0_2_0::types::RowStats {
+                tokens: r.tokens,
+                l2_norm: r.l2_norm,
+                mean: r.mean,
+                variance: r.variance,
+            })
+            .map_err(Into::into))
+    }
+});

@@ -28,15 +28,19 @@
 //!
 //! Everything that does not depend on the candidate is computed once per run: the token
 //! windows, the dense statistics of every block, the gradient statistic of the dense model (for
-//! metrics that read it), the allocation plan of every setting, and Wanda's losses.
+//! metrics that read it), the allocation plan of every setting, and Wanda's losses. The
+//! Hessian-derived inputs of WIT 0.2.0 (inverse diagonals, output statistics) come from a
+//! second dense pass with Hessians, run only when the first candidate that declares either
+//! arrives, and then shared by every later one.
 
 use super::archive::{Archive, Node, Outcome, Status};
 use super::objective::{Objective, Setting};
 use super::paired::{paired, paired_diffs, Paired};
-use crate::alloc::summary::{dense_stats, summarize, DenseStats};
+use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{expand, Granularity};
 use crate::build::Builder;
 use crate::calib::gradient::{self, Gradients};
+use crate::calib::hessian::Wanted;
 use crate::check;
 use crate::eval::window_nlls;
 use crate::layer::{LayerData, LayerId, LayerKind};
@@ -48,7 +52,7 @@ use crate::prune::mask::{Mask, Pattern};
 use crate::sandbox::{Failure, Plugin, Policy};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 /// Settings of the ladder.
@@ -213,6 +217,9 @@ pub struct Preparation {
     pub plans: f64,
     /// Wanda's losses at the screen and sequential levels (0 when reused from the archive).
     pub reference: f64,
+    /// The dense pass with Hessians for the WIT 0.2.0 inputs (0 until a candidate needs it).
+    #[serde(default)]
+    pub hessian_inputs: f64,
 }
 
 /// Runs the ladder for one search.
@@ -222,6 +229,9 @@ pub struct Evaluator {
     builder: Builder,
     policy: Policy,
     dense: DenseStats,
+    /// The Hessian-derived inputs of the dense model, computed at the first candidate that
+    /// declares them (or the error that pass ended with).
+    extras: OnceLock<Result<DenseExtras, String>>,
     grads: Option<Gradients>,
     /// Per-layer sparsities of each setting (empty: uniform).
     plans: Vec<Vec<f64>>,
@@ -312,6 +322,7 @@ impl Evaluator {
                     &dense,
                     None,
                     None,
+                    None,
                     s.sparsity,
                     Granularity::Block,
                 )?;
@@ -330,6 +341,7 @@ impl Evaluator {
             builder,
             policy,
             dense,
+            extras: OnceLock::new(),
             grads,
             plans,
             probes,
@@ -407,7 +419,41 @@ impl Evaluator {
 
     /// What the preparation cost.
     pub fn preparation(&self) -> Preparation {
-        self.prep
+        let mut p = self.prep;
+        if let Some(Ok(e)) = self.extras.get() {
+            p.hessian_inputs = e.seconds;
+        }
+        p
+    }
+
+    /// The Hessian-derived inputs of the dense model when `plugin` declares any (`None` when it
+    /// declares none). The first call that needs them runs the dense pass with Hessians for
+    /// both inputs, once per run.
+    pub fn dense_extras(&self, plugin: &Plugin) -> Result<Option<&DenseExtras>, Failure> {
+        if !plugin.info().wanted().any() {
+            return Ok(None);
+        }
+        let extras = self.extras.get_or_init(|| {
+            let wins = self.calib_windows();
+            let all = Wanted {
+                hessian_inverse_diagonal: true,
+                output_stats: true,
+            };
+            dense_extras(
+                &self.data.model,
+                &wins,
+                self.cfg.calib_batch,
+                all,
+                &mut |_, _| {},
+            )
+            .map_err(|e| e.to_string())
+        });
+        match extras {
+            Ok(e) => Ok(Some(e)),
+            Err(e) => Err(Failure::Rejected {
+                reason: format!("the Hessian-derived inputs could not be computed: {e}"),
+            }),
+        }
     }
 
     /// Wanda's losses (to store in the archive, so a resumed run reuses them).
@@ -471,7 +517,9 @@ impl Evaluator {
     /// Hash of the candidate's masks on the probe layers under every setting.
     pub fn probe_hash(&self, plugin: &Plugin) -> Result<String, Failure> {
         let mut all = String::new();
+        let extras = self.dense_extras(plugin)?;
         for p in &self.probes {
+            let block = extras.and_then(|e| e.get(p.block));
             let stats = self
                 .dense
                 .get(p.block, p.id.kind)
@@ -485,6 +533,8 @@ impl Evaluator {
                 weights: &p.weights,
                 stats,
                 gradient: self.grads.as_ref().and_then(|g| g.get(p.block, p.id.kind)),
+                hessian_inverse_diagonal: block.and_then(|b| b.hessian_inverse_diagonal(p.id.kind)),
+                output_stats: block.and_then(|b| b.output_stats(p.id.kind)),
                 sparsity: self.cfg.objective.settings[0].sparsity as f32,
             };
             let scored = plugin.score(&data)?;
@@ -545,8 +595,16 @@ impl Evaluator {
         let cfg = self.prune_cfg(i);
         match prune {
             Pruning::OneShot => {
-                prune_one_shot(&mut model, &self.dense, plugin, &cfg, self.grads.as_ref())
-                    .map_err(failure_of)?;
+                let extras = self.dense_extras(plugin)?;
+                prune_one_shot(
+                    &mut model,
+                    &self.dense,
+                    plugin,
+                    &cfg,
+                    self.grads.as_ref(),
+                    extras,
+                )
+                .map_err(failure_of)?;
             }
             Pruning::Sequential(wins) => {
                 prune_model_with_gradients(

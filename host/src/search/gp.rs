@@ -20,6 +20,8 @@
 //! | `A` | `max \|x_j\|` |
 //! | `Var` | population variance of `x_j` |
 //! | `G` | the host's gradient statistic `sqrt(Σ (100·∂L/∂W_ij)²)` (needs the gradient) |
+//! | `H` | `[(H + λI)⁻¹]_jj`, the diagonal of the damped inverse input Hessian (WIT 0.2.0; `w²/H` is OBS's saliency) |
+//! | `O` | `‖y_i‖₂`, the L2 norm of output row `i` of the dense layer over the calibration tokens (WIT 0.2.0) |
 //! | `Const(c)` | `c` |
 //! | `sqr(a)`, `neg(a)`, `abs(a)` | `a²`, `−a`, `\|a\|` |
 //! | `log(a)` | `ln(\|a\| + 1e-3)` |
@@ -56,7 +58,7 @@
 //! cost ~10× an arithmetic node, and every pass re-evaluates the nodes below it);
 //! [`GpConfig::max_fuel_per_weight`] keeps generated trees within half the sandbox's grant.
 
-use crate::layer::ChannelStats;
+use crate::layer::{ChannelStats, LayerData};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -234,6 +236,10 @@ pub enum Expr {
     Var,
     /// The gradient statistic (the metric then needs the gradient).
     G,
+    /// `[(H + λI)⁻¹]_jj` of column `j` (the metric then declares `hessian-inverse-diagonal`).
+    H,
+    /// `‖y_i‖₂` of output row `i` (the metric then declares `output-stats`).
+    O,
     /// A constant.
     Const(Num),
     /// A unary operator.
@@ -243,7 +249,7 @@ pub enum Expr {
 }
 
 /// The variable terminals.
-const VARIABLES: [Expr; 7] = [
+const VARIABLES: [Expr; 9] = [
     Expr::W,
     Expr::Wsigned,
     Expr::X,
@@ -251,6 +257,8 @@ const VARIABLES: [Expr; 7] = [
     Expr::A,
     Expr::Var,
     Expr::G,
+    Expr::H,
+    Expr::O,
 ];
 
 impl Expr {
@@ -342,6 +350,16 @@ impl Expr {
     /// Whether `G` occurs (the metric needs the gradient).
     pub fn uses_gradient(&self) -> bool {
         self.any(&|e| matches!(e, Expr::G))
+    }
+
+    /// Whether `H` occurs (the metric needs the Hessian inverse diagonal).
+    pub fn uses_hessian(&self) -> bool {
+        self.any(&|e| matches!(e, Expr::H))
+    }
+
+    /// Whether `O` occurs (the metric needs the output statistics).
+    pub fn uses_output_stats(&self) -> bool {
+        self.any(&|e| matches!(e, Expr::O))
     }
 
     /// Whether the signed weight `Wsigned` occurs.
@@ -439,6 +457,8 @@ impl fmt::Display for Expr {
             Expr::A => f.write_str("A"),
             Expr::Var => f.write_str("Var"),
             Expr::G => f.write_str("G"),
+            Expr::H => f.write_str("H"),
+            Expr::O => f.write_str("O"),
             Expr::Const(c) => write!(f, "{:?}", c.0),
             Expr::Unary(op, a) => write!(f, "{}({a})", op.name()),
             Expr::Binary(op, a, b) => write!(f, "{}({a},{b})", op.name()),
@@ -498,6 +518,8 @@ fn parse_prefix(s: &str, depth: usize) -> Result<(Expr, &str), String> {
         "A" => Expr::A,
         "Var" => Expr::Var,
         "G" => Expr::G,
+        "H" => Expr::H,
+        "O" => Expr::O,
         c => Expr::Const(Num(c
             .parse::<f32>()
             .ok()
@@ -520,6 +542,8 @@ pub fn to_infix(e: &Expr) -> String {
             Expr::A => ("A".into(), 4),
             Expr::Var => ("Var".into(), 4),
             Expr::G => ("G".into(), 4),
+            Expr::H => ("H".into(), 4),
+            Expr::O => ("O".into(), 4),
             Expr::Const(c) => {
                 let s = format!("{}", c.0);
                 let p = if c.0 < 0.0 { 3 } else { 4 };
@@ -562,7 +586,7 @@ pub fn to_infix(e: &Expr) -> String {
 /// Whether `e` is provably `>= 0` everywhere.
 fn nonneg(e: &Expr) -> bool {
     match e {
-        Expr::W | Expr::X | Expr::N | Expr::A | Expr::Var | Expr::G => true,
+        Expr::W | Expr::X | Expr::N | Expr::A | Expr::Var | Expr::G | Expr::H | Expr::O => true,
         Expr::Wsigned => false,
         Expr::Const(c) => c.0 >= 0.0,
         Expr::Unary(op, a) => match op {
@@ -794,6 +818,16 @@ pub struct GpConfig {
     pub init_max_depth: usize,
     /// Whether `G` may occur (the metric then needs the gradient: a backward pass).
     pub allow_gradient: bool,
+    /// Whether `H` may occur (the metric then needs the Hessian inverse diagonal; a search
+    /// computes it, with `O`'s statistics, in one dense pass when the first such tree arrives).
+    /// A configuration stored before the option existed reads as `false`, so a resumed run
+    /// proposes what it did before.
+    #[serde(default = "off")]
+    pub allow_hessian: bool,
+    /// Whether `O` may occur (the metric then needs the output statistics); stored
+    /// configurations without it read as `false`, as for `allow_hessian`.
+    #[serde(default = "off")]
+    pub allow_output_stats: bool,
     /// Whether the signed weight `Wsigned` may occur.
     pub allow_signed_weights: bool,
     /// Most nested whole-layer operators (`mms`, `zsn`, `colnorm`): each level costs one extra
@@ -816,6 +850,11 @@ pub struct GpConfig {
     pub mutation_prob: f64,
 }
 
+/// The value of an option missing from a stored configuration.
+fn off() -> bool {
+    false
+}
+
 impl Default for GpConfig {
     fn default() -> Self {
         GpConfig {
@@ -824,6 +863,8 @@ impl Default for GpConfig {
             init_min_depth: 2,
             init_max_depth: 4,
             allow_gradient: false,
+            allow_hessian: true,
+            allow_output_stats: true,
             allow_signed_weights: true,
             max_layer_passes: 2,
             max_fuel_per_weight: 2048.0,
@@ -838,11 +879,14 @@ impl Default for GpConfig {
 }
 
 impl GpConfig {
-    /// Whether `e` respects every limit: depth, size, gradient, signed weights, passes, fuel.
+    /// Whether `e` respects every limit: depth, size, optional inputs, signed weights, passes,
+    /// fuel.
     pub fn fits(&self, e: &Expr) -> bool {
         e.depth() <= self.max_depth.max(1)
             && e.size() <= self.max_size.max(1)
             && (self.allow_gradient || !e.uses_gradient())
+            && (self.allow_hessian || !e.uses_hessian())
+            && (self.allow_output_stats || !e.uses_output_stats())
             && (self.allow_signed_weights || !e.uses_signed_weights())
             && e.layer_passes() <= self.max_layer_passes
             && fuel_estimate(e) <= self.max_fuel_per_weight
@@ -880,6 +924,8 @@ impl Gp {
             .iter()
             .filter(|t| match t {
                 Expr::G => self.config.allow_gradient,
+                Expr::H => self.config.allow_hessian,
+                Expr::O => self.config.allow_output_stats,
                 Expr::Wsigned => self.config.allow_signed_weights,
                 _ => true,
             })
@@ -1102,6 +1148,8 @@ enum Op {
     A,
     Var,
     G,
+    H,
+    O,
     Const(f32),
     Un(UnOp, usize),
     Bin(BinOp, usize, usize),
@@ -1136,6 +1184,8 @@ impl Plan {
                 Expr::A => Op::A,
                 Expr::Var => Op::Var,
                 Expr::G => Op::G,
+                Expr::H => Op::H,
+                Expr::O => Op::O,
                 Expr::Const(c) => Op::Const(c.0),
                 Expr::Unary(op, a) => Op::Un(*op, push(a, ops, labels)),
                 Expr::Binary(op, a, b) => {
@@ -1205,7 +1255,9 @@ impl Plan {
         let node = |k: usize| -> f64 {
             match self.ops[k] {
                 Op::Const(_) => 3.0,
-                Op::W | Op::Wsigned | Op::X | Op::N | Op::A | Op::Var | Op::G => 8.0,
+                Op::W | Op::Wsigned | Op::X | Op::N | Op::A | Op::Var | Op::G | Op::H | Op::O => {
+                    8.0
+                }
                 Op::Bin(..) => 12.0,
                 Op::Un(op, _) => match op {
                     UnOp::Exp => 130.0,
@@ -1268,18 +1320,26 @@ struct Channels {
     n: Vec<f32>,
     a: Vec<f32>,
     v: Vec<f32>,
+    h: Vec<f32>,
+}
+
+/// One row's inputs: its weights, its gradient and its output norm `O`.
+struct RowIn<'a> {
+    w: &'a [f32],
+    g: &'a [f32],
+    o: f32,
 }
 
 /// Evaluate `list` (ascending) for one row into `t`; mirrors the rendered code exactly.
 fn eval_row(
     plan: &Plan,
     list: &[usize],
-    w: &[f32],
-    g: &[f32],
+    row: &RowIn<'_>,
     ch: &Channels,
     stats: &[LayerStat],
     t: &mut [Vec<f32>],
 ) {
+    let (w, g) = (row.w, row.g);
     fn map1(o: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
         for (o, a) in o.iter_mut().zip(a) {
             *o = f(*a);
@@ -1296,6 +1356,8 @@ fn eval_row(
             Op::A => map1(o, &ch.a, |v| v),
             Op::Var => map1(o, &ch.v, |v| v),
             Op::G => map1(o, g, ops::fin),
+            Op::H => map1(o, &ch.h, |v| v),
+            Op::O => o.fill(row.o),
             Op::Const(c) => o.fill(ops::fin(c)),
             Op::Un(op, a) => {
                 let a = &d[a];
@@ -1327,7 +1389,8 @@ fn eval_row(
 }
 
 /// Compute `expr`'s scores in the host with exactly the arithmetic of the rendered plugin
-/// ([`render`]), row-major. Without a gradient, `G` reads as 0.
+/// ([`render`]), row-major. Without a gradient, `G` reads as 0; `H` and `O` read as 0 (use
+/// [`eval_layer`] to give them).
 ///
 /// # Panics
 ///
@@ -1341,6 +1404,60 @@ pub fn eval_native(
     stats: &ChannelStats,
     gradient: Option<&[f32]>,
 ) -> Vec<f32> {
+    eval(expr, rows, cols, weights, stats, gradient, None)
+}
+
+/// [`eval_native`] on everything `layer` holds: its gradient (`G`), Hessian inverse diagonal
+/// (`H`) and output statistics (`O`), each reading as 0 when absent.
+///
+/// # Panics
+///
+/// As [`eval_native`], and when the optional inputs do not have `cols` (`H`) or `rows` (`O`)
+/// values.
+pub fn eval_layer(expr: &Expr, layer: &LayerData<'_>) -> Vec<f32> {
+    let extra = Extra {
+        hessian_inverse_diagonal: layer.hessian_inverse_diagonal,
+        output_l2: layer.output_stats.map(|o| o.l2_norm.as_slice()),
+    };
+    eval(
+        expr,
+        layer.rows,
+        layer.cols,
+        layer.weights,
+        layer.stats,
+        layer.gradient,
+        Some(extra),
+    )
+}
+
+/// The WIT 0.2.0 inputs of [`eval_layer`].
+#[derive(Clone, Copy)]
+struct Extra<'a> {
+    hessian_inverse_diagonal: Option<&'a [f32]>,
+    output_l2: Option<&'a [f32]>,
+}
+
+fn eval(
+    expr: &Expr,
+    rows: usize,
+    cols: usize,
+    weights: &[f32],
+    stats: &ChannelStats,
+    gradient: Option<&[f32]>,
+    extra: Option<Extra<'_>>,
+) -> Vec<f32> {
+    let hinv = extra.and_then(|e| e.hessian_inverse_diagonal);
+    let out_l2 = extra.and_then(|e| e.output_l2);
+    if let Some(h) = hinv {
+        assert_eq!(
+            h.len(),
+            cols,
+            "the Hessian inverse diagonal must have cols values"
+        );
+    }
+    if let Some(o) = out_l2 {
+        assert_eq!(o.len(), rows, "the output norms must have rows values");
+    }
     assert_eq!(
         weights.len(),
         rows * cols,
@@ -1365,9 +1482,17 @@ pub fn eval_native(
         n: norm.iter().map(|&n| ops::fin(n)).collect(),
         a: stats.max_abs.iter().map(|&v| ops::fin(v)).collect(),
         v: stats.variance().iter().map(|&v| ops::fin(v)).collect(),
+        h: hinv.map_or_else(
+            || vec![0.0; cols],
+            |h| h.iter().map(|&v| ops::fin(v)).collect(),
+        ),
     };
     let zeros = vec![0.0f32; cols];
-    let grad_row = |i: usize| gradient.map_or(&zeros[..], |g| &g[i * cols..(i + 1) * cols]);
+    let row_in = |i: usize| RowIn {
+        w: &weights[i * cols..(i + 1) * cols],
+        g: gradient.map_or(&zeros[..], |g| &g[i * cols..(i + 1) * cols]),
+        o: out_l2.map_or(0.0, |o| ops::fin(o[i])),
+    };
     let mut t = vec![vec![0.0f32; cols]; plan.ops.len()];
     let mut stat = vec![LayerStat::None; plan.ops.len()];
     for pass in &plan.passes {
@@ -1382,8 +1507,7 @@ pub fn eval_native(
             })
             .collect();
         for i in 0..rows {
-            let w = &weights[i * cols..(i + 1) * cols];
-            eval_row(&plan, &pass.eval, w, grad_row(i), &ch, &stat, &mut t);
+            eval_row(&plan, &pass.eval, &row_in(i), &ch, &stat, &mut t);
             for (_, a, acc) in &mut accs {
                 match acc {
                     Acc::MinMax(m) => m.add(&t[*a]),
@@ -1404,8 +1528,7 @@ pub fn eval_native(
     let root = plan.root();
     let mut out = Vec::with_capacity(rows * cols);
     for i in 0..rows {
-        let w = &weights[i * cols..(i + 1) * cols];
-        eval_row(&plan, &all, w, grad_row(i), &ch, &stat, &mut t);
+        eval_row(&plan, &all, &row_in(i), &ch, &stat, &mut t);
         out.extend_from_slice(&t[root]);
     }
     out
@@ -1432,6 +1555,8 @@ fn node_code(plan: &Plan, k: usize, indent: &str) -> String {
         Op::G => vec![format!(
             "for (o, v) in t[{k}].iter_mut().zip(g) {{ *o = fin(*v); }}"
         )],
+        Op::H => vec![map_chan("c_h")],
+        Op::O => vec![format!("t[{k}].fill(row_o);")],
         Op::Const(c) => vec![format!(
             "t[{k}].fill(fin(f32::from_bits({:#010x})));",
             c.to_bits()
@@ -1490,11 +1615,22 @@ fn node_code(plan: &Plan, k: usize, indent: &str) -> String {
 /// host accepts 1..=128 bytes): the shared arithmetic, per-channel terminals, one
 /// `for_each_tile` pass per nesting level of whole-layer operators, then `score_rows`. The
 /// `Info` description holds the infix formula; `needs_gradient()` is declared exactly when `G`
-/// occurs. The plugin's scores equal [`eval_native`]'s bit for bit.
+/// occurs, `needs_hessian_inverse_diagonal()` when `H` does and `needs_output_stats()` when `O`
+/// does. The plugin's scores equal [`eval_layer`]'s bit for bit.
 pub fn render(expr: &Expr, name: &str) -> String {
     use std::fmt::Write as _;
     let plan = Plan::new(expr);
     let grad = expr.uses_gradient();
+    let mut needs = String::new();
+    for (used, call) in [
+        (grad, ".needs_gradient()"),
+        (expr.uses_hessian(), ".needs_hessian_inverse_diagonal()"),
+        (expr.uses_output_stats(), ".needs_output_stats()"),
+    ] {
+        if used {
+            needs.push_str(call);
+        }
+    }
     let infix = to_infix(expr);
     let mut short = infix.clone();
     if short.len() > 3000 {
@@ -1505,9 +1641,18 @@ pub fn render(expr: &Expr, name: &str) -> String {
         short.truncate(cut);
         short.push_str(" ...");
     }
+    // `H` and `O` are explained only where they occur, so a tree without them renders to the
+    // same source (and source hash) as before they existed.
+    let mut legend = String::new();
+    if expr.uses_hessian() {
+        legend.push_str(", H: [(H+lambda I)^-1]_jj");
+    }
+    if expr.uses_output_stats() {
+        legend.push_str(", O: ||y_i||_2 of the dense output row");
+    }
     let description = format!(
         "GP tree: {short} (|W|: weight magnitude, W: signed weight, X: mean x_j^2, \
-         N: ||X_j||_2, A: max|x_j|, Var: var(x_j), G: gradient statistic; a/b = a/(|b|+1e-8), \
+         N: ||X_j||_2, A: max|x_j|, Var: var(x_j), G: gradient statistic{legend}; a/b = a/(|b|+1e-8), \
          log = ln(|a|+1e-3), sqrt = sqrt(|a|), exp clamped at 30; mms, zsn, colnorm over the \
          layer, rownorm over the row)"
     );
@@ -1532,8 +1677,7 @@ pub fn render(expr: &Expr, name: &str) -> String {
     s.push_str("\n/// The generated metric.\nstruct GpMetric;\n\nimpl Metric for GpMetric {\n");
     let _ = writeln!(
         s,
-        "    fn info() -> Info {{\n        Info::new({name:?}, \"1.0.0\", {description:?}){}\n    }}\n",
-        if grad { ".needs_gradient()" } else { "" }
+        "    fn info() -> Info {{\n        Info::new({name:?}, \"1.0.0\", {description:?}){needs}\n    }}\n",
     );
     s.push_str("    fn score(layer: &Layer) -> Result<()> {\n");
     s.push_str("        let cols = layer.cols();\n");
@@ -1556,6 +1700,16 @@ pub fn render(expr: &Expr, name: &str) -> String {
     if uses(Op::Var) {
         s.push_str("        let c_v: Vec<f32> = st.variance.iter().map(|&v| fin(v)).collect();\n");
     }
+    if uses(Op::H) {
+        s.push_str(
+            "        let c_h: Vec<f32> = layer.hessian_inverse_diagonal()?.iter().map(|&v| fin(v)).collect();\n",
+        );
+    }
+    if uses(Op::O) {
+        s.push_str(
+            "        let r_o: Vec<f32> = layer.output_stats()?.l2_norm.iter().map(|&v| fin(v)).collect();\n",
+        );
+    }
     let _ = writeln!(
         s,
         "        let mut t: Vec<Vec<f32>> = vec![vec![0.0f32; cols]; {}];",
@@ -1565,6 +1719,9 @@ pub fn render(expr: &Expr, name: &str) -> String {
         let _ = writeln!(s, "{indent}let w = row.weights;");
         if grad {
             let _ = writeln!(s, "{indent}let g = row.gradient();");
+        }
+        if uses(Op::O) {
+            let _ = writeln!(s, "{indent}let row_o = r_o[row.index as usize];");
         }
     };
     for (p, pass) in plan.passes.iter().enumerate() {
@@ -1615,6 +1772,7 @@ pub fn render(expr: &Expr, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::RowStats;
 
     #[test]
     fn prefix_form_round_trips() {
@@ -1625,6 +1783,8 @@ mod tests {
             Expr::pruner_zero_best(),
             Expr::bin(BinOp::Div, Expr::Wsigned, Expr::un(UnOp::Tanh, Expr::Var)),
             Expr::bin(BinOp::Sub, Expr::Const(Num(-0.1)), Expr::A),
+            Expr::bin(BinOp::Div, Expr::un(UnOp::Sqr, Expr::W), Expr::H),
+            Expr::bin(BinOp::Mul, Expr::O, Expr::N),
         ] {
             let text = e.to_string();
             assert_eq!(text.parse::<Expr>().unwrap(), e, "{text}");
@@ -2006,6 +2166,91 @@ mod tests {
             serde_json::from_str::<Expr>(&json).unwrap(),
             Expr::pruner_zero_best()
         );
+    }
+
+    #[test]
+    fn hessian_terminals_are_gated_declared_and_evaluated() {
+        let obs = Expr::bin(BinOp::Div, Expr::un(UnOp::Sqr, Expr::Wsigned), Expr::H);
+        let out = Expr::bin(BinOp::Mul, Expr::W, Expr::O);
+        assert_eq!(to_infix(&obs), "W^2 / H");
+        assert_eq!(to_infix(&out), "|W| * O");
+        // Rendered candidates declare exactly what they read; older trees render as before.
+        let r = render(&obs, "obs");
+        assert!(
+            r.contains(".needs_hessian_inverse_diagonal()") && !r.contains("needs_output_stats")
+        );
+        assert!(r.contains("H: [(H+lambda I)^-1]_jj"));
+        let r = render(&out, "out");
+        assert!(r.contains(".needs_output_stats()") && r.contains("row_o"));
+        assert!(!render(&Expr::wanda(), "w").contains("H: ["));
+        // The switches.
+        let off = GpConfig {
+            allow_hessian: false,
+            allow_output_stats: false,
+            ..GpConfig::default()
+        };
+        assert!(GpConfig::default().fits(&obs) && GpConfig::default().fits(&out));
+        assert!(!off.fits(&obs) && !off.fits(&out));
+        let mut gp = Gp::new(off.clone(), 4);
+        assert!(gp
+            .ramped_half_and_half(200)
+            .iter()
+            .all(|e| !e.uses_hessian() && !e.uses_output_stats()));
+        let mut gp = Gp::new(GpConfig::default(), 4);
+        let trees = gp.ramped_half_and_half(200);
+        assert!(trees.iter().any(Expr::uses_hessian) && trees.iter().any(Expr::uses_output_stats));
+        // A configuration stored before the switches existed keeps them off.
+        let mut old = serde_json::to_value(GpConfig::default()).unwrap();
+        let map = old.as_object_mut().unwrap();
+        map.remove("allow_hessian");
+        map.remove("allow_output_stats");
+        let old: GpConfig = serde_json::from_value(old).unwrap();
+        assert!(!old.allow_hessian && !old.allow_output_stats);
+        // Values: H per column, O per row; both read as 0 without them.
+        let (rows, cols) = (3, 4);
+        let (w, _) = layer(rows, cols, 2);
+        let st = stats(cols, 10);
+        let h = [0.5f32, 2.0, 4.0, 8.0];
+        let o = RowStats {
+            tokens: 10,
+            l2_norm: vec![1.0, 2.0, 3.0],
+            mean: vec![0.0; 3],
+            variance: vec![0.0; 3],
+        };
+        let data = LayerData {
+            id: crate::layer::LayerId {
+                block: 0,
+                num_blocks: 1,
+                kind: crate::layer::LayerKind::Q,
+            },
+            rows,
+            cols,
+            weights: &w,
+            stats: &st,
+            gradient: None,
+            hessian_inverse_diagonal: Some(&h),
+            output_stats: Some(&o),
+            sparsity: 0.5,
+        };
+        let got = eval_layer(&Expr::bin(BinOp::Add, Expr::H, Expr::O), &data);
+        for i in 0..rows {
+            for j in 0..cols {
+                assert_eq!(got[i * cols + j], h[j] + o.l2_norm[i]);
+            }
+        }
+        let got = eval_layer(&obs, &data);
+        for (k, s) in got.iter().enumerate() {
+            assert_eq!(*s, ops::div(ops::sqr(w[k]), h[k % cols]));
+        }
+        let zero = eval_native(
+            &Expr::bin(BinOp::Add, Expr::H, Expr::O),
+            rows,
+            cols,
+            &w,
+            &st,
+            None,
+        );
+        assert!(zero.iter().all(|&v| v == 0.0));
     }
 
     #[test]
