@@ -96,7 +96,9 @@ impl std::fmt::Debug for AllocatorPlugin {
 
 fn linker() -> Result<Linker<HostState>, Failure> {
     let mut linker = Linker::new(engine());
-    Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(|e| {
+    Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .and_then(|()| super::charge::allocator(&mut linker))
+        .map_err(|e| {
         Failure::Rejected {
             reason: format!("host linker: {e}"),
         }
@@ -215,8 +217,10 @@ impl AllocatorPlugin {
                 e,
                 self.policy.max_message_bytes,
             ))),
+            // Validation allows 1e-9 of slack at the bounds; what passes is clamped into them,
+            // so a value a hair below 0 never reaches mask building as a negative sparsity.
             Ok(Ok(s)) => alloc::validate(&s, target, bounds, units)
-                .map(|()| s)
+                .map(|()| s.iter().map(|v| v.clamp(bounds.min, bounds.max)).collect())
                 .map_err(|error| Failure::InvalidOutput(InvalidOutput::BadAllocation { error })),
         }?;
         let data = store.data();

@@ -216,8 +216,11 @@ impl Evaluator {
                 self.cfg.pattern,
                 self.cfg.sparsity,
             )
-            .map_err(|e| Failure::Rejected {
-                reason: format!("probe mask of {}: {e}", p.id),
+            .map_err(|e| match crate::pipeline::mask_error(p.id, e) {
+                crate::pipeline::PipelineError::Metric { failure, .. } => failure,
+                other => Failure::Rejected {
+                    reason: format!("probe mask: {other}"),
+                },
             })?;
             all.push_str(&format!("{:016x}", mask.hash64()));
         }
