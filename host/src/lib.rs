@@ -12,6 +12,7 @@ pub mod calib;
 pub mod check;
 pub mod data;
 pub mod eval;
+pub mod files;
 pub mod layer;
 pub mod model;
 pub mod pipeline;
@@ -21,3 +22,4 @@ pub mod sandbox;
 pub mod search;
 #[cfg(test)]
 mod testutil;
+pub mod term;
