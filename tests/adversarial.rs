@@ -271,12 +271,8 @@ fn a_trapped_plugin_is_usable_again_with_a_fresh_store() {
 #[test]
 fn rereading_a_tile_is_charged_and_runs_out_of_fuel() {
     let p = plugin("tests/attacks/reread_tile.rs", &Policy::default()).unwrap();
-    let layer = autoprune::check::SyntheticLayer::generate(
-        256,
-        256,
-        autoprune::layer::LayerKind::Q,
-        1,
-    );
+    let layer =
+        autoprune::check::SyntheticLayer::generate(256, 256, autoprune::layer::LayerKind::Q, 1);
     let t = std::time::Instant::now();
     let f = p.score(&layer.data(0.5)).unwrap_err();
     let grant = Policy::default().fuel_for(256 * 256);

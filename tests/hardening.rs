@@ -104,7 +104,11 @@ fn a_build_timeout_of_zero_is_refused() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("--build-timeout"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("--build-timeout"),
+        "{}",
+        text(&o.stderr)
+    );
     let opts = autoprune::build::BuildOptions {
         timeout_secs: 0,
         ..Default::default()
@@ -134,11 +138,7 @@ fn the_cache_is_trusted_by_ownership_not_by_location() {
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
-    std::fs::set_permissions(
-        &shared,
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let o = autoprune()
         .env("AUTOPRUNE_CACHE", &shared)
         .arg("build")
@@ -146,7 +146,11 @@ fn the_cache_is_trusted_by_ownership_not_by_location() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(text(&o.stderr).contains("refusing the cache"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("refusing the cache"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 /// Item 4: a staged SDK whose files were edited is not loaded: it is staged again (the rlib
@@ -164,7 +168,10 @@ fn an_edited_staged_sdk_is_staged_again_before_rustc_loads_it() {
     std::fs::write(&rlib, &edited).unwrap();
     let again = autoprune::build::Sdk::prepare(&cache).unwrap();
     assert_eq!(again.fingerprint, sdk.fingerprint);
-    assert_eq!(std::fs::read(again.dir.join(&again.rlib)).unwrap(), original);
+    assert_eq!(
+        std::fs::read(again.dir.join(&again.rlib)).unwrap(),
+        original
+    );
 }
 
 /// Item 5: a plugin's name, description, log line and panic message are data: no control
@@ -184,7 +191,10 @@ fn plugin_text_never_reaches_the_terminal_raw() {
             "raw control characters in {s:?}"
         );
         let verdicts: Vec<&str> = s.lines().filter(|l| l.starts_with("verdict:")).collect();
-        assert!(verdicts.iter().all(|l| l.starts_with("verdict: FAIL")), "{s}");
+        assert!(
+            verdicts.iter().all(|l| l.starts_with("verdict: FAIL")),
+            "{s}"
+        );
     }
     let out = text(&o.stdout);
     assert!(out.contains("\\x1b[2K") && out.contains("panic"), "{out}");
@@ -368,7 +378,11 @@ fn all_equal_scores_under_a_per_layer_threshold_get_a_verdict() {
     let cfg = ModelConfig::tiny(Arch::Llama);
     let mut model = Model::random(&cfg, 3, &candle_core::Device::Cpu).unwrap();
     let windows: Vec<Vec<u32>> = (0..2)
-        .map(|w| (0..32).map(|i| (i * 7 + w) % cfg.vocab_size as u32).collect())
+        .map(|w| {
+            (0..32)
+                .map(|i| (i * 7 + w) % cfg.vocab_size as u32)
+                .collect()
+        })
         .collect();
     let wins: Vec<&[u32]> = windows.iter().map(|w| w.as_slice()).collect();
     let prune_cfg = PruneConfig::uniform(0.5, Pattern::PerLayer, 2);
@@ -382,14 +396,24 @@ fn all_equal_scores_under_a_per_layer_threshold_get_a_verdict() {
     .unwrap_err();
     match err {
         PipelineError::Metric {
-            failure: Failure::InvalidOutput(InvalidOutput::SparsityOvershoot { pruned, weights, .. }),
+            failure:
+                Failure::InvalidOutput(InvalidOutput::SparsityOvershoot {
+                    pruned, weights, ..
+                }),
             ..
         } => assert_eq!(pruned, weights),
         other => panic!("{other}"),
     }
     // Per row the same scores are fine: ties are broken by position.
     let row_cfg = PruneConfig::uniform(0.5, Pattern::PerRow, 2);
-    prune_model(&mut model, &wins, &Method::Metric(&plugin), &row_cfg, &mut |_, _| {}).unwrap();
+    prune_model(
+        &mut model,
+        &wins,
+        &Method::Metric(&plugin),
+        &row_cfg,
+        &mut |_, _| {},
+    )
+    .unwrap();
 }
 
 /// A GGUF file with one metadata entry and no tensors.
@@ -411,7 +435,11 @@ fn gguf_with(key: &str, value_type: u32, value: &[u8]) -> Vec<u8> {
 fn hostile_model_files_get_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
     let gguf = dir.path().join("align0.gguf");
-    std::fs::write(&gguf, gguf_with("general.alignment", 4, &0u32.to_le_bytes())).unwrap();
+    std::fs::write(
+        &gguf,
+        gguf_with("general.alignment", 4, &0u32.to_le_bytes()),
+    )
+    .unwrap();
     let o = autoprune()
         .args(["eval", "--model"])
         .arg(&gguf)
@@ -419,16 +447,22 @@ fn hostile_model_files_get_errors_not_panics() {
         .unwrap();
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("general.alignment") && !err.contains("panicked"), "{err}");
-    for shard in ["../outside.safetensors", "/etc/passwd", "a/../../b.safetensors"] {
+    assert!(
+        err.contains("general.alignment") && !err.contains("panicked"),
+        "{err}"
+    );
+    for shard in [
+        "../outside.safetensors",
+        "/etc/passwd",
+        "a/../../b.safetensors",
+    ] {
         let hf = dir.path().join("hf");
         std::fs::create_dir_all(&hf).unwrap();
         std::fs::write(
             hf.join("config.json"),
-            serde_json::to_string(&autoprune::model::ModelConfig::tiny(
-                autoprune::model::Arch::Llama,
+            serde_json::to_string(
+                &autoprune::model::ModelConfig::tiny(autoprune::model::Arch::Llama).to_hf_json(),
             )
-            .to_hf_json())
             .unwrap(),
         )
         .unwrap();

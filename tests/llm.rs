@@ -901,7 +901,9 @@ fn an_endless_response_body_is_cut_at_the_cap() {
     std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         read_request(&mut s);
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        );
         let chunk = vec![b' '; 1 << 20];
         for _ in 0..64 {
             if s.write_all(&chunk).is_err() {
@@ -918,7 +920,10 @@ fn an_endless_response_body_is_cut_at_the_cap() {
     ));
     assert!(t.elapsed() < Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(*sent.lock().unwrap() < 32 << 20, "the client stopped reading");
+    assert!(
+        *sent.lock().unwrap() < 32 << 20,
+        "the client stopped reading"
+    );
 }
 
 /// Issue 14, item 7: a redirect to another origin is not followed (the key never reaches the
@@ -929,10 +934,7 @@ fn redirects_leave_no_origin() {
     let (other, other_seen) = serve(vec![], chat("elsewhere", 1, 1));
     let away = Reply {
         status: 307,
-        headers: vec![(
-            "Location".into(),
-            format!("{other}/chat/completions"),
-        )],
+        headers: vec![("Location".into(), format!("{other}/chat/completions"))],
         body: String::new(),
         ..chat("", 1, 1)
     };
@@ -943,10 +945,14 @@ fn redirects_leave_no_origin() {
         Err(autoprune::search::llm::CallVerdict::HttpStatus { status: 307, .. })
     ));
     assert_eq!(seen.lock().unwrap().len(), 1);
-    assert!(other_seen.lock().unwrap().is_empty(), "followed to another origin");
+    assert!(
+        other_seen.lock().unwrap().is_empty(),
+        "followed to another origin"
+    );
+    // A relative Location: the same origin as the server that sends it.
     let home = Reply {
         status: 307,
-        headers: vec![("Location".into(), format!("{url}/chat/completions"))],
+        headers: vec![("Location".into(), "/v1/chat/completions".into())],
         body: String::new(),
         ..chat("", 1, 1)
     };
@@ -972,10 +978,17 @@ fn an_api_key_never_travels_over_plain_http_off_the_machine() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("plain http://") && err.contains("--allow-insecure-key"), "{err}");
+    assert!(
+        err.contains("plain http://") && err.contains("--allow-insecure-key"),
+        "{err}"
+    );
     assert!(LlmClient::new(cfg("http://203.0.113.7:8080/v1", true)).is_ok());
     assert!(LlmClient::new(cfg("https://203.0.113.7/v1", false)).is_ok());
-    for local in ["http://127.0.0.1:8080/v1", "http://localhost:1/v1", "http://[::1]:2/v1"] {
+    for local in [
+        "http://127.0.0.1:8080/v1",
+        "http://localhost:1/v1",
+        "http://[::1]:2/v1",
+    ] {
         assert!(LlmClient::new(cfg(local, false)).is_ok(), "{local}");
     }
 }

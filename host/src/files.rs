@@ -101,10 +101,12 @@ pub fn read_text_limited(path: &Path, limit: u64) -> Result<String, FileError> {
 
 /// The size of the regular file at `path` (symbolic links followed), without reading it.
 pub fn regular_file_size(path: &Path) -> Result<u64, FileError> {
-    let meta = open(path, false)?.metadata().map_err(|source| FileError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let meta = open(path, false)?
+        .metadata()
+        .map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if !meta.is_file() {
         return Err(FileError::NotRegular {
             path: path.to_path_buf(),

@@ -20,6 +20,6 @@ pub mod prune;
 pub mod report;
 pub mod sandbox;
 pub mod search;
+pub mod term;
 #[cfg(test)]
 mod testutil;
-pub mod term;

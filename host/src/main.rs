@@ -35,7 +35,8 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // Errors can carry plugin or LLM text (panic messages, diagnostics): escaped.
-            let show = |x: &dyn std::fmt::Display| autoprune::term::text(&x.to_string()).into_owned();
+            let show =
+                |x: &dyn std::fmt::Display| autoprune::term::text(&x.to_string()).into_owned();
             eprintln!("error: {}", show(&e));
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {}", show(&cause));

@@ -272,13 +272,13 @@ impl Builder {
             return Err(Failure::Compile { diagnostics });
         }
         // Written inside the sandbox: not followed if it is a link, a regular file, capped.
-        let module = crate::files::read_nofollow(
-            &out.join("candidate.wasm"),
-            self.opts.max_output_bytes,
-        )
-        .map_err(|e| Failure::Compile {
-            diagnostics: format!("the compiler produced no usable module ({e})\n{diagnostics}"),
-        })?;
+        let module =
+            crate::files::read_nofollow(&out.join("candidate.wasm"), self.opts.max_output_bytes)
+                .map_err(|e| Failure::Compile {
+                    diagnostics: format!(
+                        "the compiler produced no usable module ({e})\n{diagnostics}"
+                    ),
+                })?;
         Ok((module, diagnostics))
     }
 }
@@ -493,7 +493,10 @@ impl BuildOptions {
         let positive = [
             ("memory_bytes", self.memory_bytes),
             ("max_output_bytes", self.max_output_bytes),
-            ("max_compiler_output_bytes", self.max_compiler_output_bytes as u64),
+            (
+                "max_compiler_output_bytes",
+                self.max_compiler_output_bytes as u64,
+            ),
             ("max_processes", self.max_processes),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

@@ -242,7 +242,7 @@ mod tests {
     /// A tiny interpreter of the instructions this module emits.
     fn run(nr: u32, arch: u32, args: [u64; 6]) -> u32 {
         let p = program();
-        let mut data = vec![0u8; 64];
+        let mut data = [0u8; 64];
         data[0..4].copy_from_slice(&nr.to_ne_bytes());
         data[4..8].copy_from_slice(&arch.to_ne_bytes());
         for (i, a) in args.iter().enumerate() {
@@ -278,7 +278,12 @@ mod tests {
         for &nr in DENIED {
             assert_eq!(run(sys(nr), AUDIT_ARCH, a), RET_ERRNO | EPERM, "{nr}");
         }
-        for nr in [libc::SYS_read, libc::SYS_write, libc::SYS_mmap, libc::SYS_futex] {
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_mmap,
+            libc::SYS_futex,
+        ] {
             assert_eq!(run(sys(nr), AUDIT_ARCH, a), RET_ALLOW, "{nr}");
         }
         assert_eq!(
@@ -296,7 +301,7 @@ mod tests {
             run(sys(libc::SYS_clone), AUDIT_ARCH, [userns, 0, 0, 0, 0, 0]),
             RET_ERRNO | EPERM
         );
-        let tiocsti = libc::TIOCSTI as u64;
+        let tiocsti = libc::TIOCSTI;
         assert_eq!(
             run(sys(libc::SYS_ioctl), AUDIT_ARCH, [0, tiocsti, 0, 0, 0, 0]),
             RET_ERRNO | EPERM

@@ -3,10 +3,10 @@
 
 use super::{BuildFlags, EXIT_VERDICT};
 use autoprune::build::{default_cache, is_source, BuildOptions};
-use autoprune::files::{read_limited, FileError};
-use autoprune::sandbox::sha256_hex;
 use autoprune::check::{self, DEFAULT_SHAPES};
+use autoprune::files::{read_limited, FileError};
 use autoprune::layer::LayerKind;
+use autoprune::sandbox::sha256_hex;
 use autoprune::sandbox::{AllocatorPlugin, AnyPlugin, Failure, Plugin, Policy};
 use autoprune::term::text;
 use std::path::{Path, PathBuf};

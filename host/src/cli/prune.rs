@@ -196,19 +196,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let quiet = p.json;
     let policy = load_policy(args.policy.as_ref())?;
     let (plugin, metric_hash) = match &args.metric {
-        Some(path) => {
-            match load_plugin(path, &args.flags, &policy)? {
-                Ok(pl) => (Some(pl), Some(plugin_sha256(path, &policy)?)),
-                Err(f) => {
-                    eprintln!(
-                        "the metric {} failed before pruning: {}",
-                        path.display(),
-                        text(&f.to_string())
-                    );
-                    return Ok(EXIT_VERDICT);
-                }
+        Some(path) => match load_plugin(path, &args.flags, &policy)? {
+            Ok(pl) => (Some(pl), Some(plugin_sha256(path, &policy)?)),
+            Err(f) => {
+                eprintln!(
+                    "the metric {} failed before pruning: {}",
+                    path.display(),
+                    text(&f.to_string())
+                );
+                return Ok(EXIT_VERDICT);
             }
-        }
+        },
         None => (None, None),
     };
     let method = match &plugin {
@@ -397,9 +395,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .join(" ")
         );
     }
-    let name = plugin
-        .as_ref()
-        .map_or("sparsegpt".to_string(), |pl| line(&pl.info().name).into_owned());
+    let name = plugin.as_ref().map_or("sparsegpt".to_string(), |pl| {
+        line(&pl.info().name).into_owned()
+    });
     println!(
         "\nprotocol {} | {} | {} (eval {}) | method {} | pattern {} | target sparsity {}",
         protocol.name,

@@ -6,7 +6,6 @@
 //! target. Finished cells are appended to `cells.jsonl` in the output folder as they finish; a
 //! rerun (after a crash, or with more cells) skips every cell already there.
 
-use autoprune::term::{line, text};
 use super::alloc::check_pattern;
 use super::check::{load_plugin, load_policy, plugin_sha256};
 use super::protocol::{bar, load_model, stream, ProtocolArgs};
@@ -22,6 +21,7 @@ use autoprune::model::Precision;
 use autoprune::pipeline::{prune_model_with_progress, Method, PruneConfig};
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::{sha256_hex, Plugin};
+use autoprune::term::{line, text};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;

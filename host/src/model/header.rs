@@ -70,10 +70,14 @@ impl<R: Read> Cursor<R> {
         Ok(())
     }
     fn u32(&mut self, what: &str) -> HeaderResult<u32> {
-        Ok(u32::from_le_bytes(self.bytes(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.bytes(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, what: &str) -> HeaderResult<u64> {
-        Ok(u64::from_le_bytes(self.bytes(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.bytes(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
 }
 
@@ -110,7 +114,9 @@ impl<R: Read> Gguf<R> {
     fn string(&mut self, what: &str) -> HeaderResult<String> {
         let n = self.len(what)?;
         if n > MAX_STRING {
-            return Err(format!("{what} is {n} bytes long; the limit is {MAX_STRING}"));
+            return Err(format!(
+                "{what} is {n} bytes long; the limit is {MAX_STRING}"
+            ));
         }
         Ok(String::from_utf8_lossy(&self.c.bytes(n, what)?).into_owned())
     }
@@ -139,6 +145,10 @@ impl<R: Read> Gguf<R> {
                     return Err(format!("`{key}`: arrays nested deeper than {MAX_DEPTH}"));
                 }
                 let item = self.c.u32(key)?;
+                // Checked even for an empty array: the parser refuses an unknown item type.
+                if fixed_size(item).is_none() && item != STRING && item != ARRAY {
+                    return Err(format!("`{key}`: an array of unknown value type {item}"));
+                }
                 let n = self.len(key)?;
                 if n > MAX_ARRAY {
                     return Err(format!(
@@ -245,7 +255,9 @@ pub fn check_gguf(r: impl Read, size: u64) -> HeaderResult<()> {
         }
         let dims = g.c.u32(&name)?;
         if dims > MAX_DIMS {
-            return Err(format!("tensor `{name}` has {dims} dimensions; at most {MAX_DIMS}"));
+            return Err(format!(
+                "tensor `{name}` has {dims} dimensions; at most {MAX_DIMS}"
+            ));
         }
         let mut elems = 1u64;
         for _ in 0..dims {
@@ -258,7 +270,7 @@ pub fn check_gguf(r: impl Read, size: u64) -> HeaderResult<()> {
         let t = g.c.u32(&name)?;
         let dtype = ggml_dtype(t).ok_or_else(|| format!("tensor `{name}`: unknown type {t}"))?;
         let block = dtype.block_size() as u64;
-        if elems % block != 0 {
+        if !elems.is_multiple_of(block) {
             return Err(format!(
                 "tensor `{name}`: {elems} elements do not fill blocks of {block}"
             ));
@@ -276,11 +288,10 @@ pub fn check_gguf(r: impl Read, size: u64) -> HeaderResult<()> {
             bytes,
         });
     }
-    let data = g
-        .c
-        .pos
-        .checked_next_multiple_of(alignment)
-        .ok_or("the tensor data offset overflows")?;
+    let data =
+        g.c.pos
+            .checked_next_multiple_of(alignment)
+            .ok_or("the tensor data offset overflows")?;
     for t in &dir {
         let end = data
             .checked_add(t.offset)
@@ -335,8 +346,8 @@ pub fn check_safetensors(mut r: impl Read, size: u64) -> HeaderResult<()> {
     let mut json = vec![0u8; n as usize];
     r.read_exact(&mut json)
         .map_err(|e| format!("reading the header: {e}"))?;
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&json).map_err(|e| format!("the header is not a JSON object: {e}"))?;
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json)
+        .map_err(|e| format!("the header is not a JSON object: {e}"))?;
     let data = size - 8 - n;
     let mut ranges = Vec::with_capacity(map.len());
     for (name, v) in map {
@@ -382,9 +393,7 @@ pub fn check_safetensors(mut r: impl Read, size: u64) -> HeaderResult<()> {
         at = *end;
     }
     if at != data {
-        return Err(format!(
-            "the tensors cover {at} of the {data} data bytes"
-        ));
+        return Err(format!("the tensors cover {at} of the {data} data bytes"));
     }
     Ok(())
 }
@@ -492,10 +501,20 @@ mod tests {
 
     fn val() -> impl Strategy<Value = Val> {
         prop_oneof![
-            prop_oneof![Just(0u32), Just(1), Just(3), Just(32), Just(64), any::<u32>()]
-                .prop_map(Val::U32),
+            prop_oneof![
+                Just(0u32),
+                Just(1),
+                Just(3),
+                Just(32),
+                Just(64),
+                any::<u32>()
+            ]
+            .prop_map(Val::U32),
             prop_oneof![Just(-1i32), Just(0), Just(32), any::<i32>()].prop_map(Val::I32),
-            ("[a-z]{0,12}", prop_oneof![Just(0i64), Just(1), Just(-3), Just(1 << 40)])
+            (
+                "[a-z]{0,12}",
+                prop_oneof![Just(0i64), Just(1), Just(-3), Just(1 << 40)]
+            )
                 .prop_map(|(s, l)| Val::Str(s, l)),
             (
                 prop_oneof![Just(0u32), Just(4), Just(8), Just(9), any::<u32>()],
@@ -508,14 +527,43 @@ mod tests {
     }
 
     fn tensor() -> impl Strategy<Value = Tensor> {
-        let dim = prop_oneof![Just(0u64), Just(1), Just(2), Just(32), Just(256), Just(1 << 40), any::<u64>()];
+        let dim = prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(2),
+            Just(32),
+            Just(256),
+            Just(1 << 40),
+            any::<u64>()
+        ];
         (
             prop_oneof![Just("w".to_string()), Just("b".to_string()), "[a-z]{1,4}"],
             prop::collection::vec(dim, 0..6),
-            prop_oneof![Just(0u32), Just(1), Just(2), Just(3), Just(8), Just(12), Just(30), any::<u32>()],
-            prop_oneof![Just(0u64), Just(32), Just(64), Just(96), Just(u64::MAX - 7), any::<u64>()],
+            prop_oneof![
+                Just(0u32),
+                Just(1),
+                Just(2),
+                Just(3),
+                Just(8),
+                Just(12),
+                Just(30),
+                any::<u32>()
+            ],
+            prop_oneof![
+                Just(0u64),
+                Just(32),
+                Just(64),
+                Just(96),
+                Just(u64::MAX - 7),
+                any::<u64>()
+            ],
         )
-            .prop_map(|(name, dims, dtype, offset)| Tensor { name, dims, dtype, offset })
+            .prop_map(|(name, dims, dtype, offset)| Tensor {
+                name,
+                dims,
+                dtype,
+                offset,
+            })
     }
 
     fn hostile_gguf() -> impl Strategy<Value = Vec<u8>> {
@@ -590,11 +638,30 @@ mod tests {
 
     fn hostile_safetensors() -> impl Strategy<Value = Vec<u8>> {
         let dtype = prop_oneof![
-            Just("F32"), Just("F16"), Just("BF16"), Just("I64"), Just("BOOL"), Just("F4"),
-            Just("C64"), Just("Q4"), Just("")
+            Just("F32"),
+            Just("F16"),
+            Just("BF16"),
+            Just("I64"),
+            Just("BOOL"),
+            Just("F4"),
+            Just("C64"),
+            Just("Q4"),
+            Just("")
         ];
-        let dim = prop_oneof![Just(0u64), Just(1), Just(3), Just(7), Just(1 << 31), Just(u64::MAX)];
-        let entry = (dtype, prop::collection::vec(dim, 0..4), any::<bool>(), any::<u64>());
+        let dim = prop_oneof![
+            Just(0u64),
+            Just(1),
+            Just(3),
+            Just(7),
+            Just(1 << 31),
+            Just(u64::MAX)
+        ];
+        let entry = (
+            dtype,
+            prop::collection::vec(dim, 0..4),
+            any::<bool>(),
+            any::<u64>(),
+        );
         (
             prop::collection::vec(entry, 0..4),
             any::<bool>(),
@@ -615,7 +682,11 @@ mod tests {
                         .try_fold(1u64, |a, &d| a.checked_mul(d))
                         .and_then(|e| e.checked_mul(bits))
                         .map_or(1 << 20, |b| (b / 8).min(1 << 20));
-                    let (s, e) = if *honest { (at, at + bytes) } else { (*offset % 4096, offset % 4096 + bytes) };
+                    let (s, e) = if *honest {
+                        (at, at + bytes)
+                    } else {
+                        (*offset % 4096, offset % 4096 + bytes)
+                    };
                     at = e.max(at);
                     map.insert(
                         format!("t{i}"),
@@ -626,7 +697,10 @@ mod tests {
                 let declared = (header.len() as i64 + len_lie).max(0) as u64;
                 let mut b = declared.to_le_bytes().to_vec();
                 b.extend(&header);
-                b.resize(b.len() + (at as i64 + data_delta).clamp(0, 1 << 21) as usize, 0);
+                b.resize(
+                    b.len() + (at as i64 + data_delta).clamp(0, 1 << 21) as usize,
+                    0,
+                );
                 if let Some((i, x)) = flip {
                     let i = i.index(b.len());
                     b[i] ^= x;

@@ -416,13 +416,19 @@ mod tests {
         let key = c.join("host.key");
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
-        assert!(matches!(ArtifactCache::open(&c), Err(CacheError::Untrusted { .. })));
+        assert!(matches!(
+            ArtifactCache::open(&c),
+            Err(CacheError::Untrusted { .. })
+        ));
         // A key that is a link to a file elsewhere: refused, never followed or replaced.
         std::fs::remove_file(&key).unwrap();
         let planted = dir.path().join("planted.key");
         std::fs::write(&planted, [7u8; 32]).unwrap();
-        std::fs::set_permissions(&planted, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
+        std::fs::set_permissions(
+            &planted,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(&planted, &key).unwrap();
         let e = ArtifactCache::open(&c).unwrap_err();
         assert!(e.to_string().contains("symbolic link"), "{e}");
@@ -452,15 +458,20 @@ mod tests {
     #[test]
     fn eviction_keeps_the_recently_used_under_the_bound() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = ArtifactCache::open(dir.path()).unwrap().with_max_bytes(10_000);
+        let cache = ArtifactCache::open(dir.path())
+            .unwrap()
+            .with_max_bytes(10_000);
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         for i in 0..20 {
-            cache.put(&format!("k{i}"), "bin", &[i as u8; 1000]).unwrap();
+            cache
+                .put(&format!("k{i}"), "bin", &[i as u8; 1000])
+                .unwrap();
             let f = std::fs::File::options()
                 .append(true)
                 .open(cache.path(&format!("k{i}"), "bin"))
                 .unwrap();
-            f.set_modified(old + std::time::Duration::from_secs(i)).unwrap();
+            f.set_modified(old + std::time::Duration::from_secs(i))
+                .unwrap();
         }
         // k0 is the oldest but used now: it stays.
         assert!(cache.get("k0", "bin").is_some());

@@ -251,8 +251,8 @@ fn linker(version: Version) -> Result<Linker<HostState>, Failure> {
     };
     res.and_then(|()| charge::metric(&mut linker, version))
         .map_err(|e| Failure::Rejected {
-        reason: format!("host linker: {e}"),
-    })?;
+            reason: format!("host linker: {e}"),
+        })?;
     Ok(linker)
 }
 

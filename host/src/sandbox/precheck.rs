@@ -87,7 +87,11 @@ pub fn check(bytes: &[u8]) -> Result<(), Failure> {
             Payload::ComponentExportSection(r) => items += u64::from(r.count()),
             _ => {}
         }
-        over("globals, tables, memories, imports and exports", items, MAX_ITEMS)?;
+        over(
+            "globals, tables, memories, imports and exports",
+            items,
+            MAX_ITEMS,
+        )?;
     }
     Ok(())
 }
@@ -107,19 +111,31 @@ mod tests {
         let t = std::time::Instant::now();
         let err = check(&component(&many)).unwrap_err();
         assert!(t.elapsed().as_millis() < 500);
-        assert!(matches!(&err, Failure::Rejected { reason } if reason.contains("core functions")), "{err}");
+        assert!(
+            matches!(&err, Failure::Rejected { reason } if reason.contains("core functions")),
+            "{err}"
+        );
         let locals = format!("(func (local {}))", "i64 ".repeat(MAX_LOCALS as usize + 1));
         let err = check(&component(&locals)).unwrap_err();
-        assert!(matches!(&err, Failure::Rejected { reason } if reason.contains("locals")), "{err}");
+        assert!(
+            matches!(&err, Failure::Rejected { reason } if reason.contains("locals")),
+            "{err}"
+        );
         let body = format!("(func {})", "(nop)".repeat(MAX_BODY_BYTES + 1));
         let err = check(&component(&body)).unwrap_err();
-        assert!(matches!(&err, Failure::Rejected { reason } if reason.contains("body")), "{err}");
+        assert!(
+            matches!(&err, Failure::Rejected { reason } if reason.contains("body")),
+            "{err}"
+        );
         let data = format!(
             "(memory 1) {}",
             "(data (i32.const 0) \"x\")".repeat(MAX_DATA_SEGMENTS as usize + 1)
         );
         let err = check(&component(&data)).unwrap_err();
-        assert!(matches!(&err, Failure::Rejected { reason } if reason.contains("data")), "{err}");
+        assert!(
+            matches!(&err, Failure::Rejected { reason } if reason.contains("data")),
+            "{err}"
+        );
         assert!(check(b"\0asm\x0d\0\x01\0\xff").is_err());
     }
 }

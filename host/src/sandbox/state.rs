@@ -535,8 +535,16 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Call {
-        Read { r0: u32, n: u32, gradient: bool },
-        Write { r0: u32, len: u32, poison: Option<(usize, f32)> },
+        Read {
+            r0: u32,
+            n: u32,
+            gradient: bool,
+        },
+        Write {
+            r0: u32,
+            len: u32,
+            poison: Option<(usize, f32)>,
+        },
         Stats,
     }
 
@@ -544,7 +552,12 @@ mod tests {
         let small = prop_oneof![0u32..24, Just(u32::MAX), Just(u32::MAX / 2)];
         let poison = prop::option::of((
             any::<usize>(),
-            prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY), Just(1.5f32)],
+            prop_oneof![
+                Just(f32::NAN),
+                Just(f32::INFINITY),
+                Just(f32::NEG_INFINITY),
+                Just(1.5f32)
+            ],
         ));
         prop_oneof![
             (small.clone(), small.clone(), any::<bool>())

@@ -542,11 +542,11 @@ impl Evaluator {
                 let sparsity = self.prune_cfg(i).sparsity_of(p.id);
                 let mask = Mask::from_scores(&scored.scores, p.rows, p.cols, s.pattern, sparsity)
                     .map_err(|e| match crate::pipeline::mask_error(p.id, e) {
-                        crate::pipeline::PipelineError::Metric { failure, .. } => failure,
-                        other => Failure::Rejected {
-                            reason: format!("probe mask of {}: {other}", p.id),
-                        },
-                    })?;
+                    crate::pipeline::PipelineError::Metric { failure, .. } => failure,
+                    other => Failure::Rejected {
+                        reason: format!("probe mask of {}: {other}", p.id),
+                    },
+                })?;
                 all.push_str(&format!("{:016x}", mask.hash64()));
             }
         }

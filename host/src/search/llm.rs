@@ -335,9 +335,13 @@ impl LlmClient {
                 cfg.base_url
             );
         }
-        let base = reqwest::Url::parse(&cfg.base_url)
-            .map_err(|e| anyhow::anyhow!("the LLM base URL {:?} is not a URL: {e}", cfg.base_url))?;
-        if key.is_some() && base.scheme() == "http" && !is_loopback(&base) && !cfg.allow_insecure_key
+        let base = reqwest::Url::parse(&cfg.base_url).map_err(|e| {
+            anyhow::anyhow!("the LLM base URL {:?} is not a URL: {e}", cfg.base_url)
+        })?;
+        if key.is_some()
+            && base.scheme() == "http"
+            && !is_loopback(&base)
+            && !cfg.allow_insecure_key
         {
             anyhow::bail!(
                 "refusing to send the API key over plain http:// to {} (anyone on the way could read it): use https://, or pass --allow-insecure-key",
@@ -347,7 +351,10 @@ impl LlmClient {
         let redirects = reqwest::redirect::Policy::custom(|attempt| {
             let first = attempt.previous().first().cloned();
             match first {
-                Some(f) if attempt.previous().len() <= MAX_REDIRECTS && same_origin(&f, attempt.url()) => {
+                Some(f)
+                    if attempt.previous().len() <= MAX_REDIRECTS
+                        && same_origin(&f, attempt.url()) =>
+                {
                     attempt.follow()
                 }
                 _ => attempt.stop(),

@@ -20,7 +20,11 @@ fn path(p: Option<&std::path::PathBuf>) -> Option<String> {
 pub(super) fn check_resume(recorded: &RunConfig, args: &Args) -> anyhow::Result<()> {
     let llm = recorded.llm.as_ref();
     let settings: [(&str, Option<String>, Option<String>); 7] = [
-        ("--trusted", flag(recorded.trusted), flag(args.flags.trusted)),
+        (
+            "--trusted",
+            flag(recorded.trusted),
+            flag(args.flags.trusted),
+        ),
         ("--llm", llm.map(|l| l.base_url.clone()), args.llm.clone()),
         (
             "--api-key-env",
@@ -52,11 +56,16 @@ pub(super) fn check_resume(recorded: &RunConfig, args: &Args) -> anyhow::Result<
         .into_iter()
         .filter(|(_, r, g)| r != g)
         .map(|(name, r, g)| {
-            let shown = |v: &str| autoprune::term::line(&format!("{name} {v}").trim_end().to_string()).into_owned();
+            let shown =
+                |v: &str| autoprune::term::line(format!("{name} {v}").trim_end()).into_owned();
             match (r, g) {
-                (Some(r), None) => format!("the run was recorded with `{}`: give it again", shown(&r)),
+                (Some(r), None) => {
+                    format!("the run was recorded with `{}`: give it again", shown(&r))
+                }
                 (None, Some(g)) => format!("`{}` is not a setting of this run", shown(&g)),
-                (Some(r), Some(g)) => format!("`{}` differs from the run's `{}`", shown(&g), shown(&r)),
+                (Some(r), Some(g)) => {
+                    format!("`{}` differs from the run's `{}`", shown(&g), shown(&r))
+                }
                 (None, None) => unreachable!("filtered: equal"),
             }
         })
