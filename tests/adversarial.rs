@@ -263,3 +263,26 @@ fn a_trapped_plugin_is_usable_again_with_a_fresh_store() {
         ));
     }
 }
+
+/// Host calls are charged (issue 14, item 6): re-reading the same 256×256 tile 20,000 times
+/// costs the host ~5 GB of copying at almost no wasm fuel, and used to pass. Each read now
+/// costs 4 fuel per byte plus the call fee, so the grant (2²⁸ + 4096 per weight) runs out
+/// after ~510 reads, deterministically.
+#[test]
+fn rereading_a_tile_is_charged_and_runs_out_of_fuel() {
+    let p = plugin("tests/attacks/reread_tile.rs", &Policy::default()).unwrap();
+    let layer =
+        autoprune::check::SyntheticLayer::generate(256, 256, autoprune::layer::LayerKind::Q, 1);
+    let t = std::time::Instant::now();
+    let f = p.score(&layer.data(0.5)).unwrap_err();
+    let grant = Policy::default().fuel_for(256 * 256);
+    assert_eq!(f, Failure::OutOfFuel { limit: grant });
+    assert!(t.elapsed().as_secs_f64() < 5.0);
+    // An ordinary metric pays its host calls too, and stays far inside its grant: one read and
+    // one write of every weight (8 bytes, 32 fuel) plus the per-call fee.
+    let wanda = plugin("candidates/wanda.rs", &Policy::default()).unwrap();
+    let used = wanda.score(&layer.data(0.5)).unwrap().usage;
+    let moved = 8 * 256 * 256;
+    assert!(used.fuel > 4 * moved, "{used:?}");
+    assert!((used.fuel as f64) < 0.02 * grant as f64, "{used:?}");
+}

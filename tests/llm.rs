@@ -459,7 +459,8 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
 }
 
 /// The CLI end to end on the real SmolLM2 (reduced protocol) against the scripted server: the
-/// LLM settings are recorded, `--resume` raises the budget and continues with them.
+/// LLM settings are recorded, `--resume` (given the endpoint again) raises the budget and
+/// continues with them.
 #[test]
 fn cli_search_with_an_llm_endpoint_and_resume() {
     if !common::have_real_data() {
@@ -485,10 +486,19 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The endpoint is never taken from the archive: without `--llm` again, no resume.
     let o = std::process::Command::new(bin)
         .args(["search", "--resume"])
         .arg(&run_dir)
         .args(["--budget-candidates", "2", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("--llm {url}")));
+    let o = std::process::Command::new(bin)
+        .args(["search", "--resume"])
+        .arg(&run_dir)
+        .args(["--llm", &url, "--budget-candidates", "2", "--json"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -842,4 +852,143 @@ fn a_proposal_that_cannot_finish_in_time_is_not_started() {
     assert_eq!(starts, recorded);
     assert_eq!(starts, 3, "{starts} proposals started in {took:?}");
     assert!(took < Duration::from_secs_f64(5.0), "{took:?}");
+}
+
+fn one_chat(client: &LlmClient) -> autoprune::search::llm::ChatOutcome {
+    let msgs = [autoprune::search::llm::Message {
+        role: "user".into(),
+        content: "hi".into(),
+    }];
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(client.chat(&msgs, 0))
+}
+
+fn client(url: &str, key_var: Option<&str>) -> LlmClient {
+    LlmClient::new(LlmConfig {
+        base_url: url.into(),
+        api_key_env: key_var.map(str::to_string),
+        timeout_s: 10.0,
+        max_retries: 0,
+        ..LlmConfig::default()
+    })
+    .unwrap()
+}
+
+/// Issue 14, item 7: a response body is read up to 8 MiB and no further, whether or not the
+/// server declares its length; the verdict says so.
+#[test]
+fn an_endless_response_body_is_cut_at_the_cap() {
+    use autoprune::search::llm::{CallVerdict, MAX_RESPONSE_BYTES};
+    // Declared: a Content-Length over the cap is refused before the body is read.
+    let big = Reply {
+        body: "x".repeat(MAX_RESPONSE_BYTES + 1),
+        ..chat("", 1, 1)
+    };
+    let (url, _) = serve(vec![], big);
+    let out = one_chat(&client(&url, None));
+    assert_eq!(
+        out.result.unwrap_err(),
+        CallVerdict::ResponseTooLarge {
+            limit: MAX_RESPONSE_BYTES as u64
+        }
+    );
+    // Undeclared: a body streamed without a length (at most 64 MiB, then the server stops).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let sent = Arc::new(Mutex::new(0usize));
+    let counter = sent.clone();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        read_request(&mut s);
+        let _ = s.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n",
+        );
+        let chunk = vec![b' '; 1 << 20];
+        for _ in 0..64 {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+            *counter.lock().unwrap() += chunk.len();
+        }
+    });
+    let t = Instant::now();
+    let out = one_chat(&client(&url, None));
+    assert!(matches!(
+        out.result,
+        Err(CallVerdict::ResponseTooLarge { .. })
+    ));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        *sent.lock().unwrap() < 32 << 20,
+        "the client stopped reading"
+    );
+}
+
+/// Issue 14, item 7: a redirect to another origin is not followed (the key never reaches the
+/// other server); a redirect within the origin is.
+#[test]
+fn redirects_leave_no_origin() {
+    std::env::set_var("AUTOPRUNE_TEST_REDIRECT_KEY", "sk-redirect-secret");
+    let (other, other_seen) = serve(vec![], chat("elsewhere", 1, 1));
+    let away = Reply {
+        status: 307,
+        headers: vec![("Location".into(), format!("{other}/chat/completions"))],
+        body: String::new(),
+        ..chat("", 1, 1)
+    };
+    let (url, seen) = serve(vec![away], chat("home", 1, 1));
+    let out = one_chat(&client(&url, Some("AUTOPRUNE_TEST_REDIRECT_KEY")));
+    assert!(matches!(
+        out.result,
+        Err(autoprune::search::llm::CallVerdict::HttpStatus { status: 307, .. })
+    ));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(
+        other_seen.lock().unwrap().is_empty(),
+        "followed to another origin"
+    );
+    // A relative Location: the same origin as the server that sends it.
+    let home = Reply {
+        status: 307,
+        headers: vec![("Location".into(), "/v1/chat/completions".into())],
+        body: String::new(),
+        ..chat("", 1, 1)
+    };
+    let (url, seen) = serve(vec![home], chat("home", 1, 1));
+    let out = one_chat(&client(&url, None));
+    assert_eq!(out.result.unwrap().content, "home");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// Issue 14, item 7: the API key is not sent over plain http:// to a host that is not
+/// loopback unless `allow_insecure_key` says so (refused when the client is made: no request
+/// is ever sent).
+#[test]
+fn an_api_key_never_travels_over_plain_http_off_the_machine() {
+    std::env::set_var("AUTOPRUNE_TEST_PLAIN_KEY", "sk-plain-secret");
+    let cfg = |url: &str, allow: bool| LlmConfig {
+        base_url: url.into(),
+        api_key_env: Some("AUTOPRUNE_TEST_PLAIN_KEY".into()),
+        allow_insecure_key: allow,
+        ..LlmConfig::default()
+    };
+    let err = LlmClient::new(cfg("http://203.0.113.7:8080/v1", false))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("plain http://") && err.contains("--allow-insecure-key"),
+        "{err}"
+    );
+    assert!(LlmClient::new(cfg("http://203.0.113.7:8080/v1", true)).is_ok());
+    assert!(LlmClient::new(cfg("https://203.0.113.7/v1", false)).is_ok());
+    for local in [
+        "http://127.0.0.1:8080/v1",
+        "http://localhost:1/v1",
+        "http://[::1]:2/v1",
+    ] {
+        assert!(LlmClient::new(cfg(local, false)).is_ok(), "{local}");
+    }
 }

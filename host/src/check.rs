@@ -5,6 +5,7 @@
 use crate::alloc::{Bounds, Distribution, UnitSummary, OUTLIER_MULTIPLES};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind, RowStats};
 use crate::sandbox::{AllocatorInfo, AllocatorPlugin, Failure, MetricInfo, Plugin};
+use crate::term::line;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -291,12 +292,13 @@ pub fn render(report: &CheckReport) -> String {
     use std::fmt::Write;
     let m = &report.metric;
     let mut s = String::new();
+    // Name, version, description and failures are the plugin's words: escaped, one line each.
     let _ = writeln!(
         s,
         "metric {} {} — {}{}",
-        m.name,
-        m.version,
-        m.description,
+        line(&m.name),
+        line(&m.version),
+        line(&m.description),
         needs_note(m)
     );
     let _ = writeln!(
@@ -306,7 +308,7 @@ pub fn render(report: &CheckReport) -> String {
     );
     for l in &report.layers {
         let result = match &l.failure {
-            Some(f) => format!("FAIL {f}"),
+            Some(f) => format!("FAIL {}", line(&f.to_string())),
             None if !l.deterministic => "FAIL nondeterministic".into(),
             None => "ok".into(),
         };
@@ -552,7 +554,13 @@ pub fn render_allocator(report: &AllocatorCheckReport) -> String {
     use std::fmt::Write;
     let a = &report.allocator;
     let mut s = String::new();
-    let _ = writeln!(s, "allocator {} {} — {}", a.name, a.version, a.description);
+    let _ = writeln!(
+        s,
+        "allocator {} {} — {}",
+        line(&a.name),
+        line(&a.version),
+        line(&a.description)
+    );
     let _ = writeln!(
         s,
         "{:<18} {:>5} {:>6} {:>9} {:>12} {:>7} {:>17} {:>6}  result",
@@ -560,7 +568,7 @@ pub fn render_allocator(report: &AllocatorCheckReport) -> String {
     );
     for r in &report.requests {
         let result = match &r.failure {
-            Some(f) => format!("FAIL {f}"),
+            Some(f) => format!("FAIL {}", line(&f.to_string())),
             None if !r.deterministic => "FAIL nondeterministic".into(),
             None => "ok".into(),
         };

@@ -12,6 +12,7 @@ pub mod calib;
 pub mod check;
 pub mod data;
 pub mod eval;
+pub mod files;
 pub mod layer;
 pub mod model;
 pub mod pipeline;
@@ -19,5 +20,6 @@ pub mod prune;
 pub mod report;
 pub mod sandbox;
 pub mod search;
+pub mod term;
 #[cfg(test)]
 mod testutil;

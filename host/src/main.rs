@@ -34,9 +34,12 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e}");
+            // Errors can carry plugin or LLM text (panic messages, diagnostics): escaped.
+            let show =
+                |x: &dyn std::fmt::Display| autoprune::term::text(&x.to_string()).into_owned();
+            eprintln!("error: {}", show(&e));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", show(&cause));
             }
             std::process::exit(2);
         }

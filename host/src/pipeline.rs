@@ -9,7 +9,7 @@ use crate::layer::{LayerData, LayerId, LayerKind};
 use crate::model::{Model, ModelError};
 use crate::prune::mask::{Mask, MaskError, Pattern};
 use crate::prune::sparsegpt::{prune_with_factor, HessianFactor, SparseGptConfig};
-use crate::sandbox::{Failure, Plugin};
+use crate::sandbox::{Failure, InvalidOutput, Plugin};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -111,6 +111,28 @@ pub enum PipelineError {
         /// Why.
         message: String,
     },
+}
+
+/// A mask error as the pipeline reports it: a per-layer overshoot is the metric's verdict
+/// (its scores cannot rank the layer), anything else a mask error.
+pub fn mask_error(layer: LayerId, error: MaskError) -> PipelineError {
+    match error {
+        MaskError::Overshoot {
+            expected,
+            got,
+            allowed,
+            weights,
+        } => PipelineError::Metric {
+            layer,
+            failure: Failure::InvalidOutput(InvalidOutput::SparsityOvershoot {
+                pruned: got as u64,
+                target: expected as u64,
+                allowed: allowed as u64,
+                weights: weights as u64,
+            }),
+        },
+        error => PipelineError::Mask { layer, error },
+    }
 }
 
 impl From<candle_core::Error> for PipelineError {
@@ -492,7 +514,7 @@ fn prune_linear(
                 .map_err(|failure| PipelineError::Metric { layer: id, failure })?;
             let mask =
                 Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
-                    .map_err(|error| PipelineError::Mask { layer: id, error })?;
+                    .map_err(|error| mask_error(id, error))?;
             mask.apply(&mut w)
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
             (mask, scored.usage.fuel)

@@ -10,6 +10,7 @@
 mod bwrap;
 pub mod lint;
 mod sdk;
+pub mod seccomp;
 
 pub use sdk::{sysroot, workspace_dir, Sdk};
 
@@ -25,6 +26,12 @@ pub enum BuildError {
     /// bubblewrap is missing and the source is not marked trusted.
     #[error("bubblewrap (`bwrap`) is not installed, so untrusted source cannot be compiled safely. Install it (`apt-get install bubblewrap`, or run ./setup.sh), or pass --trusted for source you wrote yourself")]
     NoSandbox,
+    /// bubblewrap is there but cannot build the sandbox we need.
+    #[error("the compile sandbox cannot be built here: {0}")]
+    SandboxUnsupported(String),
+    /// A build option is out of range.
+    #[error("build options: {0}")]
+    Options(String),
     /// The toolchain or SDK is missing or broken.
     #[error("toolchain: {0}")]
     Toolchain(String),
@@ -60,10 +67,20 @@ pub struct BuildOptions {
     pub memory_bytes: u64,
     /// Largest source accepted, in bytes. Why 256 KiB: a metric is one small function.
     pub max_source_bytes: usize,
-    /// Largest file the compiler may write, in bytes. Why 32 MiB: a metric module is < 1 MiB.
+    /// Largest file the compiler may write, in bytes (also the largest module the host reads
+    /// back). Why 32 MiB: a metric module is < 1 MiB.
     pub max_output_bytes: u64,
     /// Longest diagnostics text returned, in bytes (the rest is cut).
     pub max_diagnostics_bytes: usize,
+    /// Most bytes the host reads from the compiler's stdout and from its stderr while it runs;
+    /// one byte more kills the compile. Why 1 MiB: rustc's diagnostics of a 256 KiB source with
+    /// real errors stay far below it, while nested macros around `compile_error!` print
+    /// hundreds of MiB; only the first `max_diagnostics_bytes` are shown anyway.
+    pub max_compiler_output_bytes: usize,
+    /// Processes and threads inside the sandbox (`RLIMIT_NPROC`). Why 64 + 4 per core: rustc
+    /// runs a thread per codegen unit (at most the core count at once) and the linker a thread
+    /// per core, plus a few helpers; a fork bomb is stopped long before it matters.
+    pub max_processes: u64,
 }
 
 impl Default for BuildOptions {
@@ -76,6 +93,9 @@ impl Default for BuildOptions {
             max_source_bytes: 256 << 10,
             max_output_bytes: 32 << 20,
             max_diagnostics_bytes: 32 << 10,
+            max_compiler_output_bytes: 1 << 20,
+            max_processes: 64
+                + 4 * std::thread::available_parallelism().map_or(1, |n| n.get()) as u64,
         }
     }
 }
@@ -124,10 +144,15 @@ const RUSTC_FLAGS: &[&str] = &[
 impl Builder {
     /// A builder using the artifact cache and an SDK staged in it.
     pub fn new(cache: ArtifactCache, opts: BuildOptions) -> Result<Self, BuildError> {
-        if opts.isolation == Isolation::Bwrap && !bwrap::available() {
-            return Err(BuildError::NoSandbox);
+        opts.check()?;
+        if opts.isolation == Isolation::Bwrap {
+            match bwrap::support() {
+                bwrap::Support::Full => {}
+                bwrap::Support::Missing => return Err(BuildError::NoSandbox),
+                bwrap::Support::Lacking(why) => return Err(BuildError::SandboxUnsupported(why)),
+            }
         }
-        let sdk = Sdk::prepare(cache.dir())?;
+        let sdk = Sdk::prepare(&cache)?;
         Ok(Self { sdk, cache, opts })
     }
 
@@ -227,6 +252,14 @@ impl Builder {
             diagnostics: format!("host: {e}"),
         })?;
         let diagnostics = clip(&res.stderr, self.opts.max_diagnostics_bytes);
+        if res.flooded {
+            return Err(Failure::Compile {
+                diagnostics: format!(
+                    "the compiler was stopped: its output passed {} bytes (the host reads no more)\n{diagnostics}",
+                    self.opts.max_compiler_output_bytes
+                ),
+            });
+        }
         if res.killed {
             return Err(Failure::Compile {
                 diagnostics: format!(
@@ -238,9 +271,14 @@ impl Builder {
         if !res.success {
             return Err(Failure::Compile { diagnostics });
         }
-        let module = std::fs::read(out.join("candidate.wasm")).map_err(|e| Failure::Compile {
-            diagnostics: format!("the compiler produced no module ({e})\n{diagnostics}"),
-        })?;
+        // Written inside the sandbox: not followed if it is a link, a regular file, capped.
+        let module =
+            crate::files::read_nofollow(&out.join("candidate.wasm"), self.opts.max_output_bytes)
+                .map_err(|e| Failure::Compile {
+                    diagnostics: format!(
+                        "the compiler produced no usable module ({e})\n{diagnostics}"
+                    ),
+                })?;
         Ok((module, diagnostics))
     }
 }
@@ -429,15 +467,41 @@ pub fn is_source(path: &std::path::Path) -> bool {
     path.extension().is_some_and(|e| e == "rs")
 }
 
-/// A path for the cache, falling back to a temporary folder when the default is not writable.
-pub fn default_cache() -> std::io::Result<ArtifactCache> {
-    ArtifactCache::open(ArtifactCache::default_dir())
+/// The cache in its default place ([`ArtifactCache::default_dir`]), checked to be this user's.
+pub fn default_cache() -> Result<ArtifactCache, crate::sandbox::CacheError> {
+    ArtifactCache::open(ArtifactCache::default_dir()?)
 }
 
-/// Time limit as a `Duration`.
+/// Why 1 hour: `timeout` treats 0 as "no limit", and no metric needs more than minutes.
+pub const MAX_BUILD_TIMEOUT_SECS: u64 = 3600;
+
 impl BuildOptions {
     /// The wall-clock kill as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// Refuse limits that would switch a bound off (`timeout 0s` runs forever) or make every
+    /// build fail.
+    pub fn check(&self) -> Result<(), BuildError> {
+        if !(1..=MAX_BUILD_TIMEOUT_SECS).contains(&self.timeout_secs) {
+            return Err(BuildError::Options(format!(
+                "the build timeout must be 1..={MAX_BUILD_TIMEOUT_SECS} s (got {}; 0 would mean no limit)",
+                self.timeout_secs
+            )));
+        }
+        let positive = [
+            ("memory_bytes", self.memory_bytes),
+            ("max_output_bytes", self.max_output_bytes),
+            (
+                "max_compiler_output_bytes",
+                self.max_compiler_output_bytes as u64,
+            ),
+            ("max_processes", self.max_processes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(BuildError::Options(format!("{name} must be positive")));
+        }
+        Ok(())
     }
 }

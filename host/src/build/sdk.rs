@@ -3,8 +3,14 @@
 //! Built once with Cargo from this workspace (trusted code) into its own target directory,
 //! then copied into a flat, content-stamped folder of the artifact cache. Candidates are
 //! compiled by plain `rustc` against that folder, never by Cargo.
+//!
+//! The folder is authenticated before rustc loads anything from it (the SDK rlib, and the
+//! proc-macro library rustc executes): its `ready` file holds the content fingerprint and an
+//! HMAC of it under the cache's key; every [`Sdk::prepare`] hashes the files again and
+//! restages a folder whose content or tag does not match.
 
 use super::BuildError;
+use crate::sandbox::ArtifactCache;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -108,9 +114,13 @@ fn find_rlib(dir: &Path) -> Result<String, BuildError> {
         })
 }
 
+/// The file that marks a staged folder complete: `<fingerprint>\n<tag>`.
+const READY: &str = "ready";
+
 fn fingerprint(dir: &Path) -> Result<String, BuildError> {
     let mut names: Vec<PathBuf> = Vec::new();
     collect(dir, &mut names);
+    names.retain(|p| p != &dir.join(READY));
     names.sort();
     let mut h = Sha256::new();
     for p in names {
@@ -123,7 +133,8 @@ fn fingerprint(dir: &Path) -> Result<String, BuildError> {
 impl Sdk {
     /// Use the SDK folder named by `AUTOPRUNE_SDK_DIR`, or build and stage one under
     /// `cache_dir/sdk/<stamp>` (reused while sources and compiler are unchanged).
-    pub fn prepare(cache_dir: &Path) -> Result<Sdk, BuildError> {
+    pub fn prepare(cache: &ArtifactCache) -> Result<Sdk, BuildError> {
+        let cache_dir = cache.dir();
         let sysroot = sysroot()?;
         if let Some(dir) = std::env::var_os("AUTOPRUNE_SDK_DIR").map(PathBuf::from) {
             let rlib = find_rlib(&dir)?;
@@ -148,22 +159,41 @@ impl Sdk {
         // are handled by the atomic rename in `stage`.
         static STAGING: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _guard = STAGING.lock().unwrap_or_else(|p| p.into_inner());
-        if !dir.join("ready").is_file() {
-            Self::stage(&ws, &dir)?;
-        }
+        let fingerprint = match Self::verify(cache, &dir) {
+            Some(fp) => fp,
+            None => {
+                if dir.exists() {
+                    // Unfinished, edited or from another cache key: never loaded, staged anew.
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                Self::stage(cache, &ws, &dir)?;
+                Self::verify(cache, &dir).ok_or_else(|| {
+                    BuildError::Toolchain(format!(
+                        "the SDK staged in {} does not verify",
+                        dir.display()
+                    ))
+                })?
+            }
+        };
         let rlib = find_rlib(&dir)?;
-        let fingerprint = std::fs::read_to_string(dir.join("ready"))
-            .map_err(|e| BuildError::Toolchain(e.to_string()))?;
         Ok(Sdk {
             dir,
             rlib,
-            fingerprint: fingerprint.trim().to_string(),
+            fingerprint,
             sysroot,
         })
     }
 
+    /// The fingerprint of a staged folder whose content and tag verify; `None` otherwise.
+    fn verify(cache: &ArtifactCache, dir: &Path) -> Option<String> {
+        let ready = crate::files::read_nofollow(&dir.join(READY), 4096).ok()?;
+        let ready = String::from_utf8(ready).ok()?;
+        let (fp, tag) = ready.trim().split_once('\n')?;
+        (tag == cache.tag(fp.as_bytes()) && fingerprint(dir).ok()? == fp).then(|| fp.to_string())
+    }
+
     /// Build the SDK with Cargo and copy its artifacts into `dir`.
-    fn stage(ws: &Path, dir: &Path) -> Result<(), BuildError> {
+    fn stage(cache: &ArtifactCache, ws: &Path, dir: &Path) -> Result<(), BuildError> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = run(
             Command::new(cargo)
@@ -213,11 +243,12 @@ impl Sdk {
         }
         find_rlib(&tmp)?;
         let fp = fingerprint(&tmp)?;
-        std::fs::write(tmp.join("ready"), &fp).map_err(|e| BuildError::Toolchain(e.to_string()))?;
+        let ready = format!("{fp}\n{}\n", cache.tag(fp.as_bytes()));
+        std::fs::write(tmp.join(READY), ready).map_err(|e| BuildError::Toolchain(e.to_string()))?;
         if let Err(e) = std::fs::rename(&tmp, dir) {
             let _ = std::fs::remove_dir_all(&tmp);
             // Another process staged the same stamp first: theirs is as good as ours.
-            if !dir.join("ready").is_file() {
+            if Self::verify(cache, dir).is_none() {
                 return Err(BuildError::Toolchain(format!("{}: {e}", dir.display())));
             }
         }

@@ -231,17 +231,17 @@ pub fn run_plugin(
     target: f64,
     units: &[UnitSummary],
 ) -> Result<(Vec<f64>, serde_json::Value), PipelineError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| PipelineError::Config(format!("cannot read {}: {e}", path.display())))?;
     let plugin = super::check::load_allocator(path, flags, policy)
         .map_err(|e| PipelineError::Config(format!("{e:#}")))?
         .map_err(PipelineError::Allocator)?;
+    let sha256 = super::check::plugin_sha256(path, policy)
+        .map_err(|e| PipelineError::Config(format!("{e:#}")))?;
     let s = plugin
         .allocate(target, Bounds::HOST, units)
         .map_err(PipelineError::Allocator)?;
     let rule = serde_json::json!({
         "plugin": path,
-        "sha256": autoprune::sandbox::sha256_hex(&bytes),
+        "sha256": sha256,
         "info": plugin.info(),
         "bounds": Bounds::HOST,
     });

@@ -1,6 +1,7 @@
 //! `autoprune build`: candidate source → metric component.
 
 use super::{BuildFlags, EXIT_VERDICT};
+use autoprune::term::text;
 use std::path::PathBuf;
 
 /// Arguments of `autoprune build`.
@@ -20,9 +21,16 @@ pub struct Args {
 
 /// Run it; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let source = std::fs::read_to_string(&args.source)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.source.display()))?;
     let builder = args.flags.builder()?;
+    let limit = builder.options().max_source_bytes as u64;
+    let source = match autoprune::files::read_text_limited(&args.source, limit) {
+        Ok(s) => s,
+        Err(e @ autoprune::files::FileError::TooLarge { .. }) => {
+            eprintln!("build failed — {e}");
+            return Ok(EXIT_VERDICT);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let out = args
         .output
         .clone()
@@ -39,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 println!("{j}");
             } else {
                 if !built.warnings.is_empty() {
-                    eprintln!("{}", built.warnings.trim_end());
+                    eprintln!("{}", text(built.warnings.trim_end()));
                 }
                 println!(
                     "built {} → {} ({} bytes, {:.3} s{}, source sha256 {})",
@@ -57,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             if args.json {
                 println!("{}", serde_json::json!({ "ok": false, "failure": failure }));
             } else {
-                eprintln!("build failed — {failure}");
+                eprintln!("build failed — {}", text(&failure.to_string()));
             }
             Ok(EXIT_VERDICT)
         }

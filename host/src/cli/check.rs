@@ -2,10 +2,13 @@
 //! allocation requests (allocators).
 
 use super::{BuildFlags, EXIT_VERDICT};
-use autoprune::build::{default_cache, is_source};
+use autoprune::build::{default_cache, is_source, BuildOptions};
 use autoprune::check::{self, DEFAULT_SHAPES};
+use autoprune::files::{read_limited, FileError};
 use autoprune::layer::LayerKind;
+use autoprune::sandbox::sha256_hex;
 use autoprune::sandbox::{AllocatorPlugin, AnyPlugin, Failure, Plugin, Policy};
+use autoprune::term::text;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `autoprune check`.
@@ -63,18 +66,54 @@ pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
     }
 }
 
+/// The bytes of a plugin file, read with the limit of its kind (a source at most the
+/// builder's `max_source_bytes`, a component at most the policy's `max_component_bytes`): the
+/// size is checked before anything is read. A file over its limit is the candidate's verdict
+/// (`Ok(Err)`: `compile` for a source, `rejected` for a component).
+pub fn read_plugin_file(path: &Path, policy: &Policy) -> anyhow::Result<Result<Vec<u8>, Failure>> {
+    let source = is_source(path);
+    let limit = if source {
+        BuildOptions::default().max_source_bytes as u64
+    } else {
+        policy.max_component_bytes
+    };
+    match read_limited(path, limit) {
+        Ok(bytes) => Ok(Ok(bytes)),
+        Err(e @ FileError::TooLarge { .. }) if source => Ok(Err(Failure::Compile {
+            diagnostics: e.to_string(),
+        })),
+        Err(e @ FileError::TooLarge { .. }) => Ok(Err(Failure::Rejected {
+            reason: e.to_string(),
+        })),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// SHA-256 of a plugin file that loaded (for reports), read with its limit.
+pub fn plugin_sha256(path: &Path, policy: &Policy) -> anyhow::Result<String> {
+    match read_plugin_file(path, policy)? {
+        Ok(bytes) => Ok(sha256_hex(&bytes)),
+        Err(f) => Err(anyhow::anyhow!("{}: {f}", path.display())),
+    }
+}
+
 /// The component bytes of `path`: `.rs` source is built (a compile failure is `Ok(Err)`),
 /// anything else is read as a component.
-fn component_bytes(path: &Path, flags: &BuildFlags) -> anyhow::Result<Result<Vec<u8>, Failure>> {
-    if is_source(path) {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        Ok(flags.builder()?.build(&source).map(|b| b.wasm))
-    } else {
-        Ok(Ok(std::fs::read(path).map_err(|e| {
-            anyhow::anyhow!("cannot read {}: {e}", path.display())
-        })?))
+fn component_bytes(
+    path: &Path,
+    flags: &BuildFlags,
+    policy: &Policy,
+) -> anyhow::Result<Result<Vec<u8>, Failure>> {
+    let bytes = match read_plugin_file(path, policy)? {
+        Ok(b) => b,
+        Err(f) => return Ok(Err(f)),
+    };
+    if !is_source(path) {
+        return Ok(Ok(bytes));
     }
+    let source = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+    Ok(flags.builder()?.build(&source).map(|b| b.wasm))
 }
 
 /// Load a plugin from `.rs` (building it) or `.wasm`; a candidate's failure is `Err(Failure)`.
@@ -84,7 +123,7 @@ pub fn load_plugin(
     policy: &Policy,
 ) -> anyhow::Result<Result<Plugin, Failure>> {
     let cache = default_cache()?;
-    Ok(component_bytes(path, flags)?.and_then(|b| Plugin::load(&b, policy, Some(&cache))))
+    Ok(component_bytes(path, flags, policy)?.and_then(|b| Plugin::load(&b, policy, Some(&cache))))
 }
 
 /// Load a plugin of either world from `.rs` (building it) or `.wasm`; a candidate's failure
@@ -95,7 +134,8 @@ pub fn load_any(
     policy: &Policy,
 ) -> anyhow::Result<Result<AnyPlugin, Failure>> {
     let cache = default_cache()?;
-    Ok(component_bytes(path, flags)?.and_then(|b| AnyPlugin::load(&b, policy, Some(&cache))))
+    Ok(component_bytes(path, flags, policy)?
+        .and_then(|b| AnyPlugin::load(&b, policy, Some(&cache))))
 }
 
 /// Load an allocator plugin (world `autoprune:metric/allocator`) from `.rs` (building it) or
@@ -131,7 +171,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     serde_json::json!({ "passed": false, "failure": failure })
                 );
             } else {
-                eprintln!("{}: FAIL — {failure}", args.metric.display());
+                eprintln!(
+                    "{}: FAIL — {}",
+                    args.metric.display(),
+                    text(&failure.to_string())
+                );
             }
             return Ok(EXIT_VERDICT);
         }

@@ -56,8 +56,8 @@ pub struct BuildFlags {
     /// Compile without the bubblewrap sandbox. Only for source you wrote yourself.
     #[arg(long)]
     pub trusted: bool,
-    /// Compile-time limit in seconds (hard kill).
-    #[arg(long, default_value_t = 60)]
+    /// Compile-time limit in seconds (hard kill; 1..=3600).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=autoprune::build::MAX_BUILD_TIMEOUT_SECS))]
     pub build_timeout: u64,
 }
 

@@ -2,7 +2,7 @@
 //! perplexity dense and pruned, export the pruned model and a report.
 
 use super::alloc::{check_pattern, gradients_if_needed, planned, stats_pass, AllocArgs, Planned};
-use super::check::{load_plugin, load_policy};
+use super::check::{load_plugin, load_policy, plugin_sha256};
 use super::protocol::{bar, load_model, stream, ProtocolArgs};
 use super::{BuildFlags, EXIT_VERDICT};
 use autoprune::alloc::summary::summarize;
@@ -17,7 +17,7 @@ use autoprune::pipeline::{
 };
 use autoprune::prune::mask::Pattern;
 use autoprune::report::{peak_rss_bytes, PplReport, Protocol};
-use autoprune::sandbox::sha256_hex;
+use autoprune::term::{line, text};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -122,7 +122,10 @@ fn report_metric_failure(
             serde_json::json!({ "ok": false, "layer": layer, "failure": failure })
         );
     } else {
-        eprintln!("the metric failed on {layer}: {failure}");
+        eprintln!(
+            "the metric failed on {layer}: {}",
+            text(&failure.to_string())
+        );
     }
 }
 
@@ -193,17 +196,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let quiet = p.json;
     let policy = load_policy(args.policy.as_ref())?;
     let (plugin, metric_hash) = match &args.metric {
-        Some(path) => {
-            let bytes = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-            match load_plugin(path, &args.flags, &policy)? {
-                Ok(pl) => (Some(pl), Some(sha256_hex(&bytes))),
-                Err(f) => {
-                    eprintln!("the metric {} failed before pruning: {f}", path.display());
-                    return Ok(EXIT_VERDICT);
-                }
+        Some(path) => match load_plugin(path, &args.flags, &policy)? {
+            Ok(pl) => (Some(pl), Some(plugin_sha256(path, &policy)?)),
+            Err(f) => {
+                eprintln!(
+                    "the metric {} failed before pruning: {}",
+                    path.display(),
+                    text(&f.to_string())
+                );
+                return Ok(EXIT_VERDICT);
             }
-        }
+        },
         None => (None, None),
     };
     let method = match &plugin {
@@ -266,7 +269,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     serde_json::json!({ "ok": false, "allocator": args.alloc.allocation, "failure": failure })
                 );
             } else {
-                eprintln!("the allocator {} failed: {failure}", args.alloc.allocation);
+                eprintln!(
+                    "the allocator {} failed: {}",
+                    args.alloc.allocation,
+                    text(&failure.to_string())
+                );
             }
             return Ok(EXIT_VERDICT);
         }
@@ -388,9 +395,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .join(" ")
         );
     }
-    let name = plugin
-        .as_ref()
-        .map_or("sparsegpt".to_string(), |pl| pl.info().name.clone());
+    let name = plugin.as_ref().map_or("sparsegpt".to_string(), |pl| {
+        line(&pl.info().name).into_owned()
+    });
     println!(
         "\nprotocol {} | {} | {} (eval {}) | method {} | pattern {} | target sparsity {}",
         protocol.name,

@@ -9,7 +9,7 @@ pub struct Args {}
 /// Run it.
 pub fn run(_args: Args) -> anyhow::Result<i32> {
     let cache = default_cache()?;
-    let sdk = Sdk::prepare(cache.dir())?;
+    let sdk = Sdk::prepare(&cache)?;
     println!(
         "guest SDK: {} ({}), fingerprint {}",
         sdk.dir.display(),

@@ -22,13 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+mod trust;
+
 /// Arguments of `autoprune search`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Run folder for a new run (its archive is `<run>/archive.sqlite`).
     #[arg(long, required_unless_present_any = ["resume", "write_prompts"], conflicts_with = "resume")]
     pub run: Option<PathBuf>,
-    /// Resume the run in this folder with its recorded settings.
+    /// Resume the run in this folder with its recorded settings. Settings that decide what
+    /// runs outside the sandbox, which files are read and where the API key goes (`--trusted`,
+    /// `--llm`, `--api-key-env`, `--allow-insecure-key`, `--policy`, `--prompts`, `--model`)
+    /// are never taken from the archive: give them again, equal to the run's.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Proposer: `gp` (symbolic genetic programming, default), `random` (random trees: the
@@ -54,6 +59,9 @@ pub struct Args {
     /// Name of the environment variable that holds the API key (the key is never recorded).
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// Send the API key over plain http:// to a host that is not loopback (refused otherwise).
+    #[arg(long)]
+    pub allow_insecure_key: bool,
     /// Sampling temperature.
     #[arg(long, default_value_t = 0.8)]
     pub llm_temperature: f64,
@@ -239,6 +247,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .with_context(|| format!("{} has no recorded configuration", dir.display()))?;
             let mut cfg: RunConfig = serde_json::from_str(&text)
                 .with_context(|| format!("reading the configuration of {}", dir.display()))?;
+            trust::check_resume(&cfg, &args)?;
+            trust::refuse_trusted_llm(cfg.trusted, cfg.llm.is_some())?;
             if let Some(b) = args.budget_candidates {
                 cfg.budget_candidates = b;
             }
@@ -276,7 +286,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     ..d
                 }
             });
-            let llm = if args.llm.is_some() || args.proposer == "llm" {
+            let wants_llm = args.llm.is_some() || args.proposer == "llm";
+            trust::refuse_trusted_llm(args.flags.trusted, wants_llm)?;
+            let llm = if wants_llm {
                 Some(LlmConfig {
                     base_url: args
                         .llm
@@ -308,6 +320,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     max_retries: args.llm_retries,
                     price_prompt_per_1k: args.price_prompt_per_1k,
                     price_completion_per_1k: args.price_completion_per_1k,
+                    allow_insecure_key: args.allow_insecure_key,
                     ..LlmConfig::default()
                 })
             } else {
@@ -679,9 +692,10 @@ fn fmt_opt(x: Option<f64>) -> String {
     })
 }
 
+/// The first line of untrusted text, at most `n` characters, escaped for the terminal.
 fn first_line(s: &str, n: usize) -> String {
-    let l = s.lines().next().unwrap_or("");
-    l.chars().take(n).collect()
+    let l: String = s.lines().next().unwrap_or("").chars().take(n).collect();
+    autoprune::term::line(&l).into_owned()
 }
 
 /// The leaderboard: best evaluated nodes by held-out perplexity, then validation fitness.
@@ -948,7 +962,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
             }
             let best = autoprune::search::report::best(&nodes);
             if let Some(b) = best {
-                println!("best: #{} — {}\n", b.id, b.thought);
+                println!("best: #{} — {}\n", b.id, autoprune::term::text(&b.thought));
                 // Lineage: follow first parents back to a seed.
                 let edges = archive.edges()?;
                 let mut chain = vec![b.id];
@@ -968,7 +982,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
                         .collect::<Vec<_>>()
                         .join(" ← ")
                 );
-                println!("{}", b.code);
+                println!("{}", autoprune::term::text(&b.code));
             }
             Ok(0)
         }

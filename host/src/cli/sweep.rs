@@ -7,7 +7,7 @@
 //! rerun (after a crash, or with more cells) skips every cell already there.
 
 use super::alloc::check_pattern;
-use super::check::{load_plugin, load_policy};
+use super::check::{load_plugin, load_policy, plugin_sha256};
 use super::protocol::{bar, load_model, stream, ProtocolArgs};
 use super::BuildFlags;
 use anyhow::Context;
@@ -21,6 +21,7 @@ use autoprune::model::Precision;
 use autoprune::pipeline::{prune_model_with_progress, Method, PruneConfig};
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::{sha256_hex, Plugin};
+use autoprune::term::{line, text};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
@@ -268,11 +269,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     // Metrics (built once).
     let mut metrics: Vec<(String, String, Plugin)> = Vec::new();
     for path in &args.metric {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         match load_plugin(path, &args.flags, &policy)? {
-            Ok(pl) => metrics.push((pl.info().name.clone(), sha256_hex(&bytes), pl)),
+            // The name is the plugin's word: escaped once here, then shown in tables and plots.
+            Ok(pl) => metrics.push((
+                line(&pl.info().name).into_owned(),
+                plugin_sha256(path, &policy)?,
+                pl,
+            )),
             Err(f) => {
-                eprintln!("the metric {} failed before the sweep: {f}", path.display());
+                eprintln!(
+                    "the metric {} failed before the sweep: {}",
+                    path.display(),
+                    text(&f.to_string())
+                );
                 return Ok(super::EXIT_VERDICT);
             }
         }

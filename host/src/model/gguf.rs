@@ -34,8 +34,10 @@ pub(crate) struct GgufFile {
 }
 
 impl GgufFile {
-    /// Open and parse the header (metadata and tensor directory, no tensor data).
+    /// Open, validate ([`super::header::check_gguf`]) and parse the header (metadata and
+    /// tensor directory, no tensor data).
     pub fn open(path: &Path) -> Result<Self> {
+        super::header::check_file(path, |r, size| super::header::check_gguf(r, size))?;
         let mut reader = BufReader::new(File::open(path).map_err(|e| io_err(path, e))?);
         let content = Content::read(&mut reader).map_err(|e| format_err(path, e))?;
         Ok(Self {

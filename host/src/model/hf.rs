@@ -15,10 +15,19 @@ const CONFIG: &str = "config.json";
 const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
+/// Largest `config.json` read. Why 1 MiB: real ones are a few KiB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// Largest index read. Why 64 MiB: an index lists one line per tensor (~100 bytes); 100,000
+/// tensors take 10 MiB.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
 /// Load `dir` into a model.
 pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
-    let cfg = ModelConfig::from_hf_json(&read_text(&dir.join(CONFIG))?)?;
+    let cfg = ModelConfig::from_hf_json(&read_text(&dir.join(CONFIG), MAX_CONFIG_BYTES)?)?;
     let files = weight_files(dir)?;
+    for f in &files {
+        super::header::check_file(f, |r, size| super::header::check_safetensors(r, size))?;
+    }
     // SAFETY: the files are mapped read-only for the duration of this call and every tensor
     // is copied out (converted to f32) before the map is dropped; like every mmap user we
     // assume no other process truncates the files meanwhile.
@@ -39,8 +48,8 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
 fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX);
     if index.is_file() {
-        let v: serde_json::Value =
-            serde_json::from_str(&read_text(&index)?).map_err(|e| ModelError::Format {
+        let v: serde_json::Value = serde_json::from_str(&read_text(&index, MAX_INDEX_BYTES)?)
+            .map_err(|e| ModelError::Format {
                 path: index.clone(),
                 reason: e.to_string(),
             })?;
@@ -58,7 +67,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 reason: "`weight_map` lists no files".into(),
             });
         }
-        return Ok(shards.into_iter().map(|f| dir.join(f)).collect());
+        return shards
+            .into_iter()
+            .map(|f| shard_path(dir, &index, f))
+            .collect();
     }
     let single = dir.join(SINGLE);
     if single.is_file() {
@@ -70,10 +82,37 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
+/// A shard named by the index, confined to the model folder: a plain relative path (no root,
+/// no `..`, no `.`), so an index cannot make the host open a file elsewhere.
+fn shard_path(dir: &Path, index: &Path, name: &str) -> Result<PathBuf> {
+    let rel = Path::new(name);
+    let plain = !name.is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(ModelError::Format {
+            path: index.to_path_buf(),
+            reason: format!(
+                "shard {:?} is not a file inside the model folder",
+                crate::term::line(name)
+            ),
+        });
+    }
+    Ok(dir.join(rel))
+}
+
+/// Read a text file of at most `limit` bytes (checked before reading).
+fn read_text(path: &Path, limit: u64) -> Result<String> {
+    crate::files::read_text_limited(path, limit).map_err(|e| match e {
+        crate::files::FileError::Io { source, .. } => ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => ModelError::Format {
+            path: path.to_path_buf(),
+            reason: other.to_string(),
+        },
     })
 }
 

@@ -9,6 +9,7 @@ pub(crate) mod bf16;
 mod block;
 mod config;
 mod gguf;
+pub mod header;
 mod hf;
 pub(crate) mod kernels;
 mod layers;
@@ -316,10 +317,35 @@ impl ModelFormat {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a guarded loader: its panics are reported as errors, not
+    /// printed by the panic hook.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Install (once) a panic hook that stays silent for panics of a guarded loader and passes
+/// every other panic to the previous hook.
+fn quiet_guarded_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Run a loader, turning a panic inside a third-party parser into a [`ModelError::Format`]:
-/// a bad input file must never bring the host down.
+/// a bad input file must never bring the host down, nor print a panic and its backtrace
+/// (headers are validated first, so this is the second line of defence).
 fn guard_panics<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+    quiet_guarded_panics();
+    let was = GUARDED.with(|g| g.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    result.unwrap_or_else(|panic| {
         let msg = panic
             .downcast_ref::<String>()
             .map(String::as_str)

@@ -28,6 +28,10 @@ const REGEX_LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// The splitting regex of Qwen2's tokenizer: single digits.
 const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Largest `tokenizer.json` read. Why 64 MiB: the largest real ones (256k-token vocabularies
+/// with their merges) are about 35 MiB.
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
 /// A text tokenizer with the same ids as the model's training tokenizer.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -43,9 +47,12 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Load a Hugging Face `tokenizer.json`.
+    /// Load a Hugging Face `tokenizer.json` of at most [`MAX_TOKENIZER_BYTES`] (checked before
+    /// it is read).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = crate::files::read_limited(path, MAX_TOKENIZER_BYTES)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Self { inner })
     }
@@ -66,7 +73,9 @@ impl Tokenizer {
 
     /// Build the tokenizer embedded in a GGUF file (`tokenizer.ggml.*`).
     pub fn from_gguf(path: &Path) -> Result<Self> {
-        Self::from_gguf_metadata(&GgufFile::open(path)?.content.metadata)
+        super::guard_panics(path, || {
+            Self::from_gguf_metadata(&GgufFile::open(path)?.content.metadata)
+        })
     }
 
     /// Build from GGUF metadata: byte-level BPE (`tokenizer.ggml.model` = `gpt2`) with the

@@ -114,9 +114,10 @@ fn linker(version: Version) -> Result<Linker<HostState>, Failure> {
             v0_2_0::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         }
     };
-    res.map_err(|e| Failure::Rejected {
-        reason: format!("host linker: {e}"),
-    })?;
+    res.and_then(|()| super::charge::allocator(&mut linker, version))
+        .map_err(|e| Failure::Rejected {
+            reason: format!("host linker: {e}"),
+        })?;
     Ok(linker)
 }
 
@@ -269,8 +270,10 @@ impl AllocatorPlugin {
                 e,
                 self.policy.max_message_bytes,
             ))),
+            // Validation allows 1e-9 of slack at the bounds; what passes is clamped into them,
+            // so a value a hair below 0 never reaches mask building as a negative sparsity.
             Ok(Ok(s)) => alloc::validate(&s, target, bounds, units)
-                .map(|()| s)
+                .map(|()| s.iter().map(|v| v.clamp(bounds.min, bounds.max)).collect())
                 .map_err(|error| Failure::InvalidOutput(InvalidOutput::BadAllocation { error })),
         }?;
         let data = store.data();

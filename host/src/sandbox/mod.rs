@@ -13,13 +13,15 @@
 mod allocator;
 mod bindings;
 mod cache;
+mod charge;
 mod policy;
+pub mod precheck;
 mod state;
 mod verdict;
 
 pub use allocator::{Allocated, AllocatorInfo, AllocatorPlugin, AnyPlugin, World};
 pub use bindings::{ALLOWED_ALLOCATOR_IMPORTS, ALLOWED_IMPORTS};
-pub use cache::{sha256_hex, ArtifactCache};
+pub use cache::{sha256_hex, ArtifactCache, CacheError, MAX_CACHE_BYTES};
 pub use policy::Policy;
 pub use state::LogLine;
 pub use verdict::{Failure, GuestError, InvalidOutput};
@@ -247,9 +249,10 @@ fn linker(version: Version) -> Result<Linker<HostState>, Failure> {
             v0_2_0::Metric::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         }
     };
-    res.map_err(|e| Failure::Rejected {
-        reason: format!("host linker: {e}"),
-    })?;
+    res.and_then(|()| charge::metric(&mut linker, version))
+        .map_err(|e| Failure::Rejected {
+            reason: format!("host linker: {e}"),
+        })?;
     Ok(linker)
 }
 
@@ -512,13 +515,15 @@ fn check_info(name: &str, version: &str, description: &str) -> Result<(), Failur
     Ok(())
 }
 
-/// Compile component bytes with the shared engine (no cache).
+/// Compile component bytes with the shared engine (no cache), after the shape limits of
+/// [`precheck`].
 pub fn compile(bytes: &[u8]) -> Result<Component, Failure> {
     if wasmparser_magic(bytes).is_none() {
         return Err(Failure::Rejected {
             reason: "not a WebAssembly component (bad magic or truncated header)".into(),
         });
     }
+    precheck::check(bytes)?;
     Component::new(engine(), bytes).map_err(|e| Failure::Rejected {
         reason: format!("invalid component: {e:#}"),
     })

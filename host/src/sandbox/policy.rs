@@ -41,6 +41,17 @@ pub struct Policy {
     /// Wasm stack, in bytes. Why 1 MiB: Fastly's choice for untrusted code; deep recursion
     /// traps cleanly as a stack overflow long before it could hurt the host.
     pub max_wasm_stack: usize,
+    /// Fuel charged for every byte a host call moves between host and guest (tiles read,
+    /// scores written, statistics, log text); see `sandbox::charge`. Why 4: measured on the
+    /// 2-core reference machine, a 1 MiB tile read costs the host about as much wall time as
+    /// 4 Mi units of wasm fuel, so host copies are no cheaper per unit of fuel than guest work
+    /// and the fuel grant bounds a layer's wall time whatever the mix. An elementwise metric
+    /// moves 8 bytes per weight (read + write): 32 units, under 1 % of `fuel_per_weight`.
+    pub hostcall_fuel_per_byte: u64,
+    /// Fuel charged for every host call, whatever it moves. Why 2048: a host call that
+    /// returns at once (an invalid request) still costs about as much as 2 Ki units of wasm
+    /// work; a metric makes a few calls per tile, so the fee is noise for it.
+    pub hostcall_fuel_per_call: u64,
 }
 
 impl Default for Policy {
@@ -56,6 +67,8 @@ impl Default for Policy {
             max_message_bytes: 4096,
             max_component_bytes: 16 << 20,
             max_wasm_stack: 1 << 20,
+            hostcall_fuel_per_byte: 4,
+            hostcall_fuel_per_call: 2048,
         }
     }
 }

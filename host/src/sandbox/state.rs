@@ -128,6 +128,8 @@ pub(crate) struct HostState {
     max_message_bytes: usize,
     allowed: Allowed,
     memory_cap: u64,
+    /// Fuel per host call and per byte it moves ([`super::charge`]).
+    hostcall_fuel: (u64, u64),
 }
 
 /// Channel statistics as the WIT `channel-stats` record carries them (version-neutral).
@@ -200,6 +202,7 @@ impl HostState {
             max_message_bytes: policy.max_message_bytes as usize,
             allowed,
             memory_cap: policy.memory_bytes,
+            hostcall_fuel: (policy.hostcall_fuel_per_call, policy.hostcall_fuel_per_byte),
         }
     }
 
@@ -396,6 +399,11 @@ impl HostState {
         }
     }
 
+    /// Fuel per host call and per byte moved.
+    pub(crate) fn hostcall_prices(&self) -> (u64, u64) {
+        self.hostcall_fuel
+    }
+
     /// The memory cap in bytes (for verdicts).
     pub(crate) fn limiter_cap(&self) -> u64 {
         self.memory_cap
@@ -516,3 +524,151 @@ impl_version!(v0_2_0 {
             .map_err(Into::into))
     }
 });
+#[cfg(test)]
+mod tests {
+    //! The WIT boundary as a guest sees it: arbitrary sequences of host calls with arbitrary
+    //! arguments (rows out of range, wrong lengths, NaN and infinity, rows written twice).
+
+    use super::*;
+    use crate::layer::{ChannelStats, LayerId, LayerKind};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Call {
+        Read {
+            r0: u32,
+            n: u32,
+            gradient: bool,
+        },
+        Write {
+            r0: u32,
+            len: u32,
+            poison: Option<(usize, f32)>,
+        },
+        Stats,
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        let small = prop_oneof![0u32..24, Just(u32::MAX), Just(u32::MAX / 2)];
+        let poison = prop::option::of((
+            any::<usize>(),
+            prop_oneof![
+                Just(f32::NAN),
+                Just(f32::INFINITY),
+                Just(f32::NEG_INFINITY),
+                Just(1.5f32)
+            ],
+        ));
+        prop_oneof![
+            (small.clone(), small.clone(), any::<bool>())
+                .prop_map(|(r0, n, gradient)| Call::Read { r0, n, gradient }),
+            (small.clone(), 0u32..200, poison).prop_map(|(r0, len, poison)| Call::Write {
+                r0,
+                len,
+                poison
+            }),
+            Just(Call::Stats),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Reads return exactly the rows asked for or an error; a write is accepted exactly
+        /// when its shape is a whole number of rows inside one tile and the layer, every value
+        /// is finite and no row is written twice; the first violation is what the verdict
+        /// reports; and the scores that come back are exactly the accepted writes.
+        #[test]
+        fn host_calls_keep_the_contract_whatever_the_guest_sends(
+            rows in 1usize..12,
+            cols in 1usize..7,
+            tile in 1usize..12,
+            gradient_allowed in any::<bool>(),
+            calls in prop::collection::vec(call(), 0..40),
+        ) {
+            let tile_rows = tile.min(rows);
+            let weights: Vec<f32> = (0..rows * cols).map(|i| i as f32 - 3.5).collect();
+            let grad: Vec<f32> = weights.iter().map(|w| w.abs()).collect();
+            let stats = ChannelStats::new(cols);
+            let layer = LayerData {
+                id: LayerId { block: 0, num_blocks: 1, kind: LayerKind::Q },
+                rows,
+                cols,
+                weights: &weights,
+                stats: &stats,
+                gradient: Some(&grad),
+                hessian_inverse_diagonal: None,
+                output_stats: None,
+                sparsity: 0.5,
+            };
+            let mut state = HostState::new(
+                &super::super::Policy::default(),
+                Allowed { gradient: gradient_allowed, ..Allowed::default() },
+            );
+            state.attach(&layer, tile_rows);
+            let mut written = vec![false; rows];
+            let mut expected = vec![0f32; rows * cols];
+            let mut first_violation = false;
+            for c in calls {
+                match c {
+                    Call::Read { r0, n, gradient } => {
+                        let got = if gradient {
+                            v0_2_0::host::Host::read_gradient(&mut state, r0, n).unwrap()
+                        } else {
+                            v0_2_0::host::Host::read_weights(&mut state, r0, n).unwrap()
+                        };
+                        let (r0, n) = (r0 as usize, n as usize);
+                        let valid = n >= 1 && n <= tile_rows && r0 < rows && n <= rows - r0
+                            && (!gradient || gradient_allowed);
+                        let src = if gradient { &grad } else { &weights };
+                        match got {
+                            Ok(v) => {
+                                prop_assert!(valid);
+                                prop_assert_eq!(&v[..], &src[r0 * cols..(r0 + n) * cols]);
+                            }
+                            Err(_) => prop_assert!(!valid),
+                        }
+                    }
+                    Call::Write { r0, len, poison } => {
+                        let mut scores: Vec<f32> = (0..len).map(|i| i as f32 * 0.25).collect();
+                        if let (Some((at, v)), false) = (poison, scores.is_empty()) {
+                            let at = at % scores.len();
+                            scores[at] = v;
+                        }
+                        let (r, l) = (r0 as usize, len as usize);
+                        let n = l / cols;
+                        let shape = l > 0 && l % cols == 0 && n <= tile_rows && r < rows
+                            && n <= rows - r;
+                        let finite = scores.iter().all(|s| s.is_finite());
+                        let fresh = shape && written[r..r + n].iter().all(|w| !w);
+                        let accept = shape && finite && fresh;
+                        let res = v0_2_0::host::Host::write_scores(&mut state, r0, scores.clone()).unwrap();
+                        prop_assert_eq!(res.is_ok(), accept);
+                        if accept {
+                            written[r..r + n].fill(true);
+                            expected[r * cols..(r + n) * cols].copy_from_slice(&scores);
+                        } else {
+                            first_violation = true;
+                        }
+                    }
+                    Call::Stats => {
+                        let s = v0_2_0::host::Host::activation_stats(&mut state).unwrap();
+                        prop_assert_eq!(s.l2_norm.len(), cols);
+                    }
+                }
+                prop_assert_eq!(state.violation().is_some(), first_violation);
+            }
+            match state.take_scores() {
+                Ok(s) => {
+                    prop_assert!(!first_violation && written.iter().all(|w| *w));
+                    prop_assert_eq!(s, expected);
+                }
+                Err(InvalidOutput::MissingRows { missing, .. }) => {
+                    prop_assert!(!first_violation);
+                    prop_assert_eq!(missing as usize, written.iter().filter(|w| !**w).count());
+                }
+                Err(_) => prop_assert!(first_violation),
+            }
+        }
+    }
+}

@@ -134,6 +134,19 @@ pub enum InvalidOutput {
     /// `describe` returned something unusable.
     #[error("bad metric description: {0}")]
     BadInfo(String),
+    /// The scores tie so much that a per-layer threshold prunes far beyond the target (see
+    /// [`crate::prune::mask::per_layer_prune_limit`]).
+    #[error("the scores tie at the threshold: the per-layer rule would prune {pruned} of {weights} weights, more than the {allowed} allowed for the target's {target}")]
+    SparsityOvershoot {
+        /// Weights the threshold would prune.
+        pruned: u64,
+        /// Weights the target prunes.
+        target: u64,
+        /// The most accepted.
+        allowed: u64,
+        /// Weights of the layer.
+        weights: u64,
+    },
     /// An allocator's sparsities failed the host's validation ([`crate::alloc::validate`]):
     /// wrong length, non-finite, out of range, or the wrong parameter-weighted mean.
     #[error("bad allocation: {error}")]

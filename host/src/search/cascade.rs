@@ -541,8 +541,11 @@ impl Evaluator {
             for (i, s) in self.cfg.objective.settings.iter().enumerate() {
                 let sparsity = self.prune_cfg(i).sparsity_of(p.id);
                 let mask = Mask::from_scores(&scored.scores, p.rows, p.cols, s.pattern, sparsity)
-                    .map_err(|e| Failure::Rejected {
-                    reason: format!("probe mask of {}: {e}", p.id),
+                    .map_err(|e| match crate::pipeline::mask_error(p.id, e) {
+                    crate::pipeline::PipelineError::Metric { failure, .. } => failure,
+                    other => Failure::Rejected {
+                        reason: format!("probe mask of {}: {other}", p.id),
+                    },
                 })?;
                 all.push_str(&format!("{:016x}", mask.hash64()));
             }

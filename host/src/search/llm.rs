@@ -16,6 +16,9 @@
 //! - **Record.** Every attempt becomes a [`Call`]: the request (model and messages as JSON), the
 //!   raw response body (for a stream: the assembled text, `finish_reason`, `usage` and the final
 //!   chunk as JSON), a typed verdict when it failed ([`CallVerdict`]), tokens and seconds.
+//! - **Bounds.** A response body is read up to [`MAX_RESPONSE_BYTES`] and no further; a
+//!   redirect is followed only to the same origin; the API key is never sent over plain
+//!   `http://` to a host other than loopback unless `allow_insecure_key` says so.
 
 use super::archive::Call;
 use serde::{Deserialize, Serialize};
@@ -58,6 +61,10 @@ pub struct LlmConfig {
     /// being read does not look like silence. Only for llama.cpp servers (`--llm local`).
     #[serde(default)]
     pub prompt_progress: bool,
+    /// Send the API key over plain `http://` to a host that is not loopback (off by default:
+    /// anyone on the path reads it).
+    #[serde(default)]
+    pub allow_insecure_key: bool,
 }
 
 fn yes() -> bool {
@@ -89,8 +96,35 @@ impl Default for LlmConfig {
             stream: true,
             idle_timeout_s: default_idle_timeout(),
             prompt_progress: false,
+            allow_insecure_key: false,
         }
     }
+}
+
+/// Largest response body read, in bytes. Why 8 MiB: a completion of `max_tokens` tokens is a
+/// few tens of KiB (even 100,000 tokens are ≈ 400 KiB of JSON); a hostile endpoint streaming
+/// gigabytes must not fill the host's memory.
+pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
+
+/// Redirects followed, all to the request's own origin. Why 3: a proxy adding a trailing slash
+/// needs one; more is a loop.
+const MAX_REDIRECTS: usize = 3;
+
+/// Whether `url`'s host is the loopback interface (where plain HTTP never leaves the machine).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Same scheme, host and port.
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 impl LlmConfig {
@@ -165,6 +199,12 @@ pub enum CallVerdict {
     NoCode {
         /// `finish_reason` was `length`.
         truncated: bool,
+    },
+    /// The body passed [`MAX_RESPONSE_BYTES`] (reading stopped there).
+    #[error("the response body passed {limit} bytes; reading stopped")]
+    ResponseTooLarge {
+        /// The limit.
+        limit: u64,
     },
     /// The endpoint asked to wait longer than allowed.
     #[error("Retry-After of {seconds} s exceeds the {max} s allowed")]
@@ -295,7 +335,33 @@ impl LlmClient {
                 cfg.base_url
             );
         }
+        let base = reqwest::Url::parse(&cfg.base_url).map_err(|e| {
+            anyhow::anyhow!("the LLM base URL {:?} is not a URL: {e}", cfg.base_url)
+        })?;
+        if key.is_some()
+            && base.scheme() == "http"
+            && !is_loopback(&base)
+            && !cfg.allow_insecure_key
+        {
+            anyhow::bail!(
+                "refusing to send the API key over plain http:// to {} (anyone on the way could read it): use https://, or pass --allow-insecure-key",
+                base.host_str().unwrap_or("?")
+            );
+        }
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let first = attempt.previous().first().cloned();
+            match first {
+                Some(f)
+                    if attempt.previous().len() <= MAX_REDIRECTS
+                        && same_origin(&f, attempt.url()) =>
+                {
+                    attempt.follow()
+                }
+                _ => attempt.stop(),
+            }
+        });
         let http = reqwest::Client::builder()
+            .redirect(redirects)
             .timeout(Duration::from_secs_f64(cfg.timeout_s))
             .connect_timeout(Duration::from_secs_f64(cfg.timeout_s.clamp(0.001, 30.0)))
             .user_agent(concat!("autoprune/", env!("CARGO_PKG_VERSION")))
@@ -519,9 +585,23 @@ impl LlmClient {
     }
 
     /// A whole (non-streamed) body as text.
+    /// Read up to [`MAX_RESPONSE_BYTES`] and no further (a declared length over it is refused
+    /// before reading).
     async fn read_body(&self, resp: &mut reqwest::Response) -> Result<String, CallVerdict> {
+        let too_large = CallVerdict::ResponseTooLarge {
+            limit: MAX_RESPONSE_BYTES as u64,
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large);
+        }
         let mut bytes = Vec::new();
         while let Some(c) = self.next_chunk(resp, bytes.len()).await? {
+            if bytes.len() + c.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large);
+            }
             bytes.extend_from_slice(&c);
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
