@@ -248,3 +248,41 @@ fn bad_models_and_short_texts_fail_cleanly_with_status_2() {
         assert!(err.contains("tokens") && !err.contains("panicked"), "{err}");
     }
 }
+
+/// Every discovered metric is a product: its header states the objective, the run, the
+/// held-out numbers and the command that reproduces them, and it builds and passes `check` in
+/// the sandbox like any hand-written candidate.
+#[test]
+fn discovered_metrics_build_check_and_state_their_provenance() {
+    let dir = common::workspace().join("candidates/discovered");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no metric in {}", dir.display());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for needle in [
+            "//! Objective:",
+            "//! Held-out",
+            "//! Reproduce: autoprune prune --metric candidates/discovered/",
+        ] {
+            assert!(text.contains(needle), "{}: no `{needle}`", f.display());
+        }
+        let c = autoprune()
+            .args(["check", "--json", "--shapes", "64x128,96x64"])
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            c.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&c.stdout)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+        assert_eq!(report["passed"], true, "{}", f.display());
+    }
+}
