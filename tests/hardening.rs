@@ -116,41 +116,35 @@ fn a_build_timeout_of_zero_is_refused() {
     assert!(opts.check().is_err());
 }
 
+/// `autoprune build candidates/wanda.rs` under `cmd`'s environment exits 2 saying `why`.
+fn building_wanda_fails(mut cmd: Command, why: &str) {
+    let o = cmd
+        .arg("build")
+        .arg(common::workspace().join("candidates/wanda.rs"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains(why), "{}", text(&o.stderr));
+}
+
 /// Item 4: without HOME (and no other per-user folder) there is no cache, rather than a
 /// shared one under /tmp; a cache folder others may write is refused.
 #[test]
 fn the_cache_is_trusted_by_ownership_not_by_location() {
-    let o = autoprune()
+    let mut no_home = autoprune();
+    no_home
         .env_remove("AUTOPRUNE_CACHE")
         .env_remove("HOME")
         .env_remove("XDG_CACHE_HOME")
-        .env_remove("XDG_RUNTIME_DIR")
-        .arg("build")
-        .arg(common::workspace().join("candidates/wanda.rs"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        text(&o.stderr).contains("no per-user cache folder"),
-        "{}",
-        text(&o.stderr)
-    );
+        .env_remove("XDG_RUNTIME_DIR");
+    building_wanda_fails(no_home, "no per-user cache folder");
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let o = autoprune()
-        .env("AUTOPRUNE_CACHE", &shared)
-        .arg("build")
-        .arg(common::workspace().join("candidates/wanda.rs"))
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        text(&o.stderr).contains("refusing the cache"),
-        "{}",
-        text(&o.stderr)
-    );
+    let mut on_shared = autoprune();
+    on_shared.env("AUTOPRUNE_CACHE", &shared);
+    building_wanda_fails(on_shared, "refusing the cache");
 }
 
 /// Item 4: a staged SDK whose files were edited is not loaded: it is staged again (the rlib

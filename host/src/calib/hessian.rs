@@ -284,6 +284,15 @@ mod tests {
         (h, st)
     }
 
+    /// `(XᵀX/tokens + λI)⁻¹` in f64 the slow way (λ as the host damps), row-major.
+    fn damped_inverse_reference(x: &[f32], tokens: usize, cols: usize) -> Vec<f64> {
+        let mut hm = naive_gram(x, cols);
+        hm.iter_mut().for_each(|v| *v /= tokens as f64);
+        let lambda = PERCDAMP * (0..cols).map(|j| hm[j * cols + j]).sum::<f64>() / cols as f64;
+        (0..cols).for_each(|j| hm[j * cols + j] += lambda);
+        gauss_jordan(&hm, cols)
+    }
+
     #[test]
     fn inverse_diagonal_matches_gauss_jordan() {
         // 96 tokens in 3 windows over 7 channels (the Cholesky blocks are 128: one block).
@@ -291,11 +300,7 @@ mod tests {
         let x = inputs(tokens, cols, 3);
         let (h, st) = accumulate(&x, cols, 3);
         let got = hessian_inverse_diagonal(&h, st.tokens).unwrap();
-        let mut hm = naive_gram(&x, cols);
-        hm.iter_mut().for_each(|v| *v /= tokens as f64);
-        let lambda = PERCDAMP * (0..cols).map(|j| hm[j * cols + j]).sum::<f64>() / cols as f64;
-        (0..cols).for_each(|j| hm[j * cols + j] += lambda);
-        let inv = gauss_jordan(&hm, cols);
+        let inv = damped_inverse_reference(&x, tokens, cols);
         for j in 0..cols {
             let want = inv[j * cols + j];
             let rel = (got[j] as f64 - want).abs() / want;
@@ -311,11 +316,7 @@ mod tests {
         let x = inputs(tokens, cols, 5);
         let (h, st) = accumulate(&x, cols, 2);
         let got = hessian_inverse_diagonal(&h, st.tokens).unwrap();
-        let mut hm = naive_gram(&x, cols);
-        hm.iter_mut().for_each(|v| *v /= tokens as f64);
-        let lambda = PERCDAMP * (0..cols).map(|j| hm[j * cols + j]).sum::<f64>() / cols as f64;
-        (0..cols).for_each(|j| hm[j * cols + j] += lambda);
-        let inv = gauss_jordan(&hm, cols);
+        let inv = damped_inverse_reference(&x, tokens, cols);
         for j in 0..cols {
             let want = inv[j * cols + j];
             assert!(

@@ -494,6 +494,8 @@ pub(crate) fn endpoint_failure(n: &Node) -> bool {
                 "\"retry_after_too_long\"",
                 "\"idle_timeout\"",
                 "\"stream_error\"",
+                "\"response_too_large\"",
+                // Archives written before streamed and whole bodies shared one cap.
                 "\"too_large\"",
             ]
             .iter()
@@ -1039,6 +1041,12 @@ mod tests {
         let u = mutate_3_prompt(&nodes, &edges);
         assert!(!u.contains("503"), "{u}");
         assert!(u.contains("E0425"));
+        // A capped body, streamed or not, is the endpoint's failure too.
+        let mut big = node(7, "mutate", Status::Failed, None);
+        big.stage = Some("propose".into());
+        big.verdict =
+            Some(crate::search::llm::CallVerdict::ResponseTooLarge { limit: 8 << 20 }.to_json());
+        assert!(endpoint_failure(&big), "{:?}", big.verdict);
     }
 
     #[test]

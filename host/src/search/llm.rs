@@ -75,9 +75,6 @@ fn default_idle_timeout() -> f64 {
     120.0
 }
 
-/// The most bytes a streamed answer may take (a metric is a few kilobytes).
-pub const MAX_STREAM_BYTES: usize = 8 << 20;
-
 impl Default for LlmConfig {
     fn default() -> Self {
         LlmConfig {
@@ -101,7 +98,7 @@ impl Default for LlmConfig {
     }
 }
 
-/// Largest response body read, in bytes. Why 8 MiB: a completion of `max_tokens` tokens is a
+/// Largest response body read, streamed or not, in bytes. Why 8 MiB: a completion of `max_tokens` tokens is a
 /// few tens of KiB (even 100,000 tokens are ≈ 400 KiB of JSON); a hostile endpoint streaming
 /// gigabytes must not fill the host's memory.
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
@@ -168,12 +165,6 @@ pub enum CallVerdict {
         /// The start of the error event.
         excerpt: String,
     },
-    /// A streamed answer grew past [`MAX_STREAM_BYTES`].
-    #[error("the streamed answer exceeded {max} bytes")]
-    TooLarge {
-        /// The limit.
-        max: usize,
-    },
     /// Could not connect, or the connection broke.
     #[error("connection failed: {message}")]
     Connection {
@@ -200,7 +191,7 @@ pub enum CallVerdict {
         /// `finish_reason` was `length`.
         truncated: bool,
     },
-    /// The body passed [`MAX_RESPONSE_BYTES`] (reading stopped there).
+    /// The body, or a streamed answer, passed [`MAX_RESPONSE_BYTES`] (reading stopped there).
     #[error("the response body passed {limit} bytes; reading stopped")]
     ResponseTooLarge {
         /// The limit.
@@ -623,9 +614,9 @@ impl LlmClient {
                 Err(v) => break Err(v),
             };
             received += chunk.len();
-            if received > MAX_STREAM_BYTES {
-                break Err(CallVerdict::TooLarge {
-                    max: MAX_STREAM_BYTES,
+            if received > MAX_RESPONSE_BYTES {
+                break Err(CallVerdict::ResponseTooLarge {
+                    limit: MAX_RESPONSE_BYTES as u64,
                 });
             }
             if let Err(v) = sse.feed(&chunk) {
