@@ -13,6 +13,7 @@ pub mod check;
 pub mod data;
 pub mod eval;
 pub mod files;
+pub mod hash;
 pub mod layer;
 pub mod model;
 pub mod pipeline;
@@ -23,3 +24,4 @@ pub mod search;
 pub mod term;
 #[cfg(test)]
 mod testutil;
+pub mod units;

@@ -1,6 +1,7 @@
 //! The Wanda-protocol pruning run: block by block, dense statistics → host-built masks →
 //! pruned pass feeding the next block.
 
+use crate::alloc::summary::SummaryError;
 use crate::calib::gradient::{self, GradientError, Gradients};
 use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::input_slot;
@@ -138,6 +139,18 @@ pub fn mask_error(layer: LayerId, error: MaskError) -> PipelineError {
 impl From<candle_core::Error> for PipelineError {
     fn from(e: candle_core::Error) -> Self {
         PipelineError::Model(e.into())
+    }
+}
+
+/// The dense pre-pass's errors, as the variants of the same name and message.
+impl From<SummaryError> for PipelineError {
+    fn from(e: SummaryError) -> Self {
+        match e {
+            SummaryError::Model(e) => PipelineError::Model(e),
+            SummaryError::Calib(e) => PipelineError::Calib(e),
+            SummaryError::Metric { layer, failure } => PipelineError::Metric { layer, failure },
+            SummaryError::Hessian { block, error } => PipelineError::Hessian { block, error },
+        }
     }
 }
 

@@ -7,17 +7,51 @@
 
 use super::{Distribution, Granularity, UnitSummary};
 use crate::calib::gradient::Gradients;
-use crate::calib::hessian::{block_extras, BlockExtras, Wanted};
+use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::{
     collect_block_inputs_and_outputs, collect_block_inputs_hessians_and_outputs, input_slot,
+    CalibError,
 };
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use crate::model::{Model, ModelError};
-use crate::pipeline::PipelineError;
-use crate::sandbox::Plugin;
+use crate::sandbox::{Failure, Plugin};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// Why a dense pass or a summary failed. The pipeline turns each into its `PipelineError`
+/// variant of the same name and message (the `From` sits in the pipeline, above this room).
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    /// The model's forward pass failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Collecting a block's input statistics failed.
+    #[error(transparent)]
+    Calib(#[from] CalibError),
+    /// The metric plugin failed on a layer.
+    #[error("the metric failed on {layer}: {failure}")]
+    Metric {
+        /// The layer.
+        layer: LayerId,
+        /// Its typed verdict.
+        failure: Failure,
+    },
+    /// The Hessian-derived optional inputs (WIT 0.2.0) of a block could not be computed.
+    #[error("Hessian inputs of block {block}: {error}")]
+    Hessian {
+        /// The block.
+        block: u32,
+        /// Why.
+        error: HessianError,
+    },
+}
+
+impl From<candle_core::Error> for SummaryError {
+    fn from(e: candle_core::Error) -> Self {
+        SummaryError::Model(e.into())
+    }
+}
 
 /// Input statistics of every linear of the dense model, per block and input slot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,7 +76,7 @@ pub fn dense_stats(
     windows: &[&[u32]],
     batch: usize,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<DenseStats, PipelineError> {
+) -> Result<DenseStats, SummaryError> {
     let t = std::time::Instant::now();
     let seq_len = windows.first().map_or(0, |w| w.len());
     let rope = model.rope(seq_len)?;
@@ -95,7 +129,7 @@ pub fn dense_extras(
     batch: usize,
     wanted: Wanted,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<DenseExtras, PipelineError> {
+) -> Result<DenseExtras, SummaryError> {
     let t = std::time::Instant::now();
     let seq_len = windows.first().map_or(0, |w| w.len());
     let rope = model.rope(seq_len)?;
@@ -111,7 +145,7 @@ pub fn dense_extras(
     for (i, block) in model.blocks.iter().enumerate() {
         let (acc, outs) = collect_block_inputs_hessians_and_outputs(block, &inps, &rope, true)?;
         out.hessian_seconds += acc.hessian_seconds;
-        let extras = block_extras(block, &acc, wanted).map_err(|error| PipelineError::Hessian {
+        let extras = block_extras(block, &acc, wanted).map_err(|error| SummaryError::Hessian {
             block: i as u32,
             error,
         })?;
@@ -136,7 +170,7 @@ pub fn summarize(
     extras: Option<&DenseExtras>,
     target: f64,
     granularity: Granularity,
-) -> Result<Vec<UnitSummary>, PipelineError> {
+) -> Result<Vec<UnitSummary>, SummaryError> {
     let num_blocks = model.blocks.len();
     let mut units = Vec::new();
     for (b, block) in model.blocks.iter().enumerate() {
@@ -181,7 +215,7 @@ pub fn summarize(
                     };
                     plugin
                         .score(&data)
-                        .map_err(|failure| PipelineError::Metric { layer: id, failure })?
+                        .map_err(|failure| SummaryError::Metric { layer: id, failure })?
                         .scores
                 }
                 None => wa.clone(),

@@ -149,7 +149,7 @@ impl Gradients {
                 buf.extend_from_slice(&v.to_le_bytes());
             }
         }
-        let digest = crate::sandbox::sha256_hex(&buf);
+        let digest = crate::hash::sha256_hex(&buf);
         buf.extend_from_slice(digest.as_bytes());
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -182,7 +182,7 @@ impl Gradients {
             return Err(bad("not a gradient statistic file"));
         }
         let (body, digest) = buf.split_at(buf.len() - 64);
-        if crate::sandbox::sha256_hex(body).as_bytes() != digest {
+        if crate::hash::sha256_hex(body).as_bytes() != digest {
             return Err(bad("checksum mismatch"));
         }
         let mut at = 8usize;

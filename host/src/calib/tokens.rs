@@ -1,7 +1,7 @@
 //! Tokenize a text once: token streams are cached by the hash of the tokenizer and the text.
 
+use crate::hash::sha256_hex;
 use crate::model::{ModelError, Tokenizer};
-use crate::sandbox::sha256_hex;
 use std::path::Path;
 
 /// Token ids of `text`, read from `cache_dir` when this tokenizer already encoded this text.

@@ -4,7 +4,7 @@
 //! Same engine, same [`Policy`] limits and the same verdicts as metric plugins: every call
 //! gets a fresh store from a pre-linked `InstancePre`, fuel, an epoch deadline and the memory
 //! limiter; traps are classified by the same code. What comes back is checked by
-//! [`crate::alloc::validate`]; a refused allocation is
+//! [`crate::units::validate`]; a refused allocation is
 //! [`InvalidOutput::BadAllocation`](super::InvalidOutput::BadAllocation).
 
 use super::bindings::{v0_1_1, v0_2_0, Version};
@@ -14,8 +14,8 @@ use super::{
     version_of, wit_kind, ArtifactCache, Failure, GuestError, InvalidOutput, Plugin, Policy, Usage,
     ALLOWED_ALLOCATOR_IMPORTS,
 };
-use crate::alloc::{self, Bounds, UnitSummary, OUTLIER_MULTIPLES};
 use crate::layer::LayerKind;
+use crate::units::{self, Bounds, UnitSummary, OUTLIER_MULTIPLES};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -73,7 +73,7 @@ pub struct AllocatorInfo {
 /// A successful, validated allocation.
 #[derive(Debug, Clone)]
 pub struct Allocated {
-    /// One sparsity per unit, validated by [`crate::alloc::validate`].
+    /// One sparsity per unit, validated by [`crate::units::validate`].
     pub sparsities: Vec<f64>,
     /// Resource use of the call.
     pub usage: Usage,
@@ -272,7 +272,7 @@ impl AllocatorPlugin {
             ))),
             // Validation allows 1e-9 of slack at the bounds; what passes is clamped into them,
             // so a value a hair below 0 never reaches mask building as a negative sparsity.
-            Ok(Ok(s)) => alloc::validate(&s, target, bounds, units)
+            Ok(Ok(s)) => units::validate(&s, target, bounds, units)
                 .map(|()| s.iter().map(|v| v.clamp(bounds.min, bounds.max)).collect())
                 .map_err(|error| Failure::InvalidOutput(InvalidOutput::BadAllocation { error })),
         }?;
@@ -315,9 +315,9 @@ macro_rules! request_module {
     ($m:ident, $v:ident) => {
         mod $m {
             use super::super::bindings::$v::{allocation, types};
-            use super::{alloc, wit_kind, Bounds, LayerKind, UnitSummary, OUTLIER_MULTIPLES};
+            use super::{units, wit_kind, Bounds, LayerKind, UnitSummary, OUTLIER_MULTIPLES};
 
-            fn distribution(d: &alloc::Distribution) -> allocation::Distribution {
+            fn distribution(d: &units::Distribution) -> allocation::Distribution {
                 allocation::Distribution {
                     count: d.count,
                     mean: d.mean,

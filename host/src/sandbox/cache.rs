@@ -13,7 +13,7 @@
 //! are removed.
 
 use super::{compile, engine, engine_fingerprint, Failure};
-use sha2::{Digest, Sha256};
+use crate::hash::{hmac_sha256 as hmac, sha256_hex};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -83,30 +83,6 @@ impl std::fmt::Debug for ArtifactCache {
             .field("dir", &self.dir)
             .finish()
     }
-}
-
-/// SHA-256 of `data`, as lowercase hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
-fn hmac(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
-    // HMAC-SHA256 (RFC 2104) with a 32-byte key padded to the 64-byte block.
-    let mut ipad = [0x36u8; 64];
-    let mut opad = [0x5cu8; 64];
-    for i in 0..32 {
-        ipad[i] ^= key[i];
-        opad[i] ^= key[i];
-    }
-    let inner = Sha256::new()
-        .chain_update(ipad)
-        .chain_update(data)
-        .finalize();
-    Sha256::new()
-        .chain_update(opad)
-        .chain_update(inner)
-        .finalize()
-        .into()
 }
 
 impl ArtifactCache {

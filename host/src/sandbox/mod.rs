@@ -19,9 +19,10 @@ pub mod precheck;
 mod state;
 mod verdict;
 
+pub use crate::hash::sha256_hex;
 pub use allocator::{Allocated, AllocatorInfo, AllocatorPlugin, AnyPlugin, World};
 pub use bindings::{ALLOWED_ALLOCATOR_IMPORTS, ALLOWED_IMPORTS};
-pub use cache::{sha256_hex, ArtifactCache, CacheError, MAX_CACHE_BYTES};
+pub use cache::{ArtifactCache, CacheError, MAX_CACHE_BYTES};
 pub use policy::Policy;
 pub use state::LogLine;
 pub use verdict::{Failure, GuestError, InvalidOutput};

@@ -1,6 +1,6 @@
 //! Typed verdicts: every way a plugin can fail, as data that tests `match` on.
 
-use crate::alloc::AllocError;
+use crate::units::AllocError;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ pub enum InvalidOutput {
         /// Weights of the layer.
         weights: u64,
     },
-    /// An allocator's sparsities failed the host's validation ([`crate::alloc::validate`]):
+    /// An allocator's sparsities failed the host's validation ([`crate::units::validate`]):
     /// wrong length, non-finite, out of range, or the wrong parameter-weighted mean.
     #[error("bad allocation: {error}")]
     BadAllocation {
