@@ -3,61 +3,25 @@
 //!
 //! Same engine, same [`Policy`] limits and the same verdicts as metric plugins: every call
 //! gets a fresh store from a pre-linked `InstancePre`, fuel, an epoch deadline and the memory
-//! limiter; traps are classified by the same code. What comes back is checked by
-//! [`crate::units::validate`]; a refused allocation is
+//! limiter; traps are classified by the same code, and loading is the shared path of
+//! [`super::world`]. What comes back is checked by [`crate::units::validate`]; a refused
+//! allocation is
 //! [`InvalidOutput::BadAllocation`](super::InvalidOutput::BadAllocation).
 
-use super::bindings::{v0_1_1, v0_2_0, Version};
+use super::bindings::{v0_1_1, v0_2_0, Version, ALLOWED_ALLOCATOR_IMPORTS};
+use super::cache::ArtifactCache;
+use super::charge;
+use super::engine::{classify, clip_guest_error, new_store, Usage};
+use super::policy::Policy;
 use super::state::{Allowed, HostState};
-use super::{
-    check_imports_against, check_info, classify, clip_guest_error, component_of, engine, new_store,
-    version_of, wit_kind, ArtifactCache, Failure, GuestError, InvalidOutput, Plugin, Policy, Usage,
-    ALLOWED_ALLOCATOR_IMPORTS,
-};
+use super::verdict::{Failure, GuestError, InvalidOutput};
+use super::world::{self, component_of, Described, Pre, Versioned, WitWorld};
 use crate::layer::LayerKind;
 use crate::units::{self, Bounds, UnitSummary, OUTLIER_MULTIPLES};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker};
-
-/// Which world of `autoprune:metric` a component implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum World {
-    /// A pruning metric (`score`).
-    Metric,
-    /// A layer-wise sparsity allocator (`allocate`).
-    Allocator,
-}
-
-impl World {
-    /// Tell the world from the names of a component's exports: `allocate` makes an allocator,
-    /// `score` a metric; both or neither is refused.
-    pub fn from_exports<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<World, Failure> {
-        let (mut score, mut allocate) = (false, false);
-        for n in names {
-            score |= n == "score";
-            allocate |= n == "allocate";
-        }
-        match (score, allocate) {
-            (true, false) => Ok(World::Metric),
-            (false, true) => Ok(World::Allocator),
-            (true, true) => Err(Failure::Rejected {
-                reason: "the component exports both `score` and `allocate`; a plugin implements one world".into(),
-            }),
-            (false, false) => Err(Failure::Rejected {
-                reason: "the component exports neither `score` (metric world) nor `allocate` (allocator world)".into(),
-            }),
-        }
-    }
-
-    /// The world of a compiled component.
-    pub fn of(component: &Component) -> Result<World, Failure> {
-        let ty = component.component_type();
-        let names: Vec<&str> = ty.exports(engine()).map(|(n, _)| n).collect();
-        World::from_exports(names)
-    }
-}
+use std::time::Instant;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::Store;
 
 /// What an allocator says about itself (`describe`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,18 +43,63 @@ pub struct Allocated {
     pub usage: Usage,
 }
 
-/// A linked allocator component, typed by the package version it imports.
-enum AllocatorPreAny {
-    /// Built against 0.1.1.
-    V0_1(v0_1_1::AllocatorPre<HostState>),
-    /// Built against 0.2.0.
-    V0_2(v0_2_0::AllocatorPre<HostState>),
+/// The allocator world, for the shared load path.
+pub(crate) struct AllocatorWorld;
+
+impl WitWorld for AllocatorWorld {
+    type Pre01 = v0_1_1::AllocatorPre<HostState>;
+    type Pre02 = v0_2_0::AllocatorPre<HostState>;
+    const ALLOWED_IMPORTS: &'static [&'static str] = ALLOWED_ALLOCATOR_IMPORTS;
+    const LINKS_AGAINST: &'static str = "autoprune:metric/allocator";
+
+    fn exports(_: Version) -> String {
+        "the allocator world".into()
+    }
+
+    fn add_to_linker(linker: &mut Linker<HostState>, version: Version) -> wasmtime::Result<()> {
+        match version {
+            Version::V0_1 => {
+                v0_1_1::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+            }
+            Version::V0_2 => {
+                v0_2_0::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+            }
+        }?;
+        charge::allocator(linker, version)
+    }
+
+    fn pre_0_1(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre01> {
+        v0_1_1::AllocatorPre::new(pre)
+    }
+
+    fn pre_0_2(pre: InstancePre<HostState>) -> wasmtime::Result<Self::Pre02> {
+        v0_2_0::AllocatorPre::new(pre)
+    }
+
+    fn describe(pre: &Pre<Self>, store: &mut Store<HostState>) -> wasmtime::Result<Described> {
+        let described = |name, version, description| Described {
+            name,
+            version,
+            description,
+            needs: Allowed::default(),
+        };
+        match pre {
+            Versioned::V0_1(pre) => pre
+                .instantiate(&mut *store)
+                .and_then(|a| a.call_describe(&mut *store))
+                .map(|i| described(i.name, i.version, i.description)),
+            Versioned::V0_2(pre) => pre
+                .instantiate(&mut *store)
+                .and_then(|a| a.call_describe(&mut *store))
+                .map(|i| described(i.name, i.version, i.description)),
+        }
+    }
 }
 
 /// An allocator plugin: a validated, compiled component of the `allocator` world, ready to
 /// instantiate.
 pub struct AllocatorPlugin {
-    pre: AllocatorPreAny,
+    pre: Pre<AllocatorWorld>,
     policy: Policy,
     info: AllocatorInfo,
 }
@@ -101,24 +110,6 @@ impl std::fmt::Debug for AllocatorPlugin {
             .field("info", &self.info)
             .finish()
     }
-}
-
-/// A linker with the `allocator` world's imports of `version`.
-fn linker(version: Version) -> Result<Linker<HostState>, Failure> {
-    let mut linker = Linker::new(engine());
-    let res = match version {
-        Version::V0_1 => {
-            v0_1_1::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-        }
-        Version::V0_2 => {
-            v0_2_0::Allocator::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-        }
-    };
-    res.and_then(|()| super::charge::allocator(&mut linker, version))
-        .map_err(|e| Failure::Rejected {
-            reason: format!("host linker: {e}"),
-        })?;
-    Ok(linker)
 }
 
 impl AllocatorPlugin {
@@ -133,39 +124,18 @@ impl AllocatorPlugin {
         Self::from_component(&component, policy)
     }
 
-    fn from_component(component: &Component, policy: &Policy) -> Result<Self, Failure> {
-        check_imports_against(component, ALLOWED_ALLOCATOR_IMPORTS)?;
-        let version = version_of(component)?;
-        let pre = linker(version)?
-            .instantiate_pre(component)
-            .map_err(|e| Failure::Rejected {
-                reason: format!(
-                    "cannot link the component against autoprune:metric/allocator@{}: {e:#}",
-                    version.package()
-                ),
-            })?;
-        let not_allocator = |e: wasmtime::Error| Failure::Rejected {
-            reason: format!("the component does not export the allocator world: {e:#}"),
-        };
-        let pre = match version {
-            Version::V0_1 => {
-                AllocatorPreAny::V0_1(v0_1_1::AllocatorPre::new(pre).map_err(not_allocator)?)
-            }
-            Version::V0_2 => {
-                AllocatorPreAny::V0_2(v0_2_0::AllocatorPre::new(pre).map_err(not_allocator)?)
-            }
-        };
-        let mut plugin = Self {
+    /// Check, link and describe an already compiled component.
+    pub(crate) fn from_component(component: &Component, policy: &Policy) -> Result<Self, Failure> {
+        let (pre, d) = world::load::<AllocatorWorld>(component, policy)?;
+        Ok(Self {
             pre,
             policy: policy.clone(),
             info: AllocatorInfo {
-                name: String::new(),
-                version: String::new(),
-                description: String::new(),
+                name: d.name,
+                version: d.version,
+                description: d.description,
             },
-        };
-        plugin.info = plugin.describe()?;
-        Ok(plugin)
+        })
     }
 
     /// What the allocator said about itself.
@@ -175,10 +145,7 @@ impl AllocatorPlugin {
 
     /// The version of the `autoprune:metric` package the component was built against.
     pub fn package_version(&self) -> &'static str {
-        match self.pre {
-            AllocatorPreAny::V0_1(_) => Version::V0_1.package(),
-            AllocatorPreAny::V0_2(_) => Version::V0_2.package(),
-        }
+        self.pre.version().package()
     }
 
     /// The policy this plugin runs under.
@@ -190,35 +157,6 @@ impl AllocatorPlugin {
     /// Why per unit and not per weight: an allocator sees summaries, never the weights.
     pub fn fuel_for(&self, units: usize) -> u64 {
         self.policy.fuel_for(units as u64)
-    }
-
-    fn describe(&self) -> Result<AllocatorInfo, Failure> {
-        let timeout = Duration::from_millis(self.policy.describe_timeout_ms);
-        let fuel = self.policy.fuel_base;
-        let mut store = new_store(&self.policy, Allowed::default(), fuel, timeout);
-        store.set_hostcall_fuel(64 * 1024);
-        let res = match &self.pre {
-            AllocatorPreAny::V0_1(pre) => pre
-                .instantiate(&mut store)
-                .and_then(|a| a.call_describe(&mut store))
-                .map(|i| (i.name, i.version, i.description)),
-            AllocatorPreAny::V0_2(pre) => pre
-                .instantiate(&mut store)
-                .and_then(|a| a.call_describe(&mut store))
-                .map(|i| (i.name, i.version, i.description)),
-        };
-        let (name, version, description) = res.map_err(|e| classify(e, &store, fuel, timeout))?;
-        let info = AllocatorInfo {
-            name,
-            version,
-            description,
-        };
-        check_info(&info.name, &info.version, &info.description)?;
-        Ok(AllocatorInfo {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-        })
     }
 
     /// One sparsity per unit of `units` with parameter-weighted mean `target`, each within
@@ -251,13 +189,13 @@ impl AllocatorPlugin {
             (1 << 20) + units.len() * 4096 + self.policy.max_message_bytes as usize,
         );
         let res = match &self.pre {
-            AllocatorPreAny::V0_1(pre) => {
+            Versioned::V0_1(pre) => {
                 let req = v0_1_1_request::request(target, bounds, units);
                 pre.instantiate(&mut store)
                     .and_then(|a| a.call_allocate(&mut store, &req))
                     .map(|r| r.map_err(GuestError::from))
             }
-            AllocatorPreAny::V0_2(pre) => {
+            Versioned::V0_2(pre) => {
                 let req = v0_2_0_request::request(target, bounds, units);
                 pre.instantiate(&mut store)
                     .and_then(|a| a.call_allocate(&mut store, &req))
@@ -276,14 +214,7 @@ impl AllocatorPlugin {
                 .map(|()| s.iter().map(|v| v.clamp(bounds.min, bounds.max)).collect())
                 .map_err(|error| Failure::InvalidOutput(InvalidOutput::BadAllocation { error })),
         }?;
-        let data = store.data();
-        let usage = Usage {
-            fuel: fuel - store.get_fuel().unwrap_or(0),
-            fuel_limit: fuel,
-            seconds: start.elapsed().as_secs_f64(),
-            peak_memory_bytes: data.limiter.peak_bytes as u64,
-            logs: data.logs.clone(),
-        };
+        let usage = Usage::of(&store, fuel, start);
         Ok(Allocated { sparsities, usage })
     }
 }
@@ -314,8 +245,11 @@ fn check_request(target: f64, bounds: Bounds) -> Result<(), Failure> {
 macro_rules! request_module {
     ($m:ident, $v:ident) => {
         mod $m {
-            use super::super::bindings::$v::{allocation, types};
-            use super::{units, wit_kind, Bounds, LayerKind, UnitSummary, OUTLIER_MULTIPLES};
+            use super::super::bindings::{
+                wit_kind,
+                $v::{allocation, types},
+            };
+            use super::{units, Bounds, LayerKind, UnitSummary, OUTLIER_MULTIPLES};
 
             fn distribution(d: &units::Distribution) -> allocation::Distribution {
                 allocation::Distribution {
@@ -364,37 +298,3 @@ macro_rules! request_module {
 
 request_module!(v0_1_1_request, v0_1_1);
 request_module!(v0_2_0_request, v0_2_0);
-
-/// A plugin of either world, as loaded from component bytes.
-#[derive(Debug)]
-pub enum AnyPlugin {
-    /// A pruning metric.
-    Metric(Plugin),
-    /// A layer-wise sparsity allocator.
-    Allocator(AllocatorPlugin),
-}
-
-impl AnyPlugin {
-    /// Compile `bytes`, tell the world from the exports and load the plugin of that world.
-    pub fn load(
-        bytes: &[u8],
-        policy: &Policy,
-        cache: Option<&ArtifactCache>,
-    ) -> Result<AnyPlugin, Failure> {
-        let component = component_of(bytes, policy, cache)?;
-        match World::of(&component)? {
-            World::Allocator => {
-                AllocatorPlugin::from_component(&component, policy).map(AnyPlugin::Allocator)
-            }
-            World::Metric => Plugin::from_component(&component, policy).map(AnyPlugin::Metric),
-        }
-    }
-
-    /// The world of the plugin.
-    pub fn world(&self) -> World {
-        match self {
-            AnyPlugin::Metric(_) => World::Metric,
-            AnyPlugin::Allocator(_) => World::Allocator,
-        }
-    }
-}

@@ -6,8 +6,14 @@
 //!   against 0.1.0 or 0.1.1 keep loading and scoring exactly as before (wasmtime links their
 //!   `@0.1.0` imports against the `@0.1.1` definitions: semver-compatible).
 //!
+//! The conversions between the host's types and the shared `types` interface of each version
+//! (layer kinds, guest errors) live here too, so every world uses the same ones.
+//!
 //! `wit/v0.1.1/` is named as a file path: `Resolve::push_dir` on `wit/` ignores every
 //! subfolder but `deps/`, so the old package never leaks into the current bindings.
+
+use super::verdict::GuestError;
+use crate::layer::LayerKind;
 
 /// Bindings of the 0.2.0 `metric` world.
 mod metric_world {
@@ -120,3 +126,67 @@ pub const ALLOWED_ALLOCATOR_IMPORTS: &[&str] = &[
     "autoprune:metric/allocation@0.2.0",
     "autoprune:metric/types@0.2.0",
 ];
+
+/// A layer kind as the WIT names it (converted into either version's `layer-kind`).
+#[derive(Clone, Copy)]
+pub(crate) enum WitKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+    Other,
+}
+
+/// The WIT name of a host layer kind.
+pub(crate) fn wit_kind(kind: LayerKind) -> WitKind {
+    match kind {
+        LayerKind::Q => WitKind::Q,
+        LayerKind::K => WitKind::K,
+        LayerKind::V => WitKind::V,
+        LayerKind::O => WitKind::O,
+        LayerKind::Gate => WitKind::Gate,
+        LayerKind::Up => WitKind::Up,
+        LayerKind::Down => WitKind::Down,
+        LayerKind::Other => WitKind::Other,
+    }
+}
+
+/// Conversions between the host's types and those of bindings module `$v`.
+macro_rules! wit_conversions {
+    ($v:ident) => {
+        impl From<WitKind> for $v::types::LayerKind {
+            fn from(k: WitKind) -> Self {
+                match k {
+                    WitKind::Q => $v::types::LayerKind::Q,
+                    WitKind::K => $v::types::LayerKind::K,
+                    WitKind::V => $v::types::LayerKind::V,
+                    WitKind::O => $v::types::LayerKind::O,
+                    WitKind::Gate => $v::types::LayerKind::Gate,
+                    WitKind::Up => $v::types::LayerKind::Up,
+                    WitKind::Down => $v::types::LayerKind::Down,
+                    WitKind::Other => $v::types::LayerKind::Other,
+                }
+            }
+        }
+
+        impl From<$v::types::Error> for GuestError {
+            fn from(e: $v::types::Error) -> Self {
+                let (kind, message) = match e {
+                    $v::types::Error::Unsupported(m) => ("unsupported", m),
+                    $v::types::Error::InvalidInput(m) => ("invalid-input", m),
+                    $v::types::Error::Failed(m) => ("failed", m),
+                };
+                GuestError {
+                    kind: kind.into(),
+                    message,
+                }
+            }
+        }
+    };
+}
+
+wit_conversions!(v0_1_1);
+wit_conversions!(v0_2_0);

@@ -12,7 +12,8 @@
 //! load. The cache's size is bounded: past [`MAX_CACHE_BYTES`] the least recently used entries
 //! are removed.
 
-use super::{compile, engine, engine_fingerprint, Failure};
+use super::engine::{compile, engine, engine_fingerprint};
+use super::verdict::Failure;
 use crate::hash::{hmac_sha256 as hmac, sha256_hex};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};

@@ -6,7 +6,7 @@
 //! builder is a few hundred functions of at most a few KiB; these limits leave room for
 //! metrics far larger than any of ours and stop what no compiler emits for a metric.
 
-use super::Failure;
+use super::verdict::Failure;
 use wasmparser::{Parser, Payload};
 
 /// Core functions in the whole component (every nested module together). Why 20,000: our

@@ -4,9 +4,10 @@
 //! each version's bindings ([`v0_1_1`], [`v0_2_0`]) convert their own types around them.
 
 use super::bindings::{v0_1_1, v0_2_0};
+use super::limits::Limiter;
+use super::policy::Policy;
 use super::verdict::InvalidOutput;
 use crate::layer::{LayerData, RowStats};
-use wasmtime::{ResourceLimiter, StoreLimits};
 
 /// A borrowed `f32` slice stored without its lifetime.
 ///
@@ -36,67 +37,6 @@ impl RawSlice {
     unsafe fn get(&self) -> &[f32] {
         // SAFETY: guaranteed by the caller.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-/// Memory limiter: wasmtime's `StoreLimits` (cap, trap on grow failure) plus a record of the
-/// peak size and a typed marker when the cap was hit.
-pub(crate) struct Limiter {
-    inner: StoreLimits,
-    pub(crate) peak_bytes: usize,
-    pub(crate) hit_cap: bool,
-}
-
-impl Limiter {
-    pub(crate) fn new(memory_bytes: u64) -> Self {
-        let inner = wasmtime::StoreLimitsBuilder::new()
-            .memory_size(memory_bytes as usize)
-            .memories(1)
-            .tables(4)
-            .table_elements(100_000)
-            .instances(16)
-            .trap_on_grow_failure(true)
-            .build();
-        Self {
-            inner,
-            peak_bytes: 0,
-            hit_cap: false,
-        }
-    }
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let r = self.inner.memory_growing(current, desired, maximum);
-        match &r {
-            Ok(true) => self.peak_bytes = self.peak_bytes.max(desired),
-            _ => self.hit_cap = true,
-        }
-        r
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-    fn memories(&self) -> usize {
-        self.inner.memories()
     }
 }
 
@@ -191,7 +131,7 @@ fn bad_input(msg: String) -> HostError {
 }
 
 impl HostState {
-    pub(crate) fn new(policy: &super::Policy, allowed: Allowed) -> Self {
+    pub(crate) fn new(policy: &Policy, allowed: Allowed) -> Self {
         Self {
             limiter: Limiter::new(policy.memory_bytes),
             layer: None,
@@ -602,7 +542,7 @@ mod tests {
                 sparsity: 0.5,
             };
             let mut state = HostState::new(
-                &super::super::Policy::default(),
+                &Policy::default(),
                 Allowed { gradient: gradient_allowed, ..Allowed::default() },
             );
             state.attach(&layer, tile_rows);
