@@ -9,6 +9,7 @@
 
 mod bwrap;
 pub mod lint;
+pub mod plugin;
 mod sdk;
 pub mod seccomp;
 

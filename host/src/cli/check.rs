@@ -2,11 +2,9 @@
 //! allocation requests (allocators).
 
 use super::{BuildFlags, EXIT_VERDICT};
-use autoprune::build::{default_cache, is_source, BuildOptions};
+use autoprune::build::plugin;
 use autoprune::check::{self, DEFAULT_SHAPES};
-use autoprune::files::{read_limited, FileError};
 use autoprune::layer::LayerKind;
-use autoprune::sandbox::sha256_hex;
 use autoprune::sandbox::{AllocatorPlugin, AnyPlugin, Failure, Plugin, Policy};
 use autoprune::term::text;
 use std::path::{Path, PathBuf};
@@ -53,116 +51,40 @@ fn parse_shapes(specs: &[String]) -> anyhow::Result<Vec<(usize, usize, LayerKind
         .collect()
 }
 
-/// Load a policy file, or the defaults.
+/// Load a policy file, or the defaults ([`plugin::load_policy`]).
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
-    match path {
-        None => Ok(Policy::default()),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| anyhow::anyhow!("cannot read policy {}: {e}", p.display()))?;
-            serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("invalid policy {}: {e}", p.display()))
-        }
-    }
+    Ok(plugin::load_policy(path.map(PathBuf::as_path))?)
 }
 
-/// The bytes of a plugin file, read with the limit of its kind (a source at most the
-/// builder's `max_source_bytes`, a component at most the policy's `max_component_bytes`): the
-/// size is checked before anything is read. A file over its limit is the candidate's verdict
-/// (`Ok(Err)`: `compile` for a source, `rejected` for a component).
-pub fn read_plugin_file(path: &Path, policy: &Policy) -> anyhow::Result<Result<Vec<u8>, Failure>> {
-    let source = is_source(path);
-    let limit = if source {
-        BuildOptions::default().max_source_bytes as u64
-    } else {
-        policy.max_component_bytes
-    };
-    match read_limited(path, limit) {
-        Ok(bytes) => Ok(Ok(bytes)),
-        Err(e @ FileError::TooLarge { .. }) if source => Ok(Err(Failure::Compile {
-            diagnostics: e.to_string(),
-        })),
-        Err(e @ FileError::TooLarge { .. }) => Ok(Err(Failure::Rejected {
-            reason: e.to_string(),
-        })),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// SHA-256 of a plugin file that loaded (for reports), read with its limit.
+/// SHA-256 of a plugin file that loaded ([`plugin::plugin_sha256`]).
 pub fn plugin_sha256(path: &Path, policy: &Policy) -> anyhow::Result<String> {
-    match read_plugin_file(path, policy)? {
-        Ok(bytes) => Ok(sha256_hex(&bytes)),
-        Err(f) => Err(anyhow::anyhow!("{}: {f}", path.display())),
-    }
+    Ok(plugin::plugin_sha256(path, policy)?)
 }
 
-/// The component bytes of `path`: `.rs` source is built (a compile failure is `Ok(Err)`),
-/// anything else is read as a component.
-fn component_bytes(
-    path: &Path,
-    flags: &BuildFlags,
-    policy: &Policy,
-) -> anyhow::Result<Result<Vec<u8>, Failure>> {
-    let bytes = match read_plugin_file(path, policy)? {
-        Ok(b) => b,
-        Err(f) => return Ok(Err(f)),
-    };
-    if !is_source(path) {
-        return Ok(Ok(bytes));
-    }
-    let source = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
-    Ok(flags.builder()?.build(&source).map(|b| b.wasm))
-}
-
-/// Load a plugin from `.rs` (building it) or `.wasm`; a candidate's failure is `Err(Failure)`.
+/// A metric plugin from `.rs` or `.wasm` ([`plugin::load_plugin`]).
 pub fn load_plugin(
-    path: &Path,
-    flags: &BuildFlags,
+    p: &Path,
+    f: &BuildFlags,
     policy: &Policy,
 ) -> anyhow::Result<Result<Plugin, Failure>> {
-    let cache = default_cache()?;
-    Ok(component_bytes(path, flags, policy)?.and_then(|b| Plugin::load(&b, policy, Some(&cache))))
+    Ok(plugin::load_plugin(p, &f.options(), policy)?)
 }
 
-/// Load a plugin of either world from `.rs` (building it) or `.wasm`; a candidate's failure
-/// is `Err(Failure)`.
-pub fn load_any(
-    path: &Path,
-    flags: &BuildFlags,
-    policy: &Policy,
-) -> anyhow::Result<Result<AnyPlugin, Failure>> {
-    let cache = default_cache()?;
-    Ok(component_bytes(path, flags, policy)?
-        .and_then(|b| AnyPlugin::load(&b, policy, Some(&cache))))
-}
-
-/// Load an allocator plugin (world `autoprune:metric/allocator`) from `.rs` (building it) or
-/// `.wasm`, for `autoprune prune --allocation my_allocator.{rs,wasm}`. A candidate's failure
-/// is `Err(Failure)`; a metric component is `Err(Failure::Rejected)`.
+/// An allocator plugin from `.rs` or `.wasm` ([`plugin::load_allocator`]).
 pub fn load_allocator(
-    path: &Path,
-    flags: &BuildFlags,
+    p: &Path,
+    f: &BuildFlags,
     policy: &Policy,
 ) -> anyhow::Result<Result<AllocatorPlugin, Failure>> {
-    Ok(load_any(path, flags, policy)?.and_then(|p| match p {
-        AnyPlugin::Allocator(a) => Ok(a),
-        AnyPlugin::Metric(m) => Err(Failure::Rejected {
-            reason: format!(
-                "{} is a metric (`{}`), not an allocator: it exports `score`, not `allocate`",
-                path.display(),
-                m.info().name
-            ),
-        }),
-    }))
+    Ok(plugin::load_allocator(p, &f.options(), policy)?)
 }
 
 /// Run it; returns the exit status.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let shapes = parse_shapes(&args.shapes)?;
     let policy = load_policy(args.policy.as_ref())?;
-    let plugin = match load_any(&args.metric, &args.flags, &policy)? {
+    let loaded = plugin::load_any(&args.metric, &args.flags.options(), &policy)?;
+    let plugin = match loaded {
         Ok(p) => p,
         Err(failure) => {
             if args.json {

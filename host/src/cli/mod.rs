@@ -64,7 +64,12 @@ pub struct BuildFlags {
 impl BuildFlags {
     /// A builder with these flags and the default cache.
     pub fn builder(&self) -> anyhow::Result<Builder> {
-        let opts = BuildOptions {
+        Ok(Builder::new(default_cache()?, self.options())?)
+    }
+
+    /// The build options these flags select.
+    pub fn options(&self) -> BuildOptions {
+        BuildOptions {
             isolation: if self.trusted {
                 Isolation::Trusted
             } else {
@@ -72,8 +77,7 @@ impl BuildFlags {
             },
             timeout_secs: self.build_timeout,
             ..BuildOptions::default()
-        };
-        Ok(Builder::new(default_cache()?, opts)?)
+        }
     }
 }
 
