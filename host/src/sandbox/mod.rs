@@ -11,7 +11,7 @@
 //! the 0.1.1 bindings, 0.2.0 through the current ones), so a component keeps loading and
 //! scoring exactly as it did when it was built.
 //!
-//! - [`engine`](mod@engine): the engine, compilation, the per-call store, usage, and the
+//! - `engine`: the [`engine()`], compilation, the per-call store, [`Usage`], and the
 //!   classification of traps into verdicts; `limits`: the store's memory limiter;
 //! - `world`: the one load path (size, compile or cache, imports, version, link, describe);
 //! - `metric` and `allocator`: one module per world; `any`: a plugin of either world;
