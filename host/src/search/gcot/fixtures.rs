@@ -1,4 +1,5 @@
-//! Test fixtures shared by the GCoT unit tests: nodes, edges, a small graph and its `mutate #3` prompt.
+//! Test fixtures shared by the GCoT unit tests: nodes, edges, a small graph and its `mutate #3`
+//! prompt.
 
 use super::*;
 use crate::search::archive::{Edge, Node, Status};

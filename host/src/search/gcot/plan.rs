@@ -1,4 +1,5 @@
-//! Choosing a proposal's derivation from the graph of attempts: the operator and its parents, drawn apart from the plans in flight.
+//! Choosing a proposal's derivation from the graph of attempts: the operator and its parents, drawn
+//! apart from the plans in flight.
 
 use crate::search::archive::{Edge, Node, Status};
 use crate::search::gp::Rng;

@@ -1,4 +1,5 @@
-//! Rendering the graph into a proposal's chat messages: baselines, best and diverse candidates, lineage, siblings, lessons and sources, within the token budget.
+//! Rendering the graph into a proposal's chat messages: baselines, best and diverse candidates,
+//! lineage, siblings, lessons and sources, within the token budget.
 
 use super::plan::{fitness, Plan};
 use super::templates::{fill, Templates};

@@ -1,4 +1,5 @@
-//! The LLM proposer: one GCoT prompt and one chat request per proposal, with the plans in flight tracked until their requests end.
+//! The LLM proposer: one GCoT prompt and one chat request per proposal, with the plans in flight
+//! tracked until their requests end.
 
 use super::*;
 use crate::search::archive::NewNode;

@@ -1,4 +1,5 @@
-//! The editable prompt templates: the built-in texts, loading a folder of overrides, checking and filling `{{name}}` placeholders.
+//! The editable prompt templates: the built-in texts, loading a folder of overrides, checking and
+//! filling `{{name}}` placeholders.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,4 +1,5 @@
-//! The genetic operators: seeded random trees, tournament selection, crossover and mutation within a configuration's limits.
+//! The genetic operators: seeded random trees, tournament selection, crossover and mutation within
+//! a configuration's limits.
 
 use super::expression::{BinOp, Expr, UnOp, CONSTANTS, VARIABLES};
 use super::plan::fuel_estimate;

@@ -1,4 +1,5 @@
-//! The expression trees of symbolic GP: terminals, operators, their prefix and infix forms, and tree queries.
+//! The expression trees of symbolic GP: terminals, operators, their prefix and infix forms, and
+//! tree queries.
 
 use super::ops;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! Test fixtures shared by the GP unit tests: channel statistics, random layers, a configuration allowing every operator.
+//! Test fixtures shared by the GP unit tests: channel statistics, random layers, a configuration
+//! allowing every operator.
 
 use super::{GpConfig, Rng};
 use crate::layer::ChannelStats;

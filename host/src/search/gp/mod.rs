@@ -3,7 +3,7 @@
 //! An [`Expr`] is a tree over per-weight terminals and operators. [`Gp`] generates random trees
 //! (ramped half-and-half), selects by tournament and breeds by subtree crossover and point /
 //! subtree / hoist mutation, deterministically from a seed. [`simplify`] and [`canonical_key`]
-//! recognise trees that prune identically; [`render`] turns a tree into a complete candidate
+//! recognise trees that prune identically; [`render()`] turns a tree into a complete candidate
 //! source for the sandboxed builder, and [`eval_native`] computes the same scores in the host,
 //! bit for bit.
 //!

@@ -1,4 +1,5 @@
-//! Compiling an expression to an evaluation plan (passes of nodes), its fuel estimate, and the host's native scoring.
+//! Compiling an expression to an evaluation plan (passes of nodes), its fuel estimate, and the
+//! host's native scoring.
 
 use super::expression::{to_infix, BinOp, Expr, UnOp};
 use super::ops;
@@ -155,7 +156,8 @@ impl Plan {
     }
 }
 
-/// An upper estimate of the wasm fuel per weight that [`render`]'s plugin spends on `e`
+/// An upper estimate of the wasm fuel per weight that the plugin of
+/// [`render`](fn@super::render) spends on `e`
 /// (calibrated on the sandbox: `|W|` ≈ 14, `exp(|W|)` ≈ 137, `tanh` ≈ 141, `log` ≈ 82, `mms` ≈ 60
 /// measured against 14, 144, 154, 94, 87 estimated). Every pass re-evaluates the nodes below
 /// its whole-layer operators, so nesting multiplies the cost. The sandbox grants
@@ -255,8 +257,8 @@ fn eval_row(
 }
 
 /// Compute `expr`'s scores in the host with exactly the arithmetic of the rendered plugin
-/// ([`render`]), row-major. Without a gradient, `G` reads as 0; `H` and `O` read as 0 (use
-/// [`eval_layer`] to give them).
+/// ([`render`](fn@super::render)), row-major. Without a gradient, `G` reads as 0; `H` and `O`
+/// read as 0 (use [`eval_layer`] to give them).
 ///
 /// # Panics
 ///

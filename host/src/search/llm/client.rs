@@ -1,4 +1,5 @@
-//! The HTTP client: one chat request per attempt, retried and bounded, every attempt recorded as a call with its tokens.
+//! The HTTP client: one chat request per attempt, retried and bounded, every attempt recorded as a
+//! call with its tokens.
 
 use super::config::{is_loopback, same_origin, MAX_REDIRECTS};
 use super::retry::backoff;

@@ -1,4 +1,5 @@
-//! The endpoint's settings, their checks and prices, and the rules for where a request may go (loopback, same origin).
+//! The endpoint's settings, their checks and prices, and the rules for where a request may go
+//! (loopback, same origin).
 
 use serde::{Deserialize, Serialize};
 

@@ -13,9 +13,10 @@
 //!   is the endpoint's answer and is not retried.
 //! - **Accounting.** Tokens come from the response's `usage`; when it is missing they are
 //!   estimated (4 characters a token) and the call says so.
-//! - **Record.** Every attempt becomes a [`Call`]: the request (model and messages as JSON), the
-//!   raw response body (for a stream: the assembled text, `finish_reason`, `usage` and the final
-//!   chunk as JSON), a typed verdict when it failed ([`CallVerdict`]), tokens and seconds.
+//! - **Record.** Every attempt becomes a [`Call`](super::archive::Call): the request (model and
+//!   messages as JSON), the raw response body (for a stream: the assembled text, `finish_reason`,
+//!   `usage` and the final chunk as JSON), a typed verdict when it failed ([`CallVerdict`]),
+//!   tokens and seconds.
 //! - **Bounds.** A response body is read up to [`MAX_RESPONSE_BYTES`] and no further; a
 //!   redirect is followed only to the same origin; the API key is never sent over plain
 //!   `http://` to a host other than loopback unless `allow_insecure_key` says so.

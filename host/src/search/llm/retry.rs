@@ -1,4 +1,5 @@
-//! When to retry: exponential backoff with deterministic jitter, and the server's `Retry-After` (seconds or an HTTP date).
+//! When to retry: exponential backoff with deterministic jitter, and the server's `Retry-After`
+//! (seconds or an HTTP date).
 
 use super::*;
 

@@ -1,4 +1,5 @@
-//! Assembling a streamed chat completion from server-sent events, and the wire types of chat-completion responses.
+//! Assembling a streamed chat completion from server-sent events, and the wire types of
+//! chat-completion responses.
 
 use super::*;
 use serde::{Deserialize, Serialize};
