@@ -4,6 +4,7 @@
 
 use crate::alloc::{Bounds, Distribution, UnitSummary, OUTLIER_MULTIPLES};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind, RowStats};
+use crate::rng::SplitMix64;
 use crate::sandbox::{AllocatorInfo, AllocatorPlugin, Failure, MetricInfo, Plugin};
 use crate::term::line;
 use rayon::prelude::*;
@@ -40,54 +41,32 @@ pub struct SyntheticLayer {
     pub output_stats: RowStats,
 }
 
-/// SplitMix64: a tiny, fast, deterministic generator (no `rand` needed for test data).
-#[derive(Clone)]
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 + 1.0) / (1u64 << 24) as f32
-    }
-    /// Laplace(0, 1): heavier tails than a normal (kurtosis 6), like trained LLM weights.
-    fn laplace(&mut self) -> f32 {
-        (self.unit() / self.unit()).ln()
-    }
-}
-
 impl SyntheticLayer {
     /// Generate a layer deterministically from `seed`. Four input channels are outliers:
     /// their activations are ~50× larger and their weights ~4× larger, as in LLMs.
     pub fn generate(rows: usize, cols: usize, kind: LayerKind, seed: u64) -> Self {
-        let mut rng = SplitMix(seed ^ ((rows as u64) << 32) ^ cols as u64);
+        let mut rng = SplitMix64::new(seed ^ ((rows as u64) << 32) ^ cols as u64);
         let outliers: Vec<usize> = (0..4.min(cols))
-            .map(|_| (rng.next() % cols as u64) as usize)
+            .map(|_| (rng.next_u64() % cols as u64) as usize)
             .collect();
         let tokens = 16_384u64;
         let mut stats = ChannelStats::new(cols);
         stats.tokens = tokens;
         for j in 0..cols {
             let scale = if outliers.contains(&j) { 50.0 } else { 1.0 };
-            let rms = (0.3 * rng.laplace()).exp() * scale; // log-Laplace spread of channel scales
+            let rms = (0.3 * rng.laplace_f32()).exp() * scale; // log-Laplace spread of channel scales
             stats.sum_sq[j] = (rms as f64).powi(2) * tokens as f64;
-            stats.sum[j] = 0.1 * rng.laplace() as f64 * rms as f64 * tokens as f64 / 8.0;
-            stats.max_abs[j] = rms * (6.0 + rng.unit() * 4.0);
+            stats.sum[j] = 0.1 * rng.laplace_f32() as f64 * rms as f64 * tokens as f64 / 8.0;
+            stats.max_abs[j] = rms * (6.0 + rng.unit_f32_nonzero() * 4.0);
         }
         let col_scale: Vec<f32> = (0..cols)
             .map(|j| if outliers.contains(&j) { 4.0 } else { 1.0 })
             .collect();
         let gen_row = |r: usize, out: &mut [f32], grad: &mut [f32]| {
-            let mut g = SplitMix(seed.wrapping_mul(31).wrapping_add(r as u64));
+            let mut g = SplitMix64::new(seed.wrapping_mul(31).wrapping_add(r as u64));
             for (j, (w, gr)) in out.iter_mut().zip(grad.iter_mut()).enumerate() {
-                *w = 0.02 * g.laplace() * col_scale[j];
-                *gr = (1e-3 * g.laplace()).abs();
+                *w = 0.02 * g.laplace_f32() * col_scale[j];
+                *gr = (1e-3 * g.laplace_f32()).abs();
             }
         };
         let mut weights = vec![0f32; rows * cols];
@@ -351,9 +330,9 @@ pub fn synthetic_units(num_blocks: u32, per_layer: bool, seed: u64) -> Vec<UnitS
             LayerKind::Other => (576, 576),
         }
     };
-    let mut rng = SplitMix(seed ^ 0xA110C);
-    let dist = |rng: &mut SplitMix, count: u64, mean: f64, tail: f64| -> Distribution {
-        let j = 1.0 + 0.2 * (rng.unit() as f64 - 0.5);
+    let mut rng = SplitMix64::new(seed ^ 0xA110C);
+    let dist = |rng: &mut SplitMix64, count: u64, mean: f64, tail: f64| -> Distribution {
+        let j = 1.0 + 0.2 * (rng.unit_f32_nonzero() as f64 - 0.5);
         let r5 = 0.004 * tail * j;
         Distribution {
             count,

@@ -19,6 +19,7 @@ pub mod model;
 pub mod pipeline;
 pub mod prune;
 pub mod report;
+pub mod rng;
 pub mod sandbox;
 pub mod search;
 pub mod term;

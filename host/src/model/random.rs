@@ -2,6 +2,8 @@
 
 use candle_core::{Device, Tensor};
 
+use crate::rng::SplitMix64;
+
 use super::weights::{assemble, WeightSource};
 use super::{Arch, Model, ModelConfig, Result};
 
@@ -32,7 +34,7 @@ impl ModelConfig {
 /// A model whose weights come from a seeded generator: linears uniform in ±1/√in (so
 /// activations stay O(1)), norms 1 ± 0.2, embeddings ±1, biases ±0.1.
 pub(crate) fn model(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Model> {
-    assemble(cfg, &mut RandomSource(SplitMix64(seed)), device)
+    assemble(cfg, &mut RandomSource(SplitMix64::new(seed)), device)
 }
 
 struct RandomSource(SplitMix64);
@@ -49,31 +51,13 @@ impl WeightSource for RandomSource {
         } else {
             (0.0, 1.0 / (shape[1] as f32).sqrt())
         };
-        let data: Vec<f32> = (0..n).map(|_| center + scale * self.0.uniform()).collect();
+        let data: Vec<f32> = (0..n)
+            .map(|_| center + scale * self.0.symmetric_f32())
+            .collect();
         Ok(Tensor::from_vec(data, shape, device)?)
     }
 
     fn contains(&self, _name: &str) -> bool {
         false // optional tensors (biases a family does not require) are left out
-    }
-}
-
-/// The SplitMix64 generator: tiny, seedable, good enough for test weights.
-pub(crate) struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [−1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        // The top 24 bits fill an f32 mantissa exactly.
-        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
     }
 }

@@ -104,7 +104,7 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 /// Deterministic token windows `[batch][seq]` below `vocab`.
 pub(crate) fn token_windows(batch: usize, seq: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
-    let mut rng = super::random::SplitMix64(seed);
+    let mut rng = crate::rng::SplitMix64::new(seed);
     (0..batch)
         .map(|_| {
             (0..seq)

@@ -72,10 +72,7 @@ pub fn tune(e: &Expr, rng: &mut Rng) -> Option<Expr> {
 
 pub(crate) fn mix(seed: u64, index: u64) -> u64 {
     // SplitMix64 finaliser of (seed, index): independent streams per proposal.
-    let mut z = seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    crate::rng::finalize(seed ^ index.wrapping_mul(crate::rng::GOLDEN))
 }
 
 impl GpProposer {
