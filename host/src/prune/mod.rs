@@ -2,9 +2,11 @@
 //!
 //! - [`mask`]: validate a metric's scores and turn them into a [`Mask`] for a
 //!   comparison group ([`Pattern`]: per row, per layer, N:M), exactly as the
-//!   reference code does; apply it; hash it for behavioural dedup.
+//!   reference code does; apply it; hash it for behavioural dedup. Its selection
+//!   algorithms (k-th smallest, threshold fills, PyTorch-exact N:M) live in `mask::select`.
 //! - [`sparsegpt`]: the SparseGPT method (Hessian accumulation, `fasterprune` with
-//!   the OBS weight update), faithful to IST-DASLab/sparsegpt as locuslab/wanda runs it.
+//!   the OBS weight update), faithful to IST-DASLab/sparsegpt as locuslab/wanda runs it;
+//!   its f64 linear algebra (Cholesky, triangular inverse) lives in `sparsegpt::linalg`.
 //! - [`native`]: magnitude, Wanda and RIA scores in plain Rust (built-in references
 //!   and the native side of wasm-vs-native benchmarks).
 
