@@ -14,13 +14,7 @@ use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig};
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::Policy;
 use candle_core::Device;
-use std::process::Command;
-
-fn tokens(n: usize, vocab: u32) -> Vec<u32> {
-    (0..n as u32)
-        .map(|i| (i * 7 + (i / 13) * 3) % vocab)
-        .collect()
-}
+use common::{autoprune, tokens};
 
 #[test]
 fn allocations_are_applied_exactly_and_hit_the_target() {
@@ -143,17 +137,11 @@ fn allocation_with_n_m_or_wrong_length_is_refused() {
     }
 }
 
-fn autoprune() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autoprune"))
-}
-
 /// A reduced sweep on the real SmolLM2 (2 calibration windows, 1 evaluation window): three
 /// allocations at one sparsity, the table and the plot; a rerun skips every finished cell.
 #[test]
 fn sweep_on_real_smollm2_writes_table_and_plot_and_resumes() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let out = tempfile::tempdir().unwrap();
     let run = || {
         autoprune()
@@ -215,9 +203,7 @@ fn sweep_on_real_smollm2_writes_table_and_plot_and_resumes() {
 /// `prune --allocation owl` records its plan in the report; N:M with an allocation is refused.
 #[test]
 fn prune_with_owl_allocation_reports_the_plan() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let base = |extra: &[&str]| {
         autoprune()
             .args(["prune", "--metric"])
@@ -268,9 +254,7 @@ fn prune_with_owl_allocation_reports_the_plan() {
 /// a plugin whose mean is wrong stops the run with its typed verdict and exit status 1.
 #[test]
 fn prune_with_an_allocator_plugin_matches_builtin_owl() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let plan = |allocation: &str| {
         let o = autoprune()
             .args(["prune", "--metric"])

@@ -2,16 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn autoprune() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_autoprune"));
-    c.env(
-        "AUTOPRUNE_CACHE",
-        common::workspace().join("target/test-cache"),
-    );
-    c
-}
+use common::autoprune;
 
 #[test]
 fn build_then_check_wanda() {
@@ -128,9 +119,7 @@ fn bad_policy_fields_are_refused() {
 /// perplexity. Runs whenever the data is present; in CI (`CI` set) missing data is a failure.
 #[test]
 fn prune_real_smollm2_export_and_reload() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let out = tempfile::tempdir().unwrap();
     let p = autoprune()
         .args(["prune", "--metric"])

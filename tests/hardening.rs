@@ -8,18 +8,10 @@
 mod common;
 
 use autoprune::sandbox::{Failure, InvalidOutput, Policy};
+use common::autoprune;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn autoprune() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_autoprune"));
-    c.env(
-        "AUTOPRUNE_CACHE",
-        common::workspace().join("target/test-cache"),
-    );
-    c
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

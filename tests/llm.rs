@@ -463,15 +463,12 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
 /// continues with them.
 #[test]
 fn cli_search_with_an_llm_endpoint_and_resume() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let script = vec![chat(&metric("sqrtnorm", "w * n.max(0.0).sqrt()"), 800, 100)];
     let (url, seen) = serve(script, chat(&metric("cube", "w * n * n * n"), 800, 100));
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("s");
-    let bin = env!("CARGO_BIN_EXE_autoprune");
-    let o = std::process::Command::new(bin)
+    let o = common::autoprune()
         .args(["search", "--run"])
         .arg(&run_dir)
         .args([
@@ -487,7 +484,7 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The endpoint is never taken from the archive: without `--llm` again, no resume.
-    let o = std::process::Command::new(bin)
+    let o = common::autoprune()
         .args(["search", "--resume"])
         .arg(&run_dir)
         .args(["--budget-candidates", "2", "--json"])
@@ -495,7 +492,7 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("--llm {url}")));
-    let o = std::process::Command::new(bin)
+    let o = common::autoprune()
         .args(["search", "--resume"])
         .arg(&run_dir)
         .args(["--llm", &url, "--budget-candidates", "2", "--json"])

@@ -4,37 +4,18 @@
 //! streamed requests whose usage and timings are recorded, and is gone after the run, after a
 //! Ctrl-C, and after autoprune is killed with SIGKILL.
 //!
-//! Without the server binary the tests say `NOT RUN` and return, except under CI (`CI` set),
-//! where a missing server fails them.
+//! Without the server binary or the data the tests fail under CI and skip elsewhere
+//! (`common::not_run`).
 
 mod common;
 
 use autoprune::data::DataDir;
 use autoprune::search::archive::Archive;
-use autoprune::search::local_server::SERVER_BINARY;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// The server binary, or `None` (with a `NOT RUN` line) outside CI when setup has not built it.
-fn server_binary() -> Option<PathBuf> {
-    let p = DataDir::resolve().root().join(SERVER_BINARY);
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must run ./setup.sh first: it builds {}",
-        p.display()
-    );
-    eprintln!(
-        "NOT RUN: no llama-server at {} (./setup.sh builds it)",
-        p.display()
-    );
-    None
-}
 
 /// Whether a process exists and is not a zombie.
 fn alive(pid: u32) -> bool {
@@ -50,7 +31,7 @@ fn alive(pid: u32) -> bool {
 /// arrive on the channel.
 fn search(run: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
     let model = DataDir::resolve().smollm2_gguf().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autoprune"))
+    let mut child = common::autoprune()
         .args(["search", "--run"])
         .arg(run)
         .args(["--llm", "local", "--llm-model-file"])
@@ -140,10 +121,10 @@ fn signal(pid: u32, sig: i32) {
 /// timings and final chunks recorded) and is stopped at the end of the run.
 #[test]
 fn a_search_against_a_real_local_server() {
-    let Some(_) = server_binary() else { return };
-    if !common::have_real_data() {
+    let Some(_) = common::llama_server() else {
         return;
-    }
+    };
+    common::require_real_data!();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("s");
     let (mut child, lines) = search(&run, &["--budget-candidates", "2"]);
@@ -194,10 +175,10 @@ fn a_search_against_a_real_local_server() {
 /// takes the server with it.
 #[test]
 fn the_local_server_dies_with_the_run() {
-    let Some(_) = server_binary() else { return };
-    if !common::have_real_data() {
+    let Some(_) = common::llama_server() else {
         return;
-    }
+    };
+    common::require_real_data!();
     let dir = tempfile::tempdir().unwrap();
 
     let run = dir.path().join("int");

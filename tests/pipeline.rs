@@ -15,21 +15,11 @@ use autoprune::prune::native;
 use autoprune::sandbox::{Plugin, Policy};
 use autoprune::search::gp;
 use candle_core::Device;
-
-fn tokens(n: usize, vocab: u32) -> Vec<u32> {
-    // A deterministic, repetitive "text" so a model has something to be perplexed by.
-    (0..n as u32)
-        .map(|i| (i * 7 + (i / 13) * 3) % vocab)
-        .collect()
-}
-
-fn plugin(rel: &str) -> Plugin {
-    common::plugin(rel, &Policy::default()).expect("candidate loads")
-}
+use common::{candidate, tokens};
 
 #[test]
 fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
-    let wanda = plugin("candidates/wanda.rs");
+    let wanda = candidate("candidates/wanda.rs");
     for arch in [Arch::Llama, Arch::Qwen2] {
         let cfg = ModelConfig::tiny(arch);
         let dense = Model::random(&cfg, 5, &Device::Cpu).unwrap();
@@ -185,7 +175,7 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
         .build(&gp::render(&tree, "w-o-over-h"))
         .expect("the tree builds");
     let tree_plugin = Plugin::load(&built.wasm, &Policy::default(), None).unwrap();
-    let obs = plugin("candidates/obs.rs");
+    let obs = candidate("candidates/obs.rs");
     let obs_native = |l: &LayerData<'_>| -> Vec<f32> {
         let h = l.hessian_inverse_diagonal.unwrap();
         l.weights
@@ -229,7 +219,7 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
     let r = prune_model(
         &mut model,
         &wins,
-        &Method::Metric(&plugin("candidates/wanda.rs")),
+        &Method::Metric(&candidate("candidates/wanda.rs")),
         &pcfg,
         &mut |_, _| {},
     )
@@ -257,7 +247,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
         let r = prune_model(&mut model, &wins, &Method::SparseGpt, &pcfg, &mut |_, _| {}).unwrap();
         assert!((r.sparsity - 0.5).abs() < 0.02, "{pattern}: {}", r.sparsity);
     }
-    let ria = plugin("candidates/ria.rs");
+    let ria = candidate("candidates/ria.rs");
     let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
     let pcfg = PruneConfig {
         sparsity: 0.5,
@@ -278,7 +268,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
 
 #[test]
 fn failing_metric_reports_its_verdict_and_layer() {
-    let nan = plugin("tests/attacks/nan_output.rs");
+    let nan = candidate("tests/attacks/nan_output.rs");
     let cfg = ModelConfig::tiny(Arch::Llama);
     let toks = tokens(1024, cfg.vocab_size as u32);
     let wins = windows(&toks, &[0, 100], 64);

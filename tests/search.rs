@@ -7,6 +7,7 @@ mod common;
 use autoprune::search::archive::{Archive, Status};
 use autoprune::search::proposer::{GpProposer, GpSettings};
 use autoprune::search::run::{run, Budget, Pools, Stop};
+use common::autoprune;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -105,17 +106,11 @@ fn parallel_evaluation_records_every_candidate_once() {
     assert_eq!(distinct.len(), 11);
 }
 
-fn autoprune() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_autoprune"))
-}
-
 /// `kill -9` in the middle of a search on the real model, then `--resume`: no evaluated
 /// candidate is lost or re-evaluated, seeds are not added again, and the budget continues.
 #[test]
 fn search_survives_kill_9_and_resumes() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("s1");
     let db = run_dir.join("archive.sqlite");
@@ -209,9 +204,7 @@ fn search_survives_kill_9_and_resumes() {
 /// recorded, nothing is left pending, the process exits 0 and says why it stopped.
 #[test]
 fn ctrl_c_stops_a_search_cleanly() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("s");
     let db = run_dir.join("archive.sqlite");
@@ -447,12 +440,7 @@ fn html_report_renders_in_headless_chromium() {
             .is_ok_and(|o| o.status.success())
     });
     let Some(chromium) = chromium else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run ./setup.sh first (chromium)"
-        );
-        eprintln!("skipped the browser check: no chromium (run ./setup.sh)");
-        return;
+        return common::not_run("the browser check: no chromium (run ./setup.sh)");
     };
     let profile = dir.path().join("profile");
     let out = Command::new(chromium)
@@ -494,9 +482,7 @@ fn html_report_renders_in_headless_chromium() {
 /// last at every level, and a rerun measures nothing again.
 #[test]
 fn fidelity_study_measures_every_level_and_resumes() {
-    if !common::have_real_data() {
-        return;
-    }
+    common::require_real_data!();
     let dir = tempfile::tempdir().unwrap();
     let panel = dir.path().join("panel");
     std::fs::create_dir_all(&panel).unwrap();

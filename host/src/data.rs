@@ -254,11 +254,10 @@ mod tests {
     fn sotu_tokenizes_like_the_protocol() {
         let data = DataDir::resolve();
         let (Ok(gguf), Ok(sotu)) = (data.smollm2_gguf(), data.sotu_dir()) else {
-            eprintln!(
-                "skipped: no SmolLM2/SOTU data under {} (run ./setup.sh)",
+            return crate::testutil::not_run(&format!(
+                "no SmolLM2/SOTU data under {} (run ./setup.sh)",
                 data.root().display()
-            );
-            return;
+            ));
         };
         let tk = Tokenizer::from_gguf(&gguf).unwrap();
         let s = sotu_streams(&sotu).unwrap();

@@ -505,11 +505,10 @@ mod tests {
     fn sotu_dense_perplexity() {
         let data = crate::data::DataDir::resolve();
         let (Ok(gguf), Ok(streams)) = (data.smollm2_gguf(), data.sotu_streams()) else {
-            eprintln!(
-                "skipped: no SmolLM2/SOTU data under {} (run ./setup.sh)",
+            return crate::testutil::not_run(&format!(
+                "no SmolLM2/SOTU data under {} (run ./setup.sh)",
                 data.root().display()
-            );
-            return;
+            ));
         };
         let t0 = Instant::now();
         let model = Model::load(&gguf, &Device::Cpu).unwrap();

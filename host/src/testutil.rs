@@ -26,3 +26,15 @@ pub(crate) fn require_cpu(features: &[&str]) {
     #[cfg(not(target_arch = "x86_64"))]
     panic!("require_cpu({features:?}): not an x86-64 CPU; rebuild the tests on this machine");
 }
+
+/// A test cannot run for `reason` (its data or a tool is missing): under CI (`CI` set, as
+/// `.ci/run` does) this is a failure (panics); elsewhere it prints `SKIPPED (not run):
+/// <reason>` to stderr and the caller returns. The integration tests' `common::not_run` is the
+/// same rule.
+pub(crate) fn not_run(reason: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{reason}: CI is set, so a test that cannot run fails (run ./setup.sh first)"
+    );
+    eprintln!("SKIPPED (not run): {reason}");
+}
