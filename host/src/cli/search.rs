@@ -8,21 +8,14 @@ use autoprune::calib::{validation_offsets, window_offsets, Sampler};
 use autoprune::model::Precision;
 use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
-use autoprune::search::cascade::{Evaluator, LadderConfig, Reference, SearchData};
-use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
-use autoprune::search::llm::{LlmClient, LlmConfig};
-use autoprune::search::local_server::{LocalLlm, LocalServer, LOCAL};
+use autoprune::search::cascade::{Evaluator, SearchData};
+use autoprune::search::gcot::Templates;
+use autoprune::search::local_server::{LocalLlm, LocalServer};
 use autoprune::search::objective::{Objective, Setting};
-use autoprune::search::proposer::{GpProposer, GpSettings};
-use autoprune::search::run::{
-    rank_heldout, run as run_search, Budget, Event, Pools, Proposer, Stop,
-};
-use serde::{Deserialize, Serialize};
+use autoprune::search::run::Event;
+use autoprune::search::session::{archive_path, lineage, RunConfig, SearchFlags, Session};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
-mod trust;
 
 /// Arguments of `autoprune search`.
 #[derive(Debug, clap::Args)]
@@ -163,64 +156,10 @@ pub struct Args {
     pub flags: BuildFlags,
 }
 
-/// Everything that defines a run, recorded in the archive (`meta.config`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunConfig {
-    proposer: String,
-    seed: u64,
-    budget_candidates: u64,
-    #[serde(default)]
-    budget_minutes: f64,
-    #[serde(default)]
-    budget_tokens: u64,
-    #[serde(default)]
-    budget_cost: f64,
-    #[serde(default)]
-    llm: Option<LlmConfig>,
-    /// The llama.cpp server that `--llm local` starts for every session of the run.
-    #[serde(default)]
-    local: Option<LocalLlm>,
-    #[serde(default)]
-    prompts: Option<PathBuf>,
-    #[serde(default)]
-    pools: Pools,
-    ladder: LadderConfig,
-    calib_windows: usize,
-    validation_windows: usize,
-    heldout_windows: usize,
-    heldout_top: usize,
-    seq_len: usize,
-    model: Option<PathBuf>,
-    calib: Option<PathBuf>,
-    eval: Option<PathBuf>,
-    policy: Option<PathBuf>,
-    trusted: bool,
-    gp: GpSettings,
-    /// Probability of a constant-tuning step in GP breeding.
-    #[serde(default)]
-    gp_tune: f64,
-    /// Arithmetic of the linear layers (runs recorded before it existed are f32).
-    #[serde(default)]
-    precision: Precision,
-}
-
-fn archive_path(dir: &Path) -> PathBuf {
-    dir.join("archive.sqlite")
-}
-
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    for (name, v) in [
-        ("--budget-minutes", args.budget_minutes),
-        ("--budget-cost", args.budget_cost),
-    ] {
-        if let Some(v) = v {
-            anyhow::ensure!(
-                v.is_finite() && v >= 0.0,
-                "{name} must be a finite number ≥ 0 (got {v})"
-            );
-        }
-    }
+    let flags = search_flags(&args);
+    flags.check_budgets()?;
     if let Some(dir) = &args.write_prompts {
         Templates::write_builtin(dir).with_context(|| format!("writing {}", dir.display()))?;
         println!(
@@ -231,306 +170,166 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let quiet = args.protocol.json;
-    let (dir, mut archive, cfg, mut proposer) = match &args.resume {
-        Some(dir) => {
-            let archive = Archive::open_existing(&archive_path(dir))?;
-            let schema = archive.schema()?;
-            anyhow::ensure!(
-                schema == autoprune::search::archive::SCHEMA_VERSION,
-                "{} was recorded by an earlier autoprune (archive schema {schema}: perplexities, \
-                 not ratios to Wanda); `autoprune runs show` still reads it, but it cannot be \
-                 resumed: start a new run",
-                dir.display()
-            );
-            let text = archive
-                .meta("config")?
-                .with_context(|| format!("{} has no recorded configuration", dir.display()))?;
-            let mut cfg: RunConfig = serde_json::from_str(&text)
-                .with_context(|| format!("reading the configuration of {}", dir.display()))?;
-            trust::check_resume(&cfg, &args)?;
-            trust::refuse_trusted_llm(cfg.trusted, cfg.llm.is_some())?;
-            if let Some(b) = args.budget_candidates {
-                cfg.budget_candidates = b;
-            }
-            if let Some(m) = args.budget_minutes {
-                cfg.budget_minutes = m;
-            }
-            if let Some(t) = args.budget_tokens {
-                cfg.budget_tokens = t;
-            }
-            if let Some(c) = args.budget_cost {
-                cfg.budget_cost = c;
-            }
-            let proposer = build_proposer(&cfg, None)?;
-            archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
-            (dir.clone(), archive, cfg, proposer)
-        }
-        None => {
-            let dir = args.run.clone().expect("clap: --run or --resume");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = archive_path(&dir);
-            if path.exists() {
-                anyhow::bail!(
-                    "{} already holds a run; continue it with `autoprune search --resume {}`",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-            let local = (args.llm.as_deref() == Some(LOCAL)).then(|| {
-                let data = autoprune::data::DataDir::resolve();
-                let d = LocalLlm::new(data.root(), args.llm_concurrency);
-                LocalLlm {
-                    server: args.llm_server.clone().unwrap_or(d.server.clone()),
-                    model: args.llm_model_file.clone().unwrap_or(d.model.clone()),
-                    threads: args.llm_threads,
-                    ..d
-                }
-            });
-            let wants_llm = args.llm.is_some() || args.proposer == "llm";
-            trust::refuse_trusted_llm(args.flags.trusted, wants_llm)?;
-            let llm = if wants_llm {
-                Some(LlmConfig {
-                    base_url: args
-                        .llm
-                        .clone()
-                        .context("--proposer llm needs --llm <base URL>")?,
-                    model: match &local {
-                        // The model's own name, unless one is given.
-                        Some(l) if args.llm_model == "default" => l
-                            .model
-                            .file_stem()
-                            .map_or("local".into(), |s| s.to_string_lossy().into_owned()),
-                        _ => args.llm_model.clone(),
-                    },
-                    api_key_env: args.api_key_env.clone(),
-                    temperature: args.llm_temperature,
-                    max_tokens: args.llm_max_tokens.unwrap_or(if local.is_some() {
-                        1024
-                    } else {
-                        2048
-                    }),
-                    timeout_s: args.llm_timeout.unwrap_or(if local.is_some() {
-                        3600.0
-                    } else {
-                        120.0
-                    }),
-                    idle_timeout_s: args.llm_idle_timeout,
-                    stream: !args.llm_no_stream,
-                    prompt_progress: local.is_some(),
-                    max_retries: args.llm_retries,
-                    price_prompt_per_1k: args.price_prompt_per_1k,
-                    price_completion_per_1k: args.price_completion_per_1k,
-                    allow_insecure_key: args.allow_insecure_key,
-                    ..LlmConfig::default()
-                })
-            } else {
-                None
-            };
-            let pools = if llm.is_some() {
-                let c = args.llm_concurrency.max(1);
-                Pools {
-                    proposal_workers: c,
-                    eval_workers: args.eval_workers.max(1),
-                    lookahead: args.eval_workers.max(1) + c,
-                    ..Pools::default()
-                }
-            } else {
-                Pools {
-                    eval_workers: args.eval_workers.max(1),
-                    lookahead: args.eval_workers.max(1),
-                    ..Pools::default()
-                }
-            };
-            let cfg = RunConfig {
-                proposer: if llm.is_some() {
-                    "llm".into()
-                } else {
-                    args.proposer.clone()
-                },
-                budget_tokens: args.budget_tokens.unwrap_or(0),
-                budget_cost: args.budget_cost.unwrap_or(0.0),
-                llm,
-                local,
-                prompts: args.prompts.clone(),
-                pools,
-                seed: args.seed,
-                budget_candidates: args.budget_candidates.unwrap_or(200),
-                budget_minutes: args.budget_minutes.unwrap_or(0.0),
-                ladder: LadderConfig {
-                    objective: args.objective.clone().unwrap_or_else(|| {
-                        Objective::single(Setting::uniform(args.sparsity, args.pattern))
-                    }),
-                    screen_windows: args.screen_windows,
-                    promote_ratio: args.promote_ratio,
-                    calib_batch: 8,
-                    gradient: !args.no_gradient,
-                },
-                calib_windows: args.calib_windows,
-                validation_windows: args.validation_windows,
-                heldout_windows: args.protocol.eval_windows,
-                heldout_top: args.heldout_top,
-                seq_len: args.protocol.seqlen,
-                model: args.protocol.model.clone(),
-                calib: args.calib.clone(),
-                eval: args.protocol.eval.clone(),
-                policy: args.policy.clone(),
-                trusted: args.flags.trusted,
-                gp: GpSettings {
-                    allow_gradient: !args.no_gradient,
-                    ..GpSettings::default()
-                },
-                gp_tune: args.gp_tune,
-                precision: args.protocol.precision,
-            };
-            // Check the proposer's settings before anything is written, so a typo does not
-            // leave a run folder that only holds a broken configuration.
-            let proposer = build_proposer(&cfg, None)?;
-            let archive = Archive::open(&path)?;
-            archive.set_meta("config", &serde_json::to_string(&cfg)?)?;
-            (dir, archive, cfg, proposer)
-        }
+    let mut session = match &args.resume {
+        Some(dir) => Session::resume(dir, &flags)?,
+        None => Session::create(args.run.as_ref().expect("clap: --run or --resume"), &flags)?,
     };
+    let cfg = session.config.clone();
     let policy = load_policy(cfg.policy.as_ref())?;
     let device = super::protocol::device(&args.protocol.device)?;
-    let data = search_data(
-        &DataSpec {
-            model: cfg.model.as_ref(),
-            calib: cfg.calib.as_ref(),
-            eval: cfg.eval.as_ref(),
-            calib_windows: cfg.calib_windows,
-            validation_windows: cfg.validation_windows,
-            heldout_windows: cfg.heldout_windows,
-            seq_len: cfg.seq_len,
-            precision: cfg.precision,
-        },
-        &device,
-    )?;
-    let flags = BuildFlags {
+    let data = search_data(&data_spec(&cfg), &device)?;
+    let builder = BuildFlags {
         trusted: cfg.trusted,
         build_timeout: args.flags.build_timeout,
-    };
-    let cached: Option<Reference> = archive
-        .meta("reference")?
-        .and_then(|r| serde_json::from_str(&r).ok());
-    let evaluator = Evaluator::new(
-        cfg.ladder.clone(),
-        data,
-        flags.builder()?,
-        policy,
-        cached,
-        &mut |what| {
-            if !quiet {
-                eprintln!("preparing: {what}");
-            }
-        },
-    )?;
-    archive.set_meta("reference", &serde_json::to_string(&evaluator.reference())?)?;
-    archive.set_meta(
-        "cpu",
-        &serde_json::to_string(&autoprune::model::cpu_report())?,
-    )?;
-    if !quiet {
-        let p = evaluator.preparation();
-        eprintln!(
-            "prepared in {:.1} s (dense statistics {:.1} s, gradient {:.1} s, plans {:.1} s, Wanda's losses {:.1} s); objective {}",
-            p.dense_stats + p.gradient + p.plans + p.reference,
-            p.dense_stats,
-            p.gradient,
-            p.plans,
-            p.reference,
-            cfg.ladder.objective
-        );
     }
-    // LLM runs start from the hand-written sources (readable); GP runs from trees (breedable).
-    let seeds = if cfg.llm.is_some() {
-        autoprune::search::gcot::seeds(cfg.ladder.gradient)
-    } else {
-        GpProposer::seeds(cfg.ladder.gradient)
-    };
-    // `--llm local`: the server runs for this session's search; dropping it stops it (also on
-    // an error or Ctrl-C; it dies with autoprune even on SIGKILL).
-    let server = match &cfg.local {
-        Some(l) => {
-            let alias = cfg.llm.as_ref().map_or("local", |c| c.model.as_str());
-            let s = LocalServer::start(l, alias, &dir.join("llama-server.log"))?;
-            if !quiet {
-                eprintln!(
-                    "local LLM: {} on {} (pid {}, log {})",
-                    l.model.display(),
-                    s.base_url(),
-                    s.pid().unwrap_or(0),
-                    s.log().display()
-                );
-            }
-            proposer = build_proposer(&cfg, Some(&s.base_url()))?;
-            Some(s)
+    .builder()?;
+    let evaluator = session.evaluator(data, builder, policy, &mut |what| {
+        if !quiet {
+            eprintln!("preparing: {what}");
         }
-        None => None,
-    };
+    })?;
+    if !quiet {
+        print_preparation(&evaluator, &cfg.ladder.objective);
+    }
+    let server = session.start_local_llm(&mut |l, s| {
+        if !quiet {
+            print_server(l, s)
+        }
+    })?;
     let stop = stop_on_ctrl_c();
-    let budget = Budget {
-        candidates: cfg.budget_candidates,
-        tokens: cfg.budget_tokens,
-        seconds: cfg.budget_minutes * 60.0,
-        cost: cfg.budget_cost,
-    };
-    let mut print = |e: Event<'_>| {
-        if quiet {
-            return;
+    let out = session.search(&evaluator, server, &stop, &mut |e| {
+        if !quiet {
+            print_event(e)
         }
-        match e {
-            Event::Finished(n, o) => eprintln!(
-                "#{:<4} {:<9} {:<10} {:<10} screen {:>7} fitness {:>7}  {}",
-                n.id,
-                n.operator,
-                format!("{:?}", o.status.unwrap_or(Status::Failed)).to_lowercase(),
-                o.stage,
-                fmt_opt(o.proxy),
-                fmt_opt(o.fitness),
-                first_line(&n.thought, 60)
-            ),
-            Event::Heldout(n, p) => eprintln!("held-out #{:<4} {:.4} × Wanda", n.id, p),
-            Event::Proposed(n) => {
-                if n.status == Status::Failed {
-                    eprintln!(
-                        "#{:<4} {:<9} failed     propose {}",
-                        n.id,
-                        n.operator,
-                        first_line(n.verdict.as_deref().unwrap_or(""), 90)
-                    );
-                }
-            }
-            Event::ProposerError(e) => eprintln!("proposer: {}", first_line(e, 120)),
-        }
-    };
-    let why = run_search(
-        &mut archive,
-        &evaluator,
-        proposer,
-        &seeds,
-        budget,
-        cfg.pools,
-        &stop,
-        &mut print,
-    )?;
-    drop(server);
-    let ranked = if why == Stop::Interrupted {
-        Vec::new()
-    } else {
-        rank_heldout(&archive, &evaluator, cfg.heldout_top, &mut print)?
-    };
+    })?;
+    let dir = &session.dir;
     if quiet {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "run": dir, "stopped": why, "ranking": ranked
-            }))?
-        );
+        let json = serde_json::json!({"run": dir, "stopped": out.stopped, "ranking": out.ranking});
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        println!("stopped: {why:?}\n{}", leaderboard(&archive.nodes()?, 10));
+        println!(
+            "stopped: {:?}\n{}",
+            out.stopped,
+            leaderboard(&session.archive.nodes()?, 10)
+        );
         println!("details: autoprune runs show {}", dir.display());
     }
     Ok(0)
+}
+
+/// How long the preparation took.
+fn print_preparation(evaluator: &Evaluator, objective: &Objective) {
+    let p = evaluator.preparation();
+    eprintln!(
+        "prepared in {:.1} s (dense statistics {:.1} s, gradient {:.1} s, plans {:.1} s, Wanda's losses {:.1} s); objective {}",
+        p.dense_stats + p.gradient + p.plans + p.reference,
+        p.dense_stats,
+        p.gradient,
+        p.plans,
+        p.reference,
+        objective
+    );
+}
+
+/// The `--llm local` server once it runs.
+fn print_server(l: &LocalLlm, s: &LocalServer) {
+    eprintln!(
+        "local LLM: {} on {} (pid {}, log {})",
+        l.model.display(),
+        s.base_url(),
+        s.pid().unwrap_or(0),
+        s.log().display()
+    );
+}
+
+/// The library's view of the flags.
+fn search_flags(a: &Args) -> SearchFlags {
+    SearchFlags {
+        proposer: a.proposer.clone(),
+        llm: a.llm.clone(),
+        llm_model_file: a.llm_model_file.clone(),
+        llm_server: a.llm_server.clone(),
+        llm_threads: a.llm_threads,
+        llm_model: a.llm_model.clone(),
+        api_key_env: a.api_key_env.clone(),
+        allow_insecure_key: a.allow_insecure_key,
+        llm_temperature: a.llm_temperature,
+        llm_max_tokens: a.llm_max_tokens,
+        llm_timeout: a.llm_timeout,
+        llm_idle_timeout: a.llm_idle_timeout,
+        llm_no_stream: a.llm_no_stream,
+        llm_retries: a.llm_retries,
+        llm_concurrency: a.llm_concurrency,
+        prompts: a.prompts.clone(),
+        budget_tokens: a.budget_tokens,
+        budget_cost: a.budget_cost,
+        price_prompt_per_1k: a.price_prompt_per_1k,
+        price_completion_per_1k: a.price_completion_per_1k,
+        eval_workers: a.eval_workers,
+        objective: a.objective.clone(),
+        sparsity: a.sparsity,
+        pattern: a.pattern,
+        budget_candidates: a.budget_candidates,
+        budget_minutes: a.budget_minutes,
+        seed: a.seed,
+        calib_windows: a.calib_windows,
+        validation_windows: a.validation_windows,
+        screen_windows: a.screen_windows,
+        promote_ratio: a.promote_ratio,
+        gp_tune: a.gp_tune,
+        no_gradient: a.no_gradient,
+        heldout_top: a.heldout_top,
+        calib: a.calib.clone(),
+        policy: a.policy.clone(),
+        model: a.protocol.model.clone(),
+        eval: a.protocol.eval.clone(),
+        seq_len: a.protocol.seqlen,
+        heldout_windows: a.protocol.eval_windows,
+        precision: a.protocol.precision,
+        trusted: a.flags.trusted,
+    }
+}
+
+/// Where the run's model and text come from.
+fn data_spec(cfg: &RunConfig) -> DataSpec<'_> {
+    DataSpec {
+        model: cfg.model.as_ref(),
+        calib: cfg.calib.as_ref(),
+        eval: cfg.eval.as_ref(),
+        calib_windows: cfg.calib_windows,
+        validation_windows: cfg.validation_windows,
+        heldout_windows: cfg.heldout_windows,
+        seq_len: cfg.seq_len,
+        precision: cfg.precision,
+    }
+}
+
+/// One line on stderr per event of the loop.
+fn print_event(e: Event<'_>) {
+    match e {
+        Event::Finished(n, o) => eprintln!(
+            "#{:<4} {:<9} {:<10} {:<10} screen {:>7} fitness {:>7}  {}",
+            n.id,
+            n.operator,
+            format!("{:?}", o.status.unwrap_or(Status::Failed)).to_lowercase(),
+            o.stage,
+            fmt_opt(o.proxy),
+            fmt_opt(o.fitness),
+            first_line(&n.thought, 60)
+        ),
+        Event::Heldout(n, p) => eprintln!("held-out #{:<4} {:.4} × Wanda", n.id, p),
+        Event::Proposed(n) => {
+            if n.status == Status::Failed {
+                eprintln!(
+                    "#{:<4} {:<9} failed     propose {}",
+                    n.id,
+                    n.operator,
+                    first_line(n.verdict.as_deref().unwrap_or(""), 90)
+                );
+            }
+        }
+        Event::ProposerError(e) => eprintln!("proposer: {}", first_line(e, 120)),
+    }
 }
 
 /// Where a search's (or a fidelity study's) model and text come from.
@@ -588,46 +387,6 @@ pub fn search_data(
     Ok(data)
 }
 
-/// The run's proposer. Settings that would make the run fail or a budget meaningless are
-/// refused here, before the model loads and (for a new run) before anything is written.
-/// `local_url` is the address of the `--llm local` server once it runs.
-fn build_proposer(cfg: &RunConfig, local_url: Option<&str>) -> anyhow::Result<Arc<dyn Proposer>> {
-    if cfg.budget_cost > 0.0 {
-        let priced = cfg
-            .llm
-            .as_ref()
-            .is_some_and(|l| l.price_prompt_per_1k > 0.0 || l.price_completion_per_1k > 0.0);
-        anyhow::ensure!(
-            priced,
-            "--budget-cost needs an LLM proposer with --price-prompt-per-1k or \
-             --price-completion-per-1k (without prices nothing costs anything)"
-        );
-    }
-    Ok(match &cfg.llm {
-        Some(llm) => {
-            let templates = Templates::load(cfg.prompts.as_deref())?;
-            let mut llm = llm.clone();
-            if cfg.local.is_some() {
-                llm.base_url = local_url.unwrap_or("http://127.0.0.1:0/v1").into();
-            }
-            let client = LlmClient::new(llm)?;
-            Arc::new(LlmProposer::new(
-                client,
-                templates,
-                PromptSettings {
-                    sparsity: cfg.ladder.objective.settings[0].sparsity,
-                    pattern: objective_words(&cfg.ladder.objective),
-                },
-                cfg.seed,
-            ))
-        }
-        None => Arc::new(
-            GpProposer::new(cfg.gp.clone(), cfg.seed, cfg.proposer == "random")
-                .with_tuning(cfg.gp_tune),
-        ),
-    })
-}
-
 /// A flag set by the first Ctrl-C (the loop then stops after the current candidate, with
 /// everything recorded); a second Ctrl-C exits at once (the candidate being evaluated stays
 /// `pending` and is evaluated again on `--resume`).
@@ -652,34 +411,6 @@ fn stop_on_ctrl_c() -> std::sync::Arc<AtomicBool> {
         });
     });
     stop
-}
-
-fn pattern_words(p: Pattern) -> String {
-    match p {
-        Pattern::PerRow => "per output row".into(),
-        Pattern::PerLayer | Pattern::PerLayerExact => "whole-layer".into(),
-        other => format!("{other} (N:M groups along each row)"),
-    }
-}
-
-/// The objective in words for the prompts.
-fn objective_words(o: &Objective) -> String {
-    let parts: Vec<String> = o
-        .settings
-        .iter()
-        .map(|s| {
-            let alloc = if s.is_uniform() {
-                String::new()
-            } else {
-                format!(
-                    ", {} layer-wise allocation",
-                    s.allocation.name().to_uppercase()
-                )
-            };
-            format!("{} comparison{alloc}", pattern_words(s.pattern))
-        })
-        .collect();
-    parts.join("; and ")
 }
 
 fn fmt_opt(x: Option<f64>) -> String {
@@ -914,77 +645,62 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
             top,
             json,
             html,
-        } => {
-            let archive = Archive::open_existing(&archive_path(&dir))?;
-            let nodes = archive.nodes()?;
-            if let Some(out) = html {
-                let config = archive
-                    .meta("config")?
-                    .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
-                let page = autoprune::search::report::render(
-                    &dir.display().to_string(),
-                    config.as_ref(),
-                    &nodes,
-                    &archive.edges()?,
-                    &archive.calls()?,
-                );
-                std::fs::write(&out, page).with_context(|| format!("writing {}", out.display()))?;
-                println!("wrote {}", out.display());
-                return Ok(0);
-            }
-            let funnel = autoprune::search::funnel::funnel(&nodes, &archive.calls()?);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "config": archive.meta("config")?.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok()),
-                        "nodes": nodes, "edges": archive.edges()?, "funnel": funnel,
-                    }))?
-                );
-                return Ok(0);
-            }
-            println!("{}", leaderboard(&nodes, top));
-            println!("{funnel}");
-            let (pt, ct) = archive.token_split()?;
-            let calls = archive.calls()?;
-            if !calls.is_empty() {
-                let failed = calls.iter().filter(|c| c.error.is_some()).count();
-                println!(
-                    "proposer calls: {} ({failed} failed attempts), tokens: {pt} prompt + {ct} completion\n",
-                    calls.len()
-                );
-            }
-            if let Some(s) = archive
-                .meta(autoprune::search::run::ELAPSED_KEY)?
-                .and_then(|s| s.parse::<f64>().ok())
-            {
-                println!("searched for {:.1} min\n", s / 60.0);
-            }
-            let best = autoprune::search::report::best(&nodes);
-            if let Some(b) = best {
-                println!("best: #{} — {}\n", b.id, autoprune::term::text(&b.thought));
-                // Lineage: follow first parents back to a seed.
-                let edges = archive.edges()?;
-                let mut chain = vec![b.id];
-                let mut cur = b.id;
-                while let Some(e) = edges.iter().find(|e| e.child == cur) {
-                    chain.push(e.parent);
-                    cur = e.parent;
-                    if chain.len() > 64 {
-                        break;
-                    }
-                }
-                println!(
-                    "lineage: {}\n",
-                    chain
-                        .iter()
-                        .map(|i| format!("#{i}"))
-                        .collect::<Vec<_>>()
-                        .join(" ← ")
-                );
-                println!("{}", autoprune::term::text(&b.code));
-            }
-            Ok(0)
-        }
+        } => show(&dir, top, json, html.as_deref()),
     }
+}
+
+/// `runs show`: an HTML report, the run as JSON, or the leaderboard with the best candidate.
+fn show(dir: &Path, top: usize, json: bool, html: Option<&Path>) -> anyhow::Result<i32> {
+    let archive = Archive::open_existing(&archive_path(dir))?;
+    let nodes = archive.nodes()?;
+    let config = || -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(archive
+            .meta("config")?
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok()))
+    };
+    if let Some(out) = html {
+        let page = autoprune::search::report::render(
+            &dir.display().to_string(),
+            config()?.as_ref(),
+            &nodes,
+            &archive.edges()?,
+            &archive.calls()?,
+        );
+        std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
+        println!("wrote {}", out.display());
+        return Ok(0);
+    }
+    let funnel = autoprune::search::funnel::funnel(&nodes, &archive.calls()?);
+    if json {
+        let all = serde_json::json!({
+            "config": config()?, "nodes": nodes, "edges": archive.edges()?, "funnel": funnel,
+        });
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(0);
+    }
+    println!("{}", leaderboard(&nodes, top));
+    println!("{funnel}");
+    let (pt, ct) = archive.token_split()?;
+    let calls = archive.calls()?;
+    if !calls.is_empty() {
+        let failed = calls.iter().filter(|c| c.error.is_some()).count();
+        println!(
+            "proposer calls: {} ({failed} failed attempts), tokens: {pt} prompt + {ct} completion\n",
+            calls.len()
+        );
+    }
+    if let Some(s) = archive
+        .meta(autoprune::search::run::ELAPSED_KEY)?
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        println!("searched for {:.1} min\n", s / 60.0);
+    }
+    if let Some(b) = autoprune::search::report::best(&nodes) {
+        println!("best: #{} — {}\n", b.id, autoprune::term::text(&b.thought));
+        let chain = lineage(&archive.edges()?, b.id);
+        let chain: Vec<String> = chain.iter().map(|i| format!("#{i}")).collect();
+        println!("lineage: {}\n", chain.join(" ← "));
+        println!("{}", autoprune::term::text(&b.code));
+    }
+    Ok(0)
 }

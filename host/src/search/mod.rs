@@ -16,3 +16,4 @@ pub mod paired;
 pub mod proposer;
 pub mod report;
 pub mod run;
+pub mod session;

@@ -4,7 +4,7 @@
 //! send the key of any variable to any host). They must be given again on the command line,
 //! equal to the recorded ones; a difference is refused before anything runs.
 
-use super::{Args, RunConfig};
+use super::{RunConfig, SearchFlags};
 
 /// `Some(text)` for a set flag or a given value, `None` for an absent one.
 fn flag(set: bool) -> Option<String> {
@@ -16,15 +16,11 @@ fn path(p: Option<&std::path::PathBuf>) -> Option<String> {
 }
 
 /// Refuse to resume unless every security-relevant setting of `recorded` is given again in
-/// `args`, with the same value (and none that the run did not have).
-pub(super) fn check_resume(recorded: &RunConfig, args: &Args) -> anyhow::Result<()> {
+/// `flags`, with the same value (and none that the run did not have).
+pub(super) fn check_resume(recorded: &RunConfig, args: &SearchFlags) -> anyhow::Result<()> {
     let llm = recorded.llm.as_ref();
     let settings: [(&str, Option<String>, Option<String>); 7] = [
-        (
-            "--trusted",
-            flag(recorded.trusted),
-            flag(args.flags.trusted),
-        ),
+        ("--trusted", flag(recorded.trusted), flag(args.trusted)),
         ("--llm", llm.map(|l| l.base_url.clone()), args.llm.clone()),
         (
             "--api-key-env",
@@ -49,15 +45,14 @@ pub(super) fn check_resume(recorded: &RunConfig, args: &Args) -> anyhow::Result<
         (
             "--model",
             path(recorded.model.as_ref()),
-            path(args.protocol.model.as_ref()),
+            path(args.model.as_ref()),
         ),
     ];
     let problems: Vec<String> = settings
         .into_iter()
         .filter(|(_, r, g)| r != g)
         .map(|(name, r, g)| {
-            let shown =
-                |v: &str| autoprune::term::line(format!("{name} {v}").trim_end()).into_owned();
+            let shown = |v: &str| crate::term::line(format!("{name} {v}").trim_end()).into_owned();
             match (r, g) {
                 (Some(r), None) => {
                     format!("the run was recorded with `{}`: give it again", shown(&r))
