@@ -2,6 +2,7 @@
 //! from flags and returns a typed result, so the CLI only parses, calls and prints.
 
 pub mod allocate;
+pub mod bench;
 pub mod eval;
 pub mod prune;
 pub mod sweep;
