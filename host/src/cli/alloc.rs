@@ -37,7 +37,7 @@ pub enum Named {
     /// A built-in rule.
     Builtin(Allocation),
     /// A plugin, with its file and that file's SHA-256.
-    Plugin(AllocatorPlugin, PathBuf, String),
+    Plugin(Box<AllocatorPlugin>, PathBuf, String),
     /// The plugin failed to build or load (its verdict).
     Failed(autoprune::sandbox::Failure),
 }
@@ -79,7 +79,7 @@ impl AllocArgs {
         match super::check::load_allocator(path, &sandbox.build, &policy).map_err(cfg)? {
             Ok(plugin) => {
                 let sha = super::check::plugin_sha256(path, &policy).map_err(cfg)?;
-                Ok(Named::Plugin(plugin, path.to_path_buf(), sha))
+                Ok(Named::Plugin(Box::new(plugin), path.to_path_buf(), sha))
             }
             Err(f) => Ok(Named::Failed(f)),
         }

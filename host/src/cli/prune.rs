@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let named = args.alloc.named(&args.sandbox)?;
     let rule = match &named {
-        Named::Builtin(r) => Rule::Builtin(r.clone()),
+        Named::Builtin(r) => Rule::Builtin(*r),
         Named::Plugin(pl, path, sha) => Rule::plugin(pl, path, sha),
         Named::Failed(f) => return Ok(allocator_failed(json, &args.alloc.allocation, f)),
     };

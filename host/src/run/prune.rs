@@ -197,54 +197,28 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         batch: spec.calib_batch,
     };
     let t = Instant::now();
-    progress.begin("prune", loaded.model.blocks.len());
-    let result = prune_model_with_gradients(
+    let pruned_report = match prune_step(
         &mut loaded.model,
         &calib_windows,
         &method,
         &cfg,
         grads.as_ref(),
-        &mut |s| {
-            let (what, done, total) = match s {
-                Stage::Gradient { done, total } => ("gradients", done, total),
-                Stage::Block { done, total } => ("prune", done, total),
-            };
-            progress.begin(what, total);
-            progress.advance(done, total);
-        },
-    );
-    progress.end();
-    let pruned_report = match result {
+        progress,
+    ) {
         Ok(r) => r,
         Err(e) => return verdict(e),
     };
     let prune_seconds = t.elapsed().as_secs_f64();
     loaded.model.set_precision(eval_precision)?;
     let pruned = ppl(&loaded.model, &eval.tokens, &opts, "pruned eval", progress)?;
-    let preset = p.model.is_none()
-        && spec.calib.file.is_none()
-        && p.eval.is_none()
-        && p.seq_len == 512
-        && calib.offsets.len() == 32
-        && p.eval_windows == 64
-        && calib.sampler == Sampler::Even
-        && p.precision == Precision::F32
-        && eval_precision == Precision::F32;
-    let protocol = Protocol {
-        name: if preset { "sotu-512" } else { "custom" }.into(),
-        model: loaded.path.display().to_string(),
-        calib_source: calib.stream.source.clone(),
-        eval_source: eval.source.clone(),
-        seq_len: p.seq_len,
-        calib_windows: calib.offsets.len(),
-        sampler: calib.sampler,
-        calib_offsets: calib.offsets.clone(),
-        eval_windows: p.eval_windows,
-        calib_tokens: calib.stream.tokens.len(),
-        eval_tokens: eval.tokens.len(),
-        precision: p.precision,
+    let protocol = protocol_record(
+        &spec.protocol,
+        spec.calib.file.is_none(),
+        &loaded.path,
+        &calib,
+        &eval,
         eval_precision,
-    };
+    );
     let report = PruneRunReport {
         allocation: planned,
         cpu: crate::model::cpu_report(),
@@ -267,13 +241,80 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         },
     };
     if let Some(out) = &spec.out {
-        let dir = out.join("model");
-        loaded.model.save_hf(&dir)?;
-        loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
-        std::fs::write(
-            out.join("report.json"),
-            serde_json::to_string_pretty(&report)?,
-        )?;
+        export(&loaded, out, &report)?;
     }
     Ok(Outcome::Done(Box::new(report)))
+}
+
+/// The protocol as the report records it (`sotu-512` when every setting is the preset's).
+fn protocol_record(
+    p: &ProtocolSpec,
+    sotu_calib: bool,
+    model: &std::path::Path,
+    calib: &Calibration,
+    eval: &crate::setup::Stream,
+    eval_precision: Precision,
+) -> Protocol {
+    let preset = p.model.is_none()
+        && sotu_calib
+        && p.eval.is_none()
+        && p.seq_len == 512
+        && calib.offsets.len() == 32
+        && p.eval_windows == 64
+        && calib.sampler == Sampler::Even
+        && p.precision == Precision::F32
+        && eval_precision == Precision::F32;
+    Protocol {
+        name: if preset { "sotu-512" } else { "custom" }.into(),
+        model: model.display().to_string(),
+        calib_source: calib.stream.source.clone(),
+        eval_source: eval.source.clone(),
+        seq_len: p.seq_len,
+        calib_windows: calib.offsets.len(),
+        sampler: calib.sampler,
+        calib_offsets: calib.offsets.clone(),
+        eval_windows: p.eval_windows,
+        calib_tokens: calib.stream.tokens.len(),
+        eval_tokens: eval.tokens.len(),
+        precision: p.precision,
+        eval_precision,
+    }
+}
+
+/// The pruning call, its progress shown as one bar that moves from gradients to blocks.
+fn prune_step(
+    model: &mut Model,
+    windows: &[&[u32]],
+    method: &Method,
+    cfg: &PruneConfig,
+    grads: Option<&crate::calib::gradient::Gradients>,
+    progress: &mut dyn Progress,
+) -> Result<crate::pipeline::PruneReport, PipelineError> {
+    progress.begin("prune", model.blocks.len());
+    let result = prune_model_with_gradients(model, windows, method, cfg, grads, &mut |s| {
+        let (what, done, total) = match s {
+            Stage::Gradient { done, total } => ("gradients", done, total),
+            Stage::Block { done, total } => ("prune", done, total),
+        };
+        progress.begin(what, total);
+        progress.advance(done, total);
+    });
+    progress.end();
+    result
+}
+
+/// Write the pruned model (Hugging Face format, with its tokenizer) and `report.json`.
+fn export(
+    loaded: &crate::setup::Loaded,
+    out: &std::path::Path,
+    report: &PruneRunReport,
+) -> anyhow::Result<()> {
+    let dir = out.join("model");
+    loaded.model.save_hf(&dir)?;
+    loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(report)?,
+    )?;
+    Ok(())
 }

@@ -17,7 +17,7 @@ use crate::alloc::summary::{summarize, DenseStats};
 use crate::alloc::{expand, Allocation, Granularity, SkewSource, UnitSummary};
 use crate::calib::{validation_offsets, window_offsets, windows, Sampler};
 use crate::eval::{eval_windows, perplexity_with_progress, PerplexityOptions};
-use crate::model::Precision;
+use crate::model::{Model, Precision};
 use crate::pipeline::{prune_model_with_progress, Method, PruneConfig};
 use crate::progress::{step, Progress};
 use crate::prune::mask::Pattern;
@@ -180,15 +180,32 @@ struct EvalText {
     windows: usize,
 }
 
-/// Run it.
-pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<SweepResult> {
-    check(spec)?;
+/// What every cell shares: the model file, the calibration windows, the evaluation text, and
+/// the protocol's key (the prefix of every cell's key).
+struct Shared {
+    device: candle_core::Device,
+    model_path: PathBuf,
+    calib_tokens: Vec<u32>,
+    offsets: Vec<usize>,
+    eval: EvalText,
+    opts: PerplexityOptions,
+    protocol_key: String,
+    cells_path: PathBuf,
+}
+
+impl Shared {
+    fn calib_windows(&self) -> Vec<&[u32]> {
+        windows(&self.calib_tokens, &self.offsets, self.opts.seq_len)
+    }
+}
+
+/// Load the model and the texts, place the windows, and key the protocol.
+fn prepare(spec: &SweepSpec) -> anyhow::Result<(Shared, Model)> {
     let p = &spec.protocol;
     std::fs::create_dir_all(&spec.out)
         .with_context(|| format!("creating {}", spec.out.display()))?;
     let device = device(&p.device)?;
     let loaded = load_model(p.model.as_ref(), &device, p.precision)?;
-    let model_path = loaded.path.clone();
     let calib = stream(&loaded.tokenizer, spec.calib.as_ref(), "calib")?;
     let offsets = window_offsets(
         calib.tokens.len(),
@@ -196,7 +213,6 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
         p.seq_len,
         Sampler::Even,
     )?;
-    let calib_windows = windows(&calib.tokens, &offsets, p.seq_len);
     let eval = match spec.validation {
         Some(n) => {
             let v = validation_offsets(calib.tokens.len(), &offsets, n, p.seq_len)?;
@@ -228,7 +244,7 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
     eval_windows(&eval.tokens, &opts)?;
     let mut protocol = format!(
         "{}|{}|{}|{:?}|{}|{}",
-        model_path.display(),
+        loaded.path.display(),
         calib.source,
         eval.source,
         offsets,
@@ -239,40 +255,142 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
     if p.precision != Precision::F32 {
         protocol.push_str(&format!("|{}", p.precision));
     }
-    let protocol_key = sha256_hex(protocol.as_bytes());
-    let cells_path = spec.out.join("cells.jsonl");
-    let mut cells = read_cells(&cells_path)?;
-    let done = |cells: &[Cell], key: &str| cells.iter().any(|c| c.key == key);
+    let shared = Shared {
+        device,
+        model_path: loaded.path,
+        calib_tokens: calib.tokens,
+        offsets,
+        eval,
+        opts,
+        protocol_key: sha256_hex(protocol.as_bytes()),
+        cells_path: spec.out.join("cells.jsonl"),
+    };
+    Ok((shared, loaded.model))
+}
 
+/// The dense model's cell.
+fn dense_cell(sh: &Shared, model: &Model, progress: &mut dyn Progress) -> anyhow::Result<Cell> {
+    let t = Instant::now();
+    let ppl = step(progress, "dense eval", sh.opts.windows, |adv| {
+        perplexity_with_progress(model, &sh.eval.tokens, &sh.opts, &mut |d, _| adv(d))
+    })?;
+    Ok(Cell {
+        key: format!("{}|dense", sh.protocol_key),
+        metric: "dense".into(),
+        allocation: "dense".into(),
+        family: "dense".into(),
+        pattern: "-".into(),
+        sparsity: 0.0,
+        achieved: 0.0,
+        ppl: ppl.ppl,
+        unit_sparsity: Vec::new(),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// What the allocation cells share: the dense statistics pass (once) and each metric's unit
+/// summaries per target.
+#[derive(Default)]
+struct AllocationCache {
+    stats: Option<DenseStats>,
+    summaries: HashMap<(usize, u64), Vec<UnitSummary>>,
+}
+
+/// One cell's per-linear and per-unit sparsities (both empty for uniform).
+#[allow(clippy::too_many_arguments)]
+fn cell_sparsities(
+    spec: &SweepSpec,
+    sh: &Shared,
+    cache: &mut AllocationCache,
+    m: &Model,
+    mi: usize,
+    target: f64,
+    rule: &Allocation,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    if *rule == Allocation::Uniform {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let calib_windows = sh.calib_windows();
+    if cache.stats.is_none() {
+        cache.stats = Some(stats_pass(m, &calib_windows, spec.calib_batch, progress)?);
+    }
+    let st = cache.stats.as_ref().expect("computed above");
+    let units = match cache.summaries.entry((mi, target.to_bits())) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let plugin = Some(spec.metrics[mi].plugin);
+            let grads = gradients_if_needed(m, &calib_windows, plugin, progress)?;
+            let extras = extras_if_needed(m, &calib_windows, spec.calib_batch, plugin, progress)?;
+            e.insert(summarize(
+                m,
+                st,
+                plugin,
+                grads.as_ref(),
+                extras.as_ref(),
+                target,
+                spec.granularity,
+            )?)
+        }
+    };
+    let s = rule
+        .allocate(target, units)
+        .with_context(|| format!("{} at {target}", rule_label(rule)))?;
+    Ok((expand(units, &s, m.blocks.len()), s))
+}
+
+/// Prune `m` at `target` with the given per-linear sparsities and measure it.
+fn prune_and_measure(
+    spec: &SweepSpec,
+    sh: &Shared,
+    m: &mut Model,
+    plugin: &Plugin,
+    target: f64,
+    layer_sparsity: Vec<f64>,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<(f64, f64)> {
+    let cfg = PruneConfig {
+        sparsity: target,
+        layer_sparsity,
+        pattern: spec.pattern,
+        batch: spec.calib_batch,
+    };
+    let calib_windows = sh.calib_windows();
+    let report = step(progress, "prune", m.blocks.len(), |adv| {
+        prune_model_with_progress(
+            m,
+            &calib_windows,
+            &Method::Metric(plugin),
+            &cfg,
+            &mut |pr| {
+                if let crate::pipeline::Progress::Block { done, .. } = pr {
+                    adv(done);
+                }
+            },
+        )
+    })?;
+    let ppl = step(progress, "eval", sh.opts.windows, |adv| {
+        perplexity_with_progress(m, &sh.eval.tokens, &sh.opts, &mut |d, _| adv(d))
+    })?;
+    Ok((report.sparsity, ppl.ppl))
+}
+
+/// Run it.
+pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<SweepResult> {
+    check(spec)?;
+    let (sh, dense_model) = prepare(spec)?;
+    let mut cells = read_cells(&sh.cells_path)?;
+    let done = |cells: &[Cell], key: &str| cells.iter().any(|c| c.key == key);
     // Each cell reloads the model from its file rather than pruning a clone of a dense copy
     // kept in memory: loading SmolLM2 takes ≈ 1 s (1 % of a cell), and a kept copy would double
     // the peak memory, which matters more for large models.
-    let mut model = Some(loaded.model);
-    let dense_key = format!("{protocol_key}|dense");
-    if !done(&cells, &dense_key) {
-        let m = model.as_ref().expect("model loaded");
-        let t = Instant::now();
-        let ppl = step(progress, "dense eval", opts.windows, |adv| {
-            perplexity_with_progress(m, &eval.tokens, &opts, &mut |d, _| adv(d))
-        })?;
-        let cell = Cell {
-            key: dense_key.clone(),
-            metric: "dense".into(),
-            allocation: "dense".into(),
-            family: "dense".into(),
-            pattern: "-".into(),
-            sparsity: 0.0,
-            achieved: 0.0,
-            ppl: ppl.ppl,
-            unit_sparsity: Vec::new(),
-            seconds: t.elapsed().as_secs_f64(),
-        };
-        append_cell(&cells_path, &cell)?;
+    let mut model = Some(dense_model);
+    if !done(&cells, &format!("{}|dense", sh.protocol_key)) {
+        let cell = dense_cell(&sh, model.as_ref().expect("model loaded"), progress)?;
+        append_cell(&sh.cells_path, &cell)?;
         cells.push(cell);
     }
-
-    let mut stats: Option<DenseStats> = None;
-    let mut summaries: HashMap<(usize, u64), Vec<UnitSummary>> = HashMap::new();
+    let mut cache = AllocationCache::default();
     let total = spec.metrics.len() * spec.sparsities.len() * spec.rules.len();
     let mut n = 0;
     for (mi, metric) in spec.metrics.iter().enumerate() {
@@ -281,7 +399,8 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
                 n += 1;
                 let label = rule_label(rule);
                 let key = format!(
-                    "{protocol_key}|{}|{target}|{}|{:?}|{}",
+                    "{}|{}|{target}|{}|{:?}|{}",
+                    sh.protocol_key,
                     metric.sha256,
                     serde_json::to_string(rule)?,
                     spec.granularity,
@@ -294,65 +413,21 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
                 let t = Instant::now();
                 let mut m = match model.take() {
                     Some(m) => m,
-                    None => load_model(Some(&model_path), &device, p.precision)?.model,
-                };
-                let (layer_sparsity, unit_sparsity) = if *rule == Allocation::Uniform {
-                    (Vec::new(), Vec::new())
-                } else {
-                    if stats.is_none() {
-                        stats = Some(stats_pass(&m, &calib_windows, spec.calib_batch, progress)?);
+                    None => {
+                        load_model(Some(&sh.model_path), &sh.device, spec.protocol.precision)?.model
                     }
-                    let st = stats.as_ref().expect("computed above");
-                    let units = match summaries.entry((mi, target.to_bits())) {
-                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(e) => {
-                            let plugin = Some(metric.plugin);
-                            let grads = gradients_if_needed(&m, &calib_windows, plugin, progress)?;
-                            let extras = extras_if_needed(
-                                &m,
-                                &calib_windows,
-                                spec.calib_batch,
-                                plugin,
-                                progress,
-                            )?;
-                            e.insert(summarize(
-                                &m,
-                                st,
-                                plugin,
-                                grads.as_ref(),
-                                extras.as_ref(),
-                                target,
-                                spec.granularity,
-                            )?)
-                        }
-                    };
-                    let s = rule
-                        .allocate(target, units)
-                        .with_context(|| format!("{label} at {target}"))?;
-                    (expand(units, &s, m.blocks.len()), s)
                 };
-                let cfg = PruneConfig {
-                    sparsity: target,
+                let (layer_sparsity, unit_sparsity) =
+                    cell_sparsities(spec, &sh, &mut cache, &m, mi, target, rule, progress)?;
+                let (achieved, ppl) = prune_and_measure(
+                    spec,
+                    &sh,
+                    &mut m,
+                    metric.plugin,
+                    target,
                     layer_sparsity,
-                    pattern: spec.pattern,
-                    batch: spec.calib_batch,
-                };
-                let report = step(progress, "prune", m.blocks.len(), |adv| {
-                    prune_model_with_progress(
-                        &mut m,
-                        &calib_windows,
-                        &Method::Metric(metric.plugin),
-                        &cfg,
-                        &mut |pr| {
-                            if let crate::pipeline::Progress::Block { done, .. } = pr {
-                                adv(done);
-                            }
-                        },
-                    )
-                })?;
-                let ppl = step(progress, "eval", opts.windows, |adv| {
-                    perplexity_with_progress(&m, &eval.tokens, &opts, &mut |d, _| adv(d))
-                })?;
+                    progress,
+                )?;
                 drop(m);
                 let cell = Cell {
                     key,
@@ -361,8 +436,8 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
                     family: rule.name().into(),
                     pattern: spec.pattern.to_string(),
                     sparsity: target,
-                    achieved: report.sparsity,
-                    ppl: ppl.ppl,
+                    achieved,
+                    ppl,
                     unit_sparsity,
                     seconds: t.elapsed().as_secs_f64(),
                 };
@@ -370,16 +445,19 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
                     "    ppl {:.4}  achieved {:.6}  ({:.0} s)",
                     cell.ppl, cell.achieved, cell.seconds
                 ));
-                append_cell(&cells_path, &cell)?;
+                append_cell(&sh.cells_path, &cell)?;
                 cells.push(cell);
             }
         }
     }
+    finish(spec, &sh, cells)
+}
 
-    // Everything in the folder measured under this protocol goes into the table and plot.
+/// Everything in the folder measured under this protocol goes into the table and plot.
+fn finish(spec: &SweepSpec, sh: &Shared, cells: Vec<Cell>) -> anyhow::Result<SweepResult> {
     let mine: Vec<Cell> = cells
         .into_iter()
-        .filter(|c| c.key.starts_with(&protocol_key))
+        .filter(|c| c.key.starts_with(&sh.protocol_key))
         .collect();
     let table = markdown_table(&mine);
     std::fs::write(spec.out.join("table.md"), &table)?;
@@ -387,7 +465,7 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
         spec.out.join("table.json"),
         serde_json::to_string_pretty(&mine)?,
     )?;
-    let title = format!("{} — {}", file_name(&model_path), eval.source);
+    let title = format!("{} — {}", file_name(&sh.model_path), sh.eval.source);
     std::fs::write(&spec.plot, svg_plot(&mine, &title))
         .with_context(|| format!("writing {}", spec.plot.display()))?;
     Ok(SweepResult { cells: mine, table })
