@@ -141,4 +141,16 @@ pub struct PruneRunReport {
     pub sparsity_target: f64,
     /// Timings.
     pub timings: Timings,
+    /// Zero-shot accuracy, dense and pruned (absent when no task was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_shot: Option<ZeroShotPair>,
+}
+
+/// Zero-shot accuracy before and after pruning.
+#[derive(Debug, Clone, Serialize)]
+pub struct ZeroShotPair {
+    /// Before pruning (empty with `--skip-dense`).
+    pub dense: Vec<crate::eval::tasks::TaskScore>,
+    /// After pruning.
+    pub pruned: Vec<crate::eval::tasks::TaskScore>,
 }

@@ -1,32 +1,79 @@
-//! `autoprune eval`: perplexity of any supported model under the protocol.
+//! `autoprune eval`: perplexity of any supported model under the protocol, and zero-shot
+//! accuracy on multiple-choice tasks.
 
 use super::protocol::{Bars, ProtocolArgs};
 use super::Exit;
+use autoprune::run::eval::TaskSpec;
+use std::path::PathBuf;
+
+/// Zero-shot task flags, shared by `eval` and `prune`.
+#[derive(Debug, clap::Args)]
+pub struct TaskFlags {
+    /// Zero-shot multiple-choice tasks: JSONL files (`{"context", "choices", "gold"}` a line,
+    /// scored as lm-evaluation-harness does: acc and acc_norm) or `sotu-next`, the built-in
+    /// task (the true next sentence of a SOTU speech from 1990 on, among four). Repeatable.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Items of the built-in task.
+    #[arg(long, default_value_t = 200)]
+    pub task_items: usize,
+}
+
+impl TaskFlags {
+    /// The library's description of these flags.
+    pub fn spec(&self) -> TaskSpec {
+        TaskSpec {
+            tasks: self.tasks.clone(),
+            items: self.task_items,
+        }
+    }
+}
 
 /// Arguments of `autoprune eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub tasks: TaskFlags,
+    /// Write the items of the `--tasks` (built-in ones included) to this JSONL file and stop,
+    /// e.g. to score the same items with another tool.
+    #[arg(long)]
+    pub write_tasks: Option<PathBuf>,
 }
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let p = &args.protocol;
-    let r = autoprune::run::eval::run(&p.spec(), &mut Bars::new(p.json))?;
+    if let Some(out) = &args.write_tasks {
+        let items: Vec<_> = args
+            .tasks
+            .spec()
+            .load()?
+            .into_iter()
+            .flat_map(|t| t.1)
+            .collect();
+        autoprune::eval::tasks::write_tasks(out, &items)?;
+        println!("wrote {} items to {}", items.len(), out.display());
+        return Ok(Exit::Success.into());
+    }
+    let r = autoprune::run::eval::run(&p.spec(), &args.tasks.spec(), &mut Bars::new(p.json))?;
     if p.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        println!(
-            "{}: perplexity {:.4} on {} ({} windows × {} tokens, {}, {:.1} s)",
-            r.model.display(),
-            r.perplexity.ppl,
-            r.eval_source,
-            r.perplexity.windows,
-            r.seq_len,
-            r.precision,
-            r.perplexity.seconds
-        );
+        return Ok(Exit::Success.into());
+    }
+    println!(
+        "{}: perplexity {:.4} on {} ({} windows × {} tokens, {}, {:.1} s)",
+        r.model.display(),
+        r.perplexity.ppl,
+        r.eval_source,
+        r.perplexity.windows,
+        r.seq_len,
+        r.precision,
+        r.perplexity.seconds
+    );
+    for t in &r.zero_shot {
+        println!("{}", super::task_line(t));
     }
     Ok(Exit::Success.into())
 }

@@ -100,3 +100,17 @@ impl From<Exit> for i32 {
 
 /// Exit status when a plugin or candidate fails its verdict (as opposed to a usage error).
 pub const EXIT_VERDICT: i32 = Exit::Verdict as i32;
+
+/// One line for a task's zero-shot accuracy (the task name is the user's word: escaped).
+pub fn task_line(t: &autoprune::eval::tasks::TaskScore) -> String {
+    format!(
+        "{}: acc {:.4} ± {:.4}, acc_norm {:.4} ± {:.4} ({} items, {:.1} s)",
+        autoprune::term::line(&t.task),
+        t.acc,
+        t.acc_stderr,
+        t.acc_norm,
+        t.acc_norm_stderr,
+        t.items,
+        t.seconds
+    )
+}

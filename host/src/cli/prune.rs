@@ -58,6 +58,8 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
+    pub tasks: super::eval::TaskFlags,
+    #[command(flatten)]
     pub alloc: AllocArgs,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
@@ -111,6 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         skip_dense: args.skip_dense,
         plan_only: args.plan_only,
         out: args.out.clone(),
+        tasks: args.tasks.spec(),
     };
     let exit = match autoprune::run::prune::run(spec, &mut Bars::new(json))? {
         Outcome::Done(report) => print_report(&args, &report).map(|_| Exit::Success.into())?,
@@ -222,6 +225,13 @@ fn print_report(args: &Args, r: &PruneRunReport) -> anyhow::Result<()> {
         t.pruned_forward_seconds, t.total_seconds,
         peak_rss_bytes().unwrap_or(0) as f64 / (1u64 << 30) as f64
     );
+    if let Some(z) = &r.zero_shot {
+        for (what, scores) in [("dense ", &z.dense), ("pruned", &z.pruned)] {
+            for t in scores {
+                println!("{what} {}", super::task_line(t));
+            }
+        }
+    }
     if let Some(out) = &args.out {
         let o = out.display();
         println!("wrote {o}/model and {o}/report.json");

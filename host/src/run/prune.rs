@@ -14,7 +14,9 @@ use crate::progress::{step, Progress};
 use crate::prune::mask::Pattern;
 use crate::report::{
     peak_rss_bytes, MethodRecord, PerplexityPair, PplReport, Protocol, PruneRunReport, Timings,
+    ZeroShotPair,
 };
+use crate::run::eval::zero_shot;
 use crate::sandbox::{Failure, Plugin};
 use crate::setup::{device, load_model, stream, CalibSpec, Calibration};
 use std::path::PathBuf;
@@ -78,6 +80,8 @@ pub struct PruneSpec<'a> {
     pub plan_only: bool,
     /// Write the pruned model and `report.json` here.
     pub out: Option<PathBuf>,
+    /// Zero-shot tasks, scored dense and pruned.
+    pub tasks: crate::run::eval::TaskSpec,
 }
 
 /// How a prune run ended.
@@ -147,6 +151,7 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         Some(pl) => Method::Metric(pl),
         None => Method::SparseGpt,
     };
+    let tasks = spec.tasks.load()?;
     let mut loaded = load_model(p.model.as_ref(), &device(&p.device)?, p.precision)?;
     // The evaluations' arithmetic, set (so checked) now: the dense evaluation runs with it, and
     // one this machine cannot run is refused before the pruning, not after it.
@@ -172,6 +177,11 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
             "dense eval",
             progress,
         )?)
+    };
+    let dense_tasks = if dense.is_some() {
+        zero_shot(&loaded.model, &loaded.tokenizer, &tasks, "dense", progress)?
+    } else {
+        Vec::new()
     };
     loaded.model.set_precision(p.precision)?;
     let job = AllocationJob {
@@ -211,6 +221,7 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
     let prune_seconds = t.elapsed().as_secs_f64();
     loaded.model.set_precision(eval_precision)?;
     let pruned = ppl(&loaded.model, &eval.tokens, &opts, "pruned eval", progress)?;
+    let pruned_tasks = zero_shot(&loaded.model, &loaded.tokenizer, &tasks, "pruned", progress)?;
     let protocol = protocol_record(
         &spec.protocol,
         spec.calib.file.is_none(),
@@ -239,6 +250,10 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
             stats_seconds: pruned_report.stats_seconds,
             total_seconds: start.elapsed().as_secs_f64(),
         },
+        zero_shot: (!tasks.is_empty()).then_some(ZeroShotPair {
+            dense: dense_tasks,
+            pruned: pruned_tasks,
+        }),
     };
     if let Some(out) = &spec.out {
         export(&loaded, out, &report)?;
