@@ -17,11 +17,14 @@ pub mod hash;
 pub mod layer;
 pub mod model;
 pub mod pipeline;
+pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod rng;
+pub mod run;
 pub mod sandbox;
 pub mod search;
+pub mod setup;
 pub mod term;
 #[cfg(test)]
 mod testutil;

@@ -41,7 +41,7 @@ fn main() {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {}", show(&cause));
             }
-            std::process::exit(2);
+            std::process::exit(cli::Exit::Error.into());
         }
     }
 }

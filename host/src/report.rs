@@ -67,3 +67,90 @@ impl From<crate::eval::Perplexity> for PplReport {
         }
     }
 }
+
+/// The pruning method of a run, as `report.json` records it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum MethodRecord {
+    /// A metric plugin.
+    Metric {
+        /// What the plugin says of itself.
+        metric: crate::sandbox::MetricInfo,
+        /// SHA-256 of the plugin file.
+        sha256: Option<String>,
+        /// The plugin file.
+        source: Option<std::path::PathBuf>,
+    },
+    /// A built-in method (`sparsegpt`).
+    Builtin {
+        /// Its name.
+        builtin: String,
+    },
+}
+
+/// Dense and pruned perplexity of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerplexityPair {
+    /// Before pruning (absent with `--skip-dense`).
+    pub dense: Option<PplReport>,
+    /// After pruning.
+    pub pruned: PplReport,
+}
+
+/// Where the seconds of a prune run went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timings {
+    /// The gradient pass (metrics that read the gradient statistic).
+    pub gradient_seconds: f64,
+    /// Loading the model.
+    pub load_seconds: f64,
+    /// The whole pruning call.
+    pub prune_seconds: f64,
+    /// Pruned forward passes.
+    pub pruned_forward_seconds: f64,
+    /// Scoring and masking (and weight updates).
+    pub score_mask_seconds: f64,
+    /// Dense statistics passes.
+    pub stats_seconds: f64,
+    /// The whole run up to the report.
+    pub total_seconds: f64,
+}
+
+/// `report.json` of `autoprune prune` (fields in the order the file has always had them).
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneRunReport {
+    /// The layer-wise allocation (absent for uniform).
+    pub allocation: Option<crate::alloc::plan::Planned>,
+    /// The CPU and the kernels chosen.
+    pub cpu: crate::model::CpuReport,
+    /// Per-layer results in model order.
+    pub layers: Vec<crate::pipeline::LayerReport>,
+    /// The method.
+    pub method: MethodRecord,
+    /// The comparison group.
+    pub pattern: crate::prune::mask::Pattern,
+    /// Peak resident memory, if the OS tells.
+    pub peak_rss_bytes: Option<u64>,
+    /// Perplexities.
+    pub perplexity: PerplexityPair,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Zeros over all linear weights.
+    pub sparsity_achieved: f64,
+    /// Target sparsity.
+    pub sparsity_target: f64,
+    /// Timings.
+    pub timings: Timings,
+    /// Zero-shot accuracy, dense and pruned (absent when no task was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_shot: Option<ZeroShotPair>,
+}
+
+/// Zero-shot accuracy before and after pruning.
+#[derive(Debug, Clone, Serialize)]
+pub struct ZeroShotPair {
+    /// Before pruning (empty with `--skip-dense`).
+    pub dense: Vec<crate::eval::tasks::TaskScore>,
+    /// After pruning.
+    pub pruned: Vec<crate::eval::tasks::TaskScore>,
+}

@@ -18,6 +18,7 @@
 //! sparsities equals the target to within one weight per unit, and every unit's sparsity lies
 //! in the [`Bounds`] the host set.
 
+pub mod plan;
 mod project;
 mod rules;
 pub mod summary;

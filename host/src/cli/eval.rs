@@ -1,54 +1,79 @@
-//! `autoprune eval`: perplexity of any supported model under the protocol.
+//! `autoprune eval`: perplexity of any supported model under the protocol, and zero-shot
+//! accuracy on multiple-choice tasks.
 
-use super::protocol::{bar, load_model, stream, ProtocolArgs};
-use autoprune::eval::{perplexity_with_progress, PerplexityOptions};
-use autoprune::report::{peak_rss_bytes, PplReport};
+use super::protocol::{Bars, ProtocolArgs};
+use super::Exit;
+use autoprune::run::eval::TaskSpec;
+use std::path::PathBuf;
+
+/// Zero-shot task flags, shared by `eval` and `prune`.
+#[derive(Debug, clap::Args)]
+pub struct TaskFlags {
+    /// Zero-shot multiple-choice tasks: JSONL files (`{"context", "choices", "gold"}` a line,
+    /// scored as lm-evaluation-harness does: acc and acc_norm) or `sotu-next`, the built-in
+    /// task (the true next sentence of a SOTU speech from 1990 on, among four). Repeatable.
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Items of the built-in task.
+    #[arg(long, default_value_t = 200)]
+    pub task_items: usize,
+}
+
+impl TaskFlags {
+    /// The library's description of these flags.
+    pub fn spec(&self) -> TaskSpec {
+        TaskSpec {
+            tasks: self.tasks.clone(),
+            items: self.task_items,
+        }
+    }
+}
 
 /// Arguments of `autoprune eval`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub protocol: ProtocolArgs,
+    #[command(flatten)]
+    pub tasks: TaskFlags,
+    /// Write the items of the `--tasks` (built-in ones included) to this JSONL file and stop,
+    /// e.g. to score the same items with another tool.
+    #[arg(long)]
+    pub write_tasks: Option<PathBuf>,
 }
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let p = &args.protocol;
-    let loaded = load_model(
-        p.model.as_ref(),
-        &super::protocol::device(&p.device)?,
-        p.precision,
-    )?;
-    let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
-    let opts = PerplexityOptions {
-        seq_len: p.seqlen,
-        windows: p.eval_windows,
-        batch: p.eval_batch,
-    };
-    let pb = bar(opts.windows, "eval", p.json);
-    let ppl = perplexity_with_progress(&loaded.model, &eval.tokens, &opts, &mut |d, _| {
-        pb.set_position(d as u64)
-    })?;
-    pb.finish_and_clear();
-    let report = PplReport::from(ppl);
-    if p.json {
-        let j = serde_json::json!({
-            "model": loaded.path, "eval_source": eval.source, "eval_tokens": eval.tokens.len(),
-            "seq_len": p.seqlen, "precision": p.precision, "perplexity": report, "load_seconds": loaded.seconds,
-            "peak_rss_bytes": peak_rss_bytes(),
-        });
-        println!("{}", serde_json::to_string_pretty(&j)?);
-    } else {
-        println!(
-            "{}: perplexity {:.4} on {} ({} windows × {} tokens, {}, {:.1} s)",
-            loaded.path.display(),
-            report.ppl,
-            eval.source,
-            report.windows,
-            p.seqlen,
-            p.precision,
-            report.seconds
-        );
+    if let Some(out) = &args.write_tasks {
+        let items: Vec<_> = args
+            .tasks
+            .spec()
+            .load()?
+            .into_iter()
+            .flat_map(|t| t.1)
+            .collect();
+        autoprune::eval::tasks::write_tasks(out, &items)?;
+        println!("wrote {} items to {}", items.len(), out.display());
+        return Ok(Exit::Success.into());
     }
-    Ok(0)
+    let r = autoprune::run::eval::run(&p.spec(), &args.tasks.spec(), &mut Bars::new(p.json))?;
+    if p.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(Exit::Success.into());
+    }
+    println!(
+        "{}: perplexity {:.4} on {} ({} windows × {} tokens, {}, {:.1} s)",
+        r.model.display(),
+        r.perplexity.ppl,
+        r.eval_source,
+        r.perplexity.windows,
+        r.seq_len,
+        r.precision,
+        r.perplexity.seconds
+    );
+    for t in &r.zero_shot {
+        println!("{}", super::task_line(t));
+    }
+    Ok(Exit::Success.into())
 }

@@ -6,6 +6,7 @@ pub mod build;
 pub mod check;
 pub mod eval;
 pub mod fidelity;
+pub mod flags;
 pub mod protocol;
 pub mod prune;
 pub mod sdk;
@@ -81,5 +82,39 @@ impl BuildFlags {
     }
 }
 
+/// How `autoprune` exits; the numbers are documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Exit {
+    /// Done.
+    Success = 0,
+    /// A plugin, candidate or allocator failed its verdict (build, check, or during a run).
+    Verdict = 1,
+    /// An error: bad flags or input, a missing file, a host failure (printed with its causes).
+    Error = 2,
+    /// Interrupted by Ctrl-C (SIGINT) after saving what was done (`search` resumes from it).
+    Interrupted = 130,
+}
+
+impl From<Exit> for i32 {
+    fn from(e: Exit) -> i32 {
+        e as i32
+    }
+}
+
 /// Exit status when a plugin or candidate fails its verdict (as opposed to a usage error).
-pub const EXIT_VERDICT: i32 = 1;
+pub const EXIT_VERDICT: i32 = Exit::Verdict as i32;
+
+/// One line for a task's zero-shot accuracy (the task name is the user's word: escaped).
+pub fn task_line(t: &autoprune::eval::tasks::TaskScore) -> String {
+    format!(
+        "{}: acc {:.4} ± {:.4}, acc_norm {:.4} ± {:.4} ({} items, {:.1} s)",
+        autoprune::term::line(&t.task),
+        t.acc,
+        t.acc_stderr,
+        t.acc_norm,
+        t.acc_norm_stderr,
+        t.items,
+        t.seconds
+    )
+}

@@ -1,11 +1,8 @@
-//! Flags and loading shared by `prune` and `eval`: the model, the texts and the windows.
+//! The protocol flags (model, texts, windows, device, arithmetic) and progress bars on stderr.
 
-use anyhow::Context;
-use autoprune::build::default_cache;
-use autoprune::calib::tokens::tokenize_cached;
-use autoprune::data::{read_text, DataDir};
-use autoprune::model::{Model, Precision, Tokenizer};
-use candle_core::Device;
+use autoprune::model::Precision;
+use autoprune::run::prune::ProtocolSpec;
+pub use autoprune::setup::{device, load_model, stream};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -42,87 +39,19 @@ pub struct ProtocolArgs {
     pub precision: Precision,
 }
 
-/// The candle device named by `--device`.
-pub fn device(name: &str) -> anyhow::Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal: usize = n.strip_prefix("cuda:").unwrap_or("0").parse()?;
-            if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(ordinal)?)
-            } else {
-                anyhow::bail!("this autoprune was built without CUDA support; rebuild with `cargo build --release --features cuda`")
-            }
+impl ProtocolArgs {
+    /// The library's description of these flags.
+    pub fn spec(&self) -> ProtocolSpec {
+        ProtocolSpec {
+            model: self.model.clone(),
+            eval: self.eval.clone(),
+            seq_len: self.seqlen,
+            eval_windows: self.eval_windows,
+            eval_batch: self.eval_batch,
+            device: self.device.clone(),
+            precision: self.precision,
         }
-        other => anyhow::bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
     }
-}
-
-/// A loaded model with its tokenizer.
-pub struct Loaded {
-    /// The model.
-    pub model: Model,
-    /// Its tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Where it came from.
-    pub path: PathBuf,
-    /// Seconds to load.
-    pub seconds: f64,
-}
-
-/// Load the model (default: SmolLM2) onto `device` with its tokenizer, checking they fit, and
-/// set the arithmetic of its linear layers.
-pub fn load_model(
-    model: Option<&PathBuf>,
-    device: &Device,
-    precision: Precision,
-) -> anyhow::Result<Loaded> {
-    let t = std::time::Instant::now();
-    let path = match model {
-        Some(p) => p.clone(),
-        None => DataDir::resolve().smollm2_gguf()?,
-    };
-    let mut model = Model::load(&path, device)
-        .with_context(|| format!("loading the model {}", path.display()))?;
-    model.set_precision(precision)?;
-    let tokenizer = Tokenizer::for_model(&path)
-        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-    tokenizer.check_fits(&model.config)?;
-    Ok(Loaded {
-        model,
-        tokenizer,
-        path,
-        seconds: t.elapsed().as_secs_f64(),
-    })
-}
-
-/// A token stream and where it came from.
-pub struct Stream {
-    /// Token ids.
-    pub tokens: Vec<u32>,
-    /// File path or `sotu:<split>`.
-    pub source: String,
-}
-
-/// Tokenize `file`, or the SOTU split `split` ("eval" or "calib") when no file is given.
-pub fn stream(
-    tokenizer: &Tokenizer,
-    file: Option<&PathBuf>,
-    split: &str,
-) -> anyhow::Result<Stream> {
-    let (text, source) = match file {
-        Some(f) => (read_text(f)?, f.display().to_string()),
-        None => {
-            let s = DataDir::resolve().sotu_streams()?;
-            (
-                if split == "eval" { s.eval } else { s.calib },
-                format!("sotu:{split}"),
-            )
-        }
-    };
-    let cache = default_cache().ok();
-    let tokens = tokenize_cached(tokenizer, &text, cache.as_ref().map(|c| c.dir()))?;
-    Ok(Stream { tokens, source })
 }
 
 /// A progress bar on stderr (hidden when `hidden`).
@@ -140,4 +69,49 @@ pub fn bar(len: usize, what: &str, hidden: bool) -> ProgressBar {
     );
     pb.set_message(what.to_string());
     pb
+}
+
+/// Progress bars on stderr for the library's [`autoprune::progress::Progress`]: one bar at a
+/// time, hidden (and notes silent) under `--json`.
+pub struct Bars {
+    hidden: bool,
+    pb: Option<ProgressBar>,
+}
+
+impl Bars {
+    /// Bars that show unless `hidden`.
+    pub fn new(hidden: bool) -> Self {
+        Self { hidden, pb: None }
+    }
+}
+
+impl autoprune::progress::Progress for Bars {
+    fn begin(&mut self, what: &str, len: usize) {
+        match &self.pb {
+            Some(pb) => {
+                pb.set_message(what.to_string());
+                pb.set_length(len as u64);
+            }
+            None => self.pb = Some(bar(len, what, self.hidden)),
+        }
+    }
+
+    fn advance(&mut self, done: usize, len: usize) {
+        if let Some(pb) = &self.pb {
+            pb.set_length(len as u64);
+            pb.set_position(done as u64);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(pb) = self.pb.take() {
+            pb.finish_and_clear();
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        if !self.hidden {
+            eprintln!("{line}");
+        }
+    }
 }

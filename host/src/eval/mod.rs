@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+pub mod tasks;
+
 use candle_core::{Tensor, D};
 use rayon::prelude::*;
 

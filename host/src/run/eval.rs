@@ -1,0 +1,116 @@
+//! `autoprune eval` as one library call: the perplexity of a model under the protocol, and its
+//! zero-shot accuracy on multiple-choice tasks.
+
+use super::prune::ProtocolSpec;
+use crate::data::{read_sotu, DataDir, EVAL_FROM_YEAR};
+use crate::eval::tasks::{accuracy, read_tasks, score, sotu_next, Item, TaskScore, SOTU_NEXT};
+use crate::eval::{perplexity_with_progress, PerplexityOptions};
+use crate::model::Precision;
+use crate::progress::{step, Progress};
+use crate::report::{peak_rss_bytes, PplReport};
+use crate::setup::{device, load_model, stream};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// What `autoprune eval --json` prints (fields in the order it has always had them).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Evaluation text source.
+    pub eval_source: String,
+    /// Tokens in the evaluation stream.
+    pub eval_tokens: usize,
+    /// Seconds to load the model.
+    pub load_seconds: f64,
+    /// Model file or directory.
+    pub model: PathBuf,
+    /// Peak resident memory, if the OS tells.
+    pub peak_rss_bytes: Option<u64>,
+    /// The measurement.
+    pub perplexity: PplReport,
+    /// Arithmetic of the linear layers.
+    pub precision: Precision,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Zero-shot accuracy per task (absent when no task was asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub zero_shot: Vec<TaskScore>,
+}
+
+/// Zero-shot tasks to score: JSONL files, or the built-in [`SOTU_NEXT`].
+#[derive(Debug, Clone, Default)]
+pub struct TaskSpec {
+    /// Files or built-in names.
+    pub tasks: Vec<String>,
+    /// Items of a built-in task.
+    pub items: usize,
+}
+
+impl TaskSpec {
+    /// Each task's name and items.
+    pub fn load(&self) -> anyhow::Result<Vec<(String, Vec<Item>)>> {
+        let mut out = Vec::new();
+        for t in &self.tasks {
+            if t == SOTU_NEXT {
+                let speeches = read_sotu(&DataDir::resolve().sotu_dir()?)?;
+                out.push((t.clone(), sotu_next(&speeches, EVAL_FROM_YEAR, self.items)));
+            } else {
+                let path = std::path::Path::new(t);
+                let name = path
+                    .file_stem()
+                    .map_or(t.clone(), |s| s.to_string_lossy().into_owned());
+                out.push((name, read_tasks(path)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Zero-shot accuracy of `model` on every task, each a step of `progress`.
+pub fn zero_shot(
+    model: &crate::model::Model,
+    tokenizer: &crate::model::Tokenizer,
+    tasks: &[(String, Vec<Item>)],
+    what: &str,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<Vec<TaskScore>> {
+    let mut out = Vec::new();
+    for (name, items) in tasks {
+        let t = std::time::Instant::now();
+        let scored = step(progress, &format!("{what} {name}"), items.len(), |adv| {
+            score(model, tokenizer, items, &mut |d, _| adv(d))
+        })?;
+        out.push(accuracy(name, items, &scored, t.elapsed().as_secs_f64()));
+    }
+    Ok(out)
+}
+
+/// Run it: perplexity, then zero-shot accuracy on `tasks`.
+pub fn run(
+    spec: &ProtocolSpec,
+    tasks: &TaskSpec,
+    progress: &mut dyn Progress,
+) -> anyhow::Result<EvalReport> {
+    let tasks = tasks.load()?;
+    let loaded = load_model(spec.model.as_ref(), &device(&spec.device)?, spec.precision)?;
+    let eval = stream(&loaded.tokenizer, spec.eval.as_ref(), "eval")?;
+    let opts = PerplexityOptions {
+        seq_len: spec.seq_len,
+        windows: spec.eval_windows,
+        batch: spec.eval_batch,
+    };
+    let ppl = step(progress, "eval", opts.windows, |adv| {
+        perplexity_with_progress(&loaded.model, &eval.tokens, &opts, &mut |d, _| adv(d))
+    })?;
+    let zero_shot = zero_shot(&loaded.model, &loaded.tokenizer, &tasks, "tasks", progress)?;
+    Ok(EvalReport {
+        eval_source: eval.source,
+        eval_tokens: eval.tokens.len(),
+        load_seconds: loaded.seconds,
+        model: loaded.path,
+        peak_rss_bytes: peak_rss_bytes(),
+        perplexity: ppl.into(),
+        precision: spec.precision,
+        seq_len: spec.seq_len,
+        zero_shot,
+    })
+}

@@ -1,0 +1,8 @@
+//! The library side of the commands that prune and measure: each takes a configuration built
+//! from flags and returns a typed result, so the CLI only parses, calls and prints.
+
+pub mod allocate;
+pub mod bench;
+pub mod eval;
+pub mod prune;
+pub mod sweep;

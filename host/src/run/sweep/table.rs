@@ -1,0 +1,58 @@
+//! The sweep's markdown table: rows metric × pattern × allocation, columns sparsities.
+
+use super::Cell;
+
+/// Rows: metric × pattern × allocation; columns: sparsities; cells: perplexity.
+pub fn markdown_table(cells: &[Cell]) -> String {
+    use std::fmt::Write;
+    let mut sparsities: Vec<f64> = cells
+        .iter()
+        .filter(|c| c.family != "dense")
+        .map(|c| c.sparsity)
+        .collect();
+    sparsities.sort_by(f64::total_cmp);
+    sparsities.dedup();
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+    for c in cells.iter().filter(|c| c.family != "dense") {
+        let r = (c.metric.clone(), c.pattern.clone(), c.allocation.clone());
+        if !rows.contains(&r) {
+            rows.push(r);
+        }
+    }
+    let mut s = String::from("| metric | pattern | allocation |");
+    for sp in &sparsities {
+        let _ = write!(s, " {:.0} % |", sp * 100.0);
+    }
+    s.push_str("\n|---|---|---|");
+    for _ in &sparsities {
+        s.push_str("---|");
+    }
+    for (m, p, a) in &rows {
+        let _ = write!(s, "\n| {m} | {p} | {a} |");
+        for sp in &sparsities {
+            match cells.iter().find(|c| {
+                &c.metric == m && &c.pattern == p && &c.allocation == a && c.sparsity == *sp
+            }) {
+                Some(c) => {
+                    let _ = write!(s, " {} |", fmt_ppl(c.ppl));
+                }
+                None => s.push_str(" – |"),
+            }
+        }
+    }
+    if let Some(d) = cells.iter().find(|c| c.family == "dense") {
+        let _ = write!(s, "\n\nDense perplexity: {}.", fmt_ppl(d.ppl));
+    }
+    s.push('\n');
+    s
+}
+
+fn fmt_ppl(x: f64) -> String {
+    if x >= 1000.0 {
+        format!("{x:.0}")
+    } else if x >= 100.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
