@@ -3,17 +3,13 @@
 
 use super::check::load_policy;
 use super::protocol::ProtocolArgs;
-use super::search::{search_data, DataSpec};
 use super::BuildFlags;
 use anyhow::Context;
-use autoprune::calib::{window_offsets, Sampler};
 use autoprune::search::archive::{Archive, Status};
-use autoprune::search::cascade::{Evaluator, LadderConfig};
-use autoprune::search::fidelity::{
-    analyze, builtin_panel, markdown, measure, Measured, PanelEntry,
-};
+use autoprune::search::cascade::LadderConfig;
+use autoprune::search::data::DataSpec;
+use autoprune::search::fidelity::{analyze, builtin_panel, markdown, Measured, PanelEntry};
 use autoprune::search::objective::Objective;
-use std::io::Write;
 use std::path::PathBuf;
 
 /// Arguments of `autoprune fidelity`.
@@ -126,6 +122,63 @@ fn read_results(path: &std::path::Path) -> Vec<Measured> {
         .collect()
 }
 
+/// Measure the panel's metrics not yet in `done` (appended to `results` as they land).
+fn measure_missing(
+    args: &Args,
+    results: &std::path::Path,
+    done: &mut Vec<Measured>,
+) -> anyhow::Result<()> {
+    let panel = panel(args)?;
+    let todo: Vec<&PanelEntry> = panel
+        .iter()
+        .filter(|e| {
+            let h = autoprune::sandbox::sha256_hex(e.source.as_bytes());
+            !done.iter().any(|d| d.name == e.name && d.source_hash == h)
+        })
+        .collect();
+    eprintln!(
+        "{} metrics in the panel, {} measured before, {} to measure",
+        panel.len(),
+        panel.len() - todo.len(),
+        todo.len()
+    );
+    if !todo.is_empty() {
+        let spec = autoprune::search::fidelity::StudyData {
+            data: DataSpec {
+                model: args.protocol.model.as_ref(),
+                calib: args.calib.as_ref(),
+                eval: args.protocol.eval.as_ref(),
+                calib_windows: args.calib_windows,
+                validation_windows: args.validation_windows,
+                heldout_windows: args.protocol.eval_windows,
+                seq_len: args.protocol.seqlen,
+                precision: args.protocol.precision,
+            },
+            device: &args.protocol.device,
+            proxy_calib_windows: args.proxy_calib_windows,
+            proxy_validation_windows: args.proxy_validation_windows,
+            ladder: LadderConfig {
+                objective: args.objective.clone(),
+                screen_windows: args.screen_windows,
+                promote_ratio: f64::INFINITY,
+                calib_batch: 8,
+                gradient: !args.no_gradient,
+            },
+        };
+        let builder = args.flags.builder()?;
+        let policy = load_policy(args.policy.as_ref())?;
+        done.extend(autoprune::search::fidelity::measure_panel(
+            &spec,
+            builder,
+            policy,
+            &todo,
+            results,
+            &mut |line| eprintln!("{line}"),
+        )?);
+    }
+    Ok(())
+}
+
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&args.out)
@@ -133,108 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let results = args.out.join("results.jsonl");
     let mut done = read_results(&results);
     if !args.analyze_only {
-        let panel = panel(&args)?;
-        let todo: Vec<&PanelEntry> = panel
-            .iter()
-            .filter(|e| {
-                let h = autoprune::sandbox::sha256_hex(e.source.as_bytes());
-                !done.iter().any(|d| d.name == e.name && d.source_hash == h)
-            })
-            .collect();
-        eprintln!(
-            "{} metrics in the panel, {} measured before, {} to measure",
-            panel.len(),
-            panel.len() - todo.len(),
-            todo.len()
-        );
-        if !todo.is_empty() {
-            let device = super::protocol::device(&args.protocol.device)?;
-            let data = search_data(
-                &DataSpec {
-                    model: args.protocol.model.as_ref(),
-                    calib: args.calib.as_ref(),
-                    eval: args.protocol.eval.as_ref(),
-                    calib_windows: args.calib_windows,
-                    validation_windows: args.validation_windows,
-                    heldout_windows: args.protocol.eval_windows,
-                    seq_len: args.protocol.seqlen,
-                    precision: args.protocol.precision,
-                },
-                &device,
-            )?;
-            // The former proxy's calibration windows: evenly spaced, fewer.
-            let seq = args.protocol.seqlen;
-            let calib_stream = super::protocol::stream(
-                &super::protocol::load_model(
-                    args.protocol.model.as_ref(),
-                    &device,
-                    args.protocol.precision,
-                )?
-                .tokenizer,
-                args.calib.as_ref(),
-                "calib",
-            )?;
-            let proxy_offsets = window_offsets(
-                calib_stream.tokens.len(),
-                args.proxy_calib_windows,
-                seq,
-                Sampler::Even,
-            )?;
-            let proxy_calib: Vec<Vec<u32>> = proxy_offsets
-                .iter()
-                .map(|&o| calib_stream.tokens[o..o + seq].to_vec())
-                .collect();
-            let proxy_refs: Vec<&[u32]> = proxy_calib.iter().map(|w| w.as_slice()).collect();
-            let cfg = LadderConfig {
-                objective: args.objective.clone(),
-                screen_windows: args.screen_windows,
-                promote_ratio: f64::INFINITY,
-                calib_batch: 8,
-                gradient: !args.no_gradient,
-            };
-            let ev = Evaluator::new(
-                cfg,
-                data,
-                args.flags.builder()?,
-                load_policy(args.policy.as_ref())?,
-                None,
-                &mut |what| eprintln!("preparing: {what}"),
-            )?;
-            let prep = ev.preparation();
-            eprintln!(
-                "prepared: dense statistics {:.1} s, gradient {:.1} s, Wanda's losses {:.1} s",
-                prep.dense_stats, prep.gradient, prep.reference
-            );
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&results)
-                .with_context(|| format!("opening {}", results.display()))?;
-            for (k, e) in todo.iter().enumerate() {
-                let m = measure(&ev, e, &proxy_refs, args.proxy_validation_windows);
-                eprintln!(
-                    "[{}/{}] {:<16} {}",
-                    k + 1,
-                    todo.len(),
-                    e.name,
-                    match &m.failure {
-                        Some(f) => format!("failed: {}", first_line(f)),
-                        None => format!(
-                            "screen {:.1}+{:.1} s, proxy {:.1} s, sequential {:.1}+{:.1} s, held-out {:.1} s",
-                            m.screen_prune_s,
-                            m.screen_eval_s,
-                            m.proxy_s,
-                            m.sequential_prune_s,
-                            m.sequential_eval_s,
-                            m.heldout_eval_s
-                        ),
-                    }
-                );
-                writeln!(file, "{}", serde_json::to_string(&m)?)?;
-                file.flush()?;
-                done.push(m);
-            }
-        }
+        measure_missing(&args, &results, &mut done)?;
     }
     let counts = |standard: &[usize], max: usize| {
         let mut v: Vec<usize> = standard.iter().copied().filter(|&n| n < max).collect();
@@ -263,8 +215,4 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("{md}");
     }
     Ok(0)
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(100).collect()
 }

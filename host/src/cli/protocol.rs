@@ -2,7 +2,7 @@
 
 use autoprune::model::Precision;
 use autoprune::run::prune::ProtocolSpec;
-pub use autoprune::setup::{device, load_model, stream};
+pub use autoprune::setup::device;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 

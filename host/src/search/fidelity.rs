@@ -412,6 +412,99 @@ fn fmt_ratio(v: f64) -> String {
     }
 }
 
+/// The model, texts and ladder of a fidelity study.
+pub struct StudyData<'a> {
+    /// Model and texts.
+    pub data: super::data::DataSpec<'a>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: &'a str,
+    /// Calibration windows of the former proxy level.
+    pub proxy_calib_windows: usize,
+    /// Validation windows of the former proxy level.
+    pub proxy_validation_windows: usize,
+    /// The ladder (promotion off: every metric climbs every level).
+    pub ladder: super::cascade::LadderConfig,
+}
+
+/// Measure every metric of `todo` at every level, appending each result to `results` (one
+/// JSON line, flushed) as it lands; `say` gets one line per step.
+pub fn measure_panel(
+    spec: &StudyData,
+    builder: crate::build::Builder,
+    policy: crate::sandbox::Policy,
+    todo: &[&PanelEntry],
+    results: &std::path::Path,
+    say: &mut dyn FnMut(&str),
+) -> anyhow::Result<Vec<Measured>> {
+    use anyhow::Context;
+    use std::io::Write;
+    let device = crate::setup::device(spec.device)?;
+    let data = super::data::search_data(&spec.data, &device)?;
+    // The former proxy's calibration windows: evenly spaced, fewer.
+    let seq = spec.data.seq_len;
+    let loaded = crate::setup::load_model(spec.data.model, &device, spec.data.precision)?;
+    let calib_stream = crate::setup::stream(&loaded.tokenizer, spec.data.calib, "calib")?;
+    let proxy_offsets = crate::calib::window_offsets(
+        calib_stream.tokens.len(),
+        spec.proxy_calib_windows,
+        seq,
+        crate::calib::Sampler::Even,
+    )?;
+    let proxy_calib: Vec<Vec<u32>> = proxy_offsets
+        .iter()
+        .map(|&o| calib_stream.tokens[o..o + seq].to_vec())
+        .collect();
+    let proxy_refs: Vec<&[u32]> = proxy_calib.iter().map(|w| w.as_slice()).collect();
+    let ev = Evaluator::new(
+        spec.ladder.clone(),
+        data,
+        builder,
+        policy,
+        None,
+        &mut |what| say(&format!("preparing: {what}")),
+    )?;
+    let prep = ev.preparation();
+    say(&format!(
+        "prepared: dense statistics {:.1} s, gradient {:.1} s, Wanda's losses {:.1} s",
+        prep.dense_stats, prep.gradient, prep.reference
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(results)
+        .with_context(|| format!("opening {}", results.display()))?;
+    let mut out = Vec::new();
+    for (k, e) in todo.iter().enumerate() {
+        let m = measure(&ev, e, &proxy_refs, spec.proxy_validation_windows);
+        say(&format!(
+            "[{}/{}] {:<16} {}",
+            k + 1,
+            todo.len(),
+            e.name,
+            match &m.failure {
+                Some(f) => format!("failed: {}", first_line(f)),
+                None => format!(
+                    "screen {:.1}+{:.1} s, proxy {:.1} s, sequential {:.1}+{:.1} s, held-out {:.1} s",
+                    m.screen_prune_s,
+                    m.screen_eval_s,
+                    m.proxy_s,
+                    m.sequential_prune_s,
+                    m.sequential_eval_s,
+                    m.heldout_eval_s
+                ),
+            }
+        ));
+        writeln!(file, "{}", serde_json::to_string(&m)?)?;
+        file.flush()?;
+        out.push(m);
+    }
+    Ok(out)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(100).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod cascade;
+pub mod data;
 pub mod fidelity;
 pub mod funnel;
 pub mod gcot;
