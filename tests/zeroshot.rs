@@ -51,7 +51,10 @@ fn builtin_task_is_deterministic_and_scored_by_eval() {
     for k in ["acc", "acc_norm"] {
         let v = z[k].as_f64().unwrap();
         // Eight items: a multiple of 1/8.
-        assert!((0.0..=1.0).contains(&v) && (v * 8.0).fract() == 0.0, "{k} {v}");
+        assert!(
+            (0.0..=1.0).contains(&v) && (v * 8.0).fract() == 0.0,
+            "{k} {v}"
+        );
     }
     // Without --tasks the report is as it was: no zero_shot field.
     let p = autoprune()
@@ -71,7 +74,14 @@ fn prune_reports_zero_shot_dense_and_pruned() {
     let p = autoprune()
         .args(["prune", "--metric"])
         .arg(common::workspace().join("candidates/magnitude.rs"))
-        .args(["--calib-windows", "1", "--eval-windows", "1", "--json", "--tasks"])
+        .args([
+            "--calib-windows",
+            "1",
+            "--eval-windows",
+            "1",
+            "--json",
+            "--tasks",
+        ])
         .arg(&tasks)
         .output()
         .unwrap();
