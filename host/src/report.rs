@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `value` as pretty JSON with every object's keys sorted, nested ones included: the form
+/// `report.json` and the `--json` reports have always had (built with `serde_json::json!`).
+pub fn sorted_json_pretty<T: Serialize>(value: &T) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&serde_json::to_value(value)?)
+}
+
 /// Peak resident memory of this process in bytes (`VmHWM`), if the OS tells.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -116,7 +122,7 @@ pub struct Timings {
     pub total_seconds: f64,
 }
 
-/// `report.json` of `autoprune prune` (fields in the order the file has always had them).
+/// `report.json` of `autoprune prune` (written with [`sorted_json_pretty`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct PruneRunReport {
     /// The layer-wise allocation (absent for uniform).
@@ -153,4 +159,34 @@ pub struct ZeroShotPair {
     pub dense: Vec<crate::eval::tasks::TaskScore>,
     /// After pruning.
     pub pruned: Vec<crate::eval::tasks::TaskScore>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_json_sorts_nested_keys_like_the_json_macro() {
+        #[derive(Serialize)]
+        struct Inner {
+            z: u8,
+            a: u8,
+        }
+        #[derive(Serialize)]
+        struct Outer {
+            y: Inner,
+            b: u8,
+        }
+        let v = Outer {
+            y: Inner { z: 1, a: 2 },
+            b: 3,
+        };
+        let want = serde_json::to_string_pretty(&serde_json::json!({
+            "y": { "z": 1, "a": 2 }, "b": 3
+        }))
+        .unwrap();
+        assert_eq!(sorted_json_pretty(&v).unwrap(), want);
+        assert!(want.find("\"a\"").unwrap() < want.find("\"z\"").unwrap());
+        assert!(want.find("\"b\"").unwrap() < want.find("\"y\"").unwrap());
+    }
 }

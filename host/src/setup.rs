@@ -93,6 +93,25 @@ pub fn stream(
     Ok(Stream { tokens, source })
 }
 
+/// The model, texts and windows of a run (the protocol flags).
+#[derive(Debug, Clone)]
+pub struct ProtocolSpec {
+    /// Model file or directory (`None`: SmolLM2 from the data directory).
+    pub model: Option<PathBuf>,
+    /// Evaluation text (`None`: SOTU speeches from 1990 on).
+    pub eval: Option<PathBuf>,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Evaluation windows.
+    pub eval_windows: usize,
+    /// Windows per forward pass in evaluation.
+    pub eval_batch: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Arithmetic of the linear layers.
+    pub precision: Precision,
+}
+
 /// Where the calibration windows come from.
 #[derive(Debug, Clone, Default)]
 pub struct CalibSpec {

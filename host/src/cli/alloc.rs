@@ -1,8 +1,9 @@
 //! Allocation flags of `autoprune prune`, and the rule they name.
 
-use super::flags::SandboxFlags;
 use autoprune::alloc::{Allocation, Granularity, OwlParams, SdsaParams, SkewSource};
-use autoprune::sandbox::AllocatorPlugin;
+use autoprune::prune::mask::Pattern;
+use autoprune::run::allocate::check_pattern;
+use autoprune::sandbox::{AllocatorPlugin, Policy};
 use std::path::{Path, PathBuf};
 
 /// Layer-wise allocation flags of `autoprune prune`.
@@ -63,22 +64,24 @@ impl AllocArgs {
         }))
     }
 
-    /// The named rule, building or loading an allocator plugin in the sandbox.
-    pub fn named(&self, sandbox: &SandboxFlags) -> anyhow::Result<Named> {
-        let cfg = |e: anyhow::Error| {
-            anyhow::Error::from(autoprune::pipeline::PipelineError::Config(format!("{e:#}")))
-        };
-        if let Some(rule) = self
-            .builtin()
-            .map_err(|e| autoprune::pipeline::PipelineError::Config(e.to_string()))?
-        {
+    /// The named rule, building or loading an allocator plugin in the sandbox (after checking
+    /// that `pattern` admits a non-uniform allocation, as the built-in rules do).
+    pub fn named(
+        &self,
+        build: &super::BuildFlags,
+        policy: &Policy,
+        pattern: Pattern,
+    ) -> anyhow::Result<Named> {
+        use autoprune::pipeline::PipelineError::Config;
+        let cfg = |e: anyhow::Error| anyhow::Error::from(Config(format!("{e:#}")));
+        if let Some(rule) = self.builtin().map_err(|e| Config(e.to_string()))? {
             return Ok(Named::Builtin(rule));
         }
+        check_pattern(pattern).map_err(|e| Config(e.to_string()))?;
         let path = Path::new(&self.allocation);
-        let policy = sandbox.policy().map_err(cfg)?;
-        match super::check::load_allocator(path, &sandbox.build, &policy).map_err(cfg)? {
+        match super::check::load_allocator(path, build, policy).map_err(cfg)? {
             Ok(plugin) => {
-                let sha = super::check::plugin_sha256(path, &policy).map_err(cfg)?;
+                let sha = super::check::plugin_sha256(path, policy).map_err(cfg)?;
                 Ok(Named::Plugin(Box::new(plugin), path.to_path_buf(), sha))
             }
             Err(f) => Ok(Named::Failed(f)),

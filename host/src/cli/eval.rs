@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let r = autoprune::run::eval::run(&p.spec(), &args.tasks.spec(), &mut Bars::new(p.json))?;
     if p.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        println!("{}", autoprune::report::sorted_json_pretty(&r)?);
         return Ok(Exit::Success.into());
     }
     println!(

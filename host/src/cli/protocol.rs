@@ -1,8 +1,8 @@
 //! The protocol flags (model, texts, windows, device, arithmetic) and progress bars on stderr.
 
 use autoprune::model::Precision;
-use autoprune::run::prune::ProtocolSpec;
 pub use autoprune::setup::device;
+use autoprune::setup::ProtocolSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 

@@ -85,10 +85,13 @@ impl Args {
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let json = args.protocol.json;
-    let Ok(plugin) = load_metric(&args)? else {
+    let policy = args.sandbox.policy()?;
+    let Ok(plugin) = load_metric(&args, &policy)? else {
         return Ok(EXIT_VERDICT);
     };
-    let named = args.alloc.named(&args.sandbox)?;
+    let named = args
+        .alloc
+        .named(&args.sandbox.build, &policy, args.target.pattern)?;
     let rule = match &named {
         Named::Builtin(r) => Rule::Builtin(*r),
         Named::Plugin(pl, path, sha) => Rule::plugin(pl, path, sha),
@@ -148,13 +151,13 @@ fn println_ok(s: String) -> i32 {
 #[allow(clippy::type_complexity)]
 fn load_metric(
     args: &Args,
+    policy: &autoprune::sandbox::Policy,
 ) -> anyhow::Result<Result<Option<(autoprune::sandbox::Plugin, PathBuf, String)>, ()>> {
     let Some(path) = &args.metric else {
         return Ok(Ok(None));
     };
-    let policy = args.sandbox.policy()?;
-    match load_plugin(path, &args.sandbox.build, &policy)? {
-        Ok(pl) => Ok(Ok(Some((pl, path.clone(), plugin_sha256(path, &policy)?)))),
+    match load_plugin(path, &args.sandbox.build, policy)? {
+        Ok(pl) => Ok(Ok(Some((pl, path.clone(), plugin_sha256(path, policy)?)))),
         Err(f) => {
             let f = text(&f.to_string()).into_owned();
             eprintln!("the metric {} failed before pruning: {f}", path.display());
@@ -194,7 +197,7 @@ fn sparsity_table(r: &PruneRunReport) -> String {
 
 fn print_report(args: &Args, r: &PruneRunReport) -> anyhow::Result<()> {
     if args.protocol.json {
-        println!("{}", serde_json::to_string_pretty(r)?);
+        println!("{}", autoprune::report::sorted_json_pretty(r)?);
         return Ok(());
     }
     println!("{}", sparsity_table(r));

@@ -63,7 +63,7 @@ const MAX_ITEMS: usize = 100_000;
 
 /// Check one item: a non-empty context, 2–64 non-empty choices, `gold` among them.
 fn check_item(item: &Item) -> Result<(), String> {
-    if item.context.is_empty() {
+    if item.context.trim().is_empty() {
         return Err("empty context".into());
     }
     if !(2..=64).contains(&item.choices.len()) {
@@ -174,7 +174,7 @@ pub fn encode_pair(
     };
     let enc = |s: &str| {
         tokenizer
-            .encode(s)
+            .encode_plain(s)
             .map_err(|e| ModelError::Input(format!("tokenizing: {e}")))
     };
     let whole = enc(&format!("{context}{continuation}"))?;
@@ -196,6 +196,10 @@ pub fn loglikelihoods(
         return Err(ModelError::Input(
             "a choice adds no token to its context".into(),
         ));
+    }
+    // Without a context token nothing predicts the continuation's first token.
+    if pairs.iter().any(|(ctx, _)| ctx.is_empty()) {
+        return Err(ModelError::Input("a context with no token".into()));
     }
     let rows: Vec<(Vec<u32>, &[u32])> = pairs
         .iter()
@@ -496,6 +500,7 @@ mod tests {
         let short = loglikelihoods(&m, &pairs[1..2], 4).unwrap();
         assert!(short[0] > got[1], "fewer terms: {} vs {}", short[0], got[1]);
         assert!(loglikelihoods(&m, &[(seq[..3].to_vec(), vec![])], 64).is_err());
+        assert!(loglikelihoods(&m, &[(vec![], seq[..3].to_vec())], 64).is_err());
     }
 
     #[test]
@@ -522,6 +527,15 @@ mod tests {
         )
         .unwrap();
         assert!(read_tasks(&p).unwrap_err().to_string().contains("gold 2"));
+        std::fs::write(
+            &p,
+            "{\"context\":\" \\n\",\"choices\":[\" b\",\" c\"],\"gold\":0}\n",
+        )
+        .unwrap();
+        assert!(read_tasks(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("empty context"));
         std::fs::write(&p, "not json\n").unwrap();
         assert!(read_tasks(&p).unwrap_err().to_string().contains("line 1"));
         std::fs::write(&p, "\n").unwrap();

@@ -119,9 +119,19 @@ impl Tokenizer {
     /// Token ids of `text`, with special tokens added the way the model's own tokenizer
     /// adds them for a plain `tokenizer(text)` call (none for SmolLM2).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    /// Token ids of `text` with no special token added (no BOS), as lm-evaluation-harness
+    /// encodes multiple-choice contexts and continuations.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, false)
+    }
+
+    fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         let enc = self
             .inner
-            .encode_fast(text, true)
+            .encode_fast(text, special)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }

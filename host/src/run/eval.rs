@@ -1,18 +1,18 @@
 //! `autoprune eval` as one library call: the perplexity of a model under the protocol, and its
 //! zero-shot accuracy on multiple-choice tasks.
 
-use super::prune::ProtocolSpec;
 use crate::data::{read_sotu, DataDir, EVAL_FROM_YEAR};
 use crate::eval::tasks::{accuracy, read_tasks, score, sotu_next, Item, TaskScore, SOTU_NEXT};
 use crate::eval::{perplexity_with_progress, PerplexityOptions};
 use crate::model::Precision;
 use crate::progress::{step, Progress};
 use crate::report::{peak_rss_bytes, PplReport};
+use crate::setup::ProtocolSpec;
 use crate::setup::{device, load_model, stream};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// What `autoprune eval --json` prints (fields in the order it has always had them).
+/// What `autoprune eval --json` prints (with [`crate::report::sorted_json_pretty`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
     /// Evaluation text source.
@@ -52,7 +52,13 @@ impl TaskSpec {
         for t in &self.tasks {
             if t == SOTU_NEXT {
                 let speeches = read_sotu(&DataDir::resolve().sotu_dir()?)?;
-                out.push((t.clone(), sotu_next(&speeches, EVAL_FROM_YEAR, self.items)));
+                let items = sotu_next(&speeches, EVAL_FROM_YEAR, self.items);
+                anyhow::ensure!(
+                    !items.is_empty(),
+                    "the task {SOTU_NEXT} has no items (--task-items {})",
+                    self.items
+                );
+                out.push((t.clone(), items));
             } else {
                 let path = std::path::Path::new(t);
                 let name = path

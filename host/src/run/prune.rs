@@ -18,28 +18,9 @@ use crate::report::{
 };
 use crate::run::eval::zero_shot;
 use crate::sandbox::{Failure, Plugin};
-use crate::setup::{device, load_model, stream, CalibSpec, Calibration};
+use crate::setup::{device, load_model, stream, CalibSpec, Calibration, ProtocolSpec};
 use std::path::PathBuf;
 use std::time::Instant;
-
-/// The model, texts and windows of a run (the protocol flags).
-#[derive(Debug, Clone)]
-pub struct ProtocolSpec {
-    /// Model file or directory (`None`: SmolLM2 from the data directory).
-    pub model: Option<PathBuf>,
-    /// Evaluation text (`None`: SOTU speeches from 1990 on).
-    pub eval: Option<PathBuf>,
-    /// Tokens per window.
-    pub seq_len: usize,
-    /// Evaluation windows.
-    pub eval_windows: usize,
-    /// Windows per forward pass in evaluation.
-    pub eval_batch: usize,
-    /// `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
-    /// Arithmetic of the linear layers.
-    pub precision: Precision,
-}
 
 /// The pruning method of a run.
 pub enum MethodSpec<'a> {
@@ -329,7 +310,7 @@ fn export(
     loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
     std::fs::write(
         out.join("report.json"),
-        serde_json::to_string_pretty(report)?,
+        crate::report::sorted_json_pretty(report)?,
     )?;
     Ok(())
 }

@@ -12,7 +12,6 @@ pub use plot::svg_plot;
 pub use table::markdown_table;
 
 use super::allocate::{extras_if_needed, gradients_if_needed, stats_pass};
-use super::prune::ProtocolSpec;
 use crate::alloc::summary::{summarize, DenseStats};
 use crate::alloc::{expand, Allocation, Granularity, SkewSource, UnitSummary};
 use crate::calib::{validation_offsets, window_offsets, windows, Sampler};
@@ -22,6 +21,7 @@ use crate::pipeline::{prune_model_with_progress, Method, PruneConfig};
 use crate::progress::{step, Progress};
 use crate::prune::mask::Pattern;
 use crate::sandbox::{sha256_hex, Plugin};
+use crate::setup::ProtocolSpec;
 use crate::setup::{device, file_name, load_model, stream};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
