@@ -33,9 +33,13 @@
 //! second dense pass with Hessians, run only when the first candidate that declares either
 //! arrives, and then shared by every later one.
 
+mod measure;
+mod records;
+
+pub use records::*;
+
 use super::archive::{Archive, Node, Outcome, Status};
-use super::objective::{Objective, Setting};
-use super::paired::{paired, paired_diffs, Paired};
+use super::paired::{paired, paired_diffs};
 use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{expand, Granularity};
 use crate::build::Builder;
@@ -48,154 +52,11 @@ use crate::model::Model;
 use crate::pipeline::{
     prune_model_with_gradients, prune_one_shot, Method, PipelineError, PruneConfig,
 };
-use crate::prune::mask::{Mask, Pattern};
+use crate::prune::mask::Mask;
 use crate::sandbox::{Failure, Plugin, Policy};
-use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
-
-/// Settings of the ladder.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LadderConfig {
-    /// What the search optimises.
-    pub objective: Objective,
-    /// Validation windows of the screen (the first ones of the validation windows).
-    pub screen_windows: usize,
-    /// Continue past the screen only if its ratio to Wanda is at most this.
-    pub promote_ratio: f64,
-    /// Calibration windows per forward pass.
-    pub calib_batch: usize,
-    /// Compute the gradient statistic of the dense model once per run, so metrics may read it
-    /// (GBLM and Pruner-Zero's baselines do). Costs one backward pass per calibration window.
-    pub gradient: bool,
-}
-
-impl Default for LadderConfig {
-    fn default() -> Self {
-        LadderConfig {
-            objective: Objective::single(Setting::uniform(0.5, Pattern::PerRow)),
-            screen_windows: 4,
-            promote_ratio: 1.1,
-            calib_batch: 8,
-            gradient: true,
-        }
-    }
-}
-
-/// The text a search evaluates on, tokenized and windowed.
-pub struct SearchData {
-    /// The dense model (cloned for every evaluation; tensors are shared until replaced).
-    pub model: Model,
-    /// Calibration windows (the protocol's).
-    pub calib: Vec<Vec<u32>>,
-    /// Validation tokens: held-out calibration-side windows, concatenated.
-    pub validation: Vec<u32>,
-    /// Number of validation windows in `validation`.
-    pub validation_windows: usize,
-    /// Held-out evaluation tokens (final ranking only).
-    pub heldout: Vec<u32>,
-    /// Windows of the held-out evaluation.
-    pub heldout_windows: usize,
-    /// Tokens per window.
-    pub seq_len: usize,
-    /// A folder where the gradient statistic of a model and calibration windows is kept, so
-    /// runs on the same model and windows compute it once (`None`: always compute).
-    pub gradient_cache: Option<std::path::PathBuf>,
-}
-
-/// A ladder level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// One-shot with dense statistics, a few validation windows.
-    Screen,
-    /// The sequential protocol, every validation window.
-    Sequential,
-    /// The sequential protocol on the held-out text.
-    Heldout,
-}
-
-impl Level {
-    /// Its name in records.
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Screen => "screen",
-            Level::Sequential => "sequential",
-            Level::Heldout => "heldout",
-        }
-    }
-}
-
-/// Wanda's per-window mean NLLs, per setting, at every level (computed once per run).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Reference {
-    /// Identifies the data and settings these losses belong to.
-    pub key: String,
-    /// Screen windows, per setting.
-    pub screen: Vec<Vec<f64>>,
-    /// Validation windows (sequential level), per setting.
-    pub sequential: Vec<Vec<f64>>,
-    /// Held-out windows, per setting (computed at the first held-out ranking).
-    #[serde(default)]
-    pub heldout: Option<Vec<Vec<f64>>>,
-}
-
-/// One setting's result at one level.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SettingResult {
-    /// The setting (e.g. `2:4`).
-    pub setting: String,
-    /// Perplexity over the level's windows.
-    pub ppl: f64,
-    /// Wanda's perplexity over the same windows.
-    pub wanda_ppl: f64,
-    /// The paired comparison with Wanda.
-    pub paired: Paired,
-}
-
-/// A candidate's result at one level: per setting, and combined over the settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LevelResult {
-    /// Per-window differences averaged over the settings, compared as a whole.
-    pub combined: Paired,
-    /// Each setting.
-    pub settings: Vec<SettingResult>,
-    /// Seconds the level took.
-    pub seconds: f64,
-}
-
-/// Everything measured for a candidate, stored as JSON with its node (`detail`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Detail {
-    /// The screen.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub screen: Option<LevelResult>,
-    /// The sequential level.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sequential: Option<LevelResult>,
-    /// The held-out ranking.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heldout: Option<LevelResult>,
-}
-
-/// How [`Evaluator::prune_and_measure`] prunes.
-pub enum Pruning<'a> {
-    /// Every block with the dense statistics computed once per run (the screen).
-    OneShot,
-    /// The sequential protocol on these calibration windows.
-    Sequential(Vec<&'a [u32]>),
-}
-
-/// What [`Evaluator::prune_and_measure`] measured.
-#[derive(Debug, Clone, Default)]
-pub struct Measurement {
-    /// Per-window mean NLLs, one list per window set.
-    pub losses: Vec<Vec<f64>>,
-    /// Seconds of the pruning.
-    pub prune_seconds: f64,
-    /// Seconds of each set's evaluation.
-    pub eval_seconds: Vec<f64>,
-}
 
 /// One probe layer: weights, shape and block.
 struct Probe {
@@ -204,22 +65,6 @@ struct Probe {
     cols: usize,
     weights: Vec<f32>,
     block: usize,
-}
-
-/// What the one-time preparation cost (seconds), for reports.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Preparation {
-    /// The dense statistics pass.
-    pub dense_stats: f64,
-    /// The gradient pass (0 when not computed).
-    pub gradient: f64,
-    /// Allocation plans.
-    pub plans: f64,
-    /// Wanda's losses at the screen and sequential levels (0 when reused from the archive).
-    pub reference: f64,
-    /// The dense pass with Hessians for the WIT 0.2.0 inputs (0 until a candidate needs it).
-    #[serde(default)]
-    pub hessian_inputs: f64,
 }
 
 /// Runs the ladder for one search.
@@ -501,198 +346,6 @@ impl Evaluator {
             return Err(("check", f));
         }
         Ok(plugin)
-    }
-
-    /// The pruning configuration of setting `i`.
-    fn prune_cfg(&self, i: usize) -> PruneConfig {
-        let s = &self.cfg.objective.settings[i];
-        PruneConfig {
-            sparsity: s.sparsity,
-            layer_sparsity: self.plans[i].clone(),
-            pattern: s.pattern,
-            batch: self.cfg.calib_batch,
-        }
-    }
-
-    /// Hash of the candidate's masks on the probe layers under every setting.
-    pub fn probe_hash(&self, plugin: &Plugin) -> Result<String, Failure> {
-        let mut all = String::new();
-        let extras = self.dense_extras(plugin)?;
-        for p in &self.probes {
-            let block = extras.and_then(|e| e.get(p.block));
-            let stats = self
-                .dense
-                .get(p.block, p.id.kind)
-                .ok_or(Failure::Rejected {
-                    reason: "host bug: no probe statistics".into(),
-                })?;
-            let data = LayerData {
-                id: p.id,
-                rows: p.rows,
-                cols: p.cols,
-                weights: &p.weights,
-                stats,
-                gradient: self.grads.as_ref().and_then(|g| g.get(p.block, p.id.kind)),
-                hessian_inverse_diagonal: block.and_then(|b| b.hessian_inverse_diagonal(p.id.kind)),
-                output_stats: block.and_then(|b| b.output_stats(p.id.kind)),
-                sparsity: self.cfg.objective.settings[0].sparsity as f32,
-            };
-            let scored = plugin.score(&data)?;
-            for (i, s) in self.cfg.objective.settings.iter().enumerate() {
-                let sparsity = self.prune_cfg(i).sparsity_of(p.id);
-                let mask = Mask::from_scores(&scored.scores, p.rows, p.cols, s.pattern, sparsity)
-                    .map_err(|e| match crate::pipeline::mask_error(p.id, e) {
-                    crate::pipeline::PipelineError::Metric { failure, .. } => failure,
-                    other => Failure::Rejected {
-                        reason: format!("probe mask of {}: {other}", p.id),
-                    },
-                })?;
-                all.push_str(&format!("{:016x}", mask.hash64()));
-            }
-        }
-        Ok(crate::sandbox::sha256_hex(all.as_bytes())[..32].to_string())
-    }
-
-    /// The windows a level is measured on.
-    pub fn windows(&self, level: Level) -> Vec<&[u32]> {
-        let seq = self.data.seq_len;
-        let (tokens, n) = match level {
-            Level::Screen => (
-                &self.data.validation,
-                self.cfg.screen_windows.min(self.data.validation_windows),
-            ),
-            Level::Sequential => (&self.data.validation, self.data.validation_windows),
-            Level::Heldout => (&self.data.heldout, self.data.heldout_windows),
-        };
-        tokens.chunks_exact(seq).take(n).collect()
-    }
-
-    /// The protocol's calibration windows.
-    pub fn calib_windows(&self) -> Vec<&[u32]> {
-        self.data.calib.iter().map(|w| w.as_slice()).collect()
-    }
-
-    /// Prune a copy of the dense model with `plugin` under setting `i` as `level` does, and
-    /// return the per-window mean NLLs on the level's windows.
-    pub fn losses(&self, plugin: &Plugin, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
-        let windows = self.windows(level);
-        let prune = match level {
-            Level::Screen => Pruning::OneShot,
-            Level::Sequential | Level::Heldout => Pruning::Sequential(self.calib_windows()),
-        };
-        let mut out = self.prune_and_measure(plugin, i, prune, &[&windows])?;
-        Ok(out.losses.pop().unwrap_or_default())
-    }
-
-    /// Prune a copy of the dense model with `plugin` under setting `i` (`prune`), then the
-    /// per-window mean NLLs on each of `sets`: one pruning, several evaluations.
-    pub fn prune_and_measure(
-        &self,
-        plugin: &Plugin,
-        i: usize,
-        prune: Pruning<'_>,
-        sets: &[&[&[u32]]],
-    ) -> Result<Measurement, Failure> {
-        let t = Instant::now();
-        let mut model = self.data.model.clone();
-        let cfg = self.prune_cfg(i);
-        match prune {
-            Pruning::OneShot => {
-                let extras = self.dense_extras(plugin)?;
-                prune_one_shot(
-                    &mut model,
-                    &self.dense,
-                    plugin,
-                    &cfg,
-                    self.grads.as_ref(),
-                    extras,
-                )
-                .map_err(failure_of)?;
-            }
-            Pruning::Sequential(wins) => {
-                prune_model_with_gradients(
-                    &mut model,
-                    &wins,
-                    &Method::Metric(plugin),
-                    &cfg,
-                    self.grads.as_ref(),
-                    &mut |_| {},
-                )
-                .map_err(failure_of)?;
-            }
-        }
-        let mut out = Measurement {
-            prune_seconds: t.elapsed().as_secs_f64(),
-            ..Measurement::default()
-        };
-        for w in sets {
-            let t = Instant::now();
-            out.losses
-                .push(window_nlls(&model, w, 2).map_err(|e| Failure::Rejected {
-                    reason: format!("evaluation failed: {e}"),
-                })?);
-            out.eval_seconds.push(t.elapsed().as_secs_f64());
-        }
-        Ok(out)
-    }
-
-    /// Wanda's losses of setting `i` at `level` (the held-out ones are computed at the first
-    /// call).
-    pub fn reference_losses(&self, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
-        let have = {
-            let r = self.reference.lock().map_err(|_| Failure::Rejected {
-                reason: "host bug: reference lock poisoned".into(),
-            })?;
-            match level {
-                Level::Screen => r.screen.get(i).cloned(),
-                Level::Sequential => r.sequential.get(i).cloned(),
-                Level::Heldout => r.heldout.as_ref().and_then(|h| h.get(i).cloned()),
-            }
-        };
-        if let Some(l) = have {
-            return Ok(l);
-        }
-        // Only the held-out losses are computed lazily (at the first final ranking).
-        let wanda = self.wanda()?;
-        let all: Vec<Vec<f64>> = (0..self.cfg.objective.settings.len())
-            .map(|j| self.losses(&wanda, j, Level::Heldout))
-            .collect::<Result<_, _>>()?;
-        let mut r = self.reference.lock().map_err(|_| Failure::Rejected {
-            reason: "host bug: reference lock poisoned".into(),
-        })?;
-        r.heldout = Some(all.clone());
-        Ok(all[i].clone())
-    }
-
-    /// Measure `plugin` at `level` under every setting, paired with Wanda.
-    pub fn measure(&self, plugin: &Plugin, level: Level) -> Result<LevelResult, Failure> {
-        let t = Instant::now();
-        let n = self.cfg.objective.settings.len();
-        let mut settings = Vec::with_capacity(n);
-        let mut sum_diff: Vec<f64> = Vec::new();
-        for (i, s) in self.cfg.objective.settings.iter().enumerate() {
-            let cand = self.losses(plugin, i, level)?;
-            let base = self.reference_losses(i, level)?;
-            let p = paired(&cand, &base, i as u64);
-            if sum_diff.is_empty() {
-                sum_diff = vec![0.0; cand.len()];
-            }
-            for (acc, (c, b)) in sum_diff.iter_mut().zip(cand.iter().zip(&base)) {
-                let c = if c.is_finite() { *c } else { f64::MAX / 4.0 };
-                *acc += (c - b) / n as f64;
-            }
-            settings.push(SettingResult {
-                setting: s.to_string(),
-                ppl: mean_exp(&cand),
-                wanda_ppl: mean_exp(&base),
-                paired: p,
-            });
-        }
-        Ok(LevelResult {
-            combined: paired_diffs(&sum_diff, 7),
-            settings,
-            seconds: t.elapsed().as_secs_f64(),
-        })
     }
 
     /// Run the ladder on `node`. The seeds (the baselines) always climb to the sequential
