@@ -11,6 +11,7 @@ pub mod tokens;
 use crate::layer::{ChannelStats, LayerKind};
 use crate::model::{Block, ModelError, Rope};
 use crate::prune::sparsegpt::HessianAccumulator;
+use crate::rng::SplitMix64;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -71,15 +72,9 @@ pub fn window_offsets(
     Ok(match sampler {
         Sampler::Even => (0..n).map(|k| k * (len - seq_len) / n).collect(),
         Sampler::Random { seed } => {
-            let mut s = seed;
+            let mut rng = SplitMix64::new(seed);
             (0..n)
-                .map(|_| {
-                    s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                    let mut z = s;
-                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                    ((z ^ (z >> 31)) % (len - seq_len) as u64) as usize
-                })
+                .map(|_| rng.below_mod((len - seq_len) as u64) as usize)
                 .collect()
         }
         Sampler::Given => {

@@ -7,7 +7,7 @@ use super::*;
 /// from `seed` and `attempt`.
 pub(super) fn backoff(cfg: &LlmConfig, attempt: u32, seed: u64) -> f64 {
     let raw = (cfg.backoff_base_s * 2f64.powi(attempt.min(30) as i32)).min(cfg.backoff_max_s);
-    let mut z = seed ^ (attempt as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed ^ (attempt as u64 + 1).wrapping_mul(crate::rng::GOLDEN);
     z = (z ^ (z >> 31)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
     (raw * (0.75 + 0.5 * unit)).max(0.0)
