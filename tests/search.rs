@@ -198,6 +198,42 @@ fn search_survives_kill_9_and_resumes() {
     assert!(std::fs::read_to_string(&html)
         .unwrap()
         .contains("id=\"best\" data-best="));
+    // `runs export` writes the best node's code under its provenance header.
+    let metric = dir.path().join("best.rs");
+    let o = autoprune()
+        .args(["runs", "export"])
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&metric)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let src = std::fs::read_to_string(&metric).unwrap();
+    assert!(
+        src.starts_with("//! Discovered by `autoprune search`"),
+        "{src}"
+    );
+    assert!(
+        src.contains("//! Held-out (the evaluation text): "),
+        "{src}"
+    );
+    assert!(
+        src.contains(
+            "//! Reproduce: autoprune prune --metric candidates/discovered/best.rs --sparsity 0.5"
+        ),
+        "{src}"
+    );
+    assert!(src.contains("export_metric!"), "{src}");
+    // A node that does not exist is a clear error, not a panic.
+    let o = autoprune()
+        .args(["runs", "export"])
+        .arg(&run_dir)
+        .args(["--node", "99999", "--out"])
+        .arg(dir.path().join("none.rs"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("has no node #99999"));
 }
 
 /// Ctrl-C (SIGINT) in the middle of a search: the candidate in evaluation finishes and is

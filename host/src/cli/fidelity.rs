@@ -1,9 +1,8 @@
 //! `autoprune fidelity`: how well each level of the search ladder predicts the held-out
 //! ranking, on a fixed panel of metrics (resumable; results in a folder).
 
-use super::check::load_policy;
+use super::flags::{CalibFlags, SandboxFlags};
 use super::protocol::ProtocolArgs;
-use super::BuildFlags;
 use anyhow::Context;
 use autoprune::search::archive::{Archive, Status};
 use autoprune::search::cascade::LadderConfig;
@@ -34,9 +33,6 @@ pub struct Args {
     /// Leave out the built-in panel.
     #[arg(long)]
     pub no_builtin: bool,
-    /// Calibration windows (the protocol's 32).
-    #[arg(long, default_value_t = 32)]
-    pub calib_windows: usize,
     /// Validation windows measured (the sequential level reads 8, 16 and all of them).
     #[arg(long, default_value_t = 32)]
     pub validation_windows: usize,
@@ -55,16 +51,12 @@ pub struct Args {
     /// Only analyse what `results.jsonl` holds.
     #[arg(long)]
     pub analyze_only: bool,
-    /// Calibration text file (default: SOTU speeches before 1990).
-    #[arg(long)]
-    pub calib: Option<PathBuf>,
-    /// A JSON file with sandbox limits.
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub calib: CalibFlags,
+    #[command(flatten)]
+    pub sandbox: SandboxFlags,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
-    #[command(flatten)]
-    pub flags: BuildFlags,
 }
 
 /// The panel: built-in, folders, and search runs' best candidates.
@@ -146,9 +138,9 @@ fn measure_missing(
         let spec = autoprune::search::fidelity::StudyData {
             data: DataSpec {
                 model: args.protocol.model.as_ref(),
-                calib: args.calib.as_ref(),
+                calib: args.calib.calib.as_ref(),
                 eval: args.protocol.eval.as_ref(),
-                calib_windows: args.calib_windows,
+                calib_windows: args.calib.calib_windows,
                 validation_windows: args.validation_windows,
                 heldout_windows: args.protocol.eval_windows,
                 seq_len: args.protocol.seqlen,
@@ -165,8 +157,8 @@ fn measure_missing(
                 gradient: !args.no_gradient,
             },
         };
-        let builder = args.flags.builder()?;
-        let policy = load_policy(args.policy.as_ref())?;
+        let builder = args.sandbox.build.builder()?;
+        let policy = args.sandbox.policy()?;
         done.extend(autoprune::search::fidelity::measure_panel(
             &spec,
             builder,

@@ -1,16 +1,16 @@
 //! `autoprune search` and `autoprune runs show`.
 
 use super::check::load_policy;
+use super::flags::{CalibFlags, SandboxFlags, TargetFlags};
 use super::protocol::ProtocolArgs;
 use super::BuildFlags;
 use anyhow::Context;
-use autoprune::prune::mask::Pattern;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::Evaluator;
 use autoprune::search::data::{search_data, DataSpec};
 use autoprune::search::gcot::Templates;
 use autoprune::search::local_server::{LocalLlm, LocalServer};
-use autoprune::search::objective::{Objective, Setting};
+use autoprune::search::objective::Objective;
 use autoprune::search::run::Event;
 use autoprune::search::session::{archive_path, lineage, RunConfig, SearchFlags, Session};
 use std::path::{Path, PathBuf};
@@ -103,12 +103,6 @@ pub struct Args {
     /// Default: `--sparsity` with `--pattern`.
     #[arg(long)]
     pub objective: Option<Objective>,
-    /// Target sparsity (when no `--objective` is given).
-    #[arg(long, default_value_t = 0.5)]
-    pub sparsity: f64,
-    /// Comparison group: `row`, `layer`, or N:M such as `2:4` (when no `--objective` is given).
-    #[arg(long, default_value = "row")]
-    pub pattern: Pattern,
     /// Candidates to propose (seeds excluded). On `--resume`, a new total.
     #[arg(long)]
     pub budget_candidates: Option<u64>,
@@ -119,10 +113,6 @@ pub struct Args {
     /// Seed of every random choice of the proposer.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Calibration windows (the protocol's 32): the dense statistics of the screen and the
-    /// sequential level's protocol.
-    #[arg(long, default_value_t = 32)]
-    pub calib_windows: usize,
     /// Validation windows (held out of the calibration stream) of the sequential level.
     #[arg(long, default_value_t = 32)]
     pub validation_windows: usize,
@@ -143,16 +133,17 @@ pub struct Args {
     /// Candidates measured on the held-out evaluation windows at the end.
     #[arg(long, default_value_t = 3)]
     pub heldout_top: usize,
-    /// Calibration text file (default: SOTU speeches before 1990).
-    #[arg(long)]
-    pub calib: Option<PathBuf>,
-    /// A JSON file with sandbox limits.
-    #[arg(long)]
-    pub policy: Option<PathBuf>,
+    /// The target when no `--objective` is given.
+    #[command(flatten)]
+    pub target: TargetFlags,
+    /// The calibration text and windows: the dense statistics of the screen and the sequential
+    /// level's protocol.
+    #[command(flatten)]
+    pub calib: CalibFlags,
+    #[command(flatten)]
+    pub sandbox: SandboxFlags,
     #[command(flatten)]
     pub protocol: ProtocolArgs,
-    #[command(flatten)]
-    pub flags: BuildFlags,
 }
 
 /// Run it.
@@ -179,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let data = search_data(&data_spec(&cfg), &device)?;
     let builder = BuildFlags {
         trusted: cfg.trusted,
-        build_timeout: args.flags.build_timeout,
+        build_timeout: args.sandbox.build.build_timeout,
     }
     .builder()?;
     let evaluator = session.evaluator(data, builder, policy, &mut |what| {
@@ -266,26 +257,26 @@ fn search_flags(a: &Args) -> SearchFlags {
         price_completion_per_1k: a.price_completion_per_1k,
         eval_workers: a.eval_workers,
         objective: a.objective.clone(),
-        sparsity: a.sparsity,
-        pattern: a.pattern,
+        sparsity: a.target.sparsity,
+        pattern: a.target.pattern,
         budget_candidates: a.budget_candidates,
         budget_minutes: a.budget_minutes,
         seed: a.seed,
-        calib_windows: a.calib_windows,
+        calib_windows: a.calib.calib_windows,
         validation_windows: a.validation_windows,
         screen_windows: a.screen_windows,
         promote_ratio: a.promote_ratio,
         gp_tune: a.gp_tune,
         no_gradient: a.no_gradient,
         heldout_top: a.heldout_top,
-        calib: a.calib.clone(),
-        policy: a.policy.clone(),
+        calib: a.calib.calib.clone(),
+        policy: a.sandbox.policy.clone(),
         model: a.protocol.model.clone(),
         eval: a.protocol.eval.clone(),
         seq_len: a.protocol.seqlen,
         heldout_windows: a.protocol.eval_windows,
         precision: a.protocol.precision,
-        trusted: a.flags.trusted,
+        trusted: a.sandbox.build.trusted,
     }
 }
 
@@ -430,112 +421,14 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
     out
 }
 
-/// The prune flags of a setting (for the reproduce line).
-fn prune_flags(s: &Setting) -> String {
-    let mut f = match s.pattern {
-        Pattern::NM { n, m } => format!("--pattern {n}:{m}"),
-        Pattern::PerRow => format!("--sparsity {}", s.sparsity),
-        p => format!("--pattern {p} --sparsity {}", s.sparsity),
-    };
-    if !s.is_uniform() {
-        f.push_str(&format!(" --allocation {}", s.allocation.name()));
-    }
-    f
-}
-
 /// `runs export`: the node's code under a provenance header.
 fn export(dir: &Path, node: Option<i64>, out: &Path) -> anyhow::Result<i32> {
-    let archive = Archive::open_existing(&archive_path(dir))?;
-    let nodes = archive.nodes()?;
-    let n = match node {
-        Some(id) => nodes
-            .iter()
-            .find(|n| n.id == id)
-            .with_context(|| format!("{} has no node #{id}", dir.display()))?,
-        None => autoprune::search::report::best(&nodes)
-            .with_context(|| format!("{} has no evaluated candidate", dir.display()))?,
-    };
-    anyhow::ensure!(
-        !n.code.trim().is_empty(),
-        "node #{} has no code (it failed at {})",
-        n.id,
-        n.stage.as_deref().unwrap_or("?")
-    );
-    let cfg: Option<RunConfig> = archive
-        .meta("config")?
-        .and_then(|c| serde_json::from_str(&c).ok());
-    let detail: autoprune::search::cascade::Detail = n
-        .detail
-        .as_deref()
-        .and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or_default();
     let file = out
         .file_name()
         .map_or("metric.rs".into(), |f| f.to_string_lossy().into_owned());
-    let mut h = String::new();
-    let clean = |t: &str| -> String {
-        t.chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect()
-    };
-    h.push_str(&format!(
-        "//! Discovered by `autoprune search` ({}), node #{} of the run `{}`.\n",
-        clean(&n.proposer),
-        n.id,
-        clean(&dir.display().to_string())
-    ));
-    h.push_str(&format!(
-        "//! Idea: {}\n",
-        clean(&first_line(&n.thought, 200))
-    ));
-    if let Some(c) = &cfg {
-        h.push_str(&format!(
-            "//! Objective: {} (ratio to Wanda's perplexity under each setting; SmolLM2-135M, SOTU-512 \
-             unless the run names another model), seed {}.\n",
-            c.ladder.objective, c.seed
-        ));
-    }
-    let level = |name: &str, l: &Option<autoprune::search::cascade::LevelResult>| {
-        l.as_ref().map(|l| {
-            let (lo, hi) = l.combined.ratio_ci();
-            let per: Vec<String> = l
-                .settings
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}: ppl {:.4} vs Wanda {:.4}",
-                        s.setting, s.ppl, s.wanda_ppl
-                    )
-                })
-                .collect();
-            format!(
-                "//! {name}: {:.4} × Wanda [95 % CI {lo:.4}, {hi:.4}] over {} windows ({}).\n",
-                l.combined.ratio(),
-                l.combined.windows,
-                per.join("; ")
-            )
-        })
-    };
-    if let Some(t) = level("Sequential level (validation windows)", &detail.sequential) {
-        h.push_str(&t);
-    }
-    if let Some(t) = level("Held-out (the evaluation text)", &detail.heldout) {
-        h.push_str(&t);
-    }
-    if let Some(c) = &cfg {
-        for s in &c.ladder.objective.settings {
-            h.push_str(&format!(
-                "//! Reproduce: autoprune prune --metric candidates/discovered/{file} {}\n",
-                prune_flags(s)
-            ));
-        }
-    }
-    h.push_str("//!\n");
-    let code = n.code.trim_start();
-    // A generated file's own `//!` header follows ours (inner doc comments must come first).
-    std::fs::write(out, format!("{h}{code}"))
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote node #{} to {}", n.id, out.display());
+    let exported = autoprune::search::export::export(dir, node, &file)?;
+    std::fs::write(out, &exported.source).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote node #{} to {}", exported.node, out.display());
     Ok(0)
 }
 

@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod cascade;
 pub mod data;
+pub mod export;
 pub mod fidelity;
 pub mod funnel;
 pub mod gcot;
