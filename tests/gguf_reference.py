@@ -1,0 +1,60 @@
+"""Dense perplexity of a GGUF model by an implementation that is not ours: Hugging Face
+transformers loads and dequantises the GGUF itself, with its own tokenizer, and measures the
+first WINDOWS windows of the SOTU evaluation stream; autoprune's `eval` of the same file on the
+same windows is run and compared (relative difference, must be < 0.1 %). The token streams are
+compared too (length and ids).
+
+Usage (needs `pip install torch transformers gguf`; not part of `cargo test`):
+    python3 tests/gguf_reference.py MODEL.gguf [WINDOWS]
+"""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+gguf = pathlib.Path(sys.argv[1]).resolve()
+n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+root = pathlib.Path(__file__).resolve().parent.parent
+exe = root / "target" / "release" / "autoprune"
+
+t0 = time.time()
+out = subprocess.run(
+    [str(exe), "eval", "--model", str(gguf), "--eval-windows", str(n), "--json"],
+    check=True, capture_output=True, text=True,
+).stdout
+ours_report = json.loads(out)
+ours = ours_report["perplexity"]["ppl"]
+print(f"autoprune: {ours:.4f} ({time.time() - t0:.1f} s)")
+
+tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+model.eval()
+sotu = root / "data" / "sotu"
+speeches = sorted(
+    ((int(f.name[:4]), f.name, f.read_text(encoding="utf-8").strip()) for f in sotu.glob("*.txt")),
+    key=lambda s: (s[0], s[1]),
+)
+text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
+ids = tok(text, add_special_tokens=False)["input_ids"]
+print(f"transformers tokens: {len(ids)}; autoprune: {ours_report.get('eval_tokens', '?')}")
+if "eval_tokens" in ours_report:
+    assert len(ids) == ours_report["eval_tokens"], "token streams differ in length"
+seq = 512
+torch.set_num_threads(2)
+nll = 0.0
+t0 = time.time()
+with torch.no_grad():
+    for w in range(n):
+        x = torch.tensor([ids[w * seq:(w + 1) * seq]])
+        logits = model(x).logits[0, :-1]
+        nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
+ppl = math.exp(nll / (n * (seq - 1)))
+rel = abs(ppl - ours) / ours
+print(f"transformers: {ppl:.4f} ({time.time() - t0:.1f} s); relative difference {rel:.2e}")
+assert rel < 1e-3, "more than 0.1 % apart"
+print("OK")
