@@ -10,7 +10,7 @@
 
 mod common;
 
-use autoprune::search::archive::{Archive, Node, Status};
+use autoprune::search::archive::{Archive, Node, Stage, Status};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{LlmClient, LlmConfig};
 use autoprune::search::run::{run, Budget, Pools, Stop};
@@ -340,30 +340,24 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
         nodes.iter().all(|n| n.status != Status::Pending),
         "{nodes:#?}"
     );
-    let kinds: Vec<(Status, String, String)> = proposed
+    let kinds: Vec<(Status, Option<Stage>, String)> = proposed
         .iter()
-        .map(|n| {
-            (
-                n.status,
-                n.stage.clone().unwrap_or_default(),
-                verdict_kind(n),
-            )
-        })
+        .map(|n| (n.status, n.stage.clone(), verdict_kind(n)))
         .collect();
     let expect = [
-        (Status::Evaluated, "sequential", ""),
-        (Status::Failed, "propose", "malformed_json"),
-        (Status::Failed, "propose", "empty_choices"),
-        (Status::Failed, "propose", "no_code"),
-        (Status::Failed, "build", "compile"),
-        (Status::Failed, "build", "compile"),
-        (Status::Failed, "check", "out_of_fuel"),
-        (Status::Evaluated, "sequential", ""),
+        (Status::Evaluated, Stage::Sequential, ""),
+        (Status::Failed, Stage::Propose, "malformed_json"),
+        (Status::Failed, Stage::Propose, "empty_choices"),
+        (Status::Failed, Stage::Propose, "no_code"),
+        (Status::Failed, Stage::Build, "compile"),
+        (Status::Failed, Stage::Build, "compile"),
+        (Status::Failed, Stage::Check, "out_of_fuel"),
+        (Status::Evaluated, Stage::Sequential, ""),
     ];
     for (i, (st, stage, v)) in expect.iter().enumerate() {
         let got = &kinds[i];
         assert_eq!(got.0, *st, "proposal {i}: {kinds:?}");
-        assert_eq!(got.1, *stage, "proposal {i}: {kinds:?}");
+        assert_eq!(got.1.as_ref(), Some(stage), "proposal {i}: {kinds:?}");
         if v == &"out_of_fuel" {
             assert!(got.2 == "out_of_fuel" || got.2 == "timeout", "{kinds:?}");
         } else {

@@ -459,7 +459,7 @@ fn export(dir: &Path, node: Option<i64>, out: &Path) -> anyhow::Result<i32> {
         !n.code.trim().is_empty(),
         "node #{} has no code (it failed at {})",
         n.id,
-        n.stage.as_deref().unwrap_or("?")
+        n.stage.as_ref().map_or("?", |s| s.as_str())
     );
     let cfg: Option<RunConfig> = archive
         .meta("config")?

@@ -12,6 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub use super::records::Stage;
+
 /// Archive errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -169,8 +171,9 @@ pub struct Node {
     pub expr: Option<String>,
     /// Life state.
     pub status: Status,
-    /// Last stage reached (`build`, `check`, `probe`, `proxy`, `full`).
-    pub stage: Option<String>,
+    /// Last stage reached (`build`, `check`, `probe`, `screen`, `sequential`; version-1
+    /// archives: `proxy`, `full`).
+    pub stage: Option<Stage>,
     /// Typed verdict (JSON) if it failed.
     pub verdict: Option<String>,
     /// Hash of its masks on the probe layers.
@@ -214,7 +217,7 @@ pub struct Outcome {
     /// Final status (never `Pending`).
     pub status: Option<Status>,
     /// Last stage reached.
-    pub stage: String,
+    pub stage: Stage,
     /// Verdict JSON on failure.
     pub verdict: Option<String>,
     /// Probe mask hash.
@@ -409,9 +412,9 @@ impl Archive {
         let id = insert_node(&tx, node).map_err(err)?;
         if let Some(v) = failure {
             tx.execute(
-                "UPDATE nodes SET status = 'failed', stage = 'propose', verdict = ?2, seconds = 0
+                "UPDATE nodes SET status = 'failed', stage = ?3, verdict = ?2, seconds = 0
                  WHERE id = ?1",
-                params![id, v],
+                params![id, v, Stage::Propose.as_str()],
             )
             .map_err(err)?;
         }
@@ -460,7 +463,7 @@ impl Archive {
                 params![
                     id,
                     status.as_str(),
-                    o.stage,
+                    o.stage.as_str(),
                     o.verdict,
                     o.mask_hash,
                     o.duplicate_of,
@@ -610,7 +613,7 @@ impl Archive {
                     source_hash: r.get("source_hash")?,
                     expr: r.get("expr")?,
                     status: Status::parse(&r.get::<_, String>("status")?),
-                    stage: r.get("stage")?,
+                    stage: r.get::<_, Option<String>>("stage")?.map(Stage::from),
                     verdict: r.get("verdict")?,
                     mask_hash: r.get("mask_hash")?,
                     duplicate_of: r.get("duplicate_of")?,
@@ -712,7 +715,7 @@ mod tests {
             ids[0],
             &Outcome {
                 status: Some(Status::Evaluated),
-                stage: "full".into(),
+                stage: Stage::Other("full".into()),
                 mask_hash: Some("m1".into()),
                 fitness: Some(55.5),
                 seconds: 3.0,
@@ -758,7 +761,7 @@ mod tests {
         assert_eq!((calls.len(), calls[0].node), (1, Some(d)));
         let failed = a.node(d).unwrap().unwrap();
         assert_eq!(failed.status, Status::Failed);
-        assert_eq!(failed.stage.as_deref(), Some("propose"));
+        assert_eq!(failed.stage, Some(Stage::Propose));
     }
 
     #[test]

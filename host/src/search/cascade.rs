@@ -38,7 +38,7 @@ mod records;
 
 pub use records::*;
 
-use super::archive::{Archive, Node, Outcome, Status};
+use super::archive::{Archive, Node, Outcome, Stage, Status};
 use super::paired::{paired, paired_diffs};
 use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{expand, Granularity};
@@ -321,12 +321,13 @@ impl Evaluator {
     }
 
     /// Build and load a candidate (stages build and check), or its verdict and stage.
-    pub fn load(&self, code: &str) -> Result<Plugin, (&'static str, Failure)> {
-        let built = self.builder.build(code).map_err(|f| ("build", f))?;
-        let plugin = Plugin::load(&built.wasm, &self.policy, None).map_err(|f| ("build", f))?;
+    pub fn load(&self, code: &str) -> Result<Plugin, (Stage, Failure)> {
+        let built = self.builder.build(code).map_err(|f| (Stage::Build, f))?;
+        let plugin =
+            Plugin::load(&built.wasm, &self.policy, None).map_err(|f| (Stage::Build, f))?;
         if plugin.info().needs_gradient && self.grads.is_none() {
             return Err((
-                "check",
+                Stage::Check,
                 Failure::Rejected {
                     reason:
                         "this search runs without the gradient statistic; the candidate asks for it"
@@ -343,7 +344,7 @@ impl Evaluator {
             let f = report.failure.unwrap_or(Failure::Rejected {
                 reason: "the validation suite failed".into(),
             });
-            return Err(("check", f));
+            return Err((Stage::Check, f));
         }
         Ok(plugin)
     }
@@ -353,12 +354,12 @@ impl Evaluator {
     pub fn evaluate(&self, archive: &Archive, node: &Node, always_promote: bool) -> Outcome {
         let t = Instant::now();
         let mut o = Outcome {
-            stage: "build".into(),
+            stage: Stage::Build,
             ..Outcome::default()
         };
-        let fail = |mut o: Outcome, stage: &str, f: Failure| {
+        let fail = |mut o: Outcome, stage: Stage, f: Failure| {
             o.status = Some(Status::Failed);
-            o.stage = stage.into();
+            o.stage = stage;
             o.verdict = Some(verdict(&f));
             o
         };
@@ -372,10 +373,10 @@ impl Evaluator {
             Ok(p) => p,
             Err((stage, f)) => return finish(fail(o, stage, f), t),
         };
-        o.stage = "probe".into();
+        o.stage = Stage::Probe;
         match self.probe_hash(&plugin) {
             Ok(h) => o.mask_hash = Some(h),
-            Err(f) => return finish(fail(o, "probe", f), t),
+            Err(f) => return finish(fail(o, Stage::Probe, f), t),
         }
         if let Some(h) = &o.mask_hash {
             if let Ok(Some(prev)) = archive.by_mask(h) {
@@ -385,10 +386,10 @@ impl Evaluator {
             }
         }
         let mut detail = Detail::default();
-        o.stage = Level::Screen.name().into();
+        o.stage = Stage::Screen;
         let screen = match self.measure(&plugin, Level::Screen) {
             Ok(r) => r,
-            Err(f) => return finish(fail(o, Level::Screen.name(), f), t),
+            Err(f) => return finish(fail(o, Stage::Screen, f), t),
         };
         let ratio = screen.combined.ratio();
         o.proxy = Some(ratio);
@@ -402,7 +403,7 @@ impl Evaluator {
             o.status = Some(Status::Screened);
             return finish(o, t);
         }
-        o.stage = Level::Sequential.name().into();
+        o.stage = Stage::Sequential;
         match self.measure(&plugin, Level::Sequential) {
             Ok(r) => {
                 o.fitness = Some(r.combined.ratio());
@@ -410,7 +411,7 @@ impl Evaluator {
                 detail.sequential = Some(r);
                 o.detail = serde_json::to_string(&detail).ok();
             }
-            Err(f) => return finish(fail(o, Level::Sequential.name(), f), t),
+            Err(f) => return finish(fail(o, Stage::Sequential, f), t),
         }
         finish(o, t)
     }

@@ -3,7 +3,7 @@
 //! generation speed that llama.cpp reports in its final stream chunk): the numbers that compare
 //! proposers, e.g. a local LLM against GP, on the same objective.
 
-use super::archive::{Call, Node, Status};
+use super::archive::{Call, Node, Stage, Status};
 use super::gcot::endpoint_failure;
 use serde::Serialize;
 
@@ -33,11 +33,11 @@ pub struct Funnel {
 }
 
 /// The stage a node failed at, if it failed (a duplicate of a failure failed where its
-/// original did).
-fn failed_at(n: &Node) -> Option<&str> {
+/// original did): `Some(None)` when it failed with no stage recorded.
+fn failed_at(n: &Node) -> Option<Option<&Stage>> {
     let failed =
         n.status == Status::Failed || (n.status == Status::Duplicate && n.verdict.is_some());
-    failed.then(|| n.stage.as_deref().unwrap_or(""))
+    failed.then(|| n.stage.as_ref())
 }
 
 /// The funnel of `nodes`, with the speeds of `calls`.
@@ -53,15 +53,15 @@ pub fn funnel(nodes: &[Node], calls: &[Call]) -> Funnel {
         }
         f.answered += 1;
         let at = failed_at(n);
-        if at == Some("propose") {
+        if at == Some(Some(&Stage::Propose)) {
             continue;
         }
         f.parsed += 1;
-        if at == Some("build") {
+        if at == Some(Some(&Stage::Build)) {
             continue;
         }
         f.compiled += 1;
-        if matches!(at, Some("check" | "probe")) {
+        if matches!(at, Some(Some(Stage::Check | Stage::Probe))) {
             continue;
         }
         f.checked += 1;
@@ -159,7 +159,7 @@ impl std::fmt::Display for Funnel {
 mod tests {
     use super::*;
 
-    fn node(id: i64, status: Status, stage: &str, verdict: Option<&str>) -> Node {
+    fn node(id: i64, status: Status, stage: Stage, verdict: Option<&str>) -> Node {
         Node {
             id,
             created: 0.0,
@@ -170,7 +170,7 @@ mod tests {
             source_hash: String::new(),
             expr: None,
             status,
-            stage: Some(stage.into()),
+            stage: Some(stage),
             verdict: verdict.map(str::to_string),
             mask_hash: None,
             duplicate_of: None,
@@ -185,41 +185,46 @@ mod tests {
 
     #[test]
     fn every_stage_is_counted_once() {
-        let mut seed = node(1, Status::Evaluated, "sequential", None);
+        let mut seed = node(1, Status::Evaluated, Stage::Sequential, None);
         seed.operator = "seed".into();
-        let mut dup_ok = node(9, Status::Duplicate, "sequential", None);
+        let mut dup_ok = node(9, Status::Duplicate, Stage::Sequential, None);
         dup_ok.fitness = Some(50.0);
         let nodes = vec![
             seed,
             node(
                 2,
                 Status::Failed,
-                "propose",
+                Stage::Propose,
                 Some(r#"{"verdict":"timeout","seconds":1}"#),
             ),
             node(
                 3,
                 Status::Failed,
-                "propose",
+                Stage::Propose,
                 Some(r#"{"verdict":"no_code"}"#),
             ),
-            node(4, Status::Failed, "build", Some(r#"{"verdict":"compile"}"#)),
+            node(
+                4,
+                Status::Failed,
+                Stage::Build,
+                Some(r#"{"verdict":"compile"}"#),
+            ),
             node(
                 5,
                 Status::Failed,
-                "check",
+                Stage::Check,
                 Some(r#"{"verdict":"non_finite"}"#),
             ),
-            node(6, Status::Screened, "screen", None),
-            node(7, Status::Evaluated, "sequential", None),
+            node(6, Status::Screened, Stage::Screen, None),
+            node(7, Status::Evaluated, Stage::Sequential, None),
             node(
                 8,
                 Status::Duplicate,
-                "build",
+                Stage::Build,
                 Some(r#"{"verdict":"compile"}"#),
             ),
             dup_ok,
-            node(10, Status::Pending, "build", None),
+            node(10, Status::Pending, Stage::Build, None),
         ];
         let f = funnel(&nodes, &[]);
         assert_eq!(

@@ -6,7 +6,7 @@
 //! Everything a proposer wrote (thoughts, code, verdicts) is untrusted text and is escaped; the
 //! page's one small script only links graph nodes to their details.
 
-use super::archive::{Call, Edge, Node, Status};
+use super::archive::{Call, Edge, Node, Stage, Status};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -56,36 +56,36 @@ pub fn best(nodes: &[Node]) -> Option<&Node> {
 
 /// Counts of the ladder's funnel: (label, count).
 pub fn funnel(nodes: &[Node]) -> Vec<(&'static str, usize)> {
+    use Stage::{Build, Check, Probe, Propose, Screen, Sequential};
     let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
-    let failed_at = |n: &Node, stages: &[&str]| {
-        n.status == Status::Failed && stages.contains(&n.stage.as_deref().unwrap_or(""))
+    let failed_at = |n: &Node, stages: &[Stage]| {
+        n.status == Status::Failed && n.stage.as_ref().is_some_and(|s| stages.contains(s))
     };
     let count = |f: &dyn Fn(&Node) -> bool| proposed.iter().filter(|n| f(n)).count();
     vec![
         ("proposed", proposed.len()),
-        ("with code", count(&|n| !failed_at(n, &["propose"]))),
-        ("built", count(&|n| !failed_at(n, &["propose", "build"]))),
+        ("with code", count(&|n| !failed_at(n, &[Propose]))),
+        ("built", count(&|n| !failed_at(n, &[Propose, Build]))),
         (
             "passed check",
-            count(&|n| !failed_at(n, &["propose", "build", "check"])),
+            count(&|n| !failed_at(n, &[Propose, Build, Check])),
         ),
         (
             "new behaviour",
             count(&|n| {
-                !failed_at(n, &["propose", "build", "check", "probe"])
-                    && n.status != Status::Duplicate
+                !failed_at(n, &[Propose, Build, Check, Probe]) && n.status != Status::Duplicate
             }),
         ),
         (
             "screened",
             count(&|n| {
                 matches!(n.status, Status::Evaluated | Status::Screened)
-                    || failed_at(n, &["screen", "sequential"])
+                    || failed_at(n, &[Screen, Sequential])
             }),
         ),
         (
             "passed the screen",
-            count(&|n| n.status == Status::Evaluated || failed_at(n, &["sequential"])),
+            count(&|n| n.status == Status::Evaluated || failed_at(n, &[Sequential])),
         ),
         (
             "sequential level",
@@ -250,7 +250,7 @@ pub fn render(
             n.id,
             esc(&n.proposer),
             esc(&n.operator),
-            esc(n.stage.as_deref().unwrap_or("–")),
+            esc(n.stage.as_ref().map_or("–", Stage::as_str)),
             fmt_ppl(n.proxy),
             fmt_ppl(n.fitness),
             fmt_ppl(n.heldout),
@@ -595,8 +595,8 @@ mod tests {
             expr: None,
             status,
             stage: Some(match status {
-                Status::Failed => "build".into(),
-                _ => "full".into(),
+                Status::Failed => Stage::Build,
+                _ => Stage::Other("full".into()),
             }),
             verdict: (status == Status::Failed).then(|| "{\"verdict\":\"compile\"}".into()),
             mask_hash: None,

@@ -29,7 +29,7 @@
 //! with different sources but the same probe masks may still both be evaluated when several
 //! threads take them at once (the mask dedup sees finished nodes only).
 
-use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Status};
+use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Stage, Status};
 use super::cascade::Evaluator;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -260,7 +260,7 @@ pub fn run(
                     }))
                     .unwrap_or_else(|p| Outcome {
                         status: Some(Status::Failed),
-                        stage: "host".into(),
+                        stage: Stage::Host,
                         verdict: Some(
                             serde_json::json!({
                                 "verdict": "host_panic",

@@ -2,7 +2,7 @@
 //! prompt.
 
 use super::*;
-use crate::search::archive::{Edge, Node, Status};
+use crate::search::archive::{Edge, Node, Stage, Status};
 
 pub(super) fn node(id: i64, op: &str, status: Status, fitness: Option<f64>) -> Node {
     Node {
@@ -19,14 +19,11 @@ pub(super) fn node(id: i64, op: &str, status: Status, fitness: Option<f64>) -> N
         source_hash: format!("h{id}"),
         expr: None,
         status,
-        stage: Some(
-            if status == Status::Failed {
-                "build"
-            } else {
-                "full"
-            }
-            .into(),
-        ),
+        stage: Some(if status == Status::Failed {
+            Stage::Build
+        } else {
+            Stage::Other("full".into())
+        }),
         verdict: (status == Status::Failed)
             .then(|| r#"{"verdict":"build_failed","diagnostics":"error[E0425]"}"#.into()),
         mask_hash: Some(format!("m{id}")),

@@ -3,7 +3,7 @@
 
 use super::plan::{fitness, Plan};
 use super::templates::{fill, Templates};
-use crate::search::archive::{Edge, NewNode, Node, Status};
+use crate::search::archive::{Edge, NewNode, Node, Stage, Status};
 use crate::search::llm::{excerpt, Message};
 use std::collections::{HashMap, HashSet};
 
@@ -63,7 +63,7 @@ fn describe(n: &Node, parent: Option<&Node>) -> String {
         ),
         Status::Failed => format!(
             "failed at {}: {}",
-            n.stage.as_deref().unwrap_or("?"),
+            n.stage.as_ref().map_or("?", Stage::as_str),
             excerpt(n.verdict.as_deref().unwrap_or("?"), 600)
         ),
         Status::Pending => "not evaluated yet".into(),
@@ -117,12 +117,12 @@ fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
     for (d, e) in deltas.iter().rev().filter(|(d, _)| *d > 0.0).take(2) {
         out.push(format!("- hurt: {}", step(*d, e)));
     }
-    let mut stages: Vec<(String, usize, &Node)> = Vec::new();
+    let mut stages: Vec<(&str, usize, &Node)> = Vec::new();
     for n in nodes
         .iter()
         .filter(|n| n.status == Status::Failed && !endpoint_failure(n))
     {
-        let s = n.stage.clone().unwrap_or_default();
+        let s = n.stage.as_ref().map_or("", Stage::as_str);
         match stages.iter_mut().find(|(k, _, _)| *k == s) {
             Some(e) => {
                 e.1 += 1;
@@ -230,7 +230,7 @@ pub fn seeds(gradient: bool) -> Vec<NewNode> {
 /// wrote, so it is left out of prompts (malformed answers stay: the model should learn from them).
 pub(crate) fn endpoint_failure(n: &Node) -> bool {
     n.status == Status::Failed
-        && n.stage.as_deref() == Some("propose")
+        && n.stage == Some(Stage::Propose)
         && n.verdict.as_deref().is_some_and(|v| {
             [
                 "\"http_status\"",
@@ -549,7 +549,7 @@ mod tests {
     fn endpoint_failures_stay_out_of_the_prompt() {
         let (mut nodes, mut edges) = graph();
         let mut n = node(6, "mutate", Status::Failed, None);
-        n.stage = Some("propose".into());
+        n.stage = Some(Stage::Propose);
         n.verdict = Some(r#"{"verdict":"http_status","status":503,"excerpt":"busy"}"#.into());
         n.code = String::new();
         nodes.push(n);
@@ -559,7 +559,7 @@ mod tests {
         assert!(u.contains("E0425"));
         // A capped body, streamed or not, is the endpoint's failure too.
         let mut big = node(7, "mutate", Status::Failed, None);
-        big.stage = Some("propose".into());
+        big.stage = Some(Stage::Propose);
         big.verdict =
             Some(crate::search::llm::CallVerdict::ResponseTooLarge { limit: 8 << 20 }.to_json());
         assert!(endpoint_failure(&big), "{:?}", big.verdict);
