@@ -10,9 +10,10 @@
 
 mod common;
 
-use autoprune::search::archive::{Archive, Node, Stage, Status};
+use autoprune::sandbox::Failure;
+use autoprune::search::archive::{Archive, Node, Stage, Status, Verdict};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
-use autoprune::search::llm::{LlmClient, LlmConfig};
+use autoprune::search::llm::{CallVerdict, LlmClient, LlmConfig};
 use autoprune::search::run::{run, Budget, Pools, Stop};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -191,9 +192,7 @@ fn answer(mut s: TcpStream, r: Reply, log: &Mutex<Vec<Seen>>) {
 }
 
 fn verdict_kind(n: &Node) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(n.verdict.as_deref().unwrap_or("{}")).unwrap_or_default();
-    v["verdict"].as_str().unwrap_or("").to_string()
+    n.verdict.as_ref().map(Verdict::kind).unwrap_or_default()
 }
 
 fn proposer(url: &str, key_var: Option<&str>, timeout_s: f64, retries: u32) -> Arc<LlmProposer> {
@@ -367,11 +366,12 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
     // The leak attempt did not leak: its diagnostics do not hold the host's hostname.
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     if !host.trim().is_empty() {
-        assert!(!proposed[5]
-            .verdict
-            .as_deref()
-            .unwrap()
-            .contains(host.trim()));
+        match &proposed[5].verdict {
+            Some(Verdict::Guest(Failure::Compile { diagnostics })) => {
+                assert!(!diagnostics.contains(host.trim()))
+            }
+            v => panic!("{v:?}"),
+        }
     }
     // The rest: the cached good answer (same source) reused.
     for n in &proposed[8..] {
@@ -696,11 +696,9 @@ fn streamed_answers_are_assembled_and_silence_is_a_timeout() {
     assert!(proposed[0].code.contains("w * n * n"));
     // Cut off at max_tokens: no complete code block, and the verdict says why.
     assert_eq!(proposed[1].status, Status::Failed);
-    let v: serde_json::Value =
-        serde_json::from_str(proposed[1].verdict.as_deref().unwrap()).unwrap();
     assert_eq!(
-        (v["verdict"].as_str(), v["truncated"].as_bool()),
-        (Some("no_code"), Some(true))
+        proposed[1].verdict,
+        Some(Verdict::Call(CallVerdict::NoCode { truncated: true }))
     );
 }
 
@@ -795,7 +793,7 @@ impl autoprune::search::run::Proposer for Slow {
                     operator: "new".into(),
                     ..Default::default()
                 },
-                failure: Some(r#"{"verdict":"test"}"#.into()),
+                failure: Some(Verdict::Other(r#"{"verdict":"test"}"#.into())),
                 calls: vec![],
             })
         })

@@ -323,7 +323,10 @@ fn print_event(e: Event<'_>) {
                     "#{:<4} {:<9} failed     propose {}",
                     n.id,
                     n.operator,
-                    first_line(n.verdict.as_deref().unwrap_or(""), 90)
+                    first_line(
+                        &n.verdict.as_ref().map(|v| v.to_json()).unwrap_or_default(),
+                        90
+                    )
                 );
             }
         }

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use super::records::Stage;
+pub use super::records::{Stage, Verdict};
 
 /// Archive errors.
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +174,8 @@ pub struct Node {
     /// Last stage reached (`build`, `check`, `probe`, `screen`, `sequential`; version-1
     /// archives: `proxy`, `full`).
     pub stage: Option<Stage>,
-    /// Typed verdict (JSON) if it failed.
-    pub verdict: Option<String>,
+    /// Typed verdict if it failed (stored as JSON).
+    pub verdict: Option<Verdict>,
     /// Hash of its masks on the probe layers.
     pub mask_hash: Option<String>,
     /// The node whose result was reused.
@@ -218,8 +218,8 @@ pub struct Outcome {
     pub status: Option<Status>,
     /// Last stage reached.
     pub stage: Stage,
-    /// Verdict JSON on failure.
-    pub verdict: Option<String>,
+    /// Typed verdict on failure.
+    pub verdict: Option<Verdict>,
     /// Probe mask hash.
     pub mask_hash: Option<String>,
     /// Reused node.
@@ -402,7 +402,12 @@ impl Archive {
     /// Record a proposal in one transaction: the node (and its edges) — `pending`, or `failed`
     /// at stage `propose` with the typed verdict `failure` (a response that held no usable
     /// code, an endpoint that gave up) — and the proposer calls that produced it, linked to it.
-    pub fn record(&mut self, node: &NewNode, failure: Option<&str>, calls: &[Call]) -> Result<i64> {
+    pub fn record(
+        &mut self,
+        node: &NewNode,
+        failure: Option<&Verdict>,
+        calls: &[Call],
+    ) -> Result<i64> {
         let path = self.path.clone();
         let err = |source| ArchiveError::Sqlite {
             path: path.clone(),
@@ -414,7 +419,7 @@ impl Archive {
             tx.execute(
                 "UPDATE nodes SET status = 'failed', stage = ?3, verdict = ?2, seconds = 0
                  WHERE id = ?1",
-                params![id, v, Stage::Propose.as_str()],
+                params![id, v.to_json(), Stage::Propose.as_str()],
             )
             .map_err(err)?;
         }
@@ -464,7 +469,7 @@ impl Archive {
                     id,
                     status.as_str(),
                     o.stage.as_str(),
-                    o.verdict,
+                    o.verdict.as_ref().map(Verdict::to_json),
                     o.mask_hash,
                     o.duplicate_of,
                     o.proxy,
@@ -614,7 +619,9 @@ impl Archive {
                     expr: r.get("expr")?,
                     status: Status::parse(&r.get::<_, String>("status")?),
                     stage: r.get::<_, Option<String>>("stage")?.map(Stage::from),
-                    verdict: r.get("verdict")?,
+                    verdict: r
+                        .get::<_, Option<String>>("verdict")?
+                        .map(|v| Verdict::from_json(&v)),
                     mask_hash: r.get("mask_hash")?,
                     duplicate_of: r.get("duplicate_of")?,
                     proxy: r.get("proxy")?,
@@ -680,96 +687,4 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(code: &str, op: &str, parents: Vec<(i64, String)>) -> NewNode {
-        NewNode {
-            proposer: "test".into(),
-            operator: op.into(),
-            thought: format!("idea {code}"),
-            code: code.into(),
-            expr: None,
-            parents,
-            tokens: 0,
-        }
-    }
-
-    #[test]
-    fn seeds_once_records_nodes_edges_and_outcomes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run.sqlite");
-        let mut a = Archive::open(&path).unwrap();
-        let ids = a
-            .seed(&[node("a", "seed", vec![]), node("b", "seed", vec![])])
-            .unwrap();
-        assert_eq!(ids.len(), 2);
-        let c = a
-            .add(&node(
-                "c",
-                "crossover",
-                vec![(ids[0], "mix".into()), (ids[1], "mix".into())],
-            ))
-            .unwrap();
-        a.finish(
-            ids[0],
-            &Outcome {
-                status: Some(Status::Evaluated),
-                stage: Stage::Other("full".into()),
-                mask_hash: Some("m1".into()),
-                fitness: Some(55.5),
-                seconds: 3.0,
-                ..Outcome::default()
-            },
-        )
-        .unwrap();
-        drop(a);
-        // Reopen: seeding again does nothing; everything is still there.
-        let mut a = Archive::open(&path).unwrap();
-        assert!(a.seed(&[node("a", "seed", vec![])]).unwrap().is_empty());
-        let nodes = a.nodes().unwrap();
-        assert_eq!(nodes.len(), 3);
-        assert_eq!(nodes[0].status, Status::Evaluated);
-        assert_eq!(nodes[0].fitness, Some(55.5));
-        assert_eq!(a.pending().unwrap().len(), 2);
-        assert_eq!(a.proposed_count().unwrap(), 1);
-        assert_eq!(a.edges().unwrap().len(), 2);
-        assert_eq!(a.by_mask("m1").unwrap().unwrap().id, ids[0]);
-        assert!(a.by_mask("m2").unwrap().is_none());
-        let h = crate::sandbox::sha256_hex(b"a");
-        assert_eq!(a.by_source(&h).unwrap().unwrap().id, ids[0]);
-        assert_eq!(a.node(c).unwrap().unwrap().operator, "crossover");
-        let call = Call {
-            proposer: "llm".into(),
-            prompt: "p".into(),
-            response: Some("r".into()),
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            seconds: 0.1,
-            ..Call::default()
-        };
-        let d = a
-            .record(
-                &node("", "mutate", vec![(c, "m".into())]),
-                Some("{\"verdict\":\"no_code\"}"),
-                &[call],
-            )
-            .unwrap();
-        assert_eq!(a.tokens_spent().unwrap(), 15);
-        assert_eq!(a.token_split().unwrap(), (10, 5));
-        let calls = a.calls().unwrap();
-        assert_eq!((calls.len(), calls[0].node), (1, Some(d)));
-        let failed = a.node(d).unwrap().unwrap();
-        assert_eq!(failed.status, Status::Failed);
-        assert_eq!(failed.stage, Some(Stage::Propose));
-    }
-
-    #[test]
-    fn a_file_that_is_not_sqlite_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("junk.sqlite");
-        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        let e = Archive::open(&path).err().expect("refused");
-        assert!(e.to_string().contains("junk.sqlite"), "{e}");
-    }
-}
+mod tests;

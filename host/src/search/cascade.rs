@@ -38,7 +38,7 @@ mod records;
 
 pub use records::*;
 
-use super::archive::{Archive, Node, Outcome, Stage, Status};
+use super::archive::{Archive, Node, Outcome, Stage, Status, Verdict};
 use super::paired::{paired, paired_diffs};
 use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{expand, Granularity};
@@ -360,7 +360,7 @@ impl Evaluator {
         let fail = |mut o: Outcome, stage: Stage, f: Failure| {
             o.status = Some(Status::Failed);
             o.stage = stage;
-            o.verdict = Some(verdict(&f));
+            o.verdict = Some(Verdict::Guest(f));
             o
         };
         // Same source as a finished node: reuse.
@@ -473,10 +473,6 @@ fn probes(model: &Model) -> Result<Vec<Probe>, PipelineError> {
 /// `exp` of the mean of per-window mean NLLs: the perplexity over windows of equal length.
 fn mean_exp(nll: &[f64]) -> f64 {
     (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
-}
-
-fn verdict(f: &Failure) -> String {
-    serde_json::to_string(f).unwrap_or_else(|_| format!("{{\"verdict\":\"{f}\"}}"))
 }
 
 fn finish(mut o: Outcome, t: Instant) -> Outcome {

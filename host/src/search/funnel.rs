@@ -158,8 +158,17 @@ impl std::fmt::Display for Funnel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::{Failure, InvalidOutput};
+    use crate::search::archive::Verdict;
+    use crate::search::llm::CallVerdict;
 
-    fn node(id: i64, status: Status, stage: Stage, verdict: Option<&str>) -> Node {
+    fn compile() -> Option<Verdict> {
+        Some(Verdict::Guest(Failure::Compile {
+            diagnostics: "error[E0425]".into(),
+        }))
+    }
+
+    fn node(id: i64, status: Status, stage: Stage, verdict: Option<Verdict>) -> Node {
         Node {
             id,
             created: 0.0,
@@ -171,7 +180,7 @@ mod tests {
             expr: None,
             status,
             stage: Some(stage),
-            verdict: verdict.map(str::to_string),
+            verdict,
             mask_hash: None,
             duplicate_of: None,
             proxy: None,
@@ -195,34 +204,30 @@ mod tests {
                 2,
                 Status::Failed,
                 Stage::Propose,
-                Some(r#"{"verdict":"timeout","seconds":1}"#),
+                Some(Verdict::Call(CallVerdict::Timeout { seconds: 1.0 })),
             ),
             node(
                 3,
                 Status::Failed,
                 Stage::Propose,
-                Some(r#"{"verdict":"no_code"}"#),
+                Some(Verdict::Call(CallVerdict::NoCode { truncated: false })),
             ),
-            node(
-                4,
-                Status::Failed,
-                Stage::Build,
-                Some(r#"{"verdict":"compile"}"#),
-            ),
+            node(4, Status::Failed, Stage::Build, compile()),
             node(
                 5,
                 Status::Failed,
                 Stage::Check,
-                Some(r#"{"verdict":"non_finite"}"#),
+                Some(Verdict::Guest(Failure::InvalidOutput(
+                    InvalidOutput::NonFinite {
+                        row: 0,
+                        col: 0,
+                        value: "NaN".into(),
+                    },
+                ))),
             ),
             node(6, Status::Screened, Stage::Screen, None),
             node(7, Status::Evaluated, Stage::Sequential, None),
-            node(
-                8,
-                Status::Duplicate,
-                Stage::Build,
-                Some(r#"{"verdict":"compile"}"#),
-            ),
+            node(8, Status::Duplicate, Stage::Build, compile()),
             dup_ok,
             node(10, Status::Pending, Stage::Build, None),
         ];

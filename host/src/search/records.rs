@@ -3,6 +3,8 @@
 //! and reads any text back: a name this version does not know (an older archive's) is kept
 //! verbatim, so every archive still loads and is written back unchanged.
 
+use super::llm::CallVerdict;
+use crate::sandbox::Failure;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
@@ -90,6 +92,105 @@ impl<'de> Deserialize<'de> for Stage {
     }
 }
 
+/// Why a node failed: the typed verdict recorded with it. The archive stores it as JSON
+/// ([`Verdict::to_json`]), exactly as the search always has; [`Verdict::from_json`] reads that
+/// text back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The candidate failed a ladder level: the sandbox's verdict.
+    Guest(Failure),
+    /// The proposal produced no usable candidate (stage `propose`): the endpoint's or the
+    /// answer parser's verdict.
+    Call(CallVerdict),
+    /// The host panicked while evaluating the node (stage `host`).
+    HostPanic {
+        /// The panic message.
+        message: String,
+    },
+    /// JSON this version does not read as one of the above (an older archive's, a test
+    /// proposer's), kept verbatim.
+    Other(String),
+}
+
+impl Verdict {
+    /// The JSON the archive stores.
+    pub fn to_json(&self) -> String {
+        match self {
+            Verdict::Guest(f) => {
+                serde_json::to_string(f).unwrap_or_else(|_| format!("{{\"verdict\":\"{f}\"}}"))
+            }
+            Verdict::Call(c) => c.to_json(),
+            // The keys in the order `serde_json::json!` writes them (sorted).
+            Verdict::HostPanic { message } => {
+                serde_json::json!({"verdict": "host_panic", "message": message}).to_string()
+            }
+            Verdict::Other(s) => s.clone(),
+        }
+    }
+
+    /// Read a stored verdict. A text is typed only when writing the typed value gives back the
+    /// very same text (so a record is written back unchanged); anything else is
+    /// [`Verdict::Other`].
+    pub fn from_json(text: &str) -> Verdict {
+        let exact = |v: Verdict| (v.to_json() == text).then_some(v);
+        serde_json::from_str::<Failure>(text)
+            .ok()
+            .and_then(|f| exact(Verdict::Guest(f)))
+            .or_else(|| {
+                serde_json::from_str::<CallVerdict>(text)
+                    .ok()
+                    .and_then(|c| exact(Verdict::Call(c)))
+            })
+            .or_else(|| {
+                let v: serde_json::Value = serde_json::from_str(text).ok()?;
+                let o = v.as_object().filter(|o| o.len() == 2)?;
+                (o.get("verdict")?.as_str()? == "host_panic").then_some(())?;
+                let message = o.get("message")?.as_str()?.to_string();
+                exact(Verdict::HostPanic { message })
+            })
+            .unwrap_or_else(|| Verdict::Other(text.to_string()))
+    }
+
+    /// The verdict's kind, as its JSON names it (`compile`, `timeout`, `no_code`, …; empty
+    /// when an unknown text names none).
+    pub fn kind(&self) -> String {
+        match self {
+            Verdict::Guest(f) => f.kind().into(),
+            Verdict::Call(c) => c.kind().into(),
+            Verdict::HostPanic { .. } => "host_panic".into(),
+            Verdict::Other(s) => serde_json::from_str::<serde_json::Value>(s)
+                .ok()
+                .and_then(|v| v.get("verdict")?.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Failure> for Verdict {
+    fn from(f: Failure) -> Self {
+        Verdict::Guest(f)
+    }
+}
+
+impl From<CallVerdict> for Verdict {
+    fn from(c: CallVerdict) -> Self {
+        Verdict::Call(c)
+    }
+}
+
+/// As the JSON text (a string), the way records always carried it.
+impl Serialize for Verdict {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_json())
+    }
+}
+
+impl<'de> Deserialize<'de> for Verdict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Verdict::from_json(&s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +219,79 @@ mod tests {
         assert_eq!(Stage::from("full"), Stage::Other("full".into()));
         assert_eq!(format!("[{:<7}]", Stage::Probe), "[probe  ]");
         assert_eq!(Stage::default().as_str(), "");
+    }
+
+    #[test]
+    fn verdicts_read_back_typed_and_write_back_the_same_text() {
+        use crate::sandbox::{GuestError, InvalidOutput};
+        let typed = [
+            Verdict::Guest(Failure::Compile {
+                diagnostics: "error[E0308]: \"mismatched\" types\n".into(),
+            }),
+            Verdict::Guest(Failure::Timeout { limit_ms: 5000 }),
+            Verdict::Guest(Failure::StackOverflow),
+            Verdict::Guest(Failure::InvalidOutput(InvalidOutput::NonFinite {
+                row: 1,
+                col: 2,
+                value: "NaN".into(),
+            })),
+            Verdict::Guest(Failure::GuestError(GuestError {
+                kind: "failed".into(),
+                message: "no".into(),
+            })),
+            Verdict::Call(CallVerdict::Timeout { seconds: 1.5 }),
+            Verdict::Call(CallVerdict::NoCode { truncated: true }),
+            Verdict::Call(CallVerdict::HttpStatus {
+                status: 503,
+                excerpt: "busy".into(),
+            }),
+            Verdict::HostPanic {
+                message: "index out of bounds".into(),
+            },
+        ];
+        for v in typed {
+            let text = v.to_json();
+            assert_eq!(Verdict::from_json(&text), v, "{text}");
+        }
+        // The texts as the search wrote them.
+        assert_eq!(
+            Verdict::from_json(r#"{"verdict":"out_of_fuel","limit":100}"#),
+            Verdict::Guest(Failure::OutOfFuel { limit: 100 })
+        );
+        assert_eq!(
+            Verdict::from_json(r#"{"verdict":"timeout","seconds":2.0}"#),
+            Verdict::Call(CallVerdict::Timeout { seconds: 2.0 })
+        );
+        assert_eq!(
+            Verdict::from_json(r#"{"message":"boom","verdict":"host_panic"}"#),
+            Verdict::HostPanic {
+                message: "boom".into()
+            }
+        );
+        // Anything that would not be written back byte for byte stays text: unknown kinds,
+        // missing or extra fields, another spelling of a number, other key orders.
+        for text in [
+            r#"{"verdict":"too_large","limit":8}"#,
+            r#"{"verdict":"compile"}"#,
+            r#"{"verdict":"out_of_fuel","limit":100,"extra":1}"#,
+            r#"{"verdict":"timeout","seconds":1}"#,
+            r#"{"limit":100,"verdict":"out_of_fuel"}"#,
+            r#"{"verdict":"host_panic","message":"boom"}"#,
+            "not json",
+        ] {
+            let v = Verdict::from_json(text);
+            assert_eq!(v, Verdict::Other(text.into()));
+            assert_eq!(v.to_json(), text);
+        }
+        assert_eq!(
+            Verdict::from_json(r#"{"verdict":"too_large"}"#).kind(),
+            "too_large"
+        );
+        assert_eq!(Verdict::from_json("not json").kind(), "");
+        // In a record's JSON (`runs show --json`): the verdict's text as a string.
+        let v = Verdict::Call(CallVerdict::NoCode { truncated: false });
+        let s = serde_json::to_string(&v).unwrap();
+        assert_eq!(s, serde_json::to_string(&v.to_json()).unwrap());
+        assert_eq!(serde_json::from_str::<Verdict>(&s).unwrap(), v);
     }
 }

@@ -285,7 +285,7 @@ pub fn render(
             );
         }
         if let Some(v) = &n.verdict {
-            let _ = write!(h, "<p class=\"verdict\">verdict: {}</p>", esc(v));
+            let _ = write!(h, "<p class=\"verdict\">verdict: {}</p>", esc(&v.to_json()));
         }
         let own = calls_of.get(&n.id).map_or(&[][..], |v| v.as_slice());
         let _ = write!(
@@ -417,8 +417,8 @@ fn lineage_svg(nodes: &[Node], edges: &[Edge]) -> String {
             fmt_ppl(n.fitness.or(n.proxy)),
             first_line(&n.thought, 80),
             n.verdict
-                .as_deref()
-                .map(|v| format!(" — {}", first_line(v, 160)))
+                .as_ref()
+                .map(|v| format!(" — {}", first_line(&v.to_json(), 160)))
                 .unwrap_or_default()
         ));
         let shape = match n.status {
@@ -582,6 +582,7 @@ fn funnel_svg(f: &[(&str, usize)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::archive::Verdict;
 
     fn node(id: i64, op: &str, status: Status, fitness: Option<f64>, thought: &str) -> Node {
         Node {
@@ -598,7 +599,11 @@ mod tests {
                 Status::Failed => Stage::Build,
                 _ => Stage::Other("full".into()),
             }),
-            verdict: (status == Status::Failed).then(|| "{\"verdict\":\"compile\"}".into()),
+            verdict: (status == Status::Failed).then(|| {
+                Verdict::Guest(crate::sandbox::Failure::Compile {
+                    diagnostics: String::new(),
+                })
+            }),
             mask_hash: None,
             duplicate_of: (status == Status::Duplicate).then_some(1),
             proxy: fitness,

@@ -29,7 +29,7 @@
 //! with different sources but the same probe masks may still both be evaluated when several
 //! threads take them at once (the mask dedup sees finished nodes only).
 
-use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Stage, Status};
+use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Stage, Status, Verdict};
 use super::cascade::Evaluator;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -45,9 +45,9 @@ use std::time::{Duration, Instant};
 pub struct Proposal {
     /// The node to record (its `proposer` field set to [`Proposer::name`]).
     pub node: NewNode,
-    /// A typed verdict (JSON) when the proposal produced no usable candidate (a response with
-    /// no code, an endpoint that gave up): the node is recorded as failed at stage `propose`.
-    pub failure: Option<String>,
+    /// A typed verdict when the proposal produced no usable candidate (a response with no
+    /// code, an endpoint that gave up): the node is recorded as failed at stage `propose`.
+    pub failure: Option<Verdict>,
     /// Proposer calls (prompts and responses) behind it, recorded with it.
     pub calls: Vec<Call>,
 }
@@ -261,17 +261,13 @@ pub fn run(
                     .unwrap_or_else(|p| Outcome {
                         status: Some(Status::Failed),
                         stage: Stage::Host,
-                        verdict: Some(
-                            serde_json::json!({
-                                "verdict": "host_panic",
-                                "message": p
-                                    .downcast_ref::<String>()
-                                    .cloned()
-                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                    .unwrap_or_default(),
-                            })
-                            .to_string(),
-                        ),
+                        verdict: Some(Verdict::HostPanic {
+                            message: p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default(),
+                        }),
                         ..Outcome::default()
                     });
                     if done.send((job.node, o)).is_err() {
@@ -422,7 +418,7 @@ async fn coordinate(
                         if let Some(t) = began {
                             clock.record(t.elapsed().as_secs_f64());
                         }
-                        let id = archive.record(&p.node, p.failure.as_deref(), &p.calls)?;
+                        let id = archive.record(&p.node, p.failure.as_ref(), &p.calls)?;
                         proposed += 1;
                         for c in &p.calls {
                             prompt_tokens = prompt_tokens.saturating_add(c.prompt_tokens);

@@ -2,7 +2,7 @@
 //! prompt.
 
 use super::*;
-use crate::search::archive::{Edge, Node, Stage, Status};
+use crate::search::archive::{Edge, Node, Stage, Status, Verdict};
 
 pub(super) fn node(id: i64, op: &str, status: Status, fitness: Option<f64>) -> Node {
     Node {
@@ -24,8 +24,11 @@ pub(super) fn node(id: i64, op: &str, status: Status, fitness: Option<f64>) -> N
         } else {
             Stage::Other("full".into())
         }),
-        verdict: (status == Status::Failed)
-            .then(|| r#"{"verdict":"build_failed","diagnostics":"error[E0425]"}"#.into()),
+        verdict: (status == Status::Failed).then(|| {
+            Verdict::Guest(crate::sandbox::Failure::Compile {
+                diagnostics: "error[E0425]".into(),
+            })
+        }),
         mask_hash: Some(format!("m{id}")),
         duplicate_of: None,
         proxy: fitness.map(|f| f * 1.5),

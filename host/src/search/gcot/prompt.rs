@@ -3,7 +3,7 @@
 
 use super::plan::{fitness, Plan};
 use super::templates::{fill, Templates};
-use crate::search::archive::{Edge, NewNode, Node, Stage, Status};
+use crate::search::archive::{Edge, NewNode, Node, Stage, Status, Verdict};
 use crate::search::llm::{excerpt, Message};
 use std::collections::{HashMap, HashSet};
 
@@ -64,7 +64,7 @@ fn describe(n: &Node, parent: Option<&Node>) -> String {
         Status::Failed => format!(
             "failed at {}: {}",
             n.stage.as_ref().map_or("?", Stage::as_str),
-            excerpt(n.verdict.as_deref().unwrap_or("?"), 600)
+            excerpt(&verdict_text(n), 600)
         ),
         Status::Pending => "not evaluated yet".into(),
     };
@@ -135,7 +135,7 @@ fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
         out.push(format!(
             "- {count} failed at {stage}; latest (#{}): {}",
             last.id,
-            excerpt(last.verdict.as_deref().unwrap_or("?"), 240)
+            excerpt(&verdict_text(last), 240)
         ));
     }
     let dups = nodes
@@ -226,25 +226,35 @@ pub fn seeds(gradient: bool) -> Vec<NewNode> {
     .collect()
 }
 
+/// A node's verdict as the prompt shows it: its JSON (`?` when it has none).
+fn verdict_text(n: &Node) -> String {
+    n.verdict.as_ref().map_or("?".into(), Verdict::to_json)
+}
+
 /// A proposal that failed at the endpoint (HTTP status, timeout, connection): nothing the model
 /// wrote, so it is left out of prompts (malformed answers stay: the model should learn from them).
 pub(crate) fn endpoint_failure(n: &Node) -> bool {
     n.status == Status::Failed
         && n.stage == Some(Stage::Propose)
-        && n.verdict.as_deref().is_some_and(|v| {
-            [
-                "\"http_status\"",
-                "\"timeout\"",
-                "\"connection\"",
-                "\"retry_after_too_long\"",
-                "\"idle_timeout\"",
-                "\"stream_error\"",
-                "\"response_too_large\"",
-                // Archives written before streamed and whole bodies shared one cap.
-                "\"too_large\"",
-            ]
-            .iter()
-            .any(|k| v.contains(k))
+        && n.verdict.as_ref().is_some_and(|v| match v {
+            Verdict::Call(c) => c.is_endpoint_failure(),
+            // A verdict this version does not type (e.g. `too_large`, from archives written
+            // before streamed and whole bodies shared one cap): its text, read as before.
+            other => {
+                let text = other.to_json();
+                [
+                    "\"http_status\"",
+                    "\"timeout\"",
+                    "\"connection\"",
+                    "\"retry_after_too_long\"",
+                    "\"idle_timeout\"",
+                    "\"stream_error\"",
+                    "\"response_too_large\"",
+                    "\"too_large\"",
+                ]
+                .iter()
+                .any(|k| text.contains(k))
+            }
         })
 }
 
@@ -550,7 +560,10 @@ mod tests {
         let (mut nodes, mut edges) = graph();
         let mut n = node(6, "mutate", Status::Failed, None);
         n.stage = Some(Stage::Propose);
-        n.verdict = Some(r#"{"verdict":"http_status","status":503,"excerpt":"busy"}"#.into());
+        n.verdict = Some(Verdict::Call(crate::search::llm::CallVerdict::HttpStatus {
+            status: 503,
+            excerpt: "busy".into(),
+        }));
         n.code = String::new();
         nodes.push(n);
         edges.push(edge(6, 3, "mutate"));
@@ -560,8 +573,12 @@ mod tests {
         // A capped body, streamed or not, is the endpoint's failure too.
         let mut big = node(7, "mutate", Status::Failed, None);
         big.stage = Some(Stage::Propose);
-        big.verdict =
-            Some(crate::search::llm::CallVerdict::ResponseTooLarge { limit: 8 << 20 }.to_json());
+        big.verdict = Some(Verdict::Call(
+            crate::search::llm::CallVerdict::ResponseTooLarge { limit: 8 << 20 },
+        ));
+        assert!(endpoint_failure(&big), "{:?}", big.verdict);
+        // An older archive's capped body, read as text.
+        big.verdict = Some(Verdict::from_json(r#"{"verdict":"too_large","limit":8}"#));
         assert!(endpoint_failure(&big), "{:?}", big.verdict);
     }
 
@@ -599,10 +616,9 @@ mod tests {
             n.thought = "a very long idea ".repeat(40);
             n.code = long_code.clone();
             if status == Status::Failed {
-                n.verdict = Some(format!(
-                    "{{\"verdict\":\"compile\",\"diagnostics\":\"{}\"}}",
-                    "error[E0308]: mismatched types ".repeat(40)
-                ));
+                n.verdict = Some(Verdict::Guest(crate::sandbox::Failure::Compile {
+                    diagnostics: "error[E0308]: mismatched types ".repeat(40),
+                }));
             }
             nodes.push(n);
             edges.push(edge(

@@ -2,7 +2,7 @@
 //! tracked until their requests end.
 
 use super::*;
-use crate::search::archive::NewNode;
+use crate::search::archive::{NewNode, Verdict};
 use crate::search::gp::Rng;
 use crate::search::llm::{excerpt, parse_response, LlmClient, Message};
 use crate::search::run::{Context, Proposal, ProposalFuture, Proposer};
@@ -116,12 +116,12 @@ impl Proposer for LlmProposer {
                     }
                     Err(v) => {
                         node.thought = format!("(malformed response) {}", excerpt(&c.content, 400));
-                        Some(v.to_json())
+                        Some(Verdict::Call(v))
                     }
                 },
                 Err(v) => {
                     node.thought = format!("(no response) {v}");
-                    Some(v.to_json())
+                    Some(Verdict::Call(v.clone()))
                 }
             };
             let rationale = if node.thought.is_empty() {
