@@ -11,7 +11,7 @@
 mod common;
 
 use autoprune::sandbox::Failure;
-use autoprune::search::archive::{Archive, Node, Stage, Status, Verdict};
+use autoprune::search::archive::{Archive, Node, Operator, Stage, Status, Verdict};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
 use autoprune::search::llm::{CallVerdict, LlmClient, LlmConfig};
 use autoprune::search::run::{run, Budget, Pools, Stop};
@@ -334,7 +334,7 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
     assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
 
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert!(
         nodes.iter().all(|n| n.status != Status::Pending),
         "{nodes:#?}"
@@ -439,9 +439,9 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
     // The baselines were evaluated regardless.
     assert!(nodes
         .iter()
-        .filter(|n| n.operator == "seed")
+        .filter(|n| n.operator.is_seed())
         .all(|n| n.status == Status::Evaluated));
-    let failed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let failed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert!(failed.len() >= 3);
     for n in failed {
         assert_eq!(n.status, Status::Failed);
@@ -497,7 +497,7 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
     assert_eq!(out["stopped"], "candidates");
     let a = Archive::open_existing(&run_dir.join("archive.sqlite")).unwrap();
     let nodes = a.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed.len(), 2);
     for n in &proposed {
         assert_eq!(n.proposer, "llm:scripted");
@@ -554,7 +554,7 @@ fn a_stop_lets_the_request_in_flight_land() {
     });
     assert_eq!(why, Stop::Interrupted);
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed.len(), 1, "{nodes:#?}");
     assert_eq!(proposed[0].status, Status::Pending);
     assert_eq!(proposed[0].tokens, 800);
@@ -591,7 +591,7 @@ fn identical_answers_in_parallel_are_evaluated_once() {
     .unwrap();
     assert_eq!(why, Stop::Candidates);
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed.len(), 4);
     let evaluated = proposed
         .iter()
@@ -691,7 +691,7 @@ fn streamed_answers_are_assembled_and_silence_is_a_timeout() {
     assert_eq!(rec["final_chunk"]["timings"]["predicted_per_second"], 12.5);
     assert!(calls[1].seconds >= 1.5, "{}", calls[1].seconds);
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed[0].status, Status::Evaluated, "{:?}", proposed[0]);
     assert!(proposed[0].code.contains("w * n * n"));
     // Cut off at max_tokens: no complete code block, and the verdict says why.
@@ -751,17 +751,17 @@ fn concurrent_proposals_get_different_prompts() {
     );
     // Different plans: the two edges differ in operator or parents.
     let edges = archive.edges().unwrap();
-    let plan_of = |child: i64| -> (String, Vec<i64>) {
+    let plan_of = |child: i64| -> (Operator, Vec<i64>) {
         let es: Vec<_> = edges.iter().filter(|e| e.child == child).collect();
         (
-            es.first().map_or("new".into(), |e| e.operator.clone()),
+            es.first().map_or(Operator::New, |e| e.operator.clone()),
             es.iter().map(|e| e.parent).collect(),
         )
     };
     let nodes = archive.nodes().unwrap();
     let ids: Vec<i64> = nodes
         .iter()
-        .filter(|n| n.operator != "seed")
+        .filter(|n| !n.operator.is_seed())
         .map(|n| n.id)
         .collect();
     assert_eq!(ids.len(), 2);

@@ -158,7 +158,7 @@ fn search_survives_kill_9_and_resumes() {
     let a = Archive::open_existing(&db).unwrap();
     let nodes = a.nodes().unwrap();
     // No gradient in the reduced protocol: magnitude, Wanda and RIA.
-    assert_eq!(nodes.iter().filter(|n| n.operator == "seed").count(), 3);
+    assert_eq!(nodes.iter().filter(|n| n.operator.is_seed()).count(), 3);
     assert_eq!(a.proposed_count().unwrap(), 4);
     assert!(nodes.iter().all(|n| n.status != Status::Pending));
     for before in &finished_before {

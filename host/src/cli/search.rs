@@ -417,7 +417,7 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
             out,
             "{:>4}  {:<8}  {:<9} {:>7} {:>7} {:<18} {:>7} {:<18}  {}",
             n.id,
-            first_line(&n.proposer, 8),
+            first_line(&n.proposer.name(), 8),
             n.operator,
             fmt_opt(n.proxy),
             fmt_opt(n.fitness),
@@ -483,7 +483,7 @@ fn export(dir: &Path, node: Option<i64>, out: &Path) -> anyhow::Result<i32> {
     };
     h.push_str(&format!(
         "//! Discovered by `autoprune search` ({}), node #{} of the run `{}`.\n",
-        clean(&n.proposer),
+        clean(&n.proposer.name()),
         n.id,
         clean(&dir.display().to_string())
     ));

@@ -12,7 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use super::records::{Stage, Verdict};
+pub use super::records::{Operator, ProposerName, Stage, Verdict};
 
 /// Archive errors.
 #[derive(Debug, thiserror::Error)]
@@ -135,9 +135,9 @@ impl Status {
 #[derive(Debug, Clone, Default)]
 pub struct NewNode {
     /// Which proposer made it (`seed`, `gp`, `random`, `llm:<model>`).
-    pub proposer: String,
-    /// How: `seed`, `new`, `mutate`, `crossover`, `repair`.
-    pub operator: String,
+    pub proposer: ProposerName,
+    /// How: `seed`, `new`, `mutate`, `crossover`, `tune`, `repair`.
+    pub operator: Operator,
     /// The idea in words.
     pub thought: String,
     /// The candidate source.
@@ -158,9 +158,9 @@ pub struct Node {
     /// Unix time of creation.
     pub created: f64,
     /// Proposer.
-    pub proposer: String,
+    pub proposer: ProposerName,
     /// Operator.
-    pub operator: String,
+    pub operator: Operator,
     /// The idea in words.
     pub thought: String,
     /// Source.
@@ -206,7 +206,7 @@ pub struct Edge {
     /// Parent node.
     pub parent: i64,
     /// Operator.
-    pub operator: String,
+    pub operator: Operator,
     /// The stated reason.
     pub rationale: String,
 }
@@ -240,7 +240,7 @@ pub struct Call {
     /// The node it produced, if any.
     pub node: Option<i64>,
     /// Proposer.
-    pub proposer: String,
+    pub proposer: ProposerName,
     /// Prompt text (JSON of the messages for chat endpoints).
     pub prompt: String,
     /// Response text, if any.
@@ -443,7 +443,7 @@ impl Archive {
             .query_map([], |r| {
                 Ok(Call {
                     node: r.get(0)?,
-                    proposer: r.get(1)?,
+                    proposer: ProposerName::from(r.get::<_, String>(1)?),
                     prompt: r.get(2)?,
                     response: r.get(3)?,
                     error: r.get(4)?,
@@ -559,7 +559,7 @@ impl Archive {
                 Ok(Edge {
                     child: r.get(0)?,
                     parent: r.get(1)?,
-                    operator: r.get(2)?,
+                    operator: Operator::from(r.get::<_, String>(2)?),
                     rationale: r.get(3)?,
                 })
             })
@@ -572,8 +572,8 @@ impl Archive {
     pub fn proposed_count(&self) -> Result<u64> {
         self.conn
             .query_row(
-                "SELECT COUNT(*) FROM nodes WHERE operator != 'seed'",
-                [],
+                "SELECT COUNT(*) FROM nodes WHERE operator != ?1",
+                [Operator::Seed.as_str()],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
@@ -611,8 +611,8 @@ impl Archive {
                 Ok(Node {
                     id: r.get("id")?,
                     created: r.get("created")?,
-                    proposer: r.get("proposer")?,
-                    operator: r.get("operator")?,
+                    proposer: ProposerName::from(r.get::<_, String>("proposer")?),
+                    operator: Operator::from(r.get::<_, String>("operator")?),
                     thought: r.get("thought")?,
                     code: r.get("code")?,
                     source_hash: r.get("source_hash")?,
@@ -649,7 +649,7 @@ fn insert_call(
         params![
             node,
             now(),
-            c.proposer,
+            c.proposer.to_string(),
             c.prompt,
             c.response,
             c.error,
@@ -667,8 +667,8 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
         params![
             now(),
-            n.proposer,
-            n.operator,
+            n.proposer.to_string(),
+            n.operator.as_str(),
             n.thought,
             n.code,
             crate::sandbox::sha256_hex(n.code.as_bytes()),
@@ -680,7 +680,7 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<
     for (parent, rationale) in &n.parents {
         tx.execute(
             "INSERT OR IGNORE INTO edges(child, parent, operator, rationale) VALUES (?1, ?2, ?3, ?4)",
-            params![id, parent, n.operator, rationale],
+            params![id, parent, n.operator.as_str(), rationale],
         )?;
     }
     Ok(id)

@@ -45,7 +45,7 @@ pub fn funnel(nodes: &[Node], calls: &[Call]) -> Funnel {
     let mut f = Funnel::default();
     for n in nodes
         .iter()
-        .filter(|n| n.operator != "seed" && n.status != Status::Pending)
+        .filter(|n| !n.operator.is_seed() && n.status != Status::Pending)
     {
         f.proposed += 1;
         if endpoint_failure(n) {
@@ -159,7 +159,7 @@ impl std::fmt::Display for Funnel {
 mod tests {
     use super::*;
     use crate::sandbox::{Failure, InvalidOutput};
-    use crate::search::archive::Verdict;
+    use crate::search::archive::{Operator, Verdict};
     use crate::search::llm::CallVerdict;
 
     fn compile() -> Option<Verdict> {
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn every_stage_is_counted_once() {
         let mut seed = node(1, Status::Evaluated, Stage::Sequential, None);
-        seed.operator = "seed".into();
+        seed.operator = Operator::Seed;
         let mut dup_ok = node(9, Status::Duplicate, Stage::Sequential, None);
         dup_ok.fitness = Some(50.0);
         let nodes = vec![

@@ -6,7 +6,38 @@
 use super::llm::CallVerdict;
 use crate::sandbox::Failure;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
+
+/// A name in records: read from any text (`From<&str>`), written as its name (`$name`) by
+/// `Display` (padding honoured) and serde, as the plain strings of earlier versions were.
+macro_rules! recorded_name {
+    ($t:ty, $name:ident) => {
+        impl From<String> for $t {
+            fn from(s: String) -> Self {
+                <$t>::from(s.as_str())
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(&self.$name())
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.$name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map(<$t>::from)
+            }
+        }
+    };
+}
 
 /// The ladder level a node reached, or failed at.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -68,27 +99,139 @@ impl From<&str> for Stage {
     }
 }
 
-impl From<String> for Stage {
-    fn from(s: String) -> Self {
-        Stage::from(s.as_str())
+recorded_name!(Stage, as_str);
+
+/// How a candidate was derived.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Operator {
+    /// A baseline the run starts from (seeds climb every level whatever their screen, and do
+    /// not count towards the candidate budget).
+    Seed,
+    /// A new candidate (GP: a random tree; LLM: a new idea).
+    New,
+    /// A change of one parent.
+    Mutate,
+    /// A mix of two parents.
+    Crossover,
+    /// GP: one parent with a constant scaled or a sum reweighted.
+    Tune,
+    /// LLM: a fix of a parent that failed.
+    Repair,
+    /// A name this version does not know, kept verbatim (empty when none was set).
+    Other(String),
+}
+
+impl Operator {
+    /// The name in records.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Operator::Seed => "seed",
+            Operator::New => "new",
+            Operator::Mutate => "mutate",
+            Operator::Crossover => "crossover",
+            Operator::Tune => "tune",
+            Operator::Repair => "repair",
+            Operator::Other(s) => s,
+        }
+    }
+
+    /// Whether the node is one of the run's seeds (baselines).
+    pub fn is_seed(&self) -> bool {
+        *self == Operator::Seed
     }
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.as_str())
+/// The empty name, as a record's operator was before one was set.
+impl Default for Operator {
+    fn default() -> Self {
+        Operator::Other(String::new())
     }
 }
 
-impl Serialize for Stage {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+impl From<&str> for Operator {
+    fn from(s: &str) -> Self {
+        match s {
+            "seed" => Operator::Seed,
+            "new" => Operator::New,
+            "mutate" => Operator::Mutate,
+            "crossover" => Operator::Crossover,
+            "tune" => Operator::Tune,
+            "repair" => Operator::Repair,
+            other => Operator::Other(other.to_string()),
+        }
     }
 }
 
-impl<'de> Deserialize<'de> for Stage {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Stage::from)
+recorded_name!(Operator, as_str);
+
+/// Which proposer made a candidate (and the calls behind it): `seed`, `gp`, `random`,
+/// `llm:<model>`. Build it from the name ([`ProposerName::from`]) so that equal names are equal
+/// values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProposerName {
+    /// The run's seeds (baselines).
+    Seed,
+    /// Symbolic GP.
+    Gp,
+    /// Random GP trees.
+    Random,
+    /// An LLM (the model's name).
+    Llm(String),
+    /// A name this version does not know, kept verbatim (a test proposer's; empty when none
+    /// was set).
+    Other(String),
+}
+
+impl ProposerName {
+    /// The name in records.
+    pub fn name(&self) -> Cow<'_, str> {
+        match self {
+            ProposerName::Seed => "seed".into(),
+            ProposerName::Gp => "gp".into(),
+            ProposerName::Random => "random".into(),
+            ProposerName::Llm(model) => format!("llm:{model}").into(),
+            ProposerName::Other(s) => s.as_str().into(),
+        }
+    }
+
+    /// Whether these are the run's seeds.
+    pub fn is_seed(&self) -> bool {
+        *self == ProposerName::Seed
+    }
+}
+
+/// The empty name, as a record's proposer was before one was set.
+impl Default for ProposerName {
+    fn default() -> Self {
+        ProposerName::Other(String::new())
+    }
+}
+
+impl From<&str> for ProposerName {
+    fn from(s: &str) -> Self {
+        match s {
+            "seed" => ProposerName::Seed,
+            "gp" => ProposerName::Gp,
+            "random" => ProposerName::Random,
+            other => match other.strip_prefix("llm:") {
+                Some(model) => ProposerName::Llm(model.to_string()),
+                None => ProposerName::Other(other.to_string()),
+            },
+        }
+    }
+}
+
+recorded_name!(ProposerName, name);
+
+impl PartialEq<str> for ProposerName {
+    fn eq(&self, other: &str) -> bool {
+        self.name() == other
+    }
+}
+
+impl PartialEq<&str> for ProposerName {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
     }
 }
 
@@ -293,5 +436,52 @@ mod tests {
         let s = serde_json::to_string(&v).unwrap();
         assert_eq!(s, serde_json::to_string(&v.to_json()).unwrap());
         assert_eq!(serde_json::from_str::<Verdict>(&s).unwrap(), v);
+    }
+
+    #[test]
+    fn operators_and_proposers_read_and_write_the_recorded_names() {
+        for name in [
+            "seed",
+            "new",
+            "mutate",
+            "crossover",
+            "tune",
+            "repair",
+            "splice",
+            "",
+        ] {
+            let o = Operator::from(name);
+            assert_eq!((o.as_str(), o.to_string()), (name, name.to_string()));
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<Operator>(&format!("\"{name}\"")).unwrap(),
+                o
+            );
+        }
+        assert!(Operator::from("seed").is_seed() && !Operator::from("new").is_seed());
+        assert_eq!(Operator::from("splice"), Operator::Other("splice".into()));
+        assert_eq!(format!("{:<9}|", Operator::Mutate), "mutate   |");
+        for name in [
+            "seed",
+            "gp",
+            "random",
+            "llm:SmolLM2-135M",
+            "llm:",
+            "test",
+            "",
+        ] {
+            let p = ProposerName::from(name);
+            assert_eq!((p.name(), p.to_string()), (name.into(), name.to_string()));
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<ProposerName>(&format!("\"{name}\"")).unwrap(),
+                p
+            );
+            assert_eq!(p, name);
+        }
+        assert_eq!(ProposerName::from("llm:m"), ProposerName::Llm("m".into()));
+        assert!(ProposerName::from("seed").is_seed());
+        assert_eq!(Operator::default().as_str(), "");
+        assert_eq!(ProposerName::default().name(), "");
     }
 }

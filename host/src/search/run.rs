@@ -314,7 +314,7 @@ async fn coordinate(
     // Counters kept in memory (the archive is read in full only to build a proposal's context).
     let mut proposed = next_index;
     let (mut prompt_tokens, mut completion_tokens) = archive.token_split()?;
-    let mut seeds_pending = queue.iter().filter(|n| n.operator == "seed").count();
+    let mut seeds_pending = queue.iter().filter(|n| n.operator.is_seed()).count();
     let mut failures = 0usize;
     let mut in_eval: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
@@ -339,7 +339,7 @@ async fn coordinate(
         // is evaluated before every seed is, so proposers see the baselines' results).
         while halt.is_none() && evaluating < workers {
             let Some(front) = queue.front() else { break };
-            if front.operator != "seed" && seeds_pending > 0 {
+            if !front.operator.is_seed() && seeds_pending > 0 {
                 break;
             }
             // The same source is being evaluated: wait for it (then the cache answers).
@@ -348,7 +348,7 @@ async fn coordinate(
             }
             let node = queue.pop_front().expect("front exists");
             in_eval.insert(node.source_hash.clone());
-            let always_promote = node.operator == "seed";
+            let always_promote = node.operator.is_seed();
             job_tx
                 .send(Job {
                     node,
@@ -457,7 +457,7 @@ async fn coordinate(
                 evaluating -= 1;
                 in_eval.remove(&node.source_hash);
                 archive.finish(node.id, &o)?;
-                if node.operator == "seed" {
+                if node.operator.is_seed() {
                     seeds_pending = seeds_pending.saturating_sub(1);
                 }
                 archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
@@ -489,7 +489,7 @@ pub fn rank_heldout(
     best.truncate(top);
     // Always include the seeds (the baselines) so the table compares against them.
     for n in archive.nodes()? {
-        if n.operator == "seed"
+        if n.operator.is_seed()
             && n.status == Status::Evaluated
             && !best.iter().any(|b| b.id == n.id)
         {

@@ -57,7 +57,8 @@ fn seeds_once_records_nodes_edges_and_outcomes() {
     assert!(a.by_mask("m2").unwrap().is_none());
     let h = crate::sandbox::sha256_hex(b"a");
     assert_eq!(a.by_source(&h).unwrap().unwrap().id, ids[0]);
-    assert_eq!(a.node(c).unwrap().unwrap().operator, "crossover");
+    assert_eq!(a.node(c).unwrap().unwrap().operator, Operator::Crossover);
+    assert!(a.nodes().unwrap()[0].operator.is_seed());
     let call = Call {
         proposer: "llm".into(),
         prompt: "p".into(),
@@ -174,6 +175,10 @@ fn records_in_the_recorded_format_round_trip() {
         assert_eq!(&n.verdict, typed, "{verdict:?}");
         // `runs show --json`: the same strings as when they were strings.
         let json = serde_json::to_value(&n).unwrap();
+        assert_eq!(
+            (&json["operator"], &json["proposer"]),
+            (&"mutate".into(), &"test".into())
+        );
         assert_eq!(json["stage"], *stage);
         assert_eq!(json["verdict"], serde_json::json!(verdict));
         // Written back (as a duplicate's outcome copies them): the same bytes.
@@ -193,4 +198,61 @@ fn records_in_the_recorded_format_round_trip() {
         .unwrap();
         assert_eq!(raw(&a, copy), raw(&a, *id));
     }
+}
+
+/// Operators and proposers as the search writes them, and names it does not know, are
+/// written and read back as the same text.
+#[test]
+fn operators_and_proposers_keep_their_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Archive::open(&dir.path().join("run.sqlite")).unwrap();
+    let mut seed = node("s", "seed", vec![]);
+    seed.proposer = ProposerName::Seed;
+    let s = a.seed(&[seed]).unwrap()[0];
+    let mut ids = vec![s];
+    for (k, (proposer, op)) in [
+        ("gp", "tune"),
+        ("llm:SmolLM2-135M-Instruct.Q4_1", "repair"),
+        ("random", "new"),
+        ("someone", "splice"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut n = node(&format!("n{k}"), op, vec![(s, "r".into())]);
+        n.proposer = proposer.into();
+        ids.push(a.add(&n).unwrap());
+    }
+    let names: Vec<(String, String)> = a
+        .conn
+        .prepare("SELECT proposer, operator FROM nodes ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<std::result::Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        names,
+        [
+            ("seed", "seed"),
+            ("gp", "tune"),
+            ("llm:SmolLM2-135M-Instruct.Q4_1", "repair"),
+            ("random", "new"),
+            ("someone", "splice"),
+        ]
+        .map(|(p, o)| (p.to_string(), o.to_string()))
+    );
+    let nodes = a.nodes().unwrap();
+    assert_eq!(nodes[1].proposer, ProposerName::Gp);
+    assert_eq!(nodes[1].operator, Operator::Tune);
+    assert_eq!(
+        nodes[2].proposer,
+        ProposerName::Llm("SmolLM2-135M-Instruct.Q4_1".into())
+    );
+    assert_eq!(nodes[4].operator, Operator::Other("splice".into()));
+    assert_eq!(nodes[4].proposer, "someone");
+    let edges = a.edges().unwrap();
+    assert_eq!(edges[0].operator, Operator::Tune);
+    assert_eq!(edges[3].operator.as_str(), "splice");
+    assert_eq!(a.proposed_count().unwrap(), 4);
 }

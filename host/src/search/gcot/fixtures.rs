@@ -2,18 +2,19 @@
 //! prompt.
 
 use super::*;
-use crate::search::archive::{Edge, Node, Stage, Status, Verdict};
+use crate::search::archive::{Edge, Node, Operator, ProposerName, Stage, Status, Verdict};
 
 pub(super) fn node(id: i64, op: &str, status: Status, fitness: Option<f64>) -> Node {
+    let operator = Operator::from(op);
     Node {
         id,
         created: 0.0,
-        proposer: if op == "seed" {
-            "seed".into()
+        proposer: if operator.is_seed() {
+            ProposerName::Seed
         } else {
-            "llm:m".into()
+            ProposerName::Llm("m".into())
         },
-        operator: op.into(),
+        operator,
         thought: format!("idea {id}"),
         code: format!("// code {id}\nexport_metric!(M{id});"),
         source_hash: format!("h{id}"),
@@ -52,7 +53,7 @@ pub(super) fn edge(child: i64, parent: i64, op: &str) -> Edge {
 /// The user message of a `mutate #3` proposal over this graph.
 pub(super) fn mutate_3_prompt(nodes: &[Node], edges: &[Edge]) -> String {
     let plan = Plan {
-        operator: "mutate",
+        operator: Operator::Mutate,
         parents: vec![3],
     };
     let settings = PromptSettings {

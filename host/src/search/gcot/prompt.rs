@@ -3,7 +3,7 @@
 
 use super::plan::{fitness, Plan};
 use super::templates::{fill, Templates};
-use crate::search::archive::{Edge, NewNode, Node, Stage, Status, Verdict};
+use crate::search::archive::{Edge, NewNode, Node, Operator, ProposerName, Stage, Status, Verdict};
 use crate::search::llm::{excerpt, Message};
 use std::collections::{HashMap, HashSet};
 
@@ -16,8 +16,8 @@ fn in_flight_section(in_flight: &[Plan]) -> String {
         .iter()
         .map(|p| {
             let ids: Vec<String> = p.parents.iter().map(|i| format!("#{i}")).collect();
-            match p.operator {
-                "new" => "- a new metric".to_string(),
+            match &p.operator {
+                Operator::New => "- a new metric".to_string(),
                 op => format!("- {op} of {}", ids.join(" and ")),
             }
         })
@@ -217,8 +217,8 @@ pub fn seeds(gradient: bool) -> Vec<NewNode> {
     .into_iter()
     .filter(|(src, _)| gradient || !src.contains("needs_gradient()"))
     .map(|(src, thought)| NewNode {
-        proposer: "seed".into(),
-        operator: "seed".into(),
+        proposer: ProposerName::Seed,
+        operator: Operator::Seed,
         thought: thought.into(),
         code: format!("{}\n", strip_tests(src)),
         ..NewNode::default()
@@ -308,13 +308,13 @@ pub fn build_messages(
     let baselines = section(
         nodes
             .iter()
-            .filter(|n| n.operator == "seed")
+            .filter(|n| n.operator.is_seed())
             .map(|n| describe(n, None))
             .collect(),
     );
     let mut ranked: Vec<&Node> = nodes
         .iter()
-        .filter(|n| fitness(n).is_some() && n.operator != "seed")
+        .filter(|n| fitness(n).is_some() && !n.operator.is_seed())
         .collect();
     ranked.sort_by(|a, b| {
         fitness(a)
@@ -330,7 +330,7 @@ pub fn build_messages(
         .iter()
         .filter(|n| {
             !best_ids.contains(&n.id)
-                && n.operator != "seed"
+                && !n.operator.is_seed()
                 && matches!(n.status, Status::Evaluated | Status::Screened)
         })
         .filter(|n| n.mask_hash.as_deref().is_none_or(|m| seen_masks.insert(m)))
@@ -401,7 +401,7 @@ pub fn build_messages(
             // A new idea still sees the best code so far.
             if let Some(b) = best
                 .first()
-                .or(nodes.iter().find(|n| n.operator == "seed").as_ref())
+                .or(nodes.iter().find(|n| n.operator.is_seed()).as_ref())
             {
                 out.extend(
                     code_of(&b.id, max_chars).map(|c| format!("(for reference, not to copy) {c}")),
@@ -492,19 +492,19 @@ mod tests {
         let t = Templates::builtin();
         for plan in [
             Plan {
-                operator: "new",
+                operator: Operator::New,
                 parents: vec![],
             },
             Plan {
-                operator: "mutate",
+                operator: Operator::Mutate,
                 parents: vec![3],
             },
             Plan {
-                operator: "crossover",
+                operator: Operator::Crossover,
                 parents: vec![3, 5],
             },
             Plan {
-                operator: "repair",
+                operator: Operator::Repair,
                 parents: vec![4],
             },
         ] {
@@ -633,19 +633,19 @@ mod tests {
         };
         for plan in [
             Plan {
-                operator: "mutate",
+                operator: Operator::Mutate,
                 parents: vec![19],
             },
             Plan {
-                operator: "crossover",
+                operator: Operator::Crossover,
                 parents: vec![18, 30],
             },
             Plan {
-                operator: "repair",
+                operator: Operator::Repair,
                 parents: vec![16],
             },
             Plan {
-                operator: "new",
+                operator: Operator::New,
                 parents: vec![],
             },
         ] {
