@@ -37,7 +37,7 @@ pub struct Funnel {
 fn failed_at(n: &Node) -> Option<Option<&Stage>> {
     let failed =
         n.status == Status::Failed || (n.status == Status::Duplicate && n.verdict.is_some());
-    failed.then(|| n.stage.as_ref())
+    failed.then_some(n.stage.as_ref())
 }
 
 /// The funnel of `nodes`, with the speeds of `calls`.
