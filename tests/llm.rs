@@ -10,9 +10,10 @@
 
 mod common;
 
-use autoprune::search::archive::{Archive, Node, Status};
+use autoprune::sandbox::Failure;
+use autoprune::search::archive::{Archive, Node, Operator, Stage, Status, Verdict};
 use autoprune::search::gcot::{LlmProposer, PromptSettings, Templates};
-use autoprune::search::llm::{LlmClient, LlmConfig};
+use autoprune::search::llm::{CallVerdict, LlmClient, LlmConfig};
 use autoprune::search::run::{run, Budget, Pools, Stop};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -191,9 +192,7 @@ fn answer(mut s: TcpStream, r: Reply, log: &Mutex<Vec<Seen>>) {
 }
 
 fn verdict_kind(n: &Node) -> String {
-    let v: serde_json::Value =
-        serde_json::from_str(n.verdict.as_deref().unwrap_or("{}")).unwrap_or_default();
-    v["verdict"].as_str().unwrap_or("").to_string()
+    n.verdict.as_ref().map(Verdict::kind).unwrap_or_default()
 }
 
 fn proposer(url: &str, key_var: Option<&str>, timeout_s: f64, retries: u32) -> Arc<LlmProposer> {
@@ -335,35 +334,29 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
     assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
 
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert!(
         nodes.iter().all(|n| n.status != Status::Pending),
         "{nodes:#?}"
     );
-    let kinds: Vec<(Status, String, String)> = proposed
+    let kinds: Vec<(Status, Option<Stage>, String)> = proposed
         .iter()
-        .map(|n| {
-            (
-                n.status,
-                n.stage.clone().unwrap_or_default(),
-                verdict_kind(n),
-            )
-        })
+        .map(|n| (n.status, n.stage.clone(), verdict_kind(n)))
         .collect();
     let expect = [
-        (Status::Evaluated, "sequential", ""),
-        (Status::Failed, "propose", "malformed_json"),
-        (Status::Failed, "propose", "empty_choices"),
-        (Status::Failed, "propose", "no_code"),
-        (Status::Failed, "build", "compile"),
-        (Status::Failed, "build", "compile"),
-        (Status::Failed, "check", "out_of_fuel"),
-        (Status::Evaluated, "sequential", ""),
+        (Status::Evaluated, Stage::Sequential, ""),
+        (Status::Failed, Stage::Propose, "malformed_json"),
+        (Status::Failed, Stage::Propose, "empty_choices"),
+        (Status::Failed, Stage::Propose, "no_code"),
+        (Status::Failed, Stage::Build, "compile"),
+        (Status::Failed, Stage::Build, "compile"),
+        (Status::Failed, Stage::Check, "out_of_fuel"),
+        (Status::Evaluated, Stage::Sequential, ""),
     ];
     for (i, (st, stage, v)) in expect.iter().enumerate() {
         let got = &kinds[i];
         assert_eq!(got.0, *st, "proposal {i}: {kinds:?}");
-        assert_eq!(got.1, *stage, "proposal {i}: {kinds:?}");
+        assert_eq!(got.1.as_ref(), Some(stage), "proposal {i}: {kinds:?}");
         if v == &"out_of_fuel" {
             assert!(got.2 == "out_of_fuel" || got.2 == "timeout", "{kinds:?}");
         } else {
@@ -373,11 +366,12 @@ fn a_hostile_endpoint_is_survived_recorded_and_budgeted() {
     // The leak attempt did not leak: its diagnostics do not hold the host's hostname.
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     if !host.trim().is_empty() {
-        assert!(!proposed[5]
-            .verdict
-            .as_deref()
-            .unwrap()
-            .contains(host.trim()));
+        match &proposed[5].verdict {
+            Some(Verdict::Guest(Failure::Compile { diagnostics })) => {
+                assert!(!diagnostics.contains(host.trim()))
+            }
+            v => panic!("{v:?}"),
+        }
     }
     // The rest: the cached good answer (same source) reused.
     for n in &proposed[8..] {
@@ -445,9 +439,9 @@ fn a_dead_endpoint_stops_the_run_cleanly() {
     // The baselines were evaluated regardless.
     assert!(nodes
         .iter()
-        .filter(|n| n.operator == "seed")
+        .filter(|n| n.operator.is_seed())
         .all(|n| n.status == Status::Evaluated));
-    let failed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let failed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert!(failed.len() >= 3);
     for n in failed {
         assert_eq!(n.status, Status::Failed);
@@ -503,7 +497,7 @@ fn cli_search_with_an_llm_endpoint_and_resume() {
     assert_eq!(out["stopped"], "candidates");
     let a = Archive::open_existing(&run_dir.join("archive.sqlite")).unwrap();
     let nodes = a.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed.len(), 2);
     for n in &proposed {
         assert_eq!(n.proposer, "llm:scripted");
@@ -560,7 +554,7 @@ fn a_stop_lets_the_request_in_flight_land() {
     });
     assert_eq!(why, Stop::Interrupted);
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed.len(), 1, "{nodes:#?}");
     assert_eq!(proposed[0].status, Status::Pending);
     assert_eq!(proposed[0].tokens, 800);
@@ -597,7 +591,7 @@ fn identical_answers_in_parallel_are_evaluated_once() {
     .unwrap();
     assert_eq!(why, Stop::Candidates);
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed.len(), 4);
     let evaluated = proposed
         .iter()
@@ -697,16 +691,14 @@ fn streamed_answers_are_assembled_and_silence_is_a_timeout() {
     assert_eq!(rec["final_chunk"]["timings"]["predicted_per_second"], 12.5);
     assert!(calls[1].seconds >= 1.5, "{}", calls[1].seconds);
     let nodes = archive.nodes().unwrap();
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
     assert_eq!(proposed[0].status, Status::Evaluated, "{:?}", proposed[0]);
     assert!(proposed[0].code.contains("w * n * n"));
     // Cut off at max_tokens: no complete code block, and the verdict says why.
     assert_eq!(proposed[1].status, Status::Failed);
-    let v: serde_json::Value =
-        serde_json::from_str(proposed[1].verdict.as_deref().unwrap()).unwrap();
     assert_eq!(
-        (v["verdict"].as_str(), v["truncated"].as_bool()),
-        (Some("no_code"), Some(true))
+        proposed[1].verdict,
+        Some(Verdict::Call(CallVerdict::NoCode { truncated: true }))
     );
 }
 
@@ -759,17 +751,17 @@ fn concurrent_proposals_get_different_prompts() {
     );
     // Different plans: the two edges differ in operator or parents.
     let edges = archive.edges().unwrap();
-    let plan_of = |child: i64| -> (String, Vec<i64>) {
+    let plan_of = |child: i64| -> (Operator, Vec<i64>) {
         let es: Vec<_> = edges.iter().filter(|e| e.child == child).collect();
         (
-            es.first().map_or("new".into(), |e| e.operator.clone()),
+            es.first().map_or(Operator::New, |e| e.operator.clone()),
             es.iter().map(|e| e.parent).collect(),
         )
     };
     let nodes = archive.nodes().unwrap();
     let ids: Vec<i64> = nodes
         .iter()
-        .filter(|n| n.operator != "seed")
+        .filter(|n| !n.operator.is_seed())
         .map(|n| n.id)
         .collect();
     assert_eq!(ids.len(), 2);
@@ -801,7 +793,7 @@ impl autoprune::search::run::Proposer for Slow {
                     operator: "new".into(),
                     ..Default::default()
                 },
-                failure: Some(r#"{"verdict":"test"}"#.into()),
+                failure: Some(Verdict::Other(r#"{"verdict":"test"}"#.into())),
                 calls: vec![],
             })
         })

@@ -163,7 +163,7 @@ fn a_search_against_a_real_local_server() {
         assert!(timings["prompt_per_second"].as_f64().unwrap() > 0.0, "{r}");
     }
     let nodes = a.nodes().unwrap();
-    assert_eq!(nodes.iter().filter(|n| n.operator != "seed").count(), 2);
+    assert_eq!(nodes.iter().filter(|n| !n.operator.is_seed()).count(), 2);
     let log = std::fs::read_to_string(run.join("llama-server.log")).unwrap();
     assert!(
         log.contains("=== autoprune:") && log.contains("-np 2"),

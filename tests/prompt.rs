@@ -6,6 +6,7 @@
 
 mod common;
 
+use autoprune::search::archive::Operator;
 use autoprune::search::gcot::{build_messages, Plan, PromptSettings, Templates, TEMPLATE_FILES};
 
 /// Comments dropped, whitespace collapsed, `mut` bindings and trailing commas removed.
@@ -268,7 +269,7 @@ fn the_prompts_api_and_examples_build_in_the_sandbox() {
         &[],
         &[],
         &Plan {
-            operator: "new",
+            operator: Operator::New,
             parents: vec![],
         },
         &[],

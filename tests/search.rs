@@ -4,7 +4,7 @@
 
 mod common;
 
-use autoprune::search::archive::{Archive, Status};
+use autoprune::search::archive::{Archive, Status, Verdict};
 use autoprune::search::proposer::{GpProposer, GpSettings};
 use autoprune::search::run::{run, Budget, Pools, Stop};
 use common::autoprune;
@@ -57,8 +57,7 @@ fn short_gp_search_on_a_tiny_model_is_at_least_as_good_as_magnitude() {
     for n in &nodes[3..] {
         assert!(n.stage.is_some(), "{n:?}");
         if n.status == Status::Failed {
-            let v: serde_json::Value = serde_json::from_str(n.verdict.as_deref().unwrap()).unwrap();
-            assert!(v["verdict"].is_string(), "{v}");
+            assert!(matches!(n.verdict, Some(Verdict::Guest(_))), "{n:?}");
         }
     }
     // Same seed, same proposals (the first candidate's code is reproducible).
@@ -159,7 +158,7 @@ fn search_survives_kill_9_and_resumes() {
     let a = Archive::open_existing(&db).unwrap();
     let nodes = a.nodes().unwrap();
     // No gradient in the reduced protocol: magnitude, Wanda and RIA.
-    assert_eq!(nodes.iter().filter(|n| n.operator == "seed").count(), 3);
+    assert_eq!(nodes.iter().filter(|n| n.operator.is_seed()).count(), 3);
     assert_eq!(a.proposed_count().unwrap(), 4);
     assert!(nodes.iter().all(|n| n.status != Status::Pending));
     for before in &finished_before {
@@ -389,7 +388,7 @@ fn html_report_renders_in_headless_chromium() {
                 &Outcome {
                     status: Some(status),
                     stage: stage.into(),
-                    verdict: v.map(str::to_string),
+                    verdict: v.map(Verdict::from_json),
                     proxy: f.map(|x| x * 0.8),
                     fitness: if status == Status::Evaluated { f } else { None },
                     duplicate_of: (status == Status::Duplicate).then_some(seeds[1]),
@@ -452,7 +451,7 @@ fn html_report_renders_in_headless_chromium() {
             "(malformed response) ...",
             vec![(good, "mutate".into())],
         ),
-        Some("{\"verdict\":\"malformed_json\"}"),
+        Some(&Verdict::from_json("{\"verdict\":\"malformed_json\"}")),
         &[],
     )
     .unwrap();

@@ -86,7 +86,7 @@ fn panel(args: &Args) -> anyhow::Result<Vec<PanelEntry>> {
         let mut nodes: Vec<_> = a
             .nodes()?
             .into_iter()
-            .filter(|n| n.status == Status::Evaluated && n.operator != "seed")
+            .filter(|n| n.status == Status::Evaluated && !n.operator.is_seed())
             .collect();
         nodes.sort_by(|x, y| {
             x.fitness

@@ -314,7 +314,10 @@ fn print_event(e: Event<'_>) {
                     "#{:<4} {:<9} failed     propose {}",
                     n.id,
                     n.operator,
-                    first_line(n.verdict.as_deref().unwrap_or(""), 90)
+                    first_line(
+                        &n.verdict.as_ref().map(|v| v.to_json()).unwrap_or_default(),
+                        90
+                    )
                 );
             }
         }
@@ -405,7 +408,7 @@ pub fn leaderboard(nodes: &[Node], top: usize) -> String {
             out,
             "{:>4}  {:<8}  {:<9} {:>7} {:>7} {:<18} {:>7} {:<18}  {}",
             n.id,
-            first_line(&n.proposer, 8),
+            first_line(&n.proposer.name(), 8),
             n.operator,
             fmt_opt(n.proxy),
             fmt_opt(n.fitness),

@@ -12,6 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub use super::records::{Operator, ProposerName, Stage, Verdict};
+
 /// Archive errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -133,9 +135,9 @@ impl Status {
 #[derive(Debug, Clone, Default)]
 pub struct NewNode {
     /// Which proposer made it (`seed`, `gp`, `random`, `llm:<model>`).
-    pub proposer: String,
-    /// How: `seed`, `new`, `mutate`, `crossover`, `repair`.
-    pub operator: String,
+    pub proposer: ProposerName,
+    /// How: `seed`, `new`, `mutate`, `crossover`, `tune`, `repair`.
+    pub operator: Operator,
     /// The idea in words.
     pub thought: String,
     /// The candidate source.
@@ -156,9 +158,9 @@ pub struct Node {
     /// Unix time of creation.
     pub created: f64,
     /// Proposer.
-    pub proposer: String,
+    pub proposer: ProposerName,
     /// Operator.
-    pub operator: String,
+    pub operator: Operator,
     /// The idea in words.
     pub thought: String,
     /// Source.
@@ -169,10 +171,11 @@ pub struct Node {
     pub expr: Option<String>,
     /// Life state.
     pub status: Status,
-    /// Last stage reached (`build`, `check`, `probe`, `proxy`, `full`).
-    pub stage: Option<String>,
-    /// Typed verdict (JSON) if it failed.
-    pub verdict: Option<String>,
+    /// Last stage reached (`build`, `check`, `probe`, `screen`, `sequential`; version-1
+    /// archives: `proxy`, `full`).
+    pub stage: Option<Stage>,
+    /// Typed verdict if it failed (stored as JSON).
+    pub verdict: Option<Verdict>,
     /// Hash of its masks on the probe layers.
     pub mask_hash: Option<String>,
     /// The node whose result was reused.
@@ -203,7 +206,7 @@ pub struct Edge {
     /// Parent node.
     pub parent: i64,
     /// Operator.
-    pub operator: String,
+    pub operator: Operator,
     /// The stated reason.
     pub rationale: String,
 }
@@ -214,9 +217,9 @@ pub struct Outcome {
     /// Final status (never `Pending`).
     pub status: Option<Status>,
     /// Last stage reached.
-    pub stage: String,
-    /// Verdict JSON on failure.
-    pub verdict: Option<String>,
+    pub stage: Stage,
+    /// Typed verdict on failure.
+    pub verdict: Option<Verdict>,
     /// Probe mask hash.
     pub mask_hash: Option<String>,
     /// Reused node.
@@ -237,7 +240,7 @@ pub struct Call {
     /// The node it produced, if any.
     pub node: Option<i64>,
     /// Proposer.
-    pub proposer: String,
+    pub proposer: ProposerName,
     /// Prompt text (JSON of the messages for chat endpoints).
     pub prompt: String,
     /// Response text, if any.
@@ -399,7 +402,12 @@ impl Archive {
     /// Record a proposal in one transaction: the node (and its edges) — `pending`, or `failed`
     /// at stage `propose` with the typed verdict `failure` (a response that held no usable
     /// code, an endpoint that gave up) — and the proposer calls that produced it, linked to it.
-    pub fn record(&mut self, node: &NewNode, failure: Option<&str>, calls: &[Call]) -> Result<i64> {
+    pub fn record(
+        &mut self,
+        node: &NewNode,
+        failure: Option<&Verdict>,
+        calls: &[Call],
+    ) -> Result<i64> {
         let path = self.path.clone();
         let err = |source| ArchiveError::Sqlite {
             path: path.clone(),
@@ -409,9 +417,9 @@ impl Archive {
         let id = insert_node(&tx, node).map_err(err)?;
         if let Some(v) = failure {
             tx.execute(
-                "UPDATE nodes SET status = 'failed', stage = 'propose', verdict = ?2, seconds = 0
+                "UPDATE nodes SET status = 'failed', stage = ?3, verdict = ?2, seconds = 0
                  WHERE id = ?1",
-                params![id, v],
+                params![id, v.to_json(), Stage::Propose.as_str()],
             )
             .map_err(err)?;
         }
@@ -435,7 +443,7 @@ impl Archive {
             .query_map([], |r| {
                 Ok(Call {
                     node: r.get(0)?,
-                    proposer: r.get(1)?,
+                    proposer: ProposerName::from(r.get::<_, String>(1)?),
                     prompt: r.get(2)?,
                     response: r.get(3)?,
                     error: r.get(4)?,
@@ -460,8 +468,8 @@ impl Archive {
                 params![
                     id,
                     status.as_str(),
-                    o.stage,
-                    o.verdict,
+                    o.stage.as_str(),
+                    o.verdict.as_ref().map(Verdict::to_json),
                     o.mask_hash,
                     o.duplicate_of,
                     o.proxy,
@@ -551,7 +559,7 @@ impl Archive {
                 Ok(Edge {
                     child: r.get(0)?,
                     parent: r.get(1)?,
-                    operator: r.get(2)?,
+                    operator: Operator::from(r.get::<_, String>(2)?),
                     rationale: r.get(3)?,
                 })
             })
@@ -564,8 +572,8 @@ impl Archive {
     pub fn proposed_count(&self) -> Result<u64> {
         self.conn
             .query_row(
-                "SELECT COUNT(*) FROM nodes WHERE operator != 'seed'",
-                [],
+                "SELECT COUNT(*) FROM nodes WHERE operator != ?1",
+                [Operator::Seed.as_str()],
                 |r| r.get::<_, i64>(0),
             )
             .map(|n| n as u64)
@@ -603,15 +611,17 @@ impl Archive {
                 Ok(Node {
                     id: r.get("id")?,
                     created: r.get("created")?,
-                    proposer: r.get("proposer")?,
-                    operator: r.get("operator")?,
+                    proposer: ProposerName::from(r.get::<_, String>("proposer")?),
+                    operator: Operator::from(r.get::<_, String>("operator")?),
                     thought: r.get("thought")?,
                     code: r.get("code")?,
                     source_hash: r.get("source_hash")?,
                     expr: r.get("expr")?,
                     status: Status::parse(&r.get::<_, String>("status")?),
-                    stage: r.get("stage")?,
-                    verdict: r.get("verdict")?,
+                    stage: r.get::<_, Option<String>>("stage")?.map(Stage::from),
+                    verdict: r
+                        .get::<_, Option<String>>("verdict")?
+                        .map(|v| Verdict::from_json(&v)),
                     mask_hash: r.get("mask_hash")?,
                     duplicate_of: r.get("duplicate_of")?,
                     proxy: r.get("proxy")?,
@@ -639,7 +649,7 @@ fn insert_call(
         params![
             node,
             now(),
-            c.proposer,
+            c.proposer.to_string(),
             c.prompt,
             c.response,
             c.error,
@@ -657,8 +667,8 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
         params![
             now(),
-            n.proposer,
-            n.operator,
+            n.proposer.to_string(),
+            n.operator.as_str(),
             n.thought,
             n.code,
             crate::sandbox::sha256_hex(n.code.as_bytes()),
@@ -670,103 +680,11 @@ fn insert_node(tx: &rusqlite::Transaction<'_>, n: &NewNode) -> rusqlite::Result<
     for (parent, rationale) in &n.parents {
         tx.execute(
             "INSERT OR IGNORE INTO edges(child, parent, operator, rationale) VALUES (?1, ?2, ?3, ?4)",
-            params![id, parent, n.operator, rationale],
+            params![id, parent, n.operator.as_str(), rationale],
         )?;
     }
     Ok(id)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(code: &str, op: &str, parents: Vec<(i64, String)>) -> NewNode {
-        NewNode {
-            proposer: "test".into(),
-            operator: op.into(),
-            thought: format!("idea {code}"),
-            code: code.into(),
-            expr: None,
-            parents,
-            tokens: 0,
-        }
-    }
-
-    #[test]
-    fn seeds_once_records_nodes_edges_and_outcomes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("run.sqlite");
-        let mut a = Archive::open(&path).unwrap();
-        let ids = a
-            .seed(&[node("a", "seed", vec![]), node("b", "seed", vec![])])
-            .unwrap();
-        assert_eq!(ids.len(), 2);
-        let c = a
-            .add(&node(
-                "c",
-                "crossover",
-                vec![(ids[0], "mix".into()), (ids[1], "mix".into())],
-            ))
-            .unwrap();
-        a.finish(
-            ids[0],
-            &Outcome {
-                status: Some(Status::Evaluated),
-                stage: "full".into(),
-                mask_hash: Some("m1".into()),
-                fitness: Some(55.5),
-                seconds: 3.0,
-                ..Outcome::default()
-            },
-        )
-        .unwrap();
-        drop(a);
-        // Reopen: seeding again does nothing; everything is still there.
-        let mut a = Archive::open(&path).unwrap();
-        assert!(a.seed(&[node("a", "seed", vec![])]).unwrap().is_empty());
-        let nodes = a.nodes().unwrap();
-        assert_eq!(nodes.len(), 3);
-        assert_eq!(nodes[0].status, Status::Evaluated);
-        assert_eq!(nodes[0].fitness, Some(55.5));
-        assert_eq!(a.pending().unwrap().len(), 2);
-        assert_eq!(a.proposed_count().unwrap(), 1);
-        assert_eq!(a.edges().unwrap().len(), 2);
-        assert_eq!(a.by_mask("m1").unwrap().unwrap().id, ids[0]);
-        assert!(a.by_mask("m2").unwrap().is_none());
-        let h = crate::sandbox::sha256_hex(b"a");
-        assert_eq!(a.by_source(&h).unwrap().unwrap().id, ids[0]);
-        assert_eq!(a.node(c).unwrap().unwrap().operator, "crossover");
-        let call = Call {
-            proposer: "llm".into(),
-            prompt: "p".into(),
-            response: Some("r".into()),
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            seconds: 0.1,
-            ..Call::default()
-        };
-        let d = a
-            .record(
-                &node("", "mutate", vec![(c, "m".into())]),
-                Some("{\"verdict\":\"no_code\"}"),
-                &[call],
-            )
-            .unwrap();
-        assert_eq!(a.tokens_spent().unwrap(), 15);
-        assert_eq!(a.token_split().unwrap(), (10, 5));
-        let calls = a.calls().unwrap();
-        assert_eq!((calls.len(), calls[0].node), (1, Some(d)));
-        let failed = a.node(d).unwrap().unwrap();
-        assert_eq!(failed.status, Status::Failed);
-        assert_eq!(failed.stage.as_deref(), Some("propose"));
-    }
-
-    #[test]
-    fn a_file_that_is_not_sqlite_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("junk.sqlite");
-        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        let e = Archive::open(&path).err().expect("refused");
-        assert!(e.to_string().contains("junk.sqlite"), "{e}");
-    }
-}
+mod tests;

@@ -33,12 +33,14 @@
 //! second dense pass with Hessians, run only when the first candidate that declares either
 //! arrives, and then shared by every later one.
 
+mod fault;
 mod measure;
 mod records;
 
+pub use fault::{EvalError, HostFault};
 pub use records::*;
 
-use super::archive::{Archive, Node, Outcome, Status};
+use super::archive::{Archive, Node, Outcome, Stage, Status, Verdict};
 use super::paired::{paired, paired_diffs};
 use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{expand, Granularity};
@@ -54,6 +56,7 @@ use crate::pipeline::{
 };
 use crate::prune::mask::Mask;
 use crate::sandbox::{Failure, Plugin, Policy};
+use fault::failure_of;
 use std::ops::ControlFlow;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -87,15 +90,6 @@ pub struct Evaluator {
 
 /// The Wanda source every run compares with (the same file as `candidates/wanda.rs`).
 pub const WANDA_SOURCE: &str = include_str!("../../../candidates/wanda.rs");
-
-fn failure_of(e: PipelineError) -> Failure {
-    match e {
-        PipelineError::Metric { failure, .. } => failure,
-        e => Failure::Rejected {
-            reason: format!("pruning failed: {e}"),
-        },
-    }
-}
 
 impl Evaluator {
     /// Prepare a run: dense statistics of every block over the calibration windows, the
@@ -274,7 +268,7 @@ impl Evaluator {
     /// The Hessian-derived inputs of the dense model when `plugin` declares any (`None` when it
     /// declares none). The first call that needs them runs the dense pass with Hessians for
     /// both inputs, once per run.
-    pub fn dense_extras(&self, plugin: &Plugin) -> Result<Option<&DenseExtras>, Failure> {
+    pub fn dense_extras(&self, plugin: &Plugin) -> Result<Option<&DenseExtras>, EvalError> {
         if !plugin.info().wanted().any() {
             return Ok(None);
         }
@@ -295,9 +289,7 @@ impl Evaluator {
         });
         match extras {
             Ok(e) => Ok(Some(e)),
-            Err(e) => Err(Failure::Rejected {
-                reason: format!("the Hessian-derived inputs could not be computed: {e}"),
-            }),
+            Err(e) => Err(HostFault::HessianInputs(e.clone()).into()),
         }
     }
 
@@ -321,12 +313,13 @@ impl Evaluator {
     }
 
     /// Build and load a candidate (stages build and check), or its verdict and stage.
-    pub fn load(&self, code: &str) -> Result<Plugin, (&'static str, Failure)> {
-        let built = self.builder.build(code).map_err(|f| ("build", f))?;
-        let plugin = Plugin::load(&built.wasm, &self.policy, None).map_err(|f| ("build", f))?;
+    pub fn load(&self, code: &str) -> Result<Plugin, (Stage, Failure)> {
+        let built = self.builder.build(code).map_err(|f| (Stage::Build, f))?;
+        let plugin =
+            Plugin::load(&built.wasm, &self.policy, None).map_err(|f| (Stage::Build, f))?;
         if plugin.info().needs_gradient && self.grads.is_none() {
             return Err((
-                "check",
+                Stage::Check,
                 Failure::Rejected {
                     reason:
                         "this search runs without the gradient statistic; the candidate asks for it"
@@ -343,52 +336,62 @@ impl Evaluator {
             let f = report.failure.unwrap_or(Failure::Rejected {
                 reason: "the validation suite failed".into(),
             });
-            return Err(("check", f));
+            return Err((Stage::Check, f));
         }
         Ok(plugin)
     }
 
     /// Run the ladder on `node`. The seeds (the baselines) always climb to the sequential
-    /// level (`always_promote`); other candidates only if their screen ratio passes.
-    pub fn evaluate(&self, archive: &Archive, node: &Node, always_promote: bool) -> Outcome {
+    /// level (`always_promote`); other candidates only if their screen ratio passes. A failure
+    /// of the candidate is its outcome (with its verdict); a fault of the host is an error,
+    /// and the node has no outcome.
+    pub fn evaluate(
+        &self,
+        archive: &Archive,
+        node: &Node,
+        always_promote: bool,
+    ) -> Result<Outcome, HostFault> {
         let t = Instant::now();
         let mut o = Outcome {
-            stage: "build".into(),
+            stage: Stage::Build,
             ..Outcome::default()
         };
-        let fail = |mut o: Outcome, stage: &str, f: Failure| {
-            o.status = Some(Status::Failed);
-            o.stage = stage.into();
-            o.verdict = Some(verdict(&f));
-            o
+        let fail = |mut o: Outcome, stage: Stage, e: EvalError| match e {
+            EvalError::Guest(f) => {
+                o.status = Some(Status::Failed);
+                o.stage = stage;
+                o.verdict = Some(Verdict::Guest(f));
+                Ok(finish(o, t))
+            }
+            EvalError::Host(h) => Err(h),
         };
         // Same source as a finished node: reuse.
         if let Ok(Some(prev)) = archive.by_source(&node.source_hash) {
             if prev.id != node.id {
-                return reuse(o, &prev, t);
+                return Ok(reuse(o, &prev, t));
             }
         }
         let plugin = match self.load(&node.code) {
             Ok(p) => p,
-            Err((stage, f)) => return finish(fail(o, stage, f), t),
+            Err((stage, f)) => return fail(o, stage, f.into()),
         };
-        o.stage = "probe".into();
+        o.stage = Stage::Probe;
         match self.probe_hash(&plugin) {
             Ok(h) => o.mask_hash = Some(h),
-            Err(f) => return finish(fail(o, "probe", f), t),
+            Err(e) => return fail(o, Stage::Probe, e),
         }
         if let Some(h) = &o.mask_hash {
             if let Ok(Some(prev)) = archive.by_mask(h) {
                 if prev.id != node.id {
-                    return reuse(o, &prev, t);
+                    return Ok(reuse(o, &prev, t));
                 }
             }
         }
         let mut detail = Detail::default();
-        o.stage = Level::Screen.name().into();
+        o.stage = Stage::Screen;
         let screen = match self.measure(&plugin, Level::Screen) {
             Ok(r) => r,
-            Err(f) => return finish(fail(o, Level::Screen.name(), f), t),
+            Err(e) => return fail(o, Stage::Screen, e),
         };
         let ratio = screen.combined.ratio();
         o.proxy = Some(ratio);
@@ -400,9 +403,9 @@ impl Evaluator {
             .is_some_and(|o| o.is_le());
         if !always_promote && !promoted {
             o.status = Some(Status::Screened);
-            return finish(o, t);
+            return Ok(finish(o, t));
         }
-        o.stage = Level::Sequential.name().into();
+        o.stage = Stage::Sequential;
         match self.measure(&plugin, Level::Sequential) {
             Ok(r) => {
                 o.fitness = Some(r.combined.ratio());
@@ -410,13 +413,13 @@ impl Evaluator {
                 detail.sequential = Some(r);
                 o.detail = serde_json::to_string(&detail).ok();
             }
-            Err(f) => return finish(fail(o, Level::Sequential.name(), f), t),
+            Err(e) => return fail(o, Stage::Sequential, e),
         }
-        finish(o, t)
+        Ok(finish(o, t))
     }
 
     /// The held-out level (final ranking): the ratio to Wanda and its detail.
-    pub fn heldout(&self, code: &str) -> Result<LevelResult, Failure> {
+    pub fn heldout(&self, code: &str) -> Result<LevelResult, EvalError> {
         let plugin = self.load(code).map_err(|(_, f)| f)?;
         self.measure(&plugin, Level::Heldout)
     }
@@ -472,10 +475,6 @@ fn probes(model: &Model) -> Result<Vec<Probe>, PipelineError> {
 /// `exp` of the mean of per-window mean NLLs: the perplexity over windows of equal length.
 fn mean_exp(nll: &[f64]) -> f64 {
     (nll.iter().sum::<f64>() / nll.len().max(1) as f64).exp()
-}
-
-fn verdict(f: &Failure) -> String {
-    serde_json::to_string(f).unwrap_or_else(|_| format!("{{\"verdict\":\"{f}\"}}"))
 }
 
 fn finish(mut o: Outcome, t: Instant) -> Outcome {

@@ -35,7 +35,7 @@ pub fn export(dir: &Path, node: Option<i64>, file: &str) -> anyhow::Result<Expor
         !n.code.trim().is_empty(),
         "node #{} has no code (it failed at {})",
         n.id,
-        n.stage.as_deref().unwrap_or("?")
+        n.stage.as_ref().map_or("?", |s| s.as_str())
     );
     let cfg: Option<RunConfig> = archive
         .meta("config")?
@@ -58,7 +58,7 @@ fn header(dir: &Path, n: &Node, cfg: Option<&RunConfig>, detail: &Detail, file: 
     let mut h = String::new();
     h.push_str(&format!(
         "//! Discovered by `autoprune search` ({}), node #{} of the run `{}`.\n",
-        clean(&n.proposer),
+        clean(&n.proposer.name()),
         n.id,
         clean(&dir.display().to_string())
     ));

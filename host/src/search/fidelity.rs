@@ -9,7 +9,7 @@
 //! are appended to a JSON-lines file per metric, so an interrupted study resumes where it
 //! stopped.
 
-use super::cascade::{Evaluator, Level, Pruning};
+use super::cascade::{EvalError, Evaluator, Level, Pruning};
 use super::gp::{render, Expr};
 use super::paired::{kendall_tau, paired, windows_to_resolve};
 use serde::{Deserialize, Serialize};
@@ -150,7 +150,7 @@ pub fn measure(
     let screen_w = ev.windows(Level::Screen);
     let val = ev.windows(Level::Sequential);
     let held = ev.windows(Level::Heldout);
-    let result = (|| -> Result<(), crate::sandbox::Failure> {
+    let result = (|| -> Result<(), EvalError> {
         let mut sc = ev.prune_and_measure(&plugin, 0, Pruning::OneShot, &[&screen_w])?;
         m.screen_prune_s = sc.prune_seconds;
         m.screen_eval_s = sc.eval_seconds[0];

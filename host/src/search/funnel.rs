@@ -3,7 +3,7 @@
 //! generation speed that llama.cpp reports in its final stream chunk): the numbers that compare
 //! proposers, e.g. a local LLM against GP, on the same objective.
 
-use super::archive::{Call, Node, Status};
+use super::archive::{Call, Node, Stage, Status};
 use super::gcot::endpoint_failure;
 use serde::Serialize;
 
@@ -33,11 +33,11 @@ pub struct Funnel {
 }
 
 /// The stage a node failed at, if it failed (a duplicate of a failure failed where its
-/// original did).
-fn failed_at(n: &Node) -> Option<&str> {
+/// original did): `Some(None)` when it failed with no stage recorded.
+fn failed_at(n: &Node) -> Option<Option<&Stage>> {
     let failed =
         n.status == Status::Failed || (n.status == Status::Duplicate && n.verdict.is_some());
-    failed.then(|| n.stage.as_deref().unwrap_or(""))
+    failed.then_some(n.stage.as_ref())
 }
 
 /// The funnel of `nodes`, with the speeds of `calls`.
@@ -45,7 +45,7 @@ pub fn funnel(nodes: &[Node], calls: &[Call]) -> Funnel {
     let mut f = Funnel::default();
     for n in nodes
         .iter()
-        .filter(|n| n.operator != "seed" && n.status != Status::Pending)
+        .filter(|n| !n.operator.is_seed() && n.status != Status::Pending)
     {
         f.proposed += 1;
         if endpoint_failure(n) {
@@ -53,15 +53,15 @@ pub fn funnel(nodes: &[Node], calls: &[Call]) -> Funnel {
         }
         f.answered += 1;
         let at = failed_at(n);
-        if at == Some("propose") {
+        if at == Some(Some(&Stage::Propose)) {
             continue;
         }
         f.parsed += 1;
-        if at == Some("build") {
+        if at == Some(Some(&Stage::Build)) {
             continue;
         }
         f.compiled += 1;
-        if matches!(at, Some("check" | "probe")) {
+        if matches!(at, Some(Some(Stage::Check | Stage::Probe))) {
             continue;
         }
         f.checked += 1;
@@ -158,8 +158,17 @@ impl std::fmt::Display for Funnel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::{Failure, InvalidOutput};
+    use crate::search::archive::{Operator, Verdict};
+    use crate::search::llm::CallVerdict;
 
-    fn node(id: i64, status: Status, stage: &str, verdict: Option<&str>) -> Node {
+    fn compile() -> Option<Verdict> {
+        Some(Verdict::Guest(Failure::Compile {
+            diagnostics: "error[E0425]".into(),
+        }))
+    }
+
+    fn node(id: i64, status: Status, stage: Stage, verdict: Option<Verdict>) -> Node {
         Node {
             id,
             created: 0.0,
@@ -170,8 +179,8 @@ mod tests {
             source_hash: String::new(),
             expr: None,
             status,
-            stage: Some(stage.into()),
-            verdict: verdict.map(str::to_string),
+            stage: Some(stage),
+            verdict,
             mask_hash: None,
             duplicate_of: None,
             proxy: None,
@@ -185,41 +194,42 @@ mod tests {
 
     #[test]
     fn every_stage_is_counted_once() {
-        let mut seed = node(1, Status::Evaluated, "sequential", None);
-        seed.operator = "seed".into();
-        let mut dup_ok = node(9, Status::Duplicate, "sequential", None);
+        let mut seed = node(1, Status::Evaluated, Stage::Sequential, None);
+        seed.operator = Operator::Seed;
+        let mut dup_ok = node(9, Status::Duplicate, Stage::Sequential, None);
         dup_ok.fitness = Some(50.0);
         let nodes = vec![
             seed,
             node(
                 2,
                 Status::Failed,
-                "propose",
-                Some(r#"{"verdict":"timeout","seconds":1}"#),
+                Stage::Propose,
+                Some(Verdict::Call(CallVerdict::Timeout { seconds: 1.0 })),
             ),
             node(
                 3,
                 Status::Failed,
-                "propose",
-                Some(r#"{"verdict":"no_code"}"#),
+                Stage::Propose,
+                Some(Verdict::Call(CallVerdict::NoCode { truncated: false })),
             ),
-            node(4, Status::Failed, "build", Some(r#"{"verdict":"compile"}"#)),
+            node(4, Status::Failed, Stage::Build, compile()),
             node(
                 5,
                 Status::Failed,
-                "check",
-                Some(r#"{"verdict":"non_finite"}"#),
+                Stage::Check,
+                Some(Verdict::Guest(Failure::InvalidOutput(
+                    InvalidOutput::NonFinite {
+                        row: 0,
+                        col: 0,
+                        value: "NaN".into(),
+                    },
+                ))),
             ),
-            node(6, Status::Screened, "screen", None),
-            node(7, Status::Evaluated, "sequential", None),
-            node(
-                8,
-                Status::Duplicate,
-                "build",
-                Some(r#"{"verdict":"compile"}"#),
-            ),
+            node(6, Status::Screened, Stage::Screen, None),
+            node(7, Status::Evaluated, Stage::Sequential, None),
+            node(8, Status::Duplicate, Stage::Build, compile()),
             dup_ok,
-            node(10, Status::Pending, "build", None),
+            node(10, Status::Pending, Stage::Build, None),
         ];
         let f = funnel(&nodes, &[]);
         assert_eq!(

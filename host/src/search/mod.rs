@@ -16,6 +16,7 @@ pub mod local_server;
 pub mod objective;
 pub mod paired;
 pub mod proposer;
+pub mod records;
 pub mod report;
 pub mod run;
 pub mod session;

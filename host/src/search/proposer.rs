@@ -8,7 +8,7 @@
 //! and the population is read from the archive, so a resumed run proposes exactly what the
 //! uninterrupted run would have.
 
-use super::archive::{NewNode, Node, Status};
+use super::archive::{NewNode, Node, Operator, ProposerName, Status};
 use super::gp::{
     self, canonical_key, render, simplify, to_infix, BinOp, Expr, Gp, GpConfig, Num, Rng,
 };
@@ -115,8 +115,8 @@ impl GpProposer {
 
 fn seed_node(e: &Expr, thought: &str) -> NewNode {
     NewNode {
-        proposer: "seed".into(),
-        operator: "seed".into(),
+        proposer: ProposerName::Seed,
+        operator: Operator::Seed,
         thought: thought.into(),
         code: render(e, "seed"),
         expr: serde_json::to_string(e).ok(),
@@ -172,7 +172,7 @@ impl GpProposer {
         let pairs: Vec<(Expr, f64)> = population.iter().map(|(e, f, _)| (e.clone(), *f)).collect();
         let breed = !self.random_only && index >= INITIAL_POPULATION && pairs.len() >= 2;
         for _ in 0..64 {
-            let (tree, operator, parents): (Expr, &str, Vec<usize>) = if breed {
+            let (tree, operator, parents): (Expr, Operator, Vec<usize>) = if breed {
                 let a = gp.tournament(&pairs).unwrap_or(0);
                 let tuned = if self.tune_prob > 0.0 && gp.rng.chance(self.tune_prob) {
                     tune(&pairs[a].0, &mut gp.rng)
@@ -180,16 +180,16 @@ impl GpProposer {
                     None
                 };
                 if let Some(t) = tuned {
-                    (t, "tune", vec![a])
+                    (t, Operator::Tune, vec![a])
                 } else if gp.rng.chance(self.config.crossover_prob) {
                     let b = gp.tournament(&pairs).unwrap_or(0);
                     let mut child = gp.crossover(&pairs[a].0, &pairs[b].0);
                     if gp.rng.chance(self.config.mutation_prob) {
                         child = gp.mutate(&child);
                     }
-                    (child, "crossover", vec![a, b])
+                    (child, Operator::Crossover, vec![a, b])
                 } else {
-                    (gp.mutate(&pairs[a].0), "mutate", vec![a])
+                    (gp.mutate(&pairs[a].0), Operator::Mutate, vec![a])
                 }
             } else {
                 let depth = self.config.init_min_depth
@@ -200,7 +200,7 @@ impl GpProposer {
                             + 1,
                     );
                 let full = gp.rng.chance(0.5);
-                (gp.random_tree(depth, full), "new", Vec::new())
+                (gp.random_tree(depth, full), Operator::New, Vec::new())
             };
             let tree = simplify(&tree);
             if !self.config.fits(&tree) || seen.contains(&canonical_key(&tree)) {
@@ -217,13 +217,13 @@ impl GpProposer {
                     )
                 })
                 .collect();
-            let thought = match operator {
-                "new" => format!("random tree: {formula}"),
+            let thought = match &operator {
+                Operator::New => format!("random tree: {formula}"),
                 op => format!("{op}: {formula}"),
             };
             return Ok(NewNode {
-                proposer: self.name(),
-                operator: operator.into(),
+                proposer: self.name().into(),
+                operator,
                 thought,
                 code: render(&tree, &format!("{}-{index}", self.name())),
                 expr: serde_json::to_string(&tree).ok(),

@@ -6,7 +6,7 @@
 //! Everything a proposer wrote (thoughts, code, verdicts) is untrusted text and is escaped; the
 //! page's one small script only links graph nodes to their details.
 
-use super::archive::{Call, Edge, Node, Status};
+use super::archive::{Call, Edge, Node, Operator, Stage, Status};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -56,36 +56,36 @@ pub fn best(nodes: &[Node]) -> Option<&Node> {
 
 /// Counts of the ladder's funnel: (label, count).
 pub fn funnel(nodes: &[Node]) -> Vec<(&'static str, usize)> {
-    let proposed: Vec<&Node> = nodes.iter().filter(|n| n.operator != "seed").collect();
-    let failed_at = |n: &Node, stages: &[&str]| {
-        n.status == Status::Failed && stages.contains(&n.stage.as_deref().unwrap_or(""))
+    use Stage::{Build, Check, Probe, Propose, Screen, Sequential};
+    let proposed: Vec<&Node> = nodes.iter().filter(|n| !n.operator.is_seed()).collect();
+    let failed_at = |n: &Node, stages: &[Stage]| {
+        n.status == Status::Failed && n.stage.as_ref().is_some_and(|s| stages.contains(s))
     };
     let count = |f: &dyn Fn(&Node) -> bool| proposed.iter().filter(|n| f(n)).count();
     vec![
         ("proposed", proposed.len()),
-        ("with code", count(&|n| !failed_at(n, &["propose"]))),
-        ("built", count(&|n| !failed_at(n, &["propose", "build"]))),
+        ("with code", count(&|n| !failed_at(n, &[Propose]))),
+        ("built", count(&|n| !failed_at(n, &[Propose, Build]))),
         (
             "passed check",
-            count(&|n| !failed_at(n, &["propose", "build", "check"])),
+            count(&|n| !failed_at(n, &[Propose, Build, Check])),
         ),
         (
             "new behaviour",
             count(&|n| {
-                !failed_at(n, &["propose", "build", "check", "probe"])
-                    && n.status != Status::Duplicate
+                !failed_at(n, &[Propose, Build, Check, Probe]) && n.status != Status::Duplicate
             }),
         ),
         (
             "screened",
             count(&|n| {
                 matches!(n.status, Status::Evaluated | Status::Screened)
-                    || failed_at(n, &["screen", "sequential"])
+                    || failed_at(n, &[Screen, Sequential])
             }),
         ),
         (
             "passed the screen",
-            count(&|n| n.status == Status::Evaluated || failed_at(n, &["sequential"])),
+            count(&|n| n.status == Status::Evaluated || failed_at(n, &[Sequential])),
         ),
         (
             "sequential level",
@@ -168,8 +168,8 @@ pub fn render(
                 fmt_ppl(b.heldout),
                 fmt_ppl(b.fitness),
                 fmt_ppl(b.proxy),
-                esc(&b.proposer),
-                esc(&b.operator),
+                esc(&b.proposer.name()),
+                esc(b.operator.as_str()),
                 esc(&b.thought),
                 esc(&b.code)
             );
@@ -196,8 +196,8 @@ pub fn render(
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
             n.id,
             n.id,
-            esc(&n.proposer),
-            esc(&n.operator),
+            esc(&n.proposer.name()),
+            esc(n.operator.as_str()),
             fmt_ppl(n.proxy),
             fmt_ppl(n.fitness),
             fmt_ppl(n.heldout),
@@ -248,9 +248,9 @@ pub fn render(
              [{} / {}] stage {} · screen {} · sequential {} · held-out {} (× Wanda) — {}</summary>",
             n.id,
             n.id,
-            esc(&n.proposer),
-            esc(&n.operator),
-            esc(n.stage.as_deref().unwrap_or("–")),
+            esc(&n.proposer.name()),
+            esc(n.operator.as_str()),
+            esc(n.stage.as_ref().map_or("–", Stage::as_str)),
             fmt_ppl(n.proxy),
             fmt_ppl(n.fitness),
             fmt_ppl(n.heldout),
@@ -270,7 +270,7 @@ pub fn render(
                 let _ = write!(
                     h,
                     "<li>{} of <a href=\"#node-{}\">#{}</a>{effect}: {}</li>",
-                    esc(&e.operator),
+                    esc(e.operator.as_str()),
                     e.parent,
                     e.parent,
                     esc(&e.rationale)
@@ -285,7 +285,7 @@ pub fn render(
             );
         }
         if let Some(v) = &n.verdict {
-            let _ = write!(h, "<p class=\"verdict\">verdict: {}</p>", esc(v));
+            let _ = write!(h, "<p class=\"verdict\">verdict: {}</p>", esc(&v.to_json()));
         }
         let own = calls_of.get(&n.id).map_or(&[][..], |v| v.as_slice());
         let _ = write!(
@@ -404,7 +404,11 @@ fn lineage_svg(nodes: &[Node], edges: &[Edge]) -> String {
                 a.1,
                 b.0,
                 b.1,
-                if e.operator == "crossover" { "#69c" } else { "#999" }
+                if e.operator == Operator::Crossover {
+                    "#69c"
+                } else {
+                    "#999"
+                }
             );
         }
     }
@@ -417,8 +421,8 @@ fn lineage_svg(nodes: &[Node], edges: &[Edge]) -> String {
             fmt_ppl(n.fitness.or(n.proxy)),
             first_line(&n.thought, 80),
             n.verdict
-                .as_deref()
-                .map(|v| format!(" — {}", first_line(v, 160)))
+                .as_ref()
+                .map(|v| format!(" — {}", first_line(&v.to_json(), 160)))
                 .unwrap_or_default()
         ));
         let shape = match n.status {
@@ -437,11 +441,11 @@ fn lineage_svg(nodes: &[Node], edges: &[Edge]) -> String {
                 "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"5\" fill=\"#ccc\"/>"
             ),
             Status::Evaluated => {
-                let r = if n.operator == "seed" { 7 } else { 6 };
+                let r = if n.operator.is_seed() { 7 } else { 6 };
                 format!(
                     "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"{r}\" fill=\"{}\" stroke=\"#222\" stroke-width=\"{}\"/>",
                     colour(n.fitness.unwrap_or(hi), lo, hi),
-                    if n.operator == "seed" { 2 } else { 0 }
+                    if n.operator.is_seed() { 2 } else { 0 }
                 )
             }
         };
@@ -474,7 +478,7 @@ fn best_over_time_svg(nodes: &[Node]) -> String {
     }
     let baselines: Vec<(String, f64)> = nodes
         .iter()
-        .filter(|n| n.operator == "seed")
+        .filter(|n| n.operator.is_seed())
         .filter_map(|n| Some((first_line(&n.thought, 30), n.fitness?)))
         .collect();
     let ys: Vec<f64> = pts
@@ -582,6 +586,7 @@ fn funnel_svg(f: &[(&str, usize)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::archive::Verdict;
 
     fn node(id: i64, op: &str, status: Status, fitness: Option<f64>, thought: &str) -> Node {
         Node {
@@ -595,10 +600,14 @@ mod tests {
             expr: None,
             status,
             stage: Some(match status {
-                Status::Failed => "build".into(),
-                _ => "full".into(),
+                Status::Failed => Stage::Build,
+                _ => Stage::Other("full".into()),
             }),
-            verdict: (status == Status::Failed).then(|| "{\"verdict\":\"compile\"}".into()),
+            verdict: (status == Status::Failed).then(|| {
+                Verdict::Guest(crate::sandbox::Failure::Compile {
+                    diagnostics: String::new(),
+                })
+            }),
             mask_hash: None,
             duplicate_of: (status == Status::Duplicate).then_some(1),
             proxy: fitness,

@@ -29,8 +29,8 @@
 //! with different sources but the same probe masks may still both be evaluated when several
 //! threads take them at once (the mask dedup sees finished nodes only).
 
-use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Status};
-use super::cascade::Evaluator;
+use super::archive::{Archive, ArchiveError, Call, NewNode, Node, Outcome, Stage, Status, Verdict};
+use super::cascade::{EvalError, Evaluator, HostFault};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -45,9 +45,9 @@ use std::time::{Duration, Instant};
 pub struct Proposal {
     /// The node to record (its `proposer` field set to [`Proposer::name`]).
     pub node: NewNode,
-    /// A typed verdict (JSON) when the proposal produced no usable candidate (a response with
-    /// no code, an endpoint that gave up): the node is recorded as failed at stage `propose`.
-    pub failure: Option<String>,
+    /// A typed verdict when the proposal produced no usable candidate (a response with no
+    /// code, an endpoint that gave up): the node is recorded as failed at stage `propose`.
+    pub failure: Option<Verdict>,
     /// Proposer calls (prompts and responses) behind it, recorded with it.
     pub calls: Vec<Call>,
 }
@@ -165,6 +165,49 @@ pub enum SearchError {
     /// The runtime could not start, or a worker died.
     #[error("search runtime: {0}")]
     Runtime(String),
+    /// The host failed while evaluating a candidate (nothing the candidate did, so not its
+    /// verdict): the run stopped, and the candidate stays `pending`.
+    #[error(
+        "host fault while evaluating node #{node}: {fault} (the node is left pending; \
+         `autoprune search --resume` evaluates it again)"
+    )]
+    HostFault {
+        /// The node being evaluated.
+        node: i64,
+        /// What failed.
+        fault: HostFault,
+    },
+    /// The host failed while measuring a node on the held-out windows.
+    #[error("host fault while measuring node #{node} on the held-out windows: {fault}")]
+    HeldoutFault {
+        /// The node being measured.
+        node: i64,
+        /// What failed.
+        fault: HostFault,
+    },
+}
+
+/// What the loop needs of an evaluator: the ladder's outcome for a node, or a fault of the
+/// host (then the node gets no outcome).
+pub trait Evaluate: Sync {
+    /// Run the ladder on `node` (`always_promote`: past the screen whatever its ratio).
+    fn evaluate(
+        &self,
+        archive: &Archive,
+        node: &Node,
+        always_promote: bool,
+    ) -> Result<Outcome, HostFault>;
+}
+
+impl Evaluate for Evaluator {
+    fn evaluate(
+        &self,
+        archive: &Archive,
+        node: &Node,
+        always_promote: bool,
+    ) -> Result<Outcome, HostFault> {
+        Evaluator::evaluate(self, archive, node, always_promote)
+    }
 }
 
 /// Events for progress display.
@@ -178,6 +221,9 @@ pub enum Event<'a> {
     /// The held-out ranking measured a node.
     Heldout(&'a Node, f64),
 }
+
+/// An evaluation thread's answer: the node and its outcome, or the host's fault.
+type Done = (Node, Result<Outcome, HostFault>);
 
 struct Job {
     node: Node,
@@ -215,11 +261,13 @@ impl ProposalClock {
 }
 
 /// Run (or resume) a search until a budget is spent, the proposer keeps failing, or `stop` is
-/// set.
+/// set. A fault of the host while evaluating a candidate stops it too, as an error
+/// ([`SearchError::HostFault`]): nothing new starts, what is in flight lands, and the candidate
+/// stays `pending` for `--resume`.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     archive: &mut Archive,
-    evaluator: &Evaluator,
+    evaluator: &dyn Evaluate,
     proposer: Arc<dyn Proposer>,
     seeds: &[NewNode],
     budget: Budget,
@@ -237,7 +285,7 @@ pub fn run(
     let workers = pools.eval_workers.max(1);
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
-    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<(Node, Outcome)>();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let rx = job_rx.clone();
@@ -258,21 +306,19 @@ pub fn run(
                     let o = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         evaluator.evaluate(&reader, &job.node, job.always_promote)
                     }))
-                    .unwrap_or_else(|p| Outcome {
-                        status: Some(Status::Failed),
-                        stage: "host".into(),
-                        verdict: Some(
-                            serde_json::json!({
-                                "verdict": "host_panic",
-                                "message": p
+                    .unwrap_or_else(|p| {
+                        Ok(Outcome {
+                            status: Some(Status::Failed),
+                            stage: Stage::Host,
+                            verdict: Some(Verdict::HostPanic {
+                                message: p
                                     .downcast_ref::<String>()
                                     .cloned()
                                     .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                                     .unwrap_or_default(),
-                            })
-                            .to_string(),
-                        ),
-                        ..Outcome::default()
+                            }),
+                            ..Outcome::default()
+                        })
                     });
                     if done.send((job.node, o)).is_err() {
                         return;
@@ -297,7 +343,7 @@ async fn coordinate(
     stop: &AtomicBool,
     events: &mut dyn FnMut(Event<'_>),
     job_tx: mpsc::Sender<Job>,
-    mut done_rx: tokio::sync::mpsc::UnboundedReceiver<(Node, Outcome)>,
+    mut done_rx: tokio::sync::mpsc::UnboundedReceiver<Done>,
 ) -> Result<Stop, SearchError> {
     let prior: f64 = archive
         .meta(ELAPSED_KEY)?
@@ -318,11 +364,13 @@ async fn coordinate(
     // Counters kept in memory (the archive is read in full only to build a proposal's context).
     let mut proposed = next_index;
     let (mut prompt_tokens, mut completion_tokens) = archive.token_split()?;
-    let mut seeds_pending = queue.iter().filter(|n| n.operator == "seed").count();
+    let mut seeds_pending = queue.iter().filter(|n| n.operator.is_seed()).count();
     let mut failures = 0usize;
     let mut in_eval: std::collections::HashSet<String> = std::collections::HashSet::new();
     // Halted (Ctrl-C, wall time): nothing new starts. Blocked: no new proposal can start now.
     let mut halt: Option<Stop> = None;
+    // A fault of the host in an evaluation: the run halts, then ends with it.
+    let mut fault: Option<SearchError> = None;
     let mut halted_at = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -343,7 +391,7 @@ async fn coordinate(
         // is evaluated before every seed is, so proposers see the baselines' results).
         while halt.is_none() && evaluating < workers {
             let Some(front) = queue.front() else { break };
-            if front.operator != "seed" && seeds_pending > 0 {
+            if !front.operator.is_seed() && seeds_pending > 0 {
                 break;
             }
             // The same source is being evaluated: wait for it (then the cache answers).
@@ -352,7 +400,7 @@ async fn coordinate(
             }
             let node = queue.pop_front().expect("front exists");
             in_eval.insert(node.source_hash.clone());
-            let always_promote = node.operator == "seed";
+            let always_promote = node.operator.is_seed();
             job_tx
                 .send(Job {
                     node,
@@ -407,7 +455,10 @@ async fn coordinate(
             };
             if let Some(r) = done {
                 archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
-                return Ok(r);
+                return match fault {
+                    Some(e) => Err(e),
+                    None => Ok(r),
+                };
             }
         }
         tokio::select! {
@@ -422,7 +473,7 @@ async fn coordinate(
                         if let Some(t) = began {
                             clock.record(t.elapsed().as_secs_f64());
                         }
-                        let id = archive.record(&p.node, p.failure.as_deref(), &p.calls)?;
+                        let id = archive.record(&p.node, p.failure.as_ref(), &p.calls)?;
                         proposed += 1;
                         for c in &p.calls {
                             prompt_tokens = prompt_tokens.saturating_add(c.prompt_tokens);
@@ -455,13 +506,26 @@ async fn coordinate(
                 }
             }
             done = done_rx.recv(), if evaluating > 0 => {
-                let Some((node, o)) = done else {
+                let Some((node, result)) = done else {
                     return Err(SearchError::Runtime("every evaluation thread died".into()));
                 };
                 evaluating -= 1;
                 in_eval.remove(&node.source_hash);
+                let o = match result {
+                    Ok(o) => o,
+                    Err(f) => {
+                        // Not the candidate's verdict: nothing is recorded for it (it stays
+                        // pending). Nothing new starts; the run ends with the fault.
+                        halt.get_or_insert(Stop::Interrupted);
+                        fault.get_or_insert(SearchError::HostFault {
+                            node: node.id,
+                            fault: f,
+                        });
+                        continue;
+                    }
+                };
                 archive.finish(node.id, &o)?;
-                if node.operator == "seed" {
+                if node.operator.is_seed() {
                     seeds_pending = seeds_pending.saturating_sub(1);
                 }
                 archive.set_meta(ELAPSED_KEY, &format!("{:.3}", elapsed()))?;
@@ -493,7 +557,7 @@ pub fn rank_heldout(
     best.truncate(top);
     // Always include the seeds (the baselines) so the table compares against them.
     for n in archive.nodes()? {
-        if n.operator == "seed"
+        if n.operator.is_seed()
             && n.status == Status::Evaluated
             && !best.iter().any(|b| b.id == n.id)
         {
@@ -504,21 +568,27 @@ pub fn rank_heldout(
         if n.heldout.is_some() {
             continue;
         }
-        if let Ok(level) = evaluator.heldout(&n.code) {
-            let ratio = level.combined.ratio();
-            let mut detail: super::cascade::Detail = n
-                .detail
-                .as_deref()
-                .and_then(|d| serde_json::from_str(d).ok())
-                .unwrap_or_default();
-            detail.heldout = Some(level);
-            let text = serde_json::to_string(&detail).unwrap_or_default();
-            archive.set_heldout(n.id, ratio)?;
-            archive.set_detail(n.id, &text)?;
-            n.heldout = Some(ratio);
-            n.detail = Some(text);
-            events(Event::Heldout(n, ratio));
-        }
+        let level = match evaluator.heldout(&n.code) {
+            Ok(level) => level,
+            // The candidate failed on the held-out windows: it stays unranked.
+            Err(EvalError::Guest(_)) => continue,
+            Err(EvalError::Host(fault)) => {
+                return Err(SearchError::HeldoutFault { node: n.id, fault })
+            }
+        };
+        let ratio = level.combined.ratio();
+        let mut detail: super::cascade::Detail = n
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or_default();
+        detail.heldout = Some(level);
+        let text = serde_json::to_string(&detail).unwrap_or_default();
+        archive.set_heldout(n.id, ratio)?;
+        archive.set_detail(n.id, &text)?;
+        n.heldout = Some(ratio);
+        n.detail = Some(text);
+        events(Event::Heldout(n, ratio));
     }
     best.sort_by(|a, b| {
         a.heldout
@@ -526,4 +596,99 @@ pub fn rank_heldout(
             .total_cmp(&b.heldout.unwrap_or(f64::MAX))
     });
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::archive::{Operator, ProposerName};
+
+    /// Evaluates every node at once, except that the host fails on the node whose code is
+    /// `fault`.
+    struct Fake {
+        fault: Option<&'static str>,
+    }
+
+    impl Evaluate for Fake {
+        fn evaluate(&self, _: &Archive, node: &Node, _: bool) -> Result<Outcome, HostFault> {
+            if self.fault == Some(node.code.as_str()) {
+                return Err(HostFault::PoisonedLock);
+            }
+            Ok(Outcome {
+                status: Some(Status::Evaluated),
+                stage: Stage::Sequential,
+                fitness: Some(1.0),
+                ..Outcome::default()
+            })
+        }
+    }
+
+    /// Never asked (the candidate budget is 0: only the seeds are evaluated).
+    struct Never;
+
+    impl Proposer for Never {
+        fn name(&self) -> String {
+            "never".into()
+        }
+
+        fn propose(&self, _: Context) -> ProposalFuture {
+            Box::pin(async { anyhow::bail!("not asked") })
+        }
+    }
+
+    #[test]
+    fn a_host_fault_stops_the_run_and_leaves_the_candidate_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut archive = Archive::open(&dir.path().join("a.sqlite")).unwrap();
+        let seeds: Vec<NewNode> = ["a", "b", "c"]
+            .map(|code| NewNode {
+                proposer: ProposerName::Seed,
+                operator: Operator::Seed,
+                code: code.into(),
+                ..NewNode::default()
+            })
+            .to_vec();
+        let budget = Budget {
+            candidates: 0,
+            ..Budget::default()
+        };
+        let stop = AtomicBool::new(false);
+        let go = |archive: &mut Archive, ev: &Fake| {
+            run(
+                archive,
+                ev,
+                Arc::new(Never),
+                &seeds,
+                budget,
+                Pools::default(),
+                &stop,
+                &mut |_| {},
+            )
+        };
+        let e = go(&mut archive, &Fake { fault: Some("b") }).unwrap_err();
+        match &e {
+            SearchError::HostFault { node, fault } => {
+                assert_eq!((*node, fault), (2, &HostFault::PoisonedLock))
+            }
+            e => panic!("{e}"),
+        }
+        assert!(e.to_string().contains("left pending"), "{e}");
+        // The first seed was evaluated; the one the host failed on is pending (no stage, no
+        // verdict), and nothing started after the fault.
+        let nodes = archive.nodes().unwrap();
+        let status: Vec<Status> = nodes.iter().map(|n| n.status).collect();
+        assert_eq!(
+            status,
+            [Status::Evaluated, Status::Pending, Status::Pending]
+        );
+        assert_eq!((&nodes[1].stage, &nodes[1].verdict), (&None, &None));
+        // `--resume` evaluates it again.
+        let why = go(&mut archive, &Fake { fault: None }).unwrap();
+        assert_eq!(why, Stop::Candidates);
+        let nodes = archive.nodes().unwrap();
+        assert!(
+            nodes.iter().all(|n| n.status == Status::Evaluated),
+            "{nodes:?}"
+        );
+    }
 }

@@ -16,17 +16,17 @@ impl Evaluator {
     }
 
     /// Hash of the candidate's masks on the probe layers under every setting.
-    pub fn probe_hash(&self, plugin: &Plugin) -> Result<String, Failure> {
+    pub fn probe_hash(&self, plugin: &Plugin) -> Result<String, EvalError> {
         let mut all = String::new();
         let extras = self.dense_extras(plugin)?;
         for p in &self.probes {
             let block = extras.and_then(|e| e.get(p.block));
-            let stats = self
-                .dense
-                .get(p.block, p.id.kind)
-                .ok_or(Failure::Rejected {
-                    reason: "host bug: no probe statistics".into(),
-                })?;
+            let stats =
+                self.dense
+                    .get(p.block, p.id.kind)
+                    .ok_or_else(|| HostFault::MissingStatistics {
+                        layer: p.id.to_string(),
+                    })?;
             let data = LayerData {
                 id: p.id,
                 rows: p.rows,
@@ -75,7 +75,7 @@ impl Evaluator {
 
     /// Prune a copy of the dense model with `plugin` under setting `i` as `level` does, and
     /// return the per-window mean NLLs on the level's windows.
-    pub fn losses(&self, plugin: &Plugin, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
+    pub fn losses(&self, plugin: &Plugin, i: usize, level: Level) -> Result<Vec<f64>, EvalError> {
         let windows = self.windows(level);
         let prune = match level {
             Level::Screen => Pruning::OneShot,
@@ -93,7 +93,7 @@ impl Evaluator {
         i: usize,
         prune: Pruning<'_>,
         sets: &[&[&[u32]]],
-    ) -> Result<Measurement, Failure> {
+    ) -> Result<Measurement, EvalError> {
         let t = Instant::now();
         let mut model = self.data.model.clone();
         let cfg = self.prune_cfg(i);
@@ -129,9 +129,7 @@ impl Evaluator {
         for w in sets {
             let t = Instant::now();
             out.losses
-                .push(window_nlls(&model, w, 2).map_err(|e| Failure::Rejected {
-                    reason: format!("evaluation failed: {e}"),
-                })?);
+                .push(window_nlls(&model, w, 2).map_err(|e| HostFault::Evaluation(e.to_string()))?);
             out.eval_seconds.push(t.elapsed().as_secs_f64());
         }
         Ok(out)
@@ -139,11 +137,9 @@ impl Evaluator {
 
     /// Wanda's losses of setting `i` at `level` (the held-out ones are computed at the first
     /// call).
-    pub fn reference_losses(&self, i: usize, level: Level) -> Result<Vec<f64>, Failure> {
+    pub fn reference_losses(&self, i: usize, level: Level) -> Result<Vec<f64>, EvalError> {
         let have = {
-            let r = self.reference.lock().map_err(|_| Failure::Rejected {
-                reason: "host bug: reference lock poisoned".into(),
-            })?;
+            let r = self.reference.lock().map_err(|_| HostFault::PoisonedLock)?;
             match level {
                 Level::Screen => r.screen.get(i).cloned(),
                 Level::Sequential => r.sequential.get(i).cloned(),
@@ -153,20 +149,24 @@ impl Evaluator {
         if let Some(l) = have {
             return Ok(l);
         }
-        // Only the held-out losses are computed lazily (at the first final ranking).
-        let wanda = self.wanda()?;
+        // Only the held-out losses are computed lazily (at the first final ranking). Wanda
+        // failing is not the candidate's doing.
+        let reference = |e: &dyn std::fmt::Display| HostFault::Reference(e.to_string());
+        let wanda = self.wanda().map_err(|f| reference(&f))?;
         let all: Vec<Vec<f64>> = (0..self.cfg.objective.settings.len())
             .map(|j| self.losses(&wanda, j, Level::Heldout))
-            .collect::<Result<_, _>>()?;
-        let mut r = self.reference.lock().map_err(|_| Failure::Rejected {
-            reason: "host bug: reference lock poisoned".into(),
-        })?;
+            .collect::<Result<_, _>>()
+            .map_err(|e| match e {
+                EvalError::Guest(f) => reference(&f).into(),
+                host => host,
+            })?;
+        let mut r = self.reference.lock().map_err(|_| HostFault::PoisonedLock)?;
         r.heldout = Some(all.clone());
         Ok(all[i].clone())
     }
 
     /// Measure `plugin` at `level` under every setting, paired with Wanda.
-    pub fn measure(&self, plugin: &Plugin, level: Level) -> Result<LevelResult, Failure> {
+    pub fn measure(&self, plugin: &Plugin, level: Level) -> Result<LevelResult, EvalError> {
         let t = Instant::now();
         let n = self.cfg.objective.settings.len();
         let mut settings = Vec::with_capacity(n);

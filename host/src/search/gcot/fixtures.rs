@@ -2,33 +2,34 @@
 //! prompt.
 
 use super::*;
-use crate::search::archive::{Edge, Node, Status};
+use crate::search::archive::{Edge, Node, Operator, ProposerName, Stage, Status, Verdict};
 
 pub(super) fn node(id: i64, op: &str, status: Status, fitness: Option<f64>) -> Node {
+    let operator = Operator::from(op);
     Node {
         id,
         created: 0.0,
-        proposer: if op == "seed" {
-            "seed".into()
+        proposer: if operator.is_seed() {
+            ProposerName::Seed
         } else {
-            "llm:m".into()
+            ProposerName::Llm("m".into())
         },
-        operator: op.into(),
+        operator,
         thought: format!("idea {id}"),
         code: format!("// code {id}\nexport_metric!(M{id});"),
         source_hash: format!("h{id}"),
         expr: None,
         status,
-        stage: Some(
-            if status == Status::Failed {
-                "build"
-            } else {
-                "full"
-            }
-            .into(),
-        ),
-        verdict: (status == Status::Failed)
-            .then(|| r#"{"verdict":"build_failed","diagnostics":"error[E0425]"}"#.into()),
+        stage: Some(if status == Status::Failed {
+            Stage::Build
+        } else {
+            Stage::Other("full".into())
+        }),
+        verdict: (status == Status::Failed).then(|| {
+            Verdict::Guest(crate::sandbox::Failure::Compile {
+                diagnostics: "error[E0425]".into(),
+            })
+        }),
         mask_hash: Some(format!("m{id}")),
         duplicate_of: None,
         proxy: fitness.map(|f| f * 1.5),
@@ -52,7 +53,7 @@ pub(super) fn edge(child: i64, parent: i64, op: &str) -> Edge {
 /// The user message of a `mutate #3` proposal over this graph.
 pub(super) fn mutate_3_prompt(nodes: &[Node], edges: &[Edge]) -> String {
     let plan = Plan {
-        operator: "mutate",
+        operator: Operator::Mutate,
         parents: vec![3],
     };
     let settings = PromptSettings {

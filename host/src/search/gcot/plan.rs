@@ -1,7 +1,7 @@
 //! Choosing a proposal's derivation from the graph of attempts: the operator and its parents, drawn
 //! apart from the plans in flight.
 
-use crate::search::archive::{Edge, Node, Status};
+use crate::search::archive::{Edge, Node, Operator, Status};
 use crate::search::gp::Rng;
 use std::collections::HashSet;
 
@@ -9,7 +9,7 @@ use std::collections::HashSet;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// `new`, `mutate`, `crossover` or `repair`.
-    pub operator: &'static str,
+    pub operator: Operator,
     /// Parents (one for mutate/repair, two for crossover).
     pub parents: Vec<i64>,
 }
@@ -27,7 +27,7 @@ pub fn plan(nodes: &[Node], edges: &[Edge], proposer: &str, rng: &mut Rng) -> Pl
     // Repair: this proposer's most recent failure with code that has no repair child yet.
     let repaired: HashSet<i64> = edges
         .iter()
-        .filter(|e| e.operator == "repair")
+        .filter(|e| e.operator == Operator::Repair)
         .map(|e| e.parent)
         .collect();
     let broken = nodes.iter().rev().find(|n| {
@@ -39,14 +39,14 @@ pub fn plan(nodes: &[Node], edges: &[Edge], proposer: &str, rng: &mut Rng) -> Pl
     if let Some(b) = broken {
         if rng.chance(0.35) {
             return Plan {
-                operator: "repair",
+                operator: Operator::Repair,
                 parents: vec![b.id],
             };
         }
     }
     if evaluated.is_empty() || rng.chance(0.1) {
         return Plan {
-            operator: "new",
+            operator: Operator::New,
             parents: Vec::new(),
         };
     }
@@ -71,13 +71,13 @@ pub fn plan(nodes: &[Node], edges: &[Edge], proposer: &str, rng: &mut Rng) -> Pl
         if !others.is_empty() {
             let b = others[rng.below(others.len())];
             return Plan {
-                operator: "crossover",
+                operator: Operator::Crossover,
                 parents: vec![a.id, b.id],
             };
         }
     }
     Plan {
-        operator: "mutate",
+        operator: Operator::Mutate,
         parents: vec![a.id],
     }
 }
@@ -115,14 +115,14 @@ mod tests {
         for i in 0..200 {
             let p = plan(&nodes, &edges, "llm:m", &mut Rng::new(i));
             assert_eq!(p, plan(&nodes, &edges, "llm:m", &mut Rng::new(i)));
-            match p.operator {
-                "repair" => assert_eq!(p.parents, vec![4]),
-                "mutate" => assert_eq!(p.parents.len(), 1),
-                "crossover" => {
+            match &p.operator {
+                Operator::Repair => assert_eq!(p.parents, vec![4]),
+                Operator::Mutate => assert_eq!(p.parents.len(), 1),
+                Operator::Crossover => {
                     assert_eq!(p.parents.len(), 2);
                     assert_ne!(p.parents[0], p.parents[1]);
                 }
-                "new" => assert!(p.parents.is_empty()),
+                Operator::New => assert!(p.parents.is_empty()),
                 o => panic!("{o}"),
             }
             ops.insert(p.operator);
@@ -134,11 +134,11 @@ mod tests {
         for i in 0..100 {
             assert_ne!(
                 plan(&nodes, &e2, "llm:m", &mut Rng::new(i)).operator,
-                "repair"
+                Operator::Repair
             );
             assert_ne!(
                 plan(&nodes, &edges, "llm:other", &mut Rng::new(i)).operator,
-                "repair"
+                Operator::Repair
             );
         }
     }

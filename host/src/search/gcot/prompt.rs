@@ -3,7 +3,7 @@
 
 use super::plan::{fitness, Plan};
 use super::templates::{fill, Templates};
-use crate::search::archive::{Edge, NewNode, Node, Status};
+use crate::search::archive::{Edge, NewNode, Node, Operator, ProposerName, Stage, Status, Verdict};
 use crate::search::llm::{excerpt, Message};
 use std::collections::{HashMap, HashSet};
 
@@ -16,8 +16,8 @@ fn in_flight_section(in_flight: &[Plan]) -> String {
         .iter()
         .map(|p| {
             let ids: Vec<String> = p.parents.iter().map(|i| format!("#{i}")).collect();
-            match p.operator {
-                "new" => "- a new metric".to_string(),
+            match &p.operator {
+                Operator::New => "- a new metric".to_string(),
                 op => format!("- {op} of {}", ids.join(" and ")),
             }
         })
@@ -63,8 +63,8 @@ fn describe(n: &Node, parent: Option<&Node>) -> String {
         ),
         Status::Failed => format!(
             "failed at {}: {}",
-            n.stage.as_deref().unwrap_or("?"),
-            excerpt(n.verdict.as_deref().unwrap_or("?"), 600)
+            n.stage.as_ref().map_or("?", Stage::as_str),
+            excerpt(&verdict_text(n), 600)
         ),
         Status::Pending => "not evaluated yet".into(),
     };
@@ -117,12 +117,12 @@ fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
     for (d, e) in deltas.iter().rev().filter(|(d, _)| *d > 0.0).take(2) {
         out.push(format!("- hurt: {}", step(*d, e)));
     }
-    let mut stages: Vec<(String, usize, &Node)> = Vec::new();
+    let mut stages: Vec<(&str, usize, &Node)> = Vec::new();
     for n in nodes
         .iter()
         .filter(|n| n.status == Status::Failed && !endpoint_failure(n))
     {
-        let s = n.stage.clone().unwrap_or_default();
+        let s = n.stage.as_ref().map_or("", Stage::as_str);
         match stages.iter_mut().find(|(k, _, _)| *k == s) {
             Some(e) => {
                 e.1 += 1;
@@ -135,7 +135,7 @@ fn lesson_lines(nodes: &[Node], edges: &[Edge]) -> Vec<String> {
         out.push(format!(
             "- {count} failed at {stage}; latest (#{}): {}",
             last.id,
-            excerpt(last.verdict.as_deref().unwrap_or("?"), 240)
+            excerpt(&verdict_text(last), 240)
         ));
     }
     let dups = nodes
@@ -217,8 +217,8 @@ pub fn seeds(gradient: bool) -> Vec<NewNode> {
     .into_iter()
     .filter(|(src, _)| gradient || !src.contains("needs_gradient()"))
     .map(|(src, thought)| NewNode {
-        proposer: "seed".into(),
-        operator: "seed".into(),
+        proposer: ProposerName::Seed,
+        operator: Operator::Seed,
         thought: thought.into(),
         code: format!("{}\n", strip_tests(src)),
         ..NewNode::default()
@@ -226,25 +226,35 @@ pub fn seeds(gradient: bool) -> Vec<NewNode> {
     .collect()
 }
 
+/// A node's verdict as the prompt shows it: its JSON (`?` when it has none).
+fn verdict_text(n: &Node) -> String {
+    n.verdict.as_ref().map_or("?".into(), Verdict::to_json)
+}
+
 /// A proposal that failed at the endpoint (HTTP status, timeout, connection): nothing the model
 /// wrote, so it is left out of prompts (malformed answers stay: the model should learn from them).
 pub(crate) fn endpoint_failure(n: &Node) -> bool {
     n.status == Status::Failed
-        && n.stage.as_deref() == Some("propose")
-        && n.verdict.as_deref().is_some_and(|v| {
-            [
-                "\"http_status\"",
-                "\"timeout\"",
-                "\"connection\"",
-                "\"retry_after_too_long\"",
-                "\"idle_timeout\"",
-                "\"stream_error\"",
-                "\"response_too_large\"",
-                // Archives written before streamed and whole bodies shared one cap.
-                "\"too_large\"",
-            ]
-            .iter()
-            .any(|k| v.contains(k))
+        && n.stage == Some(Stage::Propose)
+        && n.verdict.as_ref().is_some_and(|v| match v {
+            Verdict::Call(c) => c.is_endpoint_failure(),
+            // A verdict this version does not type (e.g. `too_large`, from archives written
+            // before streamed and whole bodies shared one cap): its text, read as before.
+            other => {
+                let text = other.to_json();
+                [
+                    "\"http_status\"",
+                    "\"timeout\"",
+                    "\"connection\"",
+                    "\"retry_after_too_long\"",
+                    "\"idle_timeout\"",
+                    "\"stream_error\"",
+                    "\"response_too_large\"",
+                    "\"too_large\"",
+                ]
+                .iter()
+                .any(|k| text.contains(k))
+            }
         })
 }
 
@@ -298,13 +308,13 @@ pub fn build_messages(
     let baselines = section(
         nodes
             .iter()
-            .filter(|n| n.operator == "seed")
+            .filter(|n| n.operator.is_seed())
             .map(|n| describe(n, None))
             .collect(),
     );
     let mut ranked: Vec<&Node> = nodes
         .iter()
-        .filter(|n| fitness(n).is_some() && n.operator != "seed")
+        .filter(|n| fitness(n).is_some() && !n.operator.is_seed())
         .collect();
     ranked.sort_by(|a, b| {
         fitness(a)
@@ -320,7 +330,7 @@ pub fn build_messages(
         .iter()
         .filter(|n| {
             !best_ids.contains(&n.id)
-                && n.operator != "seed"
+                && !n.operator.is_seed()
                 && matches!(n.status, Status::Evaluated | Status::Screened)
         })
         .filter(|n| n.mask_hash.as_deref().is_none_or(|m| seen_masks.insert(m)))
@@ -391,7 +401,7 @@ pub fn build_messages(
             // A new idea still sees the best code so far.
             if let Some(b) = best
                 .first()
-                .or(nodes.iter().find(|n| n.operator == "seed").as_ref())
+                .or(nodes.iter().find(|n| n.operator.is_seed()).as_ref())
             {
                 out.extend(
                     code_of(&b.id, max_chars).map(|c| format!("(for reference, not to copy) {c}")),
@@ -482,19 +492,19 @@ mod tests {
         let t = Templates::builtin();
         for plan in [
             Plan {
-                operator: "new",
+                operator: Operator::New,
                 parents: vec![],
             },
             Plan {
-                operator: "mutate",
+                operator: Operator::Mutate,
                 parents: vec![3],
             },
             Plan {
-                operator: "crossover",
+                operator: Operator::Crossover,
                 parents: vec![3, 5],
             },
             Plan {
-                operator: "repair",
+                operator: Operator::Repair,
                 parents: vec![4],
             },
         ] {
@@ -549,8 +559,11 @@ mod tests {
     fn endpoint_failures_stay_out_of_the_prompt() {
         let (mut nodes, mut edges) = graph();
         let mut n = node(6, "mutate", Status::Failed, None);
-        n.stage = Some("propose".into());
-        n.verdict = Some(r#"{"verdict":"http_status","status":503,"excerpt":"busy"}"#.into());
+        n.stage = Some(Stage::Propose);
+        n.verdict = Some(Verdict::Call(crate::search::llm::CallVerdict::HttpStatus {
+            status: 503,
+            excerpt: "busy".into(),
+        }));
         n.code = String::new();
         nodes.push(n);
         edges.push(edge(6, 3, "mutate"));
@@ -559,9 +572,13 @@ mod tests {
         assert!(u.contains("E0425"));
         // A capped body, streamed or not, is the endpoint's failure too.
         let mut big = node(7, "mutate", Status::Failed, None);
-        big.stage = Some("propose".into());
-        big.verdict =
-            Some(crate::search::llm::CallVerdict::ResponseTooLarge { limit: 8 << 20 }.to_json());
+        big.stage = Some(Stage::Propose);
+        big.verdict = Some(Verdict::Call(
+            crate::search::llm::CallVerdict::ResponseTooLarge { limit: 8 << 20 },
+        ));
+        assert!(endpoint_failure(&big), "{:?}", big.verdict);
+        // An older archive's capped body, read as text.
+        big.verdict = Some(Verdict::from_json(r#"{"verdict":"too_large","limit":8}"#));
         assert!(endpoint_failure(&big), "{:?}", big.verdict);
     }
 
@@ -599,10 +616,9 @@ mod tests {
             n.thought = "a very long idea ".repeat(40);
             n.code = long_code.clone();
             if status == Status::Failed {
-                n.verdict = Some(format!(
-                    "{{\"verdict\":\"compile\",\"diagnostics\":\"{}\"}}",
-                    "error[E0308]: mismatched types ".repeat(40)
-                ));
+                n.verdict = Some(Verdict::Guest(crate::sandbox::Failure::Compile {
+                    diagnostics: "error[E0308]: mismatched types ".repeat(40),
+                }));
             }
             nodes.push(n);
             edges.push(edge(
@@ -617,19 +633,19 @@ mod tests {
         };
         for plan in [
             Plan {
-                operator: "mutate",
+                operator: Operator::Mutate,
                 parents: vec![19],
             },
             Plan {
-                operator: "crossover",
+                operator: Operator::Crossover,
                 parents: vec![18, 30],
             },
             Plan {
-                operator: "repair",
+                operator: Operator::Repair,
                 parents: vec![16],
             },
             Plan {
-                operator: "new",
+                operator: Operator::New,
                 parents: vec![],
             },
         ] {

@@ -2,7 +2,7 @@
 //! tracked until their requests end.
 
 use super::*;
-use crate::search::archive::NewNode;
+use crate::search::archive::{NewNode, Verdict};
 use crate::search::gp::Rng;
 use crate::search::llm::{excerpt, parse_response, LlmClient, Message};
 use crate::search::run::{Context, Proposal, ProposalFuture, Proposer};
@@ -99,8 +99,8 @@ impl Proposer for LlmProposer {
             drop(guard);
             let tokens = outcome.tokens();
             let mut node = NewNode {
-                proposer: name.clone(),
-                operator: plan.operator.into(),
+                proposer: name.as_str().into(),
+                operator: plan.operator.clone(),
                 thought: String::new(),
                 code: String::new(),
                 expr: None,
@@ -116,12 +116,12 @@ impl Proposer for LlmProposer {
                     }
                     Err(v) => {
                         node.thought = format!("(malformed response) {}", excerpt(&c.content, 400));
-                        Some(v.to_json())
+                        Some(Verdict::Call(v))
                     }
                 },
                 Err(v) => {
                     node.thought = format!("(no response) {v}");
-                    Some(v.to_json())
+                    Some(Verdict::Call(v.clone()))
                 }
             };
             let rationale = if node.thought.is_empty() {
@@ -136,7 +136,7 @@ impl Proposer for LlmProposer {
                 .collect();
             let mut calls = outcome.attempts;
             for c in &mut calls {
-                c.proposer = name.clone();
+                c.proposer = name.as_str().into();
             }
             Ok(Proposal {
                 node,
@@ -150,6 +150,7 @@ impl Proposer for LlmProposer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::archive::Operator;
     use crate::search::gcot::fixtures::*;
 
     #[test]
@@ -175,8 +176,8 @@ mod tests {
         assert_ne!(m0[1].content, m1[1].content);
         let marker = "Being written right now by other requests";
         assert!(!m0[1].content.contains(marker));
-        let listed = match p0.operator {
-            "new" => "- a new metric".to_string(),
+        let listed = match &p0.operator {
+            Operator::New => "- a new metric".to_string(),
             op => format!(
                 "- {op} of {}",
                 p0.parents

@@ -236,7 +236,7 @@ impl LlmClient {
         prompt_estimate: u64,
     ) -> (Call, Result<Completion, CallVerdict>, Option<f64>) {
         let mut call = Call {
-            proposer: format!("llm:{}", self.cfg.model),
+            proposer: crate::search::archive::ProposerName::Llm(self.cfg.model.clone()),
             prompt: prompt.to_string(),
             ..Call::default()
         };

@@ -82,6 +82,41 @@ impl CallVerdict {
         serde_json::to_string(self).unwrap_or_else(|_| format!("{{\"verdict\":\"{self}\"}}"))
     }
 
+    /// The kind, as the JSON's `verdict` field names it (`http_status`, `no_code`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallVerdict::HttpStatus { .. } => "http_status",
+            CallVerdict::Timeout { .. } => "timeout",
+            CallVerdict::IdleTimeout { .. } => "idle_timeout",
+            CallVerdict::StreamError { .. } => "stream_error",
+            CallVerdict::Connection { .. } => "connection",
+            CallVerdict::MalformedJson { .. } => "malformed_json",
+            CallVerdict::EmptyChoices => "empty_choices",
+            CallVerdict::EmptyContent => "empty_content",
+            CallVerdict::NoCode { .. } => "no_code",
+            CallVerdict::ResponseTooLarge { .. } => "response_too_large",
+            CallVerdict::RetryAfterTooLong { .. } => "retry_after_too_long",
+        }
+    }
+
+    /// Whether the endpoint failed (no answer, or an answer cut short by the endpoint or the
+    /// host's cap), as opposed to an answer the model wrote that held no usable code.
+    pub fn is_endpoint_failure(&self) -> bool {
+        match self {
+            CallVerdict::HttpStatus { .. }
+            | CallVerdict::Timeout { .. }
+            | CallVerdict::IdleTimeout { .. }
+            | CallVerdict::StreamError { .. }
+            | CallVerdict::Connection { .. }
+            | CallVerdict::ResponseTooLarge { .. }
+            | CallVerdict::RetryAfterTooLong { .. } => true,
+            CallVerdict::MalformedJson { .. }
+            | CallVerdict::EmptyChoices
+            | CallVerdict::EmptyContent
+            | CallVerdict::NoCode { .. } => false,
+        }
+    }
+
     /// Whether another attempt may succeed.
     pub(super) fn retryable(&self) -> bool {
         match self {
@@ -110,5 +145,42 @@ mod tests {
         assert!(!http(400).retryable() && !http(401).retryable());
         assert!(!CallVerdict::EmptyChoices.retryable());
         assert!(CallVerdict::Timeout { seconds: 1.0 }.retryable());
+    }
+
+    #[test]
+    fn the_kind_is_the_json_tag() {
+        let all = [
+            CallVerdict::HttpStatus {
+                status: 500,
+                excerpt: String::new(),
+            },
+            CallVerdict::Timeout { seconds: 1.0 },
+            CallVerdict::IdleTimeout {
+                seconds: 1.0,
+                received: 3,
+            },
+            CallVerdict::StreamError {
+                excerpt: String::new(),
+            },
+            CallVerdict::Connection {
+                message: String::new(),
+            },
+            CallVerdict::MalformedJson {
+                message: String::new(),
+                excerpt: String::new(),
+            },
+            CallVerdict::EmptyChoices,
+            CallVerdict::EmptyContent,
+            CallVerdict::NoCode { truncated: false },
+            CallVerdict::ResponseTooLarge { limit: 1 },
+            CallVerdict::RetryAfterTooLong {
+                seconds: 1.0,
+                max: 0.5,
+            },
+        ];
+        for v in all {
+            let json: serde_json::Value = serde_json::from_str(&v.to_json()).unwrap();
+            assert_eq!(json["verdict"], v.kind());
+        }
     }
 }
