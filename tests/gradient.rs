@@ -7,7 +7,7 @@ mod common;
 use autoprune::calib::gradient::{self, GradientError, GRADIENT_SCALE};
 use autoprune::calib::{window_offsets, windows, Sampler};
 use autoprune::layer::{ChannelStats, LayerData, LayerId, LayerKind};
-use autoprune::model::{Arch, Model, ModelConfig};
+use autoprune::model::{diff, Arch, Model, ModelConfig};
 use autoprune::pipeline::{
     prune_model, prune_model_with_gradients, prune_model_with_progress, Method, Progress,
     PruneConfig,
@@ -61,7 +61,7 @@ fn differentiable_forward_equals_model_forward() {
         let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
         assert!(scale > 1.0, "{arch:?}: logits of size {scale}");
         for dtype in [DType::F32, DType::F64] {
-            let got = gradient::forward(&model, &ids, dtype).unwrap();
+            let got = diff::forward(&model, &ids, dtype).unwrap();
             assert_eq!(got.dims(), want.dims());
             let d = max_abs_diff(&got, &want);
             println!("{arch:?} {dtype:?}: max |Δlogit| = {d:.2e} (logits up to {scale:.1})");
@@ -82,9 +82,9 @@ fn gradients_equal_finite_differences() {
         let model = Model::random(&cfg, 3, &Device::Cpu).unwrap();
         let toks = tokens(400, cfg.vocab_size as u32);
         let window = &toks[100..120];
-        let wg = gradient::window_gradient(&model, window, DType::F64).unwrap();
+        let wg = diff::window_gradient(&model, window, DType::F64).unwrap();
         let mut worst = 0f64;
-        let l0 = gradient::lm_loss(&model, window, DType::F64).unwrap();
+        let l0 = diff::lm_loss(&model, window, DType::F64).unwrap();
         assert!((wg.loss - l0).abs() < 1e-12, "{} vs {l0}", wg.loss);
         for (n, kind) in LayerKind::BLOCK.into_iter().enumerate() {
             for block in 0..cfg.num_layers {
@@ -105,7 +105,7 @@ fn gradients_equal_finite_differences() {
                         ww[i] = v;
                         let t = Tensor::from_vec(ww, (rows, cols), &Device::Cpu).unwrap();
                         m.blocks[block].set_weight(kind, t).unwrap();
-                        gradient::lm_loss(&m, window, DType::F64).unwrap()
+                        diff::lm_loss(&m, window, DType::F64).unwrap()
                     };
                     let (wp, wm) = (w[i] + h, w[i] - h);
                     let fd = (loss_at(wp) - loss_at(wm)) / (f64::from(wp) - f64::from(wm));
@@ -144,7 +144,7 @@ fn statistic_accumulates_windows_as_documented() {
     assert_eq!(stat.num_blocks(), cfg.num_layers);
     let per: Vec<_> = wins
         .iter()
-        .map(|w| gradient::window_gradient(&model, w, DType::F64).unwrap())
+        .map(|w| diff::window_gradient(&model, w, DType::F64).unwrap())
         .collect();
     let mean_loss = per.iter().map(|p| p.loss).sum::<f64>() / 2.0;
     assert!(
@@ -420,13 +420,13 @@ fn real_model_one_window() {
         .forward(&model.ids_tensor(&[&window[..128]]).unwrap())
         .unwrap();
     let fast = t.elapsed().as_secs_f64();
-    let diff = gradient::forward(
+    let diff_logits = diff::forward(
         &model,
         &model.ids_tensor(&[&window[..128]]).unwrap(),
         DType::F32,
     )
     .unwrap();
-    let d = max_abs_diff(&logits, &diff);
+    let d = max_abs_diff(&logits, &diff_logits);
     println!("128 tokens: max |Δlogit| = {d:.2e}; fast forward {fast:.2} s");
     assert!(d < 1e-3, "{d}");
     let stat = gradient::compute(&model, &[window], &mut |_, _| ControlFlow::Continue(())).unwrap();

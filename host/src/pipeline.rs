@@ -3,13 +3,14 @@
 
 use crate::alloc::summary::SummaryError;
 use crate::calib::gradient::{self, GradientError, Gradients};
+use crate::calib::hessian::HessianFactor;
 use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::input_slot;
 use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
 use crate::layer::{LayerData, LayerId, LayerKind};
 use crate::model::{Model, ModelError};
 use crate::prune::mask::{Mask, MaskError, Pattern};
-use crate::prune::sparsegpt::{prune_with_factor, HessianFactor, SparseGptConfig};
+use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::sandbox::{Failure, InvalidOutput, Plugin};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

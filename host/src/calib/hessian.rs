@@ -1,5 +1,7 @@
-//! The optional inputs a layer's input Hessian gives (WIT 0.2.0): the diagonal of its damped
-//! inverse, and the statistics of the dense layer output per row.
+//! SparseGPT's input Hessian of a layer ([`HessianAccumulator`], accumulated by the statistics
+//! pass with the other input statistics), its factorisation ([`HessianFactor`], f64 linear
+//! algebra in `linalg`), and the optional inputs it gives (WIT 0.2.0): the diagonal of its
+//! damped inverse, and the statistics of the dense layer output per row.
 //!
 //! Both come from the SparseGPT Hessian the statistics pass accumulates
 //! ([`HessianAccumulator`], `H_sg = (2/windows)·XᵀX` in f64) and need no extra forward:
@@ -11,10 +13,19 @@
 //! - `l2_i = sqrt(w_iᵀ (XᵀX) w_i)`, `mean_i = w_i·(Σx/tokens)`,
 //!   `variance_i = max(0, l2_i²/tokens − mean_i²)`, all in f64.
 
+mod accumulator;
+mod factor;
+#[cfg(test)]
+mod factor_tests;
+mod linalg;
+
+pub use accumulator::HessianAccumulator;
+pub use factor::HessianFactor;
+pub use linalg::LinalgError;
+
 use super::{input_slot, BlockInputs};
 use crate::layer::{ChannelStats, LayerKind, RowStats};
 use crate::model::{Block, ModelError};
-use crate::prune::sparsegpt::{HessianAccumulator, HessianFactor, SparseGptError};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -31,7 +42,7 @@ pub enum HessianError {
     /// The Hessian or its factorisation failed (no samples, non-finite inputs, not positive
     /// definite).
     #[error(transparent)]
-    SparseGpt(#[from] SparseGptError),
+    Linalg(#[from] LinalgError),
     /// A product failed.
     #[error("matrix product failed: {0}")]
     Candle(#[from] candle_core::Error),

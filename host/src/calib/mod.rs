@@ -10,9 +10,9 @@ pub mod tokens;
 
 use crate::layer::{ChannelStats, LayerKind};
 use crate::model::{Block, ModelError, Rope};
-use crate::prune::sparsegpt::HessianAccumulator;
 use crate::rng::SplitMix64;
 use candle_core::Tensor;
+use hessian::HessianAccumulator;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

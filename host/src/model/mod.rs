@@ -8,6 +8,7 @@ mod attention;
 pub(crate) mod bf16;
 mod block;
 mod config;
+pub mod diff;
 mod gguf;
 pub mod header;
 mod hf;

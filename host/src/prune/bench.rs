@@ -4,8 +4,9 @@
 use std::time::Instant;
 
 use super::mask::{validate_scores, Mask, Pattern};
-use super::sparsegpt::{fasterprune, HessianAccumulator, HessianFactor, SparseGptConfig};
+use super::sparsegpt::{fasterprune, SparseGptConfig};
 use super::testutil::Rng;
+use crate::calib::hessian::{HessianAccumulator, HessianFactor};
 
 fn time<T>(label: &str, per: usize, f: impl FnOnce() -> T) -> T {
     let t = Instant::now();

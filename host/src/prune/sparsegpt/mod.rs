@@ -6,20 +6,12 @@
 //! error is compensated on the columns to its right).
 //!
 //! Numerics, and why:
-//! - **Hessian**: each batch's Gram matrix `XᵀX` comes from f32 GEMMs (the forward's own
-//!   products, like the reference's f32 `matmul`; only the lower-triangle tiles are multiplied); the
-//!   running average `H = H·n/(n+t) + (2/(n+t))·XᵀX` is kept in **f64**, so 32 or 128
-//!   batches add no rounding drift. Mathematically this is the reference's update
-//!   exactly (`H_N = 2/N · Σ x xᵀ`), so a caller may as well pass many sequences in
-//!   one call (`samples` = their number).
-//! - **Factorisation in f64**, blocked, with the O(n³) parts in f64 GEMMs (OpenBLAS `dgemm`
-//!   in shape-fixed panels, so the bits depend on the kernel family, not on the thread count
-//!   or the cache sizes).
-//!   The reference computes `cholesky(cholesky_inverse(cholesky(H)), upper=True)` in
-//!   f32. The upper Cholesky factor `U` of `H⁻¹` is unique, and equals
-//!   `J·chol_lower(J·H·J)⁻¹·J` (`J` reverses the order), so we compute that: one
-//!   Cholesky and one triangular inverse instead of three factorisations, with no
-//!   explicit inverse to lose accuracy in.
+//! - **Hessian** ([`HessianAccumulator`], with the other input statistics in
+//!   `calib::hessian`): each batch's Gram matrix `XᵀX` comes from f32 GEMMs, the running
+//!   average `H = 2/N · Σ x xᵀ` is kept in **f64**.
+//! - **Factorisation in f64** ([`HessianFactor`], also in `calib::hessian`), blocked, with the
+//!   O(n³) parts in f64 GEMMs: one Cholesky and one triangular inverse give the upper Cholesky
+//!   factor of the damped inverse that the reference gets from three factorisations in f32.
 //! - **The pruning loop in f32**, as the reference: masks compare `w²/d²` in f32 and
 //!   weights are updated in f32, so masks match the reference's except for weights
 //!   within rounding of a block's threshold.
@@ -31,8 +23,7 @@ use rayon::prelude::*;
 
 use super::mask::{prune_count, Mask};
 
-mod linalg;
-use linalg::{cholesky_lower, invert_lower};
+pub use crate::calib::hessian::{HessianAccumulator, HessianFactor, LinalgError};
 
 /// Why SparseGPT could not run.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +48,6 @@ pub enum SparseGptError {
         /// The value.
         value: f64,
     },
-    /// `add_batch` was told the batch holds no samples.
-    #[error("a batch must hold at least one sample")]
-    ZeroSamples,
-    /// `fasterprune` on a Hessian that saw no samples.
-    #[error("the Hessian has accumulated no samples")]
-    EmptyHessian,
     /// Sparsity outside `[0, 1)`.
     #[error("sparsity {0} is outside [0, 1)")]
     Sparsity(f64),
@@ -84,14 +69,9 @@ pub enum SparseGptError {
         /// Block size.
         blocksize: usize,
     },
-    /// Cholesky failed: the damped Hessian is not (numerically) positive definite.
-    #[error("damped Hessian is not positive definite (pivot {pivot:e} at column {column})")]
-    NotPositiveDefinite {
-        /// Column (original order) whose pivot failed.
-        column: usize,
-        /// The pivot value (≤ 0 or not finite).
-        pivot: f64,
-    },
+    /// The Hessian could not be factorised (no samples, not finite, not positive definite).
+    #[error(transparent)]
+    Hessian(#[from] LinalgError),
     /// The result prunes fewer weights than the pattern promises (a bug).
     #[error("SparseGPT pruned {got} weights, expected {expected}")]
     Count {
@@ -115,274 +95,6 @@ fn first_non_finite(what: &'static str, v: &[f32]) -> Result<()> {
             value: v[index] as f64,
         }),
         None => Ok(()),
-    }
-}
-
-/// The running `H = 2/N · Σ x xᵀ` of one layer's inputs (`cols × cols`, f64).
-///
-/// `H` is symmetric: only its lower triangle (`j <= i`) is stored and updated, which
-/// halves the work; [`HessianAccumulator::to_matrix`] mirrors it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HessianAccumulator {
-    cols: usize,
-    h: Vec<f64>,
-    nsamples: u64,
-}
-
-impl HessianAccumulator {
-    /// An empty accumulator for a layer with `cols` inputs.
-    pub fn new(cols: usize) -> Self {
-        HessianAccumulator {
-            cols,
-            h: vec![0.0; cols * cols],
-            nsamples: 0,
-        }
-    }
-
-    /// Wrap an existing row-major `cols × cols` Hessian (e.g. a cached one). Only its
-    /// lower triangle is used, as `torch.linalg.cholesky` does.
-    pub fn from_matrix(cols: usize, mut h: Vec<f64>, nsamples: u64) -> Result<Self> {
-        if h.len() != cols * cols {
-            return Err(SparseGptError::Shape {
-                what: "hessian",
-                got: h.len(),
-                expected: cols * cols,
-            });
-        }
-        for (i, row) in h.chunks_mut(cols.max(1)).enumerate() {
-            row[i + 1..].iter_mut().for_each(|v| *v = 0.0);
-        }
-        Ok(HessianAccumulator { cols, h, nsamples })
-    }
-
-    /// Inputs of the layer.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Samples accumulated so far (the reference's `nsamples`).
-    pub fn nsamples(&self) -> u64 {
-        self.nsamples
-    }
-
-    /// The current `H`, row-major `cols × cols`, symmetric.
-    pub fn to_matrix(&self) -> Vec<f64> {
-        let n = self.cols;
-        let mut m = self.h.clone();
-        for i in 0..n {
-            for j in 0..i {
-                m[j * n + i] = m[i * n + j];
-            }
-        }
-        m
-    }
-
-    /// Add one batch: `x` is row-major `[tokens, cols]`, `samples` how many sequences
-    /// it holds (the reference's `tmp = inp.shape[0]`: 1 for a `[1, seq, hidden]` input).
-    ///
-    /// Mirrors `H *= n/(n+tmp); n += tmp; inp = sqrt(2/n)·inp; H += inp·inpᵀ`.
-    pub fn add_batch(&mut self, x: &[f32], samples: usize) -> Result<()> {
-        if samples == 0 {
-            return Err(SparseGptError::ZeroSamples);
-        }
-        if self.cols == 0 || !x.len().is_multiple_of(self.cols) {
-            let expected = x.len().div_ceil(self.cols.max(1)) * self.cols;
-            return Err(SparseGptError::Shape {
-                what: "inputs",
-                got: x.len(),
-                expected,
-            });
-        }
-        first_non_finite("inputs", x)?;
-        let tokens = x.len() / self.cols;
-        let n0 = self.nsamples as f64;
-        let n1 = n0 + samples as f64;
-        let (keep, add) = (n0 / n1, 2.0 / n1);
-        let n = self.cols;
-        let g = if tokens == 0 {
-            vec![0.0; n * n]
-        } else {
-            gram_lower(x, tokens, n)?
-        };
-        self.h
-            .par_chunks_mut(n)
-            .zip(g.par_chunks(n))
-            .enumerate()
-            .for_each(|(i, (h, g))| {
-                for (h, &g) in h[..=i].iter_mut().zip(&g[..=i]) {
-                    *h = *h * keep + add * g as f64;
-                }
-            });
-        self.nsamples += samples as u64;
-        Ok(())
-    }
-}
-
-/// Column tile of the Gram matrix: `XᵀX` is symmetric, so only the tiles on and below
-/// the diagonal are multiplied (6 of 9 for 1536 columns, 3 of 4 for 576), and GEMMs
-/// of 288–512 columns still run near full speed.
-const GRAM_TILE: usize = 512;
-
-/// The lower triangle (and diagonal tiles) of `XᵀX` for row-major `x: [tokens, cols]`,
-/// in f32 GEMMs; entries above the diagonal tiles are left 0.
-///
-/// The products run through the forward's own matrix products ([`matmul::matmul_nt`] on
-/// `Xᵀ`), not candle's: their panels are fixed by the shape and their kernels by the OpenBLAS
-/// kernel family, so the Hessian has the same bits on every CPU of a family, whatever its
-/// cache sizes (candle's `gemm` crate sizes its blocks from the cache it detects, which moved
-/// SparseGPT 50 % on SOTU-512 from 47.21 on an Intel CPU to 47.57 on an AMD one).
-fn gram_lower(x: &[f32], tokens: usize, cols: usize) -> Result<Vec<f32>> {
-    use crate::model::matmul;
-    // Xᵀ, row-major `[cols, tokens]`: each tile is then `Xᵀ_a · (Xᵀ_b)ᵀ`, a linear-layer
-    // product.
-    let mut xt = vec![0f32; cols * tokens];
-    xt.par_chunks_mut(tokens.max(1))
-        .enumerate()
-        .for_each(|(c, row)| {
-            for (t, v) in row.iter_mut().enumerate() {
-                *v = x[t * cols + c];
-            }
-        });
-    let p = cols.div_ceil(GRAM_TILE);
-    let tile = cols.div_ceil(p.max(1));
-    let starts: Vec<usize> = (0..p).map(|i| i * tile).collect();
-    let be = matmul::backend();
-    let mut g = vec![0.0f32; cols * cols];
-    for a in 0..p {
-        for b in 0..=a {
-            let (a0, b0) = (starts[a], starts[b]);
-            let (ta, tb) = (tile.min(cols - a0), tile.min(cols - b0));
-            let blk = matmul::matmul_nt(
-                be,
-                &xt[a0 * tokens..(a0 + ta) * tokens],
-                &xt[b0 * tokens..(b0 + tb) * tokens],
-                (ta, tb, tokens),
-                None,
-                None,
-            );
-            for (i, src) in blk.chunks_exact(tb).enumerate() {
-                g[(a0 + i) * cols + b0..(a0 + i) * cols + b0 + tb].copy_from_slice(src);
-            }
-        }
-    }
-    Ok(g)
-}
-
-/// What `fasterprune` needs from the Hessian: the upper Cholesky factor of the damped
-/// inverse. Layers that share inputs (q/k/v, gate/up) can share one factor.
-#[derive(Debug, Clone)]
-pub struct HessianFactor {
-    cols: usize,
-    dead: Vec<bool>,
-    damp: f64,
-    upper: Vec<f32>,
-    inverse_diagonal: Vec<f64>,
-}
-
-impl HessianFactor {
-    /// Dead columns (`H[i,i] == 0` → 1), damping `percdamp·mean(diag H)`, then
-    /// `U = cholesky(H⁻¹, upper=True)`.
-    pub fn new(h: &HessianAccumulator, percdamp: f64) -> Result<Self> {
-        if h.nsamples == 0 {
-            return Err(SparseGptError::EmptyHessian);
-        }
-        if !(percdamp.is_finite() && percdamp >= 0.0) {
-            return Err(SparseGptError::Damp(percdamp));
-        }
-        let n = h.cols;
-        if let Some(index) = h.h.iter().position(|v| !v.is_finite()) {
-            return Err(SparseGptError::NonFinite {
-                what: "hessian",
-                index,
-                value: h.h[index],
-            });
-        }
-        let mut diag: Vec<f64> = (0..n).map(|i| h.h[i * n + i]).collect();
-        let dead: Vec<bool> = diag.iter().map(|&d| d == 0.0).collect();
-        for (d, &dd) in diag.iter_mut().zip(&dead) {
-            if dd {
-                *d = 1.0;
-            }
-        }
-        let damp = percdamp * diag.iter().sum::<f64>() / n.max(1) as f64;
-        // Reversed order, read from H's lower triangle: r[i][j] = H[n-1-j][n-1-i], j <= i.
-        let mut r = vec![0.0f64; n * n];
-        r.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, row)| {
-            for (j, v) in row[..=i].iter_mut().enumerate() {
-                *v = if i == j {
-                    diag[n - 1 - i] + damp
-                } else {
-                    h.h[(n - 1 - j) * n + (n - 1 - i)]
-                };
-            }
-        });
-        cholesky_lower(&mut r, n).map_err(|e| match e {
-            SparseGptError::NotPositiveDefinite { column, pivot } => {
-                SparseGptError::NotPositiveDefinite {
-                    column: n - 1 - column,
-                    pivot,
-                }
-            }
-            e => e,
-        })?;
-        let x = invert_lower(&r, n)?;
-        // `x = L⁻¹` of the reversed matrix `J(H + damp·I)J = L·Lᵀ`, so its inverse is `xᵀx`
-        // and `[(H + damp·I)⁻¹]_jj = Σ_k x[k][n−1−j]²`, summed in f64 before any rounding.
-        let mut inverse_diagonal = vec![0.0f64; n];
-        for row in x.chunks_exact(n.max(1)) {
-            for (d, v) in inverse_diagonal.iter_mut().zip(row.iter().rev()) {
-                *d += v * v;
-            }
-        }
-        let mut upper = vec![0.0f32; n * n];
-        upper
-            .par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(i, row)| {
-                for (j, u) in row.iter_mut().enumerate().skip(i) {
-                    *u = x[(n - 1 - i) * n + (n - 1 - j)] as f32;
-                }
-            });
-        if let Some(p) = (0..n).find(|&i| !(upper[i * n + i] > 0.0 && upper[i * n + i].is_finite()))
-        {
-            return Err(SparseGptError::NotPositiveDefinite {
-                column: p,
-                pivot: upper[p * n + p] as f64,
-            });
-        }
-        Ok(HessianFactor {
-            cols: n,
-            dead,
-            damp,
-            upper,
-            inverse_diagonal,
-        })
-    }
-
-    /// Inputs of the layer.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// Columns whose Hessian diagonal was 0 (their weights are zeroed).
-    pub fn dead_columns(&self) -> &[bool] {
-        &self.dead
-    }
-
-    /// The damping added to the diagonal.
-    pub fn damp(&self) -> f64 {
-        self.damp
-    }
-
-    /// `U`, row-major `cols × cols`, zero below the diagonal, `UᵀU = (H + damp·I)⁻¹`.
-    pub fn upper(&self) -> &[f32] {
-        &self.upper
-    }
-
-    /// `[(H + damp·I)⁻¹]_jj` for every column `j`, in f64 (from the f64 inverse factor, before
-    /// it is rounded to `U`'s f32), with dead columns' diagonals replaced by 1 as above.
-    pub fn inverse_diagonal(&self) -> &[f64] {
-        &self.inverse_diagonal
     }
 }
 
@@ -483,7 +195,7 @@ pub fn fasterprune(
     cfg: &SparseGptConfig,
 ) -> Result<SparseGptStats> {
     cfg.validate(cols)?;
-    check_weights(w, rows, cols, h.cols)?;
+    check_weights(w, rows, cols, h.cols())?;
     let f = HessianFactor::new(h, cfg.percdamp)?;
     prune_with_factor(w, rows, cols, &f, cfg)
 }
@@ -516,9 +228,9 @@ pub fn prune_with_factor(
     cfg: &SparseGptConfig,
 ) -> Result<SparseGptStats> {
     cfg.validate(cols)?;
-    check_weights(w, rows, cols, f.cols)?;
+    check_weights(w, rows, cols, f.cols())?;
     for row in w.chunks_mut(cols) {
-        for (v, &d) in row.iter_mut().zip(&f.dead) {
+        for (v, &d) in row.iter_mut().zip(f.dead_columns()) {
             if d {
                 *v = 0.0;
             }
@@ -532,9 +244,9 @@ pub fn prune_with_factor(
         for i1 in (0..cols).step_by(cfg.blocksize) {
             let i2 = (i1 + cfg.blocksize).min(cols);
             if nm.is_none() {
-                expected += block_mask(w, &mut pruned, cols, i1, i2, &f.upper, cfg.sparsity);
+                expected += block_mask(w, &mut pruned, cols, i1, i2, f.upper(), cfg.sparsity);
             }
-            prune_block(w, &mut pruned, &mut losses, cols, i1, i2, &f.upper, nm);
+            prune_block(w, &mut pruned, &mut losses, cols, i1, i2, f.upper(), nm);
         }
     }
     if let Some((n, m)) = nm {
@@ -563,7 +275,7 @@ pub fn prune_with_factor(
         pruned: n_pruned,
         zeros: w.iter().filter(|&&v| v == 0.0).count(),
         loss: losses.iter().sum(),
-        dead_columns: f.dead.iter().filter(|&&d| d).count(),
+        dead_columns: f.dead_columns().iter().filter(|&&d| d).count(),
         mask,
     })
 }

@@ -2,7 +2,50 @@
 
 use rayon::prelude::*;
 
-use super::{Result, SparseGptError};
+/// Why a Hessian could not be accumulated ([`super::HessianAccumulator`]) or factorised
+/// ([`super::HessianFactor`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LinalgError {
+    /// A buffer has the wrong number of values.
+    #[error("{what} has {got} values, expected {expected}")]
+    Shape {
+        /// Which buffer ("inputs", "hessian").
+        what: &'static str,
+        /// Values received.
+        got: usize,
+        /// Values expected.
+        expected: usize,
+    },
+    /// A non-finite input value.
+    #[error("{what} value {index} is not finite: {value}")]
+    NonFinite {
+        /// Which buffer.
+        what: &'static str,
+        /// Flat index of the first bad value.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
+    /// `add_batch` was told the batch holds no samples.
+    #[error("a batch must hold at least one sample")]
+    ZeroSamples,
+    /// A factorisation of a Hessian that saw no samples.
+    #[error("the Hessian has accumulated no samples")]
+    EmptyHessian,
+    /// Damping fraction negative or not finite.
+    #[error("damping fraction {0} must be finite and >= 0")]
+    Damp(f64),
+    /// Cholesky failed: the damped Hessian is not (numerically) positive definite.
+    #[error("damped Hessian is not positive definite (pivot {pivot:e} at column {column})")]
+    NotPositiveDefinite {
+        /// Column (original order) whose pivot failed.
+        column: usize,
+        /// The pivot value (≤ 0 or not finite).
+        pivot: f64,
+    },
+}
+
+pub(super) type Result<T> = std::result::Result<T, LinalgError>;
 
 /// `Σ a_i b_i` with independent partial sums so the loop vectorises.
 pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -60,7 +103,7 @@ pub(super) fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
             let rowj = &mut a[j * n..j * n + n];
             let d = rowj[j] - dot(&rowj[k0..j], &rowj[k0..j]);
             if !(d > 0.0 && d.is_finite()) {
-                return Err(SparseGptError::NotPositiveDefinite {
+                return Err(LinalgError::NotPositiveDefinite {
                     column: j,
                     pivot: d,
                 });
