@@ -10,7 +10,7 @@ use autoprune::alloc::{
 };
 use autoprune::calib::{window_offsets, windows, Sampler};
 use autoprune::model::{Arch, Model, ModelConfig};
-use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig};
+use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig, PruneJob};
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::Policy;
 use candle_core::Device;
@@ -81,10 +81,8 @@ fn allocations_are_applied_exactly_and_hit_the_target() {
             };
             let report = prune_model(
                 &mut model,
-                &wins,
-                &Method::Metric(&wanda),
-                &pcfg,
-                &mut |_, _| {},
+                &PruneJob::new(&wins, &Method::Metric(&wanda), &pcfg),
+                &mut |_| {},
             )
             .unwrap();
             let mut pruned_sum = 0.0;
@@ -123,10 +121,8 @@ fn allocation_with_n_m_or_wrong_length_is_refused() {
         };
         match prune_model(
             &mut model,
-            &wins,
-            &Method::Metric(&wanda),
-            &pcfg,
-            &mut |_, _| {},
+            &PruneJob::new(&wins, &Method::Metric(&wanda), &pcfg),
+            &mut |_| {},
         ) {
             Err(PipelineError::Config(_)) => {}
             other => panic!(

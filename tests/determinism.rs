@@ -11,7 +11,7 @@ use autoprune::calib::{collect_block_inputs, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity, PerplexityOptions};
 use autoprune::layer::LayerKind;
 use autoprune::model::{Arch, Model, ModelConfig};
-use autoprune::pipeline::{prune_model, Method, PruneConfig};
+use autoprune::pipeline::{prune_model, Method, PruneConfig, PruneJob};
 use autoprune::prune::mask::Pattern;
 use autoprune::sandbox::Policy;
 use candle_core::Device;
@@ -75,7 +75,8 @@ fn fingerprint() -> Vec<String> {
     for (name, method, pattern) in runs {
         let mut m = dense.clone();
         let cfg = PruneConfig::uniform(0.5, pattern, 4);
-        let report = prune_model(&mut m, &wins, &method, &cfg, &mut |_, _| {}).unwrap();
+        let report =
+            prune_model(&mut m, &PruneJob::new(&wins, &method, &cfg), &mut |_| {}).unwrap();
         let masks: Vec<&str> = report.layers.iter().map(|l| l.mask_hash.as_str()).collect();
         let opts = PerplexityOptions {
             seq_len: seq,

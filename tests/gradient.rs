@@ -8,10 +8,7 @@ use autoprune::calib::gradient::{self, GradientError, GRADIENT_SCALE};
 use autoprune::calib::{window_offsets, windows, Sampler};
 use autoprune::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use autoprune::model::{diff, Arch, Model, ModelConfig};
-use autoprune::pipeline::{
-    prune_model, prune_model_with_gradients, prune_model_with_progress, Method, Progress,
-    PruneConfig,
-};
+use autoprune::pipeline::{prune_model, Method, Progress, PruneConfig, PruneJob};
 use autoprune::prune::mask::{Mask, Pattern};
 use candle_core::{DType, Device, Tensor};
 use common::{candidate, inline_plugin, tokens};
@@ -246,11 +243,9 @@ fn pipeline_hands_the_exact_statistic_to_a_metric_that_asks() {
             batch: 2,
         };
         let mut stages = Vec::new();
-        let report = prune_model_with_progress(
+        let report = prune_model(
             &mut model,
-            &wins,
-            &Method::Metric(&grad_plugin),
-            &pcfg,
+            &PruneJob::new(&wins, &Method::Metric(&grad_plugin), &pcfg),
             &mut |p| stages.push(p),
         )
         .unwrap();
@@ -335,7 +330,7 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
     let run = |method: &Method<'_>| {
         let mut model = Model::random(&cfg, 2, &Device::Cpu).unwrap();
         let mut saw_gradient = false;
-        let r = prune_model_with_progress(&mut model, &wins, method, &pcfg, &mut |p| {
+        let r = prune_model(&mut model, &PruneJob::new(&wins, method, &pcfg), &mut |p| {
             saw_gradient |= matches!(p, Progress::Gradient { .. });
         })
         .unwrap();
@@ -366,10 +361,12 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
     let mut calls = Vec::new();
     prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&pz),
-        &pcfg,
-        &mut |d, t| calls.push((d, t)),
+        &PruneJob::new(&wins, &Method::Metric(&pz), &pcfg),
+        &mut |p| {
+            if let Progress::Block { done, total } = p {
+                calls.push((done, total));
+            }
+        },
     )
     .unwrap();
     assert_eq!(calls, [(1, 2), (2, 2)]);
@@ -379,12 +376,9 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
     let grads = gradient::compute(&dense, &wins, &mut |_, _| ControlFlow::Continue(())).unwrap();
     let mut model = dense.clone();
     let mut saw_gradient = false;
-    let reused = prune_model_with_gradients(
+    let reused = prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&pz),
-        &pcfg,
-        Some(&grads),
+        &PruneJob::new(&wins, &Method::Metric(&pz), &pcfg).with_gradients(Some(&grads)),
         &mut |p| saw_gradient |= matches!(p, Progress::Gradient { .. }),
     )
     .unwrap();

@@ -358,7 +358,7 @@ fn an_allocation_a_hair_below_zero_is_clamped_into_the_bounds() {
 #[test]
 fn all_equal_scores_under_a_per_layer_threshold_get_a_verdict() {
     use autoprune::model::{Arch, Model, ModelConfig};
-    use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig};
+    use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig, PruneJob};
     use autoprune::prune::mask::Pattern;
     let plugin = common::plugin("tests/attacks/all_equal.rs", &Policy::default()).unwrap();
     let cfg = ModelConfig::tiny(Arch::Llama);
@@ -374,10 +374,8 @@ fn all_equal_scores_under_a_per_layer_threshold_get_a_verdict() {
     let prune_cfg = PruneConfig::uniform(0.5, Pattern::PerLayer, 2);
     let err = prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&plugin),
-        &prune_cfg,
-        &mut |_, _| {},
+        &PruneJob::new(&wins, &Method::Metric(&plugin), &prune_cfg),
+        &mut |_| {},
     )
     .unwrap_err();
     match err {
@@ -394,10 +392,8 @@ fn all_equal_scores_under_a_per_layer_threshold_get_a_verdict() {
     let row_cfg = PruneConfig::uniform(0.5, Pattern::PerRow, 2);
     prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&plugin),
-        &row_cfg,
-        &mut |_, _| {},
+        &PruneJob::new(&wins, &Method::Metric(&plugin), &row_cfg),
+        &mut |_| {},
     )
     .unwrap();
 }

@@ -9,7 +9,7 @@ use autoprune::calib::{collect_block_inputs, window_offsets, windows, Sampler};
 use autoprune::eval::{perplexity, PerplexityOptions};
 use autoprune::layer::{LayerData, LayerId, LayerKind};
 use autoprune::model::{Arch, Model, ModelConfig};
-use autoprune::pipeline::{prune_model, Method, PruneConfig};
+use autoprune::pipeline::{prune_model, Method, PruneConfig, PruneJob};
 use autoprune::prune::mask::{Mask, Pattern};
 use autoprune::prune::native;
 use autoprune::sandbox::{Plugin, Policy};
@@ -35,10 +35,8 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
         };
         let report = prune_model(
             &mut model,
-            &wins,
-            &Method::Metric(&wanda),
-            &pcfg,
-            &mut |_, _| {},
+            &PruneJob::new(&wins, &Method::Metric(&wanda), &pcfg),
+            &mut |_| {},
         )
         .unwrap();
         assert_eq!(report.layers.len(), 7 * cfg.num_layers);
@@ -201,10 +199,8 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
         };
         let report = prune_model(
             &mut sandboxed,
-            &wins,
-            &Method::Metric(plugin),
-            &pcfg,
-            &mut |_, _| {},
+            &PruneJob::new(&wins, &Method::Metric(plugin), &pcfg),
+            &mut |_| {},
         )
         .unwrap();
         assert!(report.hessian_seconds > 0.0 && report.hessian_inputs_seconds > 0.0);
@@ -218,10 +214,12 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
     let pcfg = PruneConfig::uniform(0.5, Pattern::PerRow, 2);
     let r = prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&candidate("candidates/wanda.rs")),
-        &pcfg,
-        &mut |_, _| {},
+        &PruneJob::new(
+            &wins,
+            &Method::Metric(&candidate("candidates/wanda.rs")),
+            &pcfg,
+        ),
+        &mut |_| {},
     )
     .unwrap();
     assert_eq!((r.hessian_seconds, r.hessian_inputs_seconds), (0.0, 0.0));
@@ -244,7 +242,12 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
             pattern,
             batch: 4,
         };
-        let r = prune_model(&mut model, &wins, &Method::SparseGpt, &pcfg, &mut |_, _| {}).unwrap();
+        let r = prune_model(
+            &mut model,
+            &PruneJob::new(&wins, &Method::SparseGpt, &pcfg),
+            &mut |_| {},
+        )
+        .unwrap();
         assert!((r.sparsity - 0.5).abs() < 0.02, "{pattern}: {}", r.sparsity);
     }
     let ria = candidate("candidates/ria.rs");
@@ -257,10 +260,8 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
     };
     let r = prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&ria),
-        &pcfg,
-        &mut |_, _| {},
+        &PruneJob::new(&wins, &Method::Metric(&ria), &pcfg),
+        &mut |_| {},
     )
     .unwrap();
     assert_eq!(r.sparsity, 0.5);
@@ -281,10 +282,8 @@ fn failing_metric_reports_its_verdict_and_layer() {
     };
     match prune_model(
         &mut model,
-        &wins,
-        &Method::Metric(&nan),
-        &pcfg,
-        &mut |_, _| {},
+        &PruneJob::new(&wins, &Method::Metric(&nan), &pcfg),
+        &mut |_| {},
     ) {
         Err(autoprune::pipeline::PipelineError::Metric { layer, failure }) => {
             assert_eq!((layer.block, layer.kind), (0, LayerKind::Q));

@@ -210,7 +210,7 @@ pub struct PruneReport {
     pub hessian_inputs_seconds: f64,
 }
 
-/// Where a pruning run is, for [`prune_model_with_progress`].
+/// Where a pruning run is, for [`prune_model`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
     /// `done` of `total` calibration windows through the gradient pass (only for metrics that
@@ -242,48 +242,57 @@ fn embed_batches(
         .collect()
 }
 
-/// Prune `model` in place on the calibration `windows` (all of one length).
+/// One pruning run: what [`prune_model`] does to a model.
+#[derive(Clone, Copy)]
+pub struct PruneJob<'a> {
+    /// The calibration windows (all of one length).
+    pub windows: &'a [&'a [u32]],
+    /// How weights are chosen.
+    pub method: &'a Method<'a>,
+    /// What to prune.
+    pub config: &'a PruneConfig,
+    /// The gradient statistic, already computed on the dense model over the same `windows`
+    /// (e.g. by the allocation step, or once per search run), so it is not computed again.
+    /// With `None` it is computed when the metric reads it.
+    pub gradients: Option<&'a Gradients>,
+}
+
+impl<'a> PruneJob<'a> {
+    /// Prune with `method` and `config` on `windows`; the gradient statistic, if the metric
+    /// reads it, is computed in the run.
+    pub fn new(windows: &'a [&'a [u32]], method: &'a Method<'a>, config: &'a PruneConfig) -> Self {
+        PruneJob {
+            windows,
+            method,
+            config,
+            gradients: None,
+        }
+    }
+
+    /// The same job with the gradient statistic already computed (`None`: computed in the
+    /// run when the metric reads it).
+    pub fn with_gradients(self, gradients: Option<&'a Gradients>) -> Self {
+        PruneJob { gradients, ..self }
+    }
+}
+
+/// Prune `model` in place as `job` says.
 ///
-/// `progress(block_done, blocks)` is called after every block. When the metric reads the
-/// gradient statistic ([`MetricInfo::needs_gradient`](crate::sandbox::MetricInfo)), a gradient
-/// pass over the same windows runs first on the dense model (see [`gradient::compute`]);
-/// [`prune_model_with_progress`] also reports its progress.
+/// `progress` is called after every block ([`Progress::Block`]). When the metric reads the
+/// gradient statistic ([`MetricInfo::needs_gradient`](crate::sandbox::MetricInfo)) and the job
+/// does not bring it, a gradient pass over the same windows runs first on the dense model (see
+/// [`gradient::compute`]), reporting [`Progress::Gradient`] after every window.
 pub fn prune_model(
     model: &mut Model,
-    windows: &[&[u32]],
-    method: &Method<'_>,
-    cfg: &PruneConfig,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<PruneReport, PipelineError> {
-    prune_model_with_progress(model, windows, method, cfg, &mut |p| {
-        if let Progress::Block { done, total } = p {
-            progress(done, total);
-        }
-    })
-}
-
-/// [`prune_model`] with progress of every stage, the gradient pass included.
-pub fn prune_model_with_progress(
-    model: &mut Model,
-    windows: &[&[u32]],
-    method: &Method<'_>,
-    cfg: &PruneConfig,
+    job: &PruneJob<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<PruneReport, PipelineError> {
-    prune_model_with_gradients(model, windows, method, cfg, None, progress)
-}
-
-/// [`prune_model_with_progress`] with the gradient statistic already computed on the dense
-/// `model` over the same `windows` (e.g. by the allocation step, or once per search run), so
-/// it is not computed again. With `None` it is computed here when the metric reads it.
-pub fn prune_model_with_gradients(
-    model: &mut Model,
-    windows: &[&[u32]],
-    method: &Method<'_>,
-    cfg: &PruneConfig,
-    gradients: Option<&Gradients>,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<PruneReport, PipelineError> {
+    let PruneJob {
+        windows,
+        method,
+        config: cfg,
+        gradients,
+    } = *job;
     // The gradient statistic, only for a metric that asks for it (it costs a backward pass per
     // window), on the dense model before anything is pruned.
     let computed: Option<Gradients> = match (method, gradients) {

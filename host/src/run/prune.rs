@@ -8,7 +8,7 @@ use crate::eval::{eval_windows, perplexity_with_progress, PerplexityOptions};
 use crate::layer::LayerId;
 use crate::model::{Model, Precision};
 use crate::pipeline::{
-    prune_model_with_gradients, Method, PipelineError, Progress as Stage, PruneConfig,
+    prune_model, Method, PipelineError, Progress as Stage, PruneConfig, PruneJob,
 };
 use crate::progress::{step, Progress};
 use crate::prune::mask::Pattern;
@@ -287,7 +287,8 @@ fn prune_step(
     progress: &mut dyn Progress,
 ) -> Result<crate::pipeline::PruneReport, PipelineError> {
     progress.begin("prune", model.blocks.len());
-    let result = prune_model_with_gradients(model, windows, method, cfg, grads, &mut |s| {
+    let job = PruneJob::new(windows, method, cfg).with_gradients(grads);
+    let result = prune_model(model, &job, &mut |s| {
         let (what, done, total) = match s {
             Stage::Gradient { done, total } => ("gradients", done, total),
             Stage::Block { done, total } => ("prune", done, total),

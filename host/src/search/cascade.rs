@@ -51,9 +51,7 @@ use crate::check;
 use crate::eval::window_nlls;
 use crate::layer::{LayerData, LayerId, LayerKind};
 use crate::model::Model;
-use crate::pipeline::{
-    prune_model_with_gradients, prune_one_shot, Method, PipelineError, PruneConfig,
-};
+use crate::pipeline::{prune_model, prune_one_shot, Method, PipelineError, PruneConfig, PruneJob};
 use crate::prune::mask::Mask;
 use crate::sandbox::{Failure, Plugin, Policy};
 use fault::failure_of;

@@ -17,7 +17,7 @@ use crate::alloc::{expand, Allocation, Granularity, SkewSource, UnitSummary};
 use crate::calib::{validation_offsets, window_offsets, windows, Sampler};
 use crate::eval::{eval_windows, perplexity_with_progress, PerplexityOptions};
 use crate::model::{Model, Precision};
-use crate::pipeline::{prune_model_with_progress, Method, PruneConfig};
+use crate::pipeline::{prune_model, Method, PruneConfig, PruneJob};
 use crate::progress::{step, Progress};
 use crate::prune::mask::Pattern;
 use crate::sandbox::{sha256_hex, Plugin};
@@ -357,11 +357,10 @@ fn prune_and_measure(
     };
     let calib_windows = sh.calib_windows();
     let report = step(progress, "prune", m.blocks.len(), |adv| {
-        prune_model_with_progress(
+        let method = Method::Metric(plugin);
+        prune_model(
             m,
-            &calib_windows,
-            &Method::Metric(plugin),
-            &cfg,
+            &PruneJob::new(&calib_windows, &method, &cfg),
             &mut |pr| {
                 if let crate::pipeline::Progress::Block { done, .. } = pr {
                     adv(done);

@@ -111,15 +111,9 @@ impl Evaluator {
                 .map_err(failure_of)?;
             }
             Pruning::Sequential(wins) => {
-                prune_model_with_gradients(
-                    &mut model,
-                    &wins,
-                    &Method::Metric(plugin),
-                    &cfg,
-                    self.grads.as_ref(),
-                    &mut |_| {},
-                )
-                .map_err(failure_of)?;
+                let method = Method::Metric(plugin);
+                let job = PruneJob::new(&wins, &method, &cfg).with_gradients(self.grads.as_ref());
+                prune_model(&mut model, &job, &mut |_| {}).map_err(failure_of)?;
             }
         }
         let mut out = Measurement {
