@@ -16,11 +16,12 @@
 mod accumulator;
 mod factor;
 #[cfg(test)]
-mod factor_tests;
+pub(crate) mod factor_tests;
 mod linalg;
 
 pub use accumulator::HessianAccumulator;
 pub use factor::HessianFactor;
+pub(crate) use linalg::first_non_finite;
 pub use linalg::LinalgError;
 
 use super::{input_slot, BlockInputs};

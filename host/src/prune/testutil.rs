@@ -11,11 +11,6 @@ impl Rng {
         Rng(SplitMix64::new(seed))
     }
 
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        self.0.normal()
-    }
-
     /// `n` standard normal f32 values.
     pub fn normals(&mut self, n: usize) -> Vec<f32> {
         self.0.normals(n)

@@ -9,18 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::linalg::{LinalgError, Result};
-
-fn first_non_finite(what: &'static str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
-        Some(index) => Err(LinalgError::NonFinite {
-            what,
-            index,
-            value: v[index] as f64,
-        }),
-        None => Ok(()),
-    }
-}
+use super::linalg::{first_non_finite, LinalgError, Result};
 
 /// The running `H = 2/N · Σ x xᵀ` of one layer's inputs (`cols × cols`, f64).
 ///

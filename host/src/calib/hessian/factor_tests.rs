@@ -55,7 +55,7 @@ fn naive_upper_of_inverse(h: &[f64], n: usize) -> Vec<f64> {
 }
 
 /// Inputs with correlated, unevenly scaled channels: X = Z·A·diag(scale).
-fn inputs(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn inputs(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
     let z = rng.normals(tokens * cols);
     let a: Vec<f32> = (0..cols * cols)
         .map(|i| {
@@ -79,7 +79,7 @@ fn inputs(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
     x
 }
 
-fn hessian_of(x: &[f32], cols: usize, batches: usize) -> HessianAccumulator {
+pub(crate) fn hessian_of(x: &[f32], cols: usize, batches: usize) -> HessianAccumulator {
     let mut h = HessianAccumulator::new(cols);
     let per = x.len() / batches;
     for b in x.chunks(per) {

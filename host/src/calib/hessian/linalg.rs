@@ -47,6 +47,18 @@ pub enum LinalgError {
 
 pub(super) type Result<T> = std::result::Result<T, LinalgError>;
 
+/// `Err(NonFinite)` at the first value of `v` that is NaN or infinite.
+pub(crate) fn first_non_finite(what: &'static str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(index) => Err(LinalgError::NonFinite {
+            what,
+            index,
+            value: v[index] as f64,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// `Σ a_i b_i` with independent partial sums so the loop vectorises.
 pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 8];

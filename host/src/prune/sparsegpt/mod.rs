@@ -23,31 +23,12 @@ use rayon::prelude::*;
 
 use super::mask::{prune_count, Mask};
 
+use crate::calib::hessian::first_non_finite;
 pub use crate::calib::hessian::{HessianAccumulator, HessianFactor, LinalgError};
 
 /// Why SparseGPT could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SparseGptError {
-    /// A buffer has the wrong number of values.
-    #[error("{what} has {got} values, expected {expected}")]
-    Shape {
-        /// Which buffer ("inputs", "weights", "hessian").
-        what: &'static str,
-        /// Values received.
-        got: usize,
-        /// Values expected.
-        expected: usize,
-    },
-    /// A non-finite input value.
-    #[error("{what} value {index} is not finite: {value}")]
-    NonFinite {
-        /// Which buffer.
-        what: &'static str,
-        /// Flat index of the first bad value.
-        index: usize,
-        /// The value.
-        value: f64,
-    },
     /// Sparsity outside `[0, 1)`.
     #[error("sparsity {0} is outside [0, 1)")]
     Sparsity(f64),
@@ -69,7 +50,8 @@ pub enum SparseGptError {
         /// Block size.
         blocksize: usize,
     },
-    /// The Hessian could not be factorised (no samples, not finite, not positive definite).
+    /// An input has the wrong size or a non-finite value, or the Hessian could not be
+    /// factorised (no samples, not finite, not positive definite).
     #[error(transparent)]
     Hessian(#[from] LinalgError),
     /// The result prunes fewer weights than the pattern promises (a bug).
@@ -86,17 +68,6 @@ pub enum SparseGptError {
 }
 
 type Result<T> = std::result::Result<T, SparseGptError>;
-
-fn first_non_finite(what: &'static str, v: &[f32]) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
-        Some(index) => Err(SparseGptError::NonFinite {
-            what,
-            index,
-            value: v[index] as f64,
-        }),
-        None => Ok(()),
-    }
-}
 
 /// SparseGPT settings, with the reference's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -202,20 +173,20 @@ pub fn fasterprune(
 
 fn check_weights(w: &[f32], rows: usize, cols: usize, hcols: usize) -> Result<()> {
     if hcols != cols {
-        return Err(SparseGptError::Shape {
+        return Err(SparseGptError::Hessian(LinalgError::Shape {
             what: "hessian columns",
             got: hcols,
             expected: cols,
-        });
+        }));
     }
     if w.len() != rows * cols || rows == 0 || cols == 0 {
-        return Err(SparseGptError::Shape {
+        return Err(SparseGptError::Hessian(LinalgError::Shape {
             what: "weights",
             got: w.len(),
             expected: rows * cols,
-        });
+        }));
     }
-    first_non_finite("weights", w)
+    Ok(first_non_finite("weights", w)?)
 }
 
 /// [`fasterprune`] with a precomputed factor (shared by layers with the same inputs).
@@ -253,10 +224,12 @@ pub fn prune_with_factor(
         expected = rows * (cols / m) * n;
     }
     let keep: Vec<bool> = pruned.iter().map(|p| !p).collect();
-    let mask = Mask::from_keep(rows, cols, &keep).map_err(|_| SparseGptError::Shape {
-        what: "mask",
-        got: keep.len(),
-        expected: rows * cols,
+    let mask = Mask::from_keep(rows, cols, &keep).map_err(|_| {
+        SparseGptError::Hessian(LinalgError::Shape {
+            what: "mask",
+            got: keep.len(),
+            expected: rows * cols,
+        })
     })?;
     let n_pruned = mask.pruned_count();
     let ok = if nm.is_some() {

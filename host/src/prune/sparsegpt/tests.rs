@@ -2,42 +2,9 @@
 //! are tested in `calib::hessian`).
 
 use super::*;
+use crate::calib::hessian::factor_tests::{hessian_of, inputs};
 use crate::prune::mask::Pattern;
-use crate::prune::testutil::Rng;
-
-/// Inputs with correlated, unevenly scaled channels: X = Z·A·diag(scale).
-fn inputs(rng: &mut Rng, tokens: usize, cols: usize) -> Vec<f32> {
-    let z = rng.normals(tokens * cols);
-    let a: Vec<f32> = (0..cols * cols)
-        .map(|i| {
-            if i / cols == i % cols {
-                1.0
-            } else {
-                0.3 * rng.normal() as f32 / (cols as f32).sqrt()
-            }
-        })
-        .collect();
-    let scale: Vec<f32> = (0..cols)
-        .map(|_| (rng.normal() * 0.7).exp() as f32)
-        .collect();
-    let mut x = vec![0.0f32; tokens * cols];
-    for t in 0..tokens {
-        for j in 0..cols {
-            let s: f32 = (0..cols).map(|k| z[t * cols + k] * a[k * cols + j]).sum();
-            x[t * cols + j] = s * scale[j];
-        }
-    }
-    x
-}
-
-fn hessian_of(x: &[f32], cols: usize, batches: usize) -> HessianAccumulator {
-    let mut h = HessianAccumulator::new(cols);
-    let per = x.len() / batches;
-    for b in x.chunks(per) {
-        h.add_batch(b, 1).unwrap();
-    }
-    h
-}
+use crate::rng::SplitMix64 as Rng;
 
 /// `||(W − Ŵ) Xᵀ||²`: the layer's output error on the calibration inputs.
 fn recon_error(w: &[f32], w_hat: &[f32], x: &[f32], rows: usize, cols: usize) -> f64 {
@@ -357,15 +324,18 @@ fn bad_settings_and_shapes_are_typed_errors() {
     ));
     assert!(matches!(
         run(&mut w[..15], 2, 8, Default::default()),
-        Err(SparseGptError::Shape { .. })
+        Err(SparseGptError::Hessian(LinalgError::Shape { .. }))
     ));
     assert!(matches!(
         run(&mut w, 4, 4, Default::default()),
-        Err(SparseGptError::Shape { .. })
+        Err(SparseGptError::Hessian(LinalgError::Shape { .. }))
     ));
     w[5] = f32::INFINITY;
     assert!(matches!(
         run(&mut w, 2, 8, Default::default()),
-        Err(SparseGptError::NonFinite { index: 5, .. })
+        Err(SparseGptError::Hessian(LinalgError::NonFinite {
+            index: 5,
+            ..
+        }))
     ));
 }
