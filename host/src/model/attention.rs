@@ -33,6 +33,8 @@ pub(crate) struct Heads {
     pub nkv: usize,
     /// Head width.
     pub d: usize,
+    /// Sliding window: a query sees itself and the `window − 1` keys before it.
+    pub window: Option<usize>,
 }
 
 /// Rotate the `[rows = b·t, heads, d]` projection `x` in place with the `rotate_half` RoPE of
@@ -80,7 +82,14 @@ pub(crate) fn causal_attention(
     s: Heads,
     scale: f32,
 ) -> Vec<f32> {
-    let Heads { b, t, nh, nkv, d } = s;
+    let Heads {
+        b,
+        t,
+        nh,
+        nkv,
+        d,
+        window,
+    } = s;
     let (qw, kw) = (nh * d, nkv * d);
     assert!(q.len() == b * t * qw && k.len() == b * t * kw && v.len() == k.len());
     let group = nh / nkv;
@@ -108,7 +117,12 @@ pub(crate) fn causal_attention(
                 sgemm(be, mq, nk, d, qp, qw, kp, kw, true, buf.as_mut_ptr(), nk);
             }
             for (i, row) in buf.chunks_exact_mut(nk).enumerate() {
-                softmax_row_inplace(row, r0 + i + 1, scale);
+                let keep = r0 + i + 1;
+                // Keys before the window get probability 0 (the softmax runs on the rest).
+                let lo = window.map_or(0, |w| keep.saturating_sub(w));
+                let (before, live) = row.split_at_mut(lo);
+                before.fill(0.0);
+                softmax_row_inplace(live, keep - lo, scale);
             }
             unsafe {
                 let op = dst.get().add((bi * t + r0) * qw + h * d);

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 
 use super::attention::{causal_attention, rope_inplace, Heads};
 use super::kernels::causal_softmax;
-use super::layers::{softmax_last, swiglu, with_cpu_f32, Linear, RmsNorm, Rope};
+use super::layers::{geglu, softmax_last, swiglu, with_cpu_f32, Linear, RmsNorm, Rope};
 use super::matmul;
 use super::{ModelError, Result};
 use crate::layer::LayerKind;
@@ -20,7 +20,7 @@ use crate::layer::LayerKind;
 pub type Capture<'a> = dyn FnMut(LayerKind, &Tensor) -> Result<()> + 'a;
 
 /// The attention shape of a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnShape {
     /// Query heads.
     pub num_heads: usize,
@@ -28,6 +28,26 @@ pub struct AttnShape {
     pub num_kv_heads: usize,
     /// Width of a head.
     pub head_dim: usize,
+    /// Factor of `q·k` before the softmax (`1/√head_dim` unless the model says otherwise).
+    pub scale: f64,
+}
+
+/// What a Gemma 3 block adds to a LLaMA block. Its pre-MLP norm (transformers'
+/// `pre_feedforward_layernorm`) is [`Block::post_attention_layernorm`], the LLaMA name of
+/// that role; every norm here scales by `1 + w`.
+#[derive(Debug, Clone)]
+pub struct GemmaParts {
+    /// Per-head norm of the queries, before RoPE.
+    pub q_norm: RmsNorm,
+    /// Per-head norm of the keys, before RoPE.
+    pub k_norm: RmsNorm,
+    /// Norm of the attention output before the residual (transformers'
+    /// `post_attention_layernorm`).
+    pub post_attention_norm: RmsNorm,
+    /// Norm of the MLP output before the residual.
+    pub post_feedforward_norm: RmsNorm,
+    /// Whether the block attends within the sliding window (with the local RoPE base).
+    pub local: bool,
 }
 
 /// A transformer block; field names follow the Hugging Face checkpoint keys.
@@ -53,6 +73,8 @@ pub struct Block {
     pub down_proj: Linear,
     /// Head layout.
     pub attn: AttnShape,
+    /// Gemma 3's extra norms and layer type (`None` for LLaMA-style blocks).
+    pub gemma: Option<GemmaParts>,
 }
 
 impl Block {
@@ -114,7 +136,17 @@ impl Block {
         let h = self.attention_residual(x, rope, capture)?;
         let mlp_in = self.mlp_input(&h, capture)?;
         capture(LayerKind::Down, &mlp_in)?;
-        self.down_proj.forward_add(&mlp_in, &h)
+        match &self.gemma {
+            Some(g) => Ok((&h
+                + g.post_feedforward_norm
+                    .forward(&self.down_proj.forward(&mlp_in)?)?)?),
+            None => self.down_proj.forward_add(&mlp_in, &h),
+        }
+    }
+
+    /// The RoPE tables and window of this block.
+    pub fn rope<'r>(&self, rope: &'r Rope) -> &'r Rope {
+        rope.for_layer(self.gemma.as_ref().is_some_and(|g| g.local))
     }
 
     /// Like [`Block::forward`] for statistics only: calls `capture` for all seven linears but
@@ -138,16 +170,24 @@ impl Block {
         for kind in [LayerKind::Q, LayerKind::K, LayerKind::V] {
             capture(kind, &xn)?;
         }
-        let attn = self.attention(&xn, rope)?;
+        let attn = self.attention(&xn, self.rope(rope))?;
         capture(LayerKind::O, &attn)?;
-        self.o_proj.forward_add(&attn, x)
+        match &self.gemma {
+            Some(g) => Ok((x + g
+                .post_attention_norm
+                .forward(&self.o_proj.forward(&attn)?)?)?),
+            None => self.o_proj.forward_add(&attn, x),
+        }
     }
 
-    /// `silu(gate(norm(h))) · up(norm(h))`, the input of `down_proj`.
+    /// `silu(gate(norm(h))) · up(norm(h))` (Gemma: `gelu_tanh`), the input of `down_proj`.
     fn mlp_input(&self, h: &Tensor, capture: &mut Capture<'_>) -> Result<Tensor> {
         let hn = self.post_attention_layernorm.forward(h)?;
         capture(LayerKind::Gate, &hn)?;
         capture(LayerKind::Up, &hn)?;
+        if self.gemma.is_some() {
+            return geglu(&self.gate_proj.forward(&hn)?, &self.up_proj.forward(&hn)?);
+        }
         let fused = hn.device().is_cpu()
             && hn.dtype() == DType::F32
             && self.gate_proj.cpu_without_bias()
@@ -197,19 +237,28 @@ impl Block {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
+            scale,
         } = self.attn;
         let (b, t, _) = xn.dims3()?;
         let group = nh / nkv;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = rope.apply(&heads(self.q_proj.forward(xn)?, nh)?)?;
-        let k = rope.apply(&heads(self.k_proj.forward(xn)?, nkv)?)?;
+        let (mut q, mut k) = (
+            heads(self.q_proj.forward(xn)?, nh)?,
+            heads(self.k_proj.forward(xn)?, nkv)?,
+        );
+        if let Some(g) = &self.gemma {
+            q = g.q_norm.forward(&q)?;
+            k = g.k_norm.forward(&k)?;
+        }
+        let q = rope.apply(&q)?;
+        let k = rope.apply(&k)?;
         let v = heads(self.v_proj.forward(xn)?, nkv)?;
-        let scale = 1.0 / (d as f64).sqrt();
         let q = q.reshape((b, nkv, group * t, d))?;
         let scores = q.matmul(&k.t()?)?; // [b, kv, group·t, t]
-        let probs = attention_probs(&scores, scale, rope, scores.device().is_cpu())?;
+        let fused = scores.device().is_cpu() && rope.window().is_none_or(|w| w >= t);
+        let probs = attention_probs(&scores, scale, rope, fused)?;
         let out = probs.matmul(&v)?;
         Ok(out
             .reshape((b, nh, t, d))?
@@ -231,6 +280,7 @@ impl Block {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
+            scale,
         } = self.attn;
         let (b, t, _) = xn.dims3()?;
         rope.check_len(t)?;
@@ -242,13 +292,23 @@ impl Block {
                 self.v_proj.forward_cpu(be, x, b * t, None)?,
             ))
         })??;
+        if let Some(g) = &self.gemma {
+            g.q_norm.forward_chunks_inplace(&mut q)?;
+            g.k_norm.forward_chunks_inplace(&mut k)?;
+        }
         let (cos, sin) = rope.host_tables();
         rope_inplace(&mut q, t, nh, d, cos, sin);
         rope_inplace(&mut k, t, nkv, d, cos, sin);
-        let heads = Heads { b, t, nh, nkv, d };
-        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        let heads = Heads {
+            b,
+            t,
+            nh,
+            nkv,
+            d,
+            window: rope.window(),
+        };
         // Attention products stay f32 whatever the projections' precision.
-        let out = causal_attention(be.f32(), &q, &k, &v, heads, scale);
+        let out = causal_attention(be.f32(), &q, &k, &v, heads, scale as f32);
         Ok(Tensor::from_vec(out, (b, t, nh * d), xn.device())?)
     }
 }
@@ -277,18 +337,20 @@ mod tests {
         if matmul::backend() == matmul::Backend::OpenBlas {
             backends.push(matmul::Backend::OpenBlas);
         }
-        for arch in [Arch::Llama, Arch::Qwen2] {
+        for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
             let mut cfg = ModelConfig::tiny(arch);
             cfg.max_position_embeddings = 256;
             let m = crate::model::Model::random(&cfg, 9, &Device::Cpu).unwrap();
+            // Gemma: block 0 is a sliding-window layer (window 8).
             let blk = &m.blocks[0];
             // One row block, exactly one, several with a ragged last one.
             for t in [1, 9, 64, 130] {
                 let rope = Rope::new(&cfg, t, &Device::Cpu).unwrap();
+                let rope = blk.rope(&rope);
                 let xn = Tensor::randn(0f32, 1.0, (2, t, cfg.hidden_size), &Device::Cpu).unwrap();
-                let want = blk.attention_tensor(&xn, &rope).unwrap();
+                let want = blk.attention_tensor(&xn, rope).unwrap();
                 for &be in &backends {
-                    let got = blk.attention_cpu(&xn, &rope, be).unwrap();
+                    let got = blk.attention_cpu(&xn, rope, be).unwrap();
                     assert_eq!(got.dims(), want.dims());
                     let d = crate::model::testutil::max_abs_diff(&got, &want);
                     assert!(d < 1e-5, "{arch:?} t={t} {be:?}: max |Δ| = {d}");

@@ -18,6 +18,10 @@ pub enum Arch {
     Mistral,
     /// Qwen2 / Qwen2.5: LLaMA with biases on the q/k/v projections.
     Qwen2,
+    /// Gemma 3 (text): gated GELU (tanh) MLP, QK-norm, norms before and after attention and
+    /// MLP with `(1 + w)` scales, embeddings scaled by √hidden, sliding-window layers with
+    /// their own RoPE base interleaved with global ones (see [`Gemma3Params`]).
+    Gemma3,
 }
 
 impl Arch {
@@ -27,6 +31,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
 
@@ -36,6 +41,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -49,6 +55,7 @@ impl Arch {
             "LlamaForCausalLM" | "llama" => Ok(Arch::Llama),
             "MistralForCausalLM" | "mistral" => Ok(Arch::Mistral),
             "Qwen2ForCausalLM" | "qwen2" => Ok(Arch::Qwen2),
+            "Gemma3ForCausalLM" | "gemma3_text" => Ok(Arch::Gemma3),
             other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
         }
     }
@@ -87,7 +94,28 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence token id, when known.
     pub eos_token_id: Option<u32>,
+    /// Gemma 3's extra hyper-parameters (`None` for every other family).
+    #[serde(default)]
+    pub gemma: Option<Gemma3Params>,
 }
+
+/// What a Gemma 3 model adds to the LLaMA shape.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Gemma3Params {
+    /// RoPE base of the sliding-window (local) layers; [`ModelConfig::rope_theta`] is the
+    /// global layers' base.
+    pub rope_local_theta: f64,
+    /// Every `pattern`-th layer (counting from 1) attends globally, the others within
+    /// [`ModelConfig::sliding_window`] tokens.
+    pub sliding_window_pattern: usize,
+    /// Attention scores are scaled by `query_pre_attn_scalar^(-1/2)`.
+    pub query_pre_attn_scalar: f64,
+}
+
+/// Gemma 3's defaults (transformers' `Gemma3TextConfig`, llama.cpp's `gemma3` graph).
+const GEMMA3_LOCAL_THETA: f64 = 10_000.0;
+const GEMMA3_PATTERN: usize = 6;
+const GEMMA3_WINDOW: usize = 4096;
 
 impl ModelConfig {
     /// Check the internal consistency of the shape parameters.
@@ -130,7 +158,43 @@ impl ModelConfig {
                 self.rms_norm_eps
             )));
         }
+        if let Some(g) = self.gemma {
+            if self.arch != Arch::Gemma3 {
+                return Err(ModelError::Config(
+                    "Gemma 3 parameters on a non-Gemma model".into(),
+                ));
+            }
+            if g.sliding_window_pattern == 0
+                || !(g.rope_local_theta.is_finite() && g.rope_local_theta > 0.0)
+                || !(g.query_pre_attn_scalar.is_finite() && g.query_pre_attn_scalar > 0.0)
+                || self.sliding_window == Some(0)
+            {
+                return Err(ModelError::Config(format!(
+                    "invalid Gemma 3 parameters {g:?} (window {:?})",
+                    self.sliding_window
+                )));
+            }
+        } else if self.arch == Arch::Gemma3 {
+            return Err(ModelError::Config(
+                "a Gemma 3 model needs its parameters".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether block `layer` attends within the sliding window (Gemma 3's local layers);
+    /// `false` for every layer of other families, whose window (if any) covers all layers.
+    pub fn is_local_layer(&self, layer: usize) -> bool {
+        self.gemma
+            .is_some_and(|g| !(layer + 1).is_multiple_of(g.sliding_window_pattern))
+    }
+
+    /// The factor applied to `q·k` before the softmax.
+    pub fn attn_scale(&self) -> f64 {
+        match self.gemma {
+            Some(g) => 1.0 / g.query_pre_attn_scalar.sqrt(),
+            None => 1.0 / (self.head_dim as f64).sqrt(),
+        }
     }
 
     /// Number of query/key/value output rows: `(q, kv)` = `(heads·head_dim, kv_heads·head_dim)`.
@@ -154,6 +218,7 @@ impl ModelConfig {
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
             "qwen2" => Arch::Qwen2,
+            "gemma3" => Arch::Gemma3,
             other => return Err(ModelError::UnsupportedArchitecture(other.to_string())),
         };
         let key = |k: &str| format!("{arch_name}.{k}");
@@ -194,6 +259,12 @@ impl ModelConfig {
             sliding_window: None,
             bos_token_id: gguf_opt_usize(md, "tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
             eos_token_id: gguf_opt_usize(md, "tokenizer.ggml.eos_token_id")?.map(|v| v as u32),
+            gemma: None,
+        };
+        let cfg = if arch == Arch::Gemma3 {
+            gemma3_from_gguf(cfg, md, &key)?
+        } else {
+            cfg
         };
         cfg.validate()?;
         Ok(cfg)
@@ -222,7 +293,7 @@ impl ModelConfig {
             "vocab_size": self.vocab_size,
             "tie_word_embeddings": self.tie_word_embeddings,
             "max_position_embeddings": self.max_position_embeddings,
-            "hidden_act": "silu",
+            "hidden_act": if self.gemma.is_some() { "gelu_pytorch_tanh" } else { "silu" },
             "torch_dtype": "float32",
             "rope_scaling": null,
             "bos_token_id": self.bos_token_id,
@@ -246,8 +317,97 @@ impl ModelConfig {
                 );
                 obj.insert("sliding_window".into(), self.sliding_window.into());
             }
+            Arch::Gemma3 => {
+                if let Some(g) = self.gemma {
+                    gemma3_hf_keys(self, g, obj);
+                }
+            }
         }
         v
+    }
+}
+
+/// Gemma 3's metadata: llama.cpp writes no local RoPE base, layer pattern or query scalar
+/// (a `sliding_window_pattern` key, where present, is read),
+/// and uses the constants it shares with transformers (base 10,000, every sixth layer global,
+/// `1/√head_dim`; the 27B model, which scales by `hidden/heads`, is refused).
+fn gemma3_from_gguf(
+    mut cfg: ModelConfig,
+    md: &HashMap<String, Value>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<ModelConfig> {
+    if let Some(v) = md.get(&key("rope.scaling.factor")) {
+        if !matches!(v, Value::F32(f) if *f == 1.0) {
+            return Err(ModelError::Unsupported("Gemma 3 RoPE scaling".into()));
+        }
+    }
+    if cfg.num_layers == 62 {
+        return Err(ModelError::Unsupported(
+            "Gemma 3 27B (its query scaling differs)".into(),
+        ));
+    }
+    cfg.sliding_window =
+        Some(gguf_opt_usize(md, &key("attention.sliding_window"))?.unwrap_or(GEMMA3_WINDOW));
+    cfg.gemma = Some(Gemma3Params {
+        rope_local_theta: gguf_opt_f64(md, &key("rope.local.freq_base"))?
+            .unwrap_or(GEMMA3_LOCAL_THETA),
+        sliding_window_pattern: match md.get(&key("attention.sliding_window_pattern")) {
+            None => GEMMA3_PATTERN,
+            Some(Value::Array(_)) => {
+                return Err(ModelError::Unsupported(
+                    "a per-layer sliding-window pattern".into(),
+                ))
+            }
+            Some(_) => gguf_usize(md, &key("attention.sliding_window_pattern"))?,
+        },
+        query_pre_attn_scalar: cfg.head_dim as f64,
+    });
+    Ok(cfg)
+}
+
+/// `v` as a JSON integer when it is one, else as a float.
+fn json_number(v: f64) -> serde_json::Value {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        (v as i64).into()
+    } else {
+        v.into()
+    }
+}
+
+/// The `gemma3_text` keys of `config.json` (transformers' `Gemma3TextConfig`).
+fn gemma3_hf_keys(
+    cfg: &ModelConfig,
+    g: Gemma3Params,
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    let layer_types: Vec<&str> = (0..cfg.num_layers)
+        .map(|i| {
+            if cfg.is_local_layer(i) {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    obj.remove("hidden_act");
+    let entries = [
+        ("hidden_activation", serde_json::json!("gelu_pytorch_tanh")),
+        ("sliding_window", cfg.sliding_window.into()),
+        ("sliding_window_pattern", g.sliding_window_pattern.into()),
+        ("layer_types", serde_json::json!(layer_types)),
+        ("rope_local_base_freq", g.rope_local_theta.into()),
+        // transformers declares it an int and refuses `256.0`.
+        (
+            "query_pre_attn_scalar",
+            json_number(g.query_pre_attn_scalar),
+        ),
+        ("final_logit_softcapping", serde_json::Value::Null),
+        ("attn_logit_softcapping", serde_json::Value::Null),
+        ("attention_bias", false.into()),
+        ("use_bidirectional_attention", false.into()),
+    ];
+    for (k, v) in entries {
+        obj.insert(k.into(), v);
     }
 }
 
@@ -269,7 +429,16 @@ struct HfConfig {
     tie_word_embeddings: Option<bool>,
     max_position_embeddings: Option<usize>,
     hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    rope_local_base_freq: Option<f64>,
+    sliding_window_pattern: Option<usize>,
+    layer_types: Option<Vec<String>>,
+    query_pre_attn_scalar: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5: `{rope_type, rope_theta}`, or one such entry per layer type.
+    rope_parameters: Option<serde_json::Value>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     attention_bias: Option<bool>,
@@ -289,10 +458,39 @@ impl HfConfig {
         }
     }
 
-    fn check_supported(&self) -> Result<()> {
-        if let Some(act) = &self.hidden_act {
-            if act != "silu" {
+    fn check_supported(&self, arch: Arch) -> Result<()> {
+        let (act, want) = match arch {
+            Arch::Gemma3 => (
+                self.hidden_activation.as_ref().or(self.hidden_act.as_ref()),
+                "gelu_pytorch_tanh",
+            ),
+            _ => (self.hidden_act.as_ref(), "silu"),
+        };
+        if let Some(act) = act {
+            if act != want {
                 return Err(ModelError::Unsupported(format!("hidden_act `{act}`")));
+            }
+        }
+        if self.final_logit_softcapping.is_some() || self.attn_logit_softcapping.is_some() {
+            return Err(ModelError::Unsupported("logit soft-capping".into()));
+        }
+        let plain = |p: &serde_json::Value| {
+            p.get("rope_type")
+                .and_then(|t| t.as_str())
+                .is_none_or(|t| t == "default")
+        };
+        if let Some(p) = &self.rope_parameters {
+            let entries: Vec<&serde_json::Value> = match p.get("full_attention") {
+                Some(_) => p
+                    .as_object()
+                    .map(|o| o.values().collect())
+                    .unwrap_or_default(),
+                None => vec![p],
+            };
+            if !entries.iter().all(|e| plain(e)) {
+                return Err(ModelError::Unsupported(
+                    "RoPE scaling (`rope_parameters`)".into(),
+                ));
             }
         }
         if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
@@ -310,13 +508,18 @@ impl HfConfig {
 
     fn into_config(self) -> Result<ModelConfig> {
         let arch = self.arch()?;
-        self.check_supported()?;
+        self.check_supported(arch)?;
         let sliding_window = match arch {
             Arch::Llama => None,
             Arch::Mistral => self.sliding_window,
             Arch::Qwen2 => self
                 .sliding_window
                 .filter(|_| self.use_sliding_window == Some(true)),
+            Arch::Gemma3 => Some(self.sliding_window.unwrap_or(GEMMA3_WINDOW)),
+        };
+        let gemma = match arch {
+            Arch::Gemma3 => Some(self.gemma3_params()?),
+            _ => None,
         };
         let cfg = ModelConfig {
             arch,
@@ -329,7 +532,10 @@ impl HfConfig {
                 .head_dim
                 .unwrap_or(self.hidden_size / self.num_attention_heads.max(1)),
             // Defaults below are the transformers defaults of each family.
-            rope_theta: self.rope_theta.unwrap_or(10_000.0),
+            rope_theta: self
+                .rope_theta
+                .or_else(|| self.rope_parameter("full_attention"))
+                .unwrap_or(10_000.0),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
             vocab_size: self.vocab_size,
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -337,9 +543,49 @@ impl HfConfig {
             sliding_window,
             bos_token_id: first_id(self.bos_token_id.as_ref()),
             eos_token_id: first_id(self.eos_token_id.as_ref()),
+            gemma,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// `rope_theta` from transformers 5's `rope_parameters`: the entry of `layer_type`
+    /// when there is one per layer type, else the single entry.
+    fn rope_parameter(&self, layer_type: &str) -> Option<f64> {
+        let p = self.rope_parameters.as_ref()?;
+        p.get(layer_type).unwrap_or(p).get("rope_theta")?.as_f64()
+    }
+
+    /// Gemma 3's parameters; `layer_types`, when given, must be the regular pattern.
+    fn gemma3_params(&self) -> Result<Gemma3Params> {
+        let pattern = self.sliding_window_pattern.unwrap_or(GEMMA3_PATTERN);
+        if let Some(types) = &self.layer_types {
+            let regular = types.len() == self.num_hidden_layers
+                && types.iter().enumerate().all(|(i, t)| {
+                    let local = pattern > 0 && !(i + 1).is_multiple_of(pattern);
+                    t == if local {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                });
+            if !regular {
+                return Err(ModelError::Unsupported(format!(
+                    "Gemma 3 `layer_types` other than every {pattern}th layer global"
+                )));
+            }
+        }
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1));
+        Ok(Gemma3Params {
+            rope_local_theta: self
+                .rope_local_base_freq
+                .or_else(|| self.rope_parameter("sliding_attention"))
+                .unwrap_or(GEMMA3_LOCAL_THETA),
+            sliding_window_pattern: pattern,
+            query_pre_attn_scalar: self.query_pre_attn_scalar.unwrap_or(head_dim as f64),
+        })
     }
 }
 

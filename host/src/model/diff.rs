@@ -189,6 +189,13 @@ struct DiffRope {
 
 impl DiffRope {
     fn new(model: &Model, t: usize, dtype: DType) -> Result<Self> {
+        if model.config.gemma.is_some() {
+            return Err(ModelError::Unsupported(
+                "gradients through Gemma 3 (its extra norms and sliding-window layers are not \
+                 in the differentiable forward yet)"
+                    .into(),
+            ));
+        }
         // Same validation as the model (sliding window); the fast tables are not used here.
         model.rope(t)?;
         let cfg = &model.config;
@@ -301,6 +308,7 @@ impl BlockParams {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
+            ..
         } = self.attn;
         let (b, t, _) = x.dims3()?;
         let group = nh / nkv;

@@ -102,7 +102,7 @@ struct GgufSource {
 
 impl WeightSource for GgufSource {
     fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let gguf_name = gguf_name(name).ok_or_else(|| ModelError::Weight {
+        let gguf_name = gguf_name_for(self.cfg.arch, name).ok_or_else(|| ModelError::Weight {
             name: name.to_string(),
             reason: "no GGUF equivalent".into(),
         })?;
@@ -114,7 +114,13 @@ impl WeightSource for GgufSource {
     }
 
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|n| self.file.content.tensor_infos.contains_key(&n))
+        gguf_name_for(self.cfg.arch, name)
+            .is_some_and(|n| self.file.content.tensor_infos.contains_key(&n))
+    }
+
+    fn gemma_norms_as_scale(&self) -> bool {
+        // llama.cpp's converter adds 1 to every Gemma norm weight.
+        true
     }
 }
 
@@ -122,7 +128,8 @@ impl GgufSource {
     /// llama.cpp permutes Q and K (weights and biases) of LLaMA models only; Qwen2 is
     /// converted unpermuted because llama.cpp runs it with the NeoX rotation.
     fn permuted_heads(&self, name: &str) -> Option<usize> {
-        if self.cfg.arch == Arch::Qwen2 {
+        // Gemma 3 runs with the NeoX rotation in llama.cpp too.
+        if matches!(self.cfg.arch, Arch::Qwen2 | Arch::Gemma3) {
             return None;
         }
         if name.contains("self_attn.q_proj.") {
@@ -133,6 +140,33 @@ impl GgufSource {
             None
         }
     }
+}
+
+/// The llama.cpp name of a Hugging Face key of a model of family `arch` (Gemma 3 names its
+/// norms differently).
+pub(crate) fn gguf_name_for(arch: Arch, hf: &str) -> Option<String> {
+    if arch == Arch::Gemma3 {
+        if let Some(name) = gemma3_norm_name(hf) {
+            return Some(name);
+        }
+    }
+    gguf_name(hf)
+}
+
+/// The llama.cpp name of one of the norms only Gemma 3 has (or names differently).
+fn gemma3_norm_name(hf: &str) -> Option<String> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, key) = rest.split_once('.')?;
+    let (module, kind) = key.rsplit_once('.')?;
+    let short = match module {
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "post_attention_layernorm" => "post_attention_norm",
+        "pre_feedforward_layernorm" => "ffn_norm",
+        "post_feedforward_layernorm" => "post_ffw_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{short}.{kind}"))
 }
 
 /// The llama.cpp name of a Hugging Face key.

@@ -160,8 +160,22 @@ pub(crate) fn named_tensors(model: &Model) -> Vec<(String, Tensor)> {
             format!("{p}.input_layernorm.weight"),
             b.input_layernorm.weight().clone(),
         ));
+        let pre_mlp = match &b.gemma {
+            Some(g) => {
+                for (name, n) in [
+                    ("self_attn.q_norm", &g.q_norm),
+                    ("self_attn.k_norm", &g.k_norm),
+                    ("post_attention_layernorm", &g.post_attention_norm),
+                    ("post_feedforward_layernorm", &g.post_feedforward_norm),
+                ] {
+                    out.push((format!("{p}.{name}.weight"), n.weight().clone()));
+                }
+                "pre_feedforward_layernorm"
+            }
+            None => "post_attention_layernorm",
+        };
         out.push((
-            format!("{p}.post_attention_layernorm.weight"),
+            format!("{p}.{pre_mlp}.weight"),
             b.post_attention_layernorm.weight().clone(),
         ));
         for (kind, lin) in b.linears() {

@@ -198,7 +198,10 @@ pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result
 /// Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) · w`.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
+    /// The checkpoint's weight.
     weight: Tensor,
+    /// The scale applied: `weight`, or Gemma's `1 + weight`.
+    scale: Tensor,
     eps: f32,
 }
 
@@ -208,24 +211,75 @@ impl RmsNorm {
         weight.dims1()?;
         check_f32("norm weight", &weight)?;
         Ok(Self {
+            scale: weight.clone(),
             weight,
             // transformers adds eps to an f32 variance, so the f32 rounding of eps is exact.
             eps: eps as f32,
         })
     }
 
-    /// The `[hidden]` scale.
+    /// Gemma's norm `x / rms(x) · (1 + w)` with its checkpoint weight `w`.
+    pub fn new_offset(weight: Tensor, eps: f64) -> Result<Self> {
+        let mut n = Self::new(weight, eps)?;
+        n.scale = (&n.weight + 1.0)?;
+        Ok(n)
+    }
+
+    /// Gemma's norm from the scale `1 + w` itself (how llama.cpp stores it): the scale is
+    /// kept exactly, the checkpoint weight is `scale − 1`.
+    pub fn from_offset_scale(scale: Tensor, eps: f64) -> Result<Self> {
+        let mut n = Self::new((&scale - 1.0)?, eps)?;
+        n.scale = scale;
+        Ok(n)
+    }
+
+    /// The `[hidden]` checkpoint weight (for Gemma the `w` of `1 + w`).
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The `[hidden]` factor applied after normalising (`1 + w` for Gemma).
+    pub fn scale(&self) -> &Tensor {
+        &self.scale
+    }
+
+    /// The epsilon added to the mean square.
+    pub fn eps(&self) -> f32 {
+        self.eps
     }
 
     /// Normalise the last dimension of `x` (copied first if it is not contiguous).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(candle_nn::ops::rms_norm(
             &x.contiguous()?,
-            &self.weight,
+            &self.scale,
             self.eps,
         )?)
+    }
+
+    /// Normalise every `width`-wide chunk of a row-major slice in place (Gemma's per-head
+    /// QK-norm on the projections' `[rows, heads·width]` layout), in f32 as transformers does.
+    pub(crate) fn forward_chunks_inplace(&self, x: &mut [f32]) -> Result<()> {
+        let scale = self.scale.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+        let width = scale.len();
+        if width == 0 || !x.len().is_multiple_of(width) {
+            return Err(ModelError::Shape(format!(
+                "{} values do not split into norms of {width}",
+                x.len()
+            )));
+        }
+        let eps = self.eps;
+        use rayon::prelude::*;
+        x.par_chunks_mut(width * 64).for_each(|rows| {
+            for chunk in rows.chunks_exact_mut(width) {
+                let ms = chunk.iter().map(|v| v * v).sum::<f32>() / width as f32;
+                let inv = 1.0 / (ms + eps).sqrt();
+                for (v, s) in chunk.iter_mut().zip(&scale) {
+                    *v = *v * inv * s;
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -238,24 +292,61 @@ pub struct Rope {
     /// The same tables in host memory, for the fused CPU attention.
     host: Arc<(Vec<f32>, Vec<f32>)>,
     max_len: usize,
+    /// Keys a query sees: itself and the `window − 1` before it (`None`: all earlier ones).
+    window: Option<usize>,
+    /// Gemma 3: the tables and window of the sliding-window layers.
+    local: Option<Box<Rope>>,
 }
 
 impl Rope {
     /// Tables for `config` and sequences of at most `max_len` tokens.
+    ///
+    /// Mistral and Qwen2 windows apply to every layer and sequences longer than the window are
+    /// refused; Gemma 3's local layers get their own tables and a masked window (see
+    /// [`Rope::for_layer`]).
     pub fn new(config: &ModelConfig, max_len: usize, device: &Device) -> Result<Self> {
-        if let Some(w) = config.sliding_window.filter(|&w| max_len > w) {
-            return Err(ModelError::Input(format!(
-                "sequence length {max_len} exceeds the sliding attention window {w}"
-            )));
+        let mut rope = Self::tables(config.head_dim, config.rope_theta, max_len, device)?;
+        match config.gemma {
+            Some(g) => {
+                let mut local = Self::tables(config.head_dim, g.rope_local_theta, max_len, device)?;
+                local.window = config.sliding_window;
+                rope.local = Some(Box::new(local));
+            }
+            None => {
+                if let Some(w) = config.sliding_window.filter(|&w| max_len > w) {
+                    return Err(ModelError::Input(format!(
+                        "sequence length {max_len} exceeds the sliding attention window {w}"
+                    )));
+                }
+            }
         }
-        let (cos, sin) = rope_tables(config.head_dim, config.rope_theta, max_len);
-        let half = config.head_dim / 2;
+        Ok(rope)
+    }
+
+    fn tables(head_dim: usize, theta: f64, max_len: usize, device: &Device) -> Result<Self> {
+        let (cos, sin) = rope_tables(head_dim, theta, max_len);
+        let half = head_dim / 2;
         Ok(Self {
             cos: Tensor::from_vec(cos.clone(), (max_len, half), device)?,
             sin: Tensor::from_vec(sin.clone(), (max_len, half), device)?,
             host: Arc::new((cos, sin)),
             max_len,
+            window: None,
+            local: None,
         })
+    }
+
+    /// The tables of a block: a Gemma 3 sliding-window layer's own, else these.
+    pub fn for_layer(&self, local: bool) -> &Rope {
+        match (&self.local, local) {
+            (Some(l), true) => l,
+            _ => self,
+        }
+    }
+
+    /// The attention window of these tables (`None`: causal over the whole sequence).
+    pub fn window(&self) -> Option<usize> {
+        self.window
     }
 
     /// Longest sequence these tables cover.
@@ -277,11 +368,15 @@ impl Rope {
         Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)?)
     }
 
-    /// The `[seq, seq]` additive causal mask: 0 on and below the diagonal, −∞ above (built
-    /// on demand: the CPU path uses a fused causal softmax instead).
+    /// The `[seq, seq]` additive causal mask: 0 on and below the diagonal (and within the
+    /// window), −∞ elsewhere (built on demand: the CPU path uses a fused causal softmax).
     pub fn mask(&self, t: usize) -> Result<Tensor> {
         self.check_len(t)?;
-        Ok(Tensor::from_vec(causal_mask(t), (t, t), self.cos.device())?)
+        Ok(Tensor::from_vec(
+            causal_mask(t, self.window),
+            (t, t),
+            self.cos.device(),
+        )?)
     }
 
     pub(crate) fn check_len(&self, t: usize) -> Result<()> {
@@ -320,10 +415,25 @@ pub fn rope_tables(head_dim: usize, theta: f64, len: usize) -> (Vec<f32>, Vec<f3
     (cos, sin)
 }
 
-fn causal_mask(t: usize) -> Vec<f32> {
+/// Row `i` sees keys `j ≤ i` with `i − j < window`.
+fn causal_mask(t: usize, window: Option<usize>) -> Vec<f32> {
+    let w = window.unwrap_or(usize::MAX);
     (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|i| {
+            (0..t).map(move |j| {
+                if j > i || i - j >= w {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect()
+}
+
+/// `gelu_tanh(gate) · up`, Gemma's gated MLP activation (transformers' `gelu_pytorch_tanh`).
+pub(crate) fn geglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.gelu()? * up)?)
 }
 
 /// Softmax over the last dimension (numerically stable).
@@ -376,6 +486,7 @@ mod tests {
             tie_word_embeddings: true,
             max_position_embeddings: 16,
             sliding_window: None,
+            gemma: None,
             bos_token_id: None,
             eos_token_id: None,
         }

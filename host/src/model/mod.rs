@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-pub use block::{AttnShape, Block, Capture};
-pub use config::{Arch, ModelConfig};
+pub use block::{AttnShape, Block, Capture, GemmaParts};
+pub use config::{Arch, Gemma3Params, ModelConfig};
 pub(crate) use layers::with_cpu_f32;
 pub use layers::{rope_tables, Linear, RmsNorm, Rope};
 pub use matmul::{
@@ -57,7 +57,7 @@ pub enum ModelError {
         reason: String,
     },
     /// The architecture is not one of the LLaMA family members we run.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2)")]
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, gemma3)")]
     UnsupportedArchitecture(String),
     /// A feature of an otherwise supported model that we do not implement.
     #[error("unsupported model feature: {0}")]
@@ -211,11 +211,18 @@ impl Model {
         Ok(Tensor::from_vec(flat, (windows.len(), t), self.device())?)
     }
 
-    /// Embed `[batch, seq]` u32 ids into `[batch, seq, hidden]`.
+    /// Embed `[batch, seq]` u32 ids into `[batch, seq, hidden]` (Gemma: times √hidden).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
-        Ok(x.reshape((b, t, self.config.hidden_size))?)
+        let x = x.reshape((b, t, self.config.hidden_size))?;
+        if self.config.gemma.is_some() {
+            // Gemma scales embeddings by √hidden, rounded to the activations' f32 as
+            // transformers does.
+            let s = (self.config.hidden_size as f64).sqrt() as f32;
+            return Ok((x * f64::from(s))?);
+        }
+        Ok(x)
     }
 
     /// Final norm and output head: `[batch, seq, hidden]` → `[batch, seq, vocab]` logits.

@@ -24,21 +24,37 @@ fn ids(model: &Model, batch: usize, seq: usize) -> Tensor {
 fn naive_forward(m: &Model, ids: &Tensor, bf16: bool) -> Tensor {
     let cfg = &m.config;
     let (b, t) = ids.dims2().unwrap();
-    let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, t);
-    let cos = Tensor::from_vec(cos, (t, cfg.head_dim / 2), &Device::Cpu).unwrap();
-    let sin = Tensor::from_vec(sin, (t, cfg.head_dim / 2), &Device::Cpu).unwrap();
-    let mask: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap();
+    // Gemma 3: the local layers' own RoPE base and window.
+    let tables = |theta: f64| {
+        let (cos, sin) = rope_tables(cfg.head_dim, theta, t);
+        (
+            Tensor::from_vec(cos, (t, cfg.head_dim / 2), &Device::Cpu).unwrap(),
+            Tensor::from_vec(sin, (t, cfg.head_dim / 2), &Device::Cpu).unwrap(),
+        )
+    };
+    let global = tables(cfg.rope_theta);
+    let local = cfg.gemma.map(|g| tables(g.rope_local_theta));
+    let mask_of = |window: usize| {
+        let mask: Vec<f32> = (0..t * t)
+            .map(|i| {
+                let (row, col) = (i / t, i % t);
+                if col > row || row - col >= window {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(mask, (t, t), &Device::Cpu).unwrap()
+    };
+    let gemma = cfg.gemma.is_some();
     let norm = |x: &Tensor, n: &RmsNorm| {
-        layers::rms_norm_reference(x, n.weight(), cfg.rms_norm_eps).unwrap()
+        let w = if gemma {
+            (n.weight() + 1.0).unwrap()
+        } else {
+            n.weight().clone()
+        };
+        layers::rms_norm_reference(x, &w, cfg.rms_norm_eps).unwrap()
     };
     let round = |t: &Tensor| {
         if bf16 {
@@ -67,21 +83,36 @@ fn naive_forward(m: &Model, ids: &Tensor, bf16: bool) -> Tensor {
             .contiguous()
             .unwrap()
     };
-    let mut x = m.embed(ids).unwrap();
-    for blk in &m.blocks {
+    let mut x = m
+        .embed_tokens
+        .index_select(&ids.flatten_all().unwrap(), 0)
+        .unwrap()
+        .reshape((b, t, cfg.hidden_size))
+        .unwrap();
+    if gemma {
+        x = (x * f64::from((cfg.hidden_size as f32).sqrt())).unwrap();
+    }
+    for (i, blk) in m.blocks.iter().enumerate() {
+        let is_local = cfg.is_local_layer(i);
+        let (cos, sin) = match (&local, is_local) {
+            (Some(l), true) => l,
+            _ => &global,
+        };
+        let mask = mask_of(match is_local {
+            true => cfg.sliding_window.unwrap(),
+            false => usize::MAX,
+        });
         let xn = norm(&x, &blk.input_layernorm);
-        let q = candle_nn::rotary_emb::rope_slow(
-            &split(lin(&xn, &blk.q_proj), cfg.num_heads),
-            &cos,
-            &sin,
-        )
-        .unwrap();
-        let k = candle_nn::rotary_emb::rope_slow(
-            &split(lin(&xn, &blk.k_proj), cfg.num_kv_heads),
-            &cos,
-            &sin,
-        )
-        .unwrap();
+        let (mut q, mut k) = (
+            split(lin(&xn, &blk.q_proj), cfg.num_heads),
+            split(lin(&xn, &blk.k_proj), cfg.num_kv_heads),
+        );
+        if let Some(g) = &blk.gemma {
+            q = norm(&q, &g.q_norm);
+            k = norm(&k, &g.k_norm);
+        }
+        let q = candle_nn::rotary_emb::rope_slow(&q, cos, sin).unwrap();
+        let k = candle_nn::rotary_emb::rope_slow(&k, cos, sin).unwrap();
         let v = split(lin(&xn, &blk.v_proj), cfg.num_kv_heads);
         let group = cfg.num_heads / cfg.num_kv_heads;
         let heads: Vec<Tensor> = (0..cfg.num_heads)
@@ -89,8 +120,10 @@ fn naive_forward(m: &Model, ids: &Tensor, bf16: bool) -> Tensor {
                 let qh = q.narrow(1, h, 1).unwrap();
                 let kh = k.narrow(1, h / group, 1).unwrap();
                 let vh = v.narrow(1, h / group, 1).unwrap();
-                let s =
-                    (qh.matmul(&kh.t().unwrap()).unwrap() / (cfg.head_dim as f64).sqrt()).unwrap();
+                let scale = cfg
+                    .gemma
+                    .map_or(cfg.head_dim as f64, |g| g.query_pre_attn_scalar);
+                let s = (qh.matmul(&kh.t().unwrap()).unwrap() / scale.sqrt()).unwrap();
                 let p =
                     candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
                 p.matmul(&vh).unwrap()
@@ -102,19 +135,42 @@ fn naive_forward(m: &Model, ids: &Tensor, bf16: bool) -> Tensor {
             .unwrap()
             .reshape((b, t, cfg.num_heads * cfg.head_dim))
             .unwrap();
-        x = (x + lin(&attn, &blk.o_proj)).unwrap();
+        let o = lin(&attn, &blk.o_proj);
+        x = match &blk.gemma {
+            Some(g) => (x + norm(&o, &g.post_attention_norm)).unwrap(),
+            None => (x + o).unwrap(),
+        };
         let hn = norm(&x, &blk.post_attention_layernorm);
-        let act = (lin(&hn, &blk.gate_proj).silu().unwrap() * lin(&hn, &blk.up_proj)).unwrap();
-        x = (x + lin(&act, &blk.down_proj)).unwrap();
+        let gate = lin(&hn, &blk.gate_proj);
+        let gate = match gemma {
+            // gelu_pytorch_tanh written out.
+            true => gate
+                .affine(1.0, 0.0)
+                .unwrap()
+                .apply(&|g: &Tensor| -> candle_core::Result<Tensor> {
+                    let inner =
+                        ((g + (g.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+                    (g * 0.5)? * (inner.tanh()? + 1.0)?
+                })
+                .unwrap(),
+            false => gate.silu().unwrap(),
+        };
+        let act = (gate * lin(&hn, &blk.up_proj)).unwrap();
+        let down = lin(&act, &blk.down_proj);
+        x = match &blk.gemma {
+            Some(g) => (x + norm(&down, &g.post_feedforward_norm)).unwrap(),
+            None => (x + down).unwrap(),
+        };
     }
     lin(&norm(&x, &m.norm), &m.lm_head)
 }
 
 #[test]
 fn forward_matches_naive_reference() {
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let m = tiny(arch);
-        // 100 tokens: several blocks of query rows in the fused CPU attention.
+        // 100 tokens: several blocks of query rows in the fused CPU attention (and, for
+        // Gemma 3, far beyond the local layers' window of 8).
         for seq in [9, 100] {
             let ids = ids(&m, 2, seq);
             let got = m.forward(&ids).unwrap();
@@ -291,7 +347,7 @@ fn out_of_vocab_ids_are_errors() {
 #[test]
 fn hf_round_trip_is_exact_and_half_precision_loads() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let m = tiny(arch);
         let ids = ids(&m, 2, 8);
         let want = m.forward(&ids).unwrap();
@@ -370,7 +426,7 @@ fn quantized(w: &Tensor, dtype: GgmlDType) -> Tensor {
 #[test]
 fn gguf_round_trip_unpermutes_and_dequantizes_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let m = tiny(arch);
         let ids = ids(&m, 2, 8);
         let want = m.forward(&ids).unwrap();

@@ -7,7 +7,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Tensor};
 
-use super::gguf::{gguf_name, permute_rows};
+use super::gguf::{gguf_name_for, permute_rows};
 use super::{Arch, Model, Result};
 
 /// Write `model` as GGUF the way llama.cpp's converter does: llama.cpp tensor names, Q/K
@@ -22,6 +22,7 @@ pub(crate) fn write_gguf(
     let cfg = &model.config;
     let arch = match cfg.arch {
         Arch::Qwen2 => "qwen2",
+        Arch::Gemma3 => "gemma3",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let k = |s: &str| format!("{arch}.{s}");
@@ -50,10 +51,21 @@ pub(crate) fn write_gguf(
         ),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
     ];
+    let mut md = md;
+    if let (Some(g), Some(w)) = (cfg.gemma, cfg.sliding_window) {
+        md.push((k("attention.sliding_window"), Value::U32(w as u32)));
+        md.push((
+            k("attention.sliding_window_pattern"),
+            Value::U32(g.sliding_window_pattern as u32),
+        ));
+        md.push((k("attention.key_length"), Value::U32(cfg.head_dim as u32)));
+    }
     let mut tensors = Vec::new();
     for (name, t) in model.hf_tensors() {
         let t = match (cfg.arch, name.as_str()) {
-            (Arch::Qwen2, _) => t,
+            // llama.cpp stores Gemma's norms as `1 + w`.
+            (Arch::Gemma3, n) if n.ends_with("norm.weight") => (t + 1.0)?,
+            (Arch::Qwen2 | Arch::Gemma3, _) => t,
             (_, n) if n.contains("q_proj") => permute_rows(&t, cfg.num_heads)?,
             (_, n) if n.contains("k_proj") => permute_rows(&t, cfg.num_kv_heads)?,
             _ => t,
@@ -65,7 +77,7 @@ pub(crate) fn write_gguf(
         } else {
             linear
         };
-        let gname = gguf_name(&name).unwrap_or(name);
+        let gname = gguf_name_for(cfg.arch, &name).unwrap_or(name);
         tensors.push((gname, QTensor::quantize(&t, dtype)?));
     }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();

@@ -6,13 +6,20 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::NormalizerWrapper;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::gguf::GgufFile;
@@ -83,11 +90,16 @@ impl Tokenizer {
     /// `llama-bpe`/`llama3`, `qwen2`).
     pub fn from_gguf_metadata(md: &HashMap<String, Value>) -> Result<Self> {
         let kind = md_str(md, "tokenizer.ggml.model")?.unwrap_or_default();
-        if kind != "gpt2" {
-            return Err(ModelError::Tokenizer(format!(
-                "GGUF tokenizer model `{kind}` is not supported (only byte-level BPE `gpt2`); \
-                 pass a tokenizer.json instead"
-            )));
+        match kind.as_str() {
+            "gpt2" => {}
+            "llama" => return Self::from_gguf_sentencepiece(md),
+            _ => {
+                return Err(ModelError::Tokenizer(format!(
+                    "GGUF tokenizer model `{}` is not supported (byte-level BPE `gpt2` or \
+                     SentencePiece `llama`); pass a tokenizer.json instead",
+                    crate::term::line(&kind)
+                )))
+            }
         }
         let pre = md_str(md, "tokenizer.ggml.pre")?.unwrap_or_else(|| "default".into());
         let tokens = md_strings(md, "tokenizer.ggml.tokens")?;
@@ -112,6 +124,84 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         set_pipeline(&mut inner, &pre)?;
         add_gguf_special_tokens(&mut inner, md, &tokens)?;
+        add_bos_template(&mut inner, md, &tokens)?;
+        Ok(Self { inner })
+    }
+
+    /// A SentencePiece BPE vocabulary (`tokenizer.ggml.model` = `llama`: Gemma, LLaMA 1/2)
+    /// as the equivalent Hugging Face pipeline: spaces become `▁` (and a leading `▁` when
+    /// `add_space_prefix` is set), BPE whose merge ranks follow the pieces' scores (llama.cpp
+    /// merges the adjacent pair whose concatenation has the highest score; the merges are
+    /// derived the way transformers' `SentencePieceExtractor` derives them), byte fallback
+    /// for characters outside the vocabulary, and user-defined pieces (Gemma's runs of
+    /// newlines and spaces, HTML tags) matched whole in the raw text first.
+    fn from_gguf_sentencepiece(md: &HashMap<String, Value>) -> Result<Self> {
+        let tokens = md_strings(md, "tokenizer.ggml.tokens")?;
+        let scores = md_numbers(md, "tokenizer.ggml.scores", tokens.len())?;
+        let types = md_numbers(md, "tokenizer.ggml.token_type", tokens.len())?;
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        if vocab.len() != tokens.len() {
+            return Err(ModelError::Tokenizer(
+                "the SentencePiece vocabulary repeats a piece".into(),
+            ));
+        }
+        let merges = spm_merges(&tokens, &scores, &types, &vocab);
+        let unk = match md.get("tokenizer.ggml.unknown_token_id").map(Value::to_u32) {
+            Some(Ok(id)) => tokens.get(id as usize).cloned(),
+            _ => None,
+        };
+        let mut builder = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if let Some(unk) = unk {
+            builder = builder.unk_token(unk);
+        }
+        let bpe = builder
+            .build()
+            .map_err(|e| ModelError::Tokenizer(format!("BPE: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let prefix = matches!(
+            md.get("tokenizer.ggml.add_space_prefix"),
+            Some(Value::Bool(true))
+        );
+        let replace = Replace::new(" ", "▁")
+            .map_err(|e| ModelError::Tokenizer(format!("normalizer: {e}")))?;
+        let normalizer: NormalizerWrapper = if prefix {
+            NormSequence::new(vec![Prepend::new("▁".into()).into(), replace.into()]).into()
+        } else {
+            replace.into()
+        };
+        inner.with_normalizer(Some(normalizer));
+        let space =
+            Replace::new("▁", " ").map_err(|e| ModelError::Tokenizer(format!("decoder: {e}")))?;
+        let mut steps: Vec<DecoderWrapper> = vec![
+            space.into(),
+            ByteFallback::default().into(),
+            Fuse::default().into(),
+        ];
+        if prefix {
+            steps.push(Strip::new(' ', 1, 0).into());
+        }
+        inner.with_decoder(Some(DecoderSequence::new(steps)));
+        let mut special = Vec::new();
+        let mut plain = Vec::new();
+        for (tok, &ty) in tokens.iter().zip(&types) {
+            match ty as u32 {
+                TOKEN_TYPE_CONTROL => special.push(AddedToken::from(tok.clone(), true)),
+                // Matched in the raw text, before spaces become `▁`, as llama.cpp does.
+                TOKEN_TYPE_USER_DEFINED => {
+                    plain.push(AddedToken::from(tok.clone(), false).normalized(false))
+                }
+                _ => {}
+            }
+        }
+        inner.add_special_tokens(&special);
+        inner.add_tokens(&plain);
         add_bos_template(&mut inner, md, &tokens)?;
         Ok(Self { inner })
     }
@@ -272,6 +362,64 @@ fn add_bos_template(
     Ok(())
 }
 
+/// llama.cpp token type of the `<0xXX>` byte pieces.
+const TOKEN_TYPE_BYTE: u32 = 6;
+
+/// BPE merges equivalent to SentencePiece's scores: every split `(l, r)` of a piece into two
+/// pieces, ranked by the whole piece's score (highest first; ties by the ids of `l`, `r`, as
+/// transformers orders them). Byte pieces are never merge results.
+fn spm_merges(
+    tokens: &[String],
+    scores: &[f64],
+    types: &[f64],
+    vocab: &Vocab,
+) -> Vec<(String, String)> {
+    let mut merges: Vec<(f64, u32, u32, usize)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types[i] as u32 == TOKEN_TYPE_BYTE {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(cut);
+            if let (Some(&a), Some(&b)) = (vocab.get(l), vocab.get(r)) {
+                merges.push((scores[i], a, b, i));
+            }
+        }
+    }
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    merges
+        .into_iter()
+        .map(|(_, a, b, _)| (tokens[a as usize].clone(), tokens[b as usize].clone()))
+        .collect()
+}
+
+/// A numeric array of `len` entries (scores, token types) as f64.
+fn md_numbers(md: &HashMap<String, Value>, key: &str, len: usize) -> Result<Vec<f64>> {
+    let Some(Value::Array(items)) = md.get(key) else {
+        return Err(ModelError::Tokenizer(format!(
+            "GGUF metadata has no array `{key}`"
+        )));
+    };
+    if items.len() != len {
+        return Err(ModelError::Tokenizer(format!(
+            "`{key}` has {} entries for {len} tokens",
+            items.len()
+        )));
+    }
+    items
+        .iter()
+        .map(|v| match *v {
+            Value::F32(x) => Ok(f64::from(x)),
+            Value::F64(x) => Ok(x),
+            Value::I32(x) => Ok(f64::from(x)),
+            Value::U32(x) => Ok(f64::from(x)),
+            Value::I8(x) => Ok(f64::from(x)),
+            Value::U8(x) => Ok(f64::from(x)),
+            _ => Err(ModelError::Tokenizer(format!("`{key}` holds a non-number"))),
+        })
+        .collect()
+}
+
 fn md_str(md: &HashMap<String, Value>, key: &str) -> Result<Option<String>> {
     match md.get(key) {
         None => Ok(None),
@@ -328,6 +476,63 @@ mod tests {
         md
     }
 
+    /// A SentencePiece vocabulary like Gemma's: control, normal, user-defined and byte pieces.
+    fn spm_md(prefix: bool) -> HashMap<String, Value> {
+        // (piece, score, llama.cpp type)
+        let pieces: [(&str, f32, i32); 13] = [
+            ("<pad>", -1000.0, 3),
+            ("<bos>", -1000.0, 3),
+            ("<unk>", -1000.0, 2),
+            ("▁", -10.0, 1),
+            ("a", -10.0, 1),
+            ("b", -10.0, 1),
+            ("c", -10.0, 1),
+            ("ab", -1.0, 1),
+            ("▁ab", -2.0, 1),
+            ("abc", -3.0, 1),
+            ("  ", -1000.0, 4),
+            ("<0x7A>", 0.0, 6),
+            ("\n\n", -1000.0, 4),
+        ];
+        let mut md = HashMap::new();
+        md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        let col =
+            |f: &dyn Fn(&(&str, f32, i32)) -> Value| Value::Array(pieces.iter().map(f).collect());
+        md.insert(
+            "tokenizer.ggml.tokens".into(),
+            col(&|p| Value::String(p.0.into())),
+        );
+        md.insert("tokenizer.ggml.scores".into(), col(&|p| Value::F32(p.1)));
+        md.insert(
+            "tokenizer.ggml.token_type".into(),
+            col(&|p| Value::I32(p.2)),
+        );
+        md.insert("tokenizer.ggml.unknown_token_id".into(), Value::U32(2));
+        md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1));
+        md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));
+        md.insert(
+            "tokenizer.ggml.add_space_prefix".into(),
+            Value::Bool(prefix),
+        );
+        md
+    }
+
+    #[test]
+    fn gguf_sentencepiece_merges_by_score_with_byte_fallback() {
+        let tk = Tokenizer::from_gguf_metadata(&spm_md(false)).unwrap();
+        // "ab abc z": a+b (score −1) first everywhere, then ▁+ab (−2); "▁ab"+"c" is no piece,
+        // so c stays; z is not in the vocabulary and falls back to its byte.
+        assert_eq!(tk.encode("ab abc z").unwrap(), vec![1, 7, 8, 6, 3, 11]);
+        assert_eq!(tk.encode_plain("abc").unwrap(), vec![9]);
+        // User-defined pieces are matched whole in the raw text (two spaces, a blank line).
+        assert_eq!(tk.encode_plain("a  b\n\nc").unwrap(), vec![4, 10, 5, 12, 6]);
+        assert_eq!(tk.decode(&[7, 8, 6, 3, 11]).unwrap(), "ab abc z");
+        // With a space prefix the text starts with ▁: "▁ab".
+        let pre = Tokenizer::from_gguf_metadata(&spm_md(true)).unwrap();
+        assert_eq!(pre.encode_plain("ab").unwrap(), vec![8]);
+        assert_eq!(pre.decode(&[8]).unwrap(), "ab");
+    }
+
     #[test]
     fn gguf_bpe_smollm_splits_digits_and_matches_specials() {
         let tk = Tokenizer::from_gguf_metadata(&tiny_md("smollm")).unwrap();
@@ -345,6 +550,12 @@ mod tests {
         let err = Tokenizer::from_gguf_metadata(&tiny_md("mystery")).unwrap_err();
         assert!(err.to_string().contains("mystery"), "{err}");
         let mut md = tiny_md("smollm");
+        md.insert("tokenizer.ggml.model".into(), Value::String("bert".into()));
+        assert!(matches!(
+            Tokenizer::from_gguf_metadata(&md),
+            Err(ModelError::Tokenizer(_))
+        ));
+        // SentencePiece needs scores for every piece.
         md.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
         assert!(matches!(
             Tokenizer::from_gguf_metadata(&md),

@@ -2,9 +2,9 @@
 
 use candle_core::{Device, Tensor};
 
-use super::block::{AttnShape, Block};
+use super::block::{AttnShape, Block, GemmaParts};
 use super::layers::{Linear, RmsNorm};
-use super::{Model, ModelConfig, Result};
+use super::{Arch, Model, ModelConfig, Result};
 
 /// A store of weights addressed by Hugging Face checkpoint keys.
 pub(crate) trait WeightSource {
@@ -13,6 +13,28 @@ pub(crate) trait WeightSource {
 
     /// Whether the source holds `name`.
     fn contains(&self, name: &str) -> bool;
+
+    /// Whether Gemma's `(1 + w)` norms are stored as the scale `1 + w` (llama.cpp) rather
+    /// than as `w` (transformers).
+    fn gemma_norms_as_scale(&self) -> bool {
+        false
+    }
+}
+
+/// A norm weight of `shape` under `name`, read the way the family stores it.
+fn norm(
+    cfg: &ModelConfig,
+    src: &mut dyn WeightSource,
+    name: &str,
+    width: usize,
+    device: &Device,
+) -> Result<RmsNorm> {
+    let w = src.tensor(name, &[width], device)?;
+    match (cfg.arch, src.gemma_norms_as_scale()) {
+        (Arch::Gemma3, true) => RmsNorm::from_offset_scale(w, cfg.rms_norm_eps),
+        (Arch::Gemma3, false) => RmsNorm::new_offset(w, cfg.rms_norm_eps),
+        _ => RmsNorm::new(w, cfg.rms_norm_eps),
+    }
 }
 
 /// Build the model described by `cfg` from `src`, one tensor at a time (each source
@@ -28,10 +50,7 @@ pub(crate) fn assemble(
     let blocks = (0..cfg.num_layers)
         .map(|i| block(cfg, src, i, device))
         .collect::<Result<Vec<_>>>()?;
-    let norm = RmsNorm::new(
-        src.tensor("model.norm.weight", &[hidden], device)?,
-        cfg.rms_norm_eps,
-    )?;
+    let norm = norm(cfg, src, "model.norm.weight", hidden, device)?;
     let head = if cfg.tie_word_embeddings {
         embed_tokens.clone() // shares storage: no second copy of the largest matrix
     } else {
@@ -66,15 +85,25 @@ fn block(
     let gate_proj = lin("mlp.gate_proj", m, h, false)?;
     let up_proj = lin("mlp.up_proj", m, h, false)?;
     let down_proj = lin("mlp.down_proj", h, m, false)?;
-    let mut norm = |name: &str| -> Result<RmsNorm> {
-        RmsNorm::new(
-            src.tensor(&format!("{p}.{name}.weight"), &[h], device)?,
-            cfg.rms_norm_eps,
-        )
+    let mut nm = |name: &str, width: usize| -> Result<RmsNorm> {
+        norm(cfg, src, &format!("{p}.{name}.weight"), width, device)
+    };
+    let (pre_mlp, gemma) = match cfg.arch {
+        Arch::Gemma3 => (
+            nm("pre_feedforward_layernorm", h)?,
+            Some(GemmaParts {
+                q_norm: nm("self_attn.q_norm", cfg.head_dim)?,
+                k_norm: nm("self_attn.k_norm", cfg.head_dim)?,
+                post_attention_norm: nm("post_attention_layernorm", h)?,
+                post_feedforward_norm: nm("post_feedforward_layernorm", h)?,
+                local: cfg.is_local_layer(i),
+            }),
+        ),
+        _ => (nm("post_attention_layernorm", h)?, None),
     };
     Ok(Block {
-        input_layernorm: norm("input_layernorm")?,
-        post_attention_layernorm: norm("post_attention_layernorm")?,
+        input_layernorm: nm("input_layernorm", h)?,
+        post_attention_layernorm: pre_mlp,
         q_proj,
         k_proj,
         v_proj,
@@ -86,7 +115,9 @@ fn block(
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
+            scale: cfg.attn_scale(),
         },
+        gemma,
     })
 }
 

@@ -19,6 +19,8 @@ pub struct EvalReport {
     pub eval_source: String,
     /// Tokens in the evaluation stream.
     pub eval_tokens: usize,
+    /// sha256 of the evaluation stream's ids as little-endian u32 (to compare tokenisers).
+    pub eval_tokens_sha256: String,
     /// Seconds to load the model.
     pub load_seconds: f64,
     /// Model file or directory.
@@ -90,6 +92,12 @@ pub fn zero_shot(
     Ok(out)
 }
 
+/// sha256 of token ids written as little-endian u32 (`numpy.array(ids, '<u4').tobytes()`).
+pub fn ids_sha256(ids: &[u32]) -> String {
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    crate::hash::sha256_hex(&bytes)
+}
+
 /// Run it: perplexity, then zero-shot accuracy on `tasks`.
 pub fn run(
     spec: &ProtocolSpec,
@@ -111,6 +119,7 @@ pub fn run(
     Ok(EvalReport {
         eval_source: eval.source,
         eval_tokens: eval.tokens.len(),
+        eval_tokens_sha256: ids_sha256(&eval.tokens),
         load_seconds: loaded.seconds,
         model: loaded.path,
         peak_rss_bytes: peak_rss_bytes(),
