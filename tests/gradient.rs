@@ -49,7 +49,8 @@ fn to_vec(t: &Tensor) -> Vec<f64> {
 
 #[test]
 fn differentiable_forward_equals_model_forward() {
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    // Gemma 3's tiny model has a window of 8: the 24-token windows cross it.
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let cfg = ModelConfig::tiny(arch);
         let model = Model::random(&cfg, 11, &Device::Cpu).unwrap();
         let toks = tokens(200, cfg.vocab_size as u32);
@@ -73,8 +74,9 @@ fn differentiable_forward_equals_model_forward() {
 #[test]
 fn gradients_equal_finite_differences() {
     // One window; one weight of every kind, in both blocks; Qwen2 adds q/k/v biases and a tied
-    // head. Central differences of the f64 loss against the f64 backward.
-    for arch in [Arch::Llama, Arch::Qwen2] {
+    // head; Gemma 3 its extra norms, GELU and a local layer. Central differences of the f64 loss
+    // against the f64 backward.
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
         let cfg = ModelConfig::tiny(arch);
         let model = Model::random(&cfg, 3, &Device::Cpu).unwrap();
         let toks = tokens(400, cfg.vocab_size as u32);

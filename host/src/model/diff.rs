@@ -182,39 +182,68 @@ struct DiffRope {
     cos: Tensor,
     /// `[T, head_dim]`.
     sin: Tensor,
-    /// `[T, T]` additive causal mask (0 or −∞).
+    /// `[T, T]` additive causal mask (0 or −∞; within the window for local layers).
     mask: Tensor,
     half: usize,
+    /// Gemma 3: the tables and mask of the sliding-window layers.
+    local: Option<Box<DiffRope>>,
 }
 
 impl DiffRope {
     fn new(model: &Model, t: usize, dtype: DType) -> Result<Self> {
-        if model.config.gemma.is_some() {
-            return Err(ModelError::Unsupported(
-                "gradients through Gemma 3 (its extra norms and sliding-window layers are not \
-                 in the differentiable forward yet)"
-                    .into(),
-            ));
-        }
         // Same validation as the model (sliding window); the fast tables are not used here.
         model.rope(t)?;
         let cfg = &model.config;
-        let half = cfg.head_dim / 2;
+        let mut rope = Self::tables(model, cfg.rope_theta, None, t, dtype)?;
+        if let Some(g) = cfg.gemma {
+            let local = Self::tables(model, g.rope_local_theta, cfg.sliding_window, t, dtype)?;
+            rope.local = Some(Box::new(local));
+        }
+        Ok(rope)
+    }
+
+    fn tables(
+        model: &Model,
+        theta: f64,
+        window: Option<usize>,
+        t: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let d = model.config.head_dim;
+        let half = d / 2;
         let dev = model.device();
-        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, t);
+        let (cos, sin) = rope_tables(d, theta, t);
         let widen = |v: Vec<f32>| -> Result<Tensor> {
             let h = Tensor::from_vec(v, (t, half), dev)?;
             Ok(Tensor::cat(&[&h, &h], 1)?.to_dtype(dtype)?)
         };
+        let w = window.unwrap_or(usize::MAX);
         let mask: Vec<f32> = (0..t)
-            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .flat_map(|i| {
+                (0..t).map(move |j| {
+                    if j > i || i - j >= w {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+            })
             .collect();
         Ok(Self {
             cos: widen(cos)?,
             sin: widen(sin)?,
             mask: Tensor::from_vec(mask, (t, t), dev)?.to_dtype(dtype)?,
             half,
+            local: None,
         })
+    }
+
+    /// The tables of a block (Gemma 3's local layers have their own).
+    fn for_layer(&self, local: bool) -> &DiffRope {
+        match (&self.local, local) {
+            (Some(l), true) => l,
+            _ => self,
+        }
     }
 
     /// Rotate `[b, heads, T, head_dim]`: `x·cos + rotate_half(x)·sin`,
@@ -260,6 +289,8 @@ fn model_eps(model: &Model) -> f64 {
 struct BlockParams {
     ln1: Tensor,
     ln2: Tensor,
+    /// Gemma 3's q/k, post-attention and post-MLP norm scales, and whether the block is local.
+    gemma: Option<([Tensor; 4], bool)>,
     /// Weights in [`LayerKind::BLOCK`] order.
     w: Vec<Tensor>,
     /// Biases in the same order.
@@ -276,9 +307,23 @@ impl BlockParams {
             w.push(l.weight().to_dtype(dtype)?);
             b.push(l.bias().map(|b| b.to_dtype(dtype)).transpose()?);
         }
+        let gemma = match &block.gemma {
+            Some(g) => {
+                let sc = |n: &super::RmsNorm| n.scale().to_dtype(dtype);
+                let scales = [
+                    sc(&g.q_norm)?,
+                    sc(&g.k_norm)?,
+                    sc(&g.post_attention_norm)?,
+                    sc(&g.post_feedforward_norm)?,
+                ];
+                Some((scales, g.local))
+            }
+            None => None,
+        };
         Ok(Self {
-            ln1: block.input_layernorm.weight().to_dtype(dtype)?,
-            ln2: block.post_attention_layernorm.weight().to_dtype(dtype)?,
+            ln1: block.input_layernorm.scale().to_dtype(dtype)?,
+            ln2: block.post_attention_layernorm.scale().to_dtype(dtype)?,
+            gemma,
             w,
             b,
             attn: block.attn,
@@ -302,27 +347,37 @@ impl BlockParams {
         linear(x, &self.w[k], self.b[k].as_ref())
     }
 
-    /// The block on `x` `[b, T, hidden]`: pre-norm GQA attention and SwiGLU MLP, residuals.
+    /// The block on `x` `[b, T, hidden]`: pre-norm GQA attention and SwiGLU MLP, residuals
+    /// (Gemma 3: QK-norm, post-norms, GELU, its local layers' tables and window).
     fn forward(&self, x: &Tensor, rope: &DiffRope) -> Result<Tensor> {
         let AttnShape {
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: d,
-            ..
+            scale,
         } = self.attn;
+        let rope = rope.for_layer(self.gemma.as_ref().is_some_and(|g| g.1));
+        let norms = self.gemma.as_ref().map(|g| &g.0);
         let (b, t, _) = x.dims3()?;
         let group = nh / nkv;
         let xn = rms_norm(x, &self.ln1, self.eps)?;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = rope.apply(&heads(self.lin(LayerKind::Q, &xn)?, nh)?)?;
-        let k = rope.apply(&heads(self.lin(LayerKind::K, &xn)?, nkv)?)?;
+        let (mut q, mut k) = (
+            heads(self.lin(LayerKind::Q, &xn)?, nh)?,
+            heads(self.lin(LayerKind::K, &xn)?, nkv)?,
+        );
+        if let Some(n) = norms {
+            q = rms_norm(&q, &n[0], self.eps)?;
+            k = rms_norm(&k, &n[1], self.eps)?;
+        }
+        let q = rope.apply(&q)?;
+        let k = rope.apply(&k)?;
         let v = heads(self.lin(LayerKind::V, &xn)?, nkv)?;
         // The query heads sharing a KV head are stacked along the sequence axis, as the model
         // does: head h = j·group + g is rows g·T.. of KV group j.
         let q = q.reshape((b, nkv, group * t, d))?;
-        let scale = 1.0 / (d as f64).sqrt();
         let s = (q.matmul(&k.t()?)? * scale)?
             .reshape((b, nkv, group, t, t))?
             .broadcast_add(&rope.mask)?;
@@ -335,10 +390,21 @@ impl BlockParams {
             .reshape((b, nh, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, nh * d))?;
-        let h = (x + self.lin(LayerKind::O, &a)?)?;
+        let post = |y: Tensor, k: usize| -> Result<Tensor> {
+            match norms {
+                Some(n) => rms_norm(&y, &n[k], self.eps),
+                None => Ok(y),
+            }
+        };
+        let h = (x + post(self.lin(LayerKind::O, &a)?, 2)?)?;
         let hn = rms_norm(&h, &self.ln2, self.eps)?;
-        let act = (self.lin(LayerKind::Gate, &hn)?.silu()? * self.lin(LayerKind::Up, &hn)?)?;
-        Ok((h + self.lin(LayerKind::Down, &act)?)?)
+        let gate = self.lin(LayerKind::Gate, &hn)?;
+        let gate = match norms {
+            Some(_) => gate.gelu()?,
+            None => gate.silu()?,
+        };
+        let act = (gate * self.lin(LayerKind::Up, &hn)?)?;
+        Ok((h + post(self.lin(LayerKind::Down, &act)?, 3)?)?)
     }
 }
 
@@ -354,7 +420,7 @@ struct Head {
 impl Head {
     fn new(model: &Model, dtype: DType) -> Result<Self> {
         Ok(Self {
-            norm: model.norm.weight().to_dtype(dtype)?,
+            norm: model.norm.scale().to_dtype(dtype)?,
             eps: model_eps(model),
             weight: model.lm_head.weight().to_dtype(dtype)?,
             bias: model
