@@ -93,6 +93,47 @@ fn prune_reports_zero_shot_dense_and_pruned() {
 }
 
 #[test]
+fn sweep_scores_every_cell_zero_shot() {
+    common::require_real_data!();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = dir.path().join("t.jsonl");
+    write_builtin(&tasks, 3);
+    let out = dir.path().join("sweep");
+    let p = autoprune()
+        .args(["sweep", "--metric"])
+        .arg(common::workspace().join("candidates/magnitude.rs"))
+        .args([
+            "--sparsities",
+            "0.5",
+            "--allocations",
+            "uniform",
+            "--calib-windows",
+            "1",
+            "--eval-windows",
+            "1",
+            "--tasks",
+        ])
+        .arg(&tasks)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let cells: Vec<Value> = std::fs::read_to_string(out.join("cells.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(cells.len(), 2, "dense and one cell");
+    for c in &cells {
+        assert_eq!(c["zero_shot"][0]["items"], 3, "{c}");
+        assert_eq!(c["zero_shot"][0]["task"], "t", "{c}");
+    }
+    let table = std::fs::read_to_string(out.join("table.md")).unwrap();
+    assert!(table.contains("zero-shot acc / acc_norm"), "{table}");
+}
+
+#[test]
 fn bad_task_files_are_refused_with_their_line() {
     common::require_real_data!();
     let dir = tempfile::tempdir().unwrap();

@@ -65,6 +65,8 @@ pub struct Args {
     #[command(flatten)]
     pub protocol: ProtocolArgs,
     #[command(flatten)]
+    pub tasks: super::eval::TaskFlags,
+    #[command(flatten)]
     pub sandbox: SandboxFlags,
 }
 
@@ -113,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         calib_windows: args.calib.calib_windows,
         calib_batch: args.calib_batch,
         validation: args.validation,
+        tasks: args.tasks.spec(),
         plot: args
             .plot
             .clone()

@@ -15,11 +15,13 @@ use super::allocate::{extras_if_needed, gradients_if_needed, stats_pass};
 use crate::alloc::summary::{summarize, DenseStats};
 use crate::alloc::{expand, Allocation, Granularity, SkewSource, UnitSummary};
 use crate::calib::{validation_offsets, window_offsets, windows, Sampler};
+use crate::eval::tasks::{Item, TaskScore};
 use crate::eval::{eval_windows, perplexity_with_progress, PerplexityOptions};
 use crate::model::{Model, Precision};
 use crate::pipeline::{prune_model, Method, PruneConfig, PruneJob};
 use crate::progress::{step, Progress};
 use crate::prune::mask::Pattern;
+use crate::run::eval::{zero_shot, TaskSpec};
 use crate::sandbox::{sha256_hex, Plugin};
 use crate::setup::ProtocolSpec;
 use crate::setup::{device, file_name, load_model, stream};
@@ -53,6 +55,9 @@ pub struct Cell {
     pub unit_sparsity: Vec<f64>,
     /// Seconds for this cell (allocation, prune, evaluation).
     pub seconds: f64,
+    /// Zero-shot accuracy per task (`--tasks`; absent when none was asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zero_shot: Vec<TaskScore>,
 }
 
 /// One metric of the grid: its (terminal-safe) name, its file's hash, the loaded plugin.
@@ -88,6 +93,8 @@ pub struct SweepSpec<'a> {
     /// Measure on this many held-out windows of the calibration stream instead of the
     /// evaluation text.
     pub validation: Option<usize>,
+    /// Zero-shot tasks scored on every cell's model (none: perplexity only).
+    pub tasks: TaskSpec,
     /// Output folder.
     pub out: PathBuf,
     /// The SVG plot.
@@ -191,6 +198,8 @@ struct Shared {
     opts: PerplexityOptions,
     protocol_key: String,
     cells_path: PathBuf,
+    tokenizer: crate::model::Tokenizer,
+    tasks: Vec<(String, Vec<Item>)>,
 }
 
 impl Shared {
@@ -251,9 +260,14 @@ fn prepare(spec: &SweepSpec) -> anyhow::Result<(Shared, Model)> {
         eval.windows,
         p.seq_len
     );
-    // f32 keys stay as they were before the setting existed.
+    // f32 keys stay as they were before the setting existed; so do keys without tasks.
     if p.precision != Precision::F32 {
         protocol.push_str(&format!("|{}", p.precision));
+    }
+    let tasks = spec.tasks.load()?;
+    if !tasks.is_empty() {
+        let items = serde_json::to_string(&tasks)?;
+        protocol.push_str(&format!("|tasks {}", sha256_hex(items.as_bytes())));
     }
     let shared = Shared {
         device,
@@ -264,6 +278,8 @@ fn prepare(spec: &SweepSpec) -> anyhow::Result<(Shared, Model)> {
         opts,
         protocol_key: sha256_hex(protocol.as_bytes()),
         cells_path: spec.out.join("cells.jsonl"),
+        tokenizer: loaded.tokenizer,
+        tasks,
     };
     Ok((shared, loaded.model))
 }
@@ -274,6 +290,7 @@ fn dense_cell(sh: &Shared, model: &Model, progress: &mut dyn Progress) -> anyhow
     let ppl = step(progress, "dense eval", sh.opts.windows, |adv| {
         perplexity_with_progress(model, &sh.eval.tokens, &sh.opts, &mut |d, _| adv(d))
     })?;
+    let zero_shot = zero_shot(model, &sh.tokenizer, &sh.tasks, "dense tasks", progress)?;
     Ok(Cell {
         key: format!("{}|dense", sh.protocol_key),
         metric: "dense".into(),
@@ -285,6 +302,7 @@ fn dense_cell(sh: &Shared, model: &Model, progress: &mut dyn Progress) -> anyhow
         ppl: ppl.ppl,
         unit_sparsity: Vec::new(),
         seconds: t.elapsed().as_secs_f64(),
+        zero_shot,
     })
 }
 
@@ -348,7 +366,7 @@ fn prune_and_measure(
     target: f64,
     layer_sparsity: Vec<f64>,
     progress: &mut dyn Progress,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, Vec<TaskScore>)> {
     let cfg = PruneConfig {
         sparsity: target,
         layer_sparsity,
@@ -371,7 +389,8 @@ fn prune_and_measure(
     let ppl = step(progress, "eval", sh.opts.windows, |adv| {
         perplexity_with_progress(m, &sh.eval.tokens, &sh.opts, &mut |d, _| adv(d))
     })?;
-    Ok((report.sparsity, ppl.ppl))
+    let scores = zero_shot(m, &sh.tokenizer, &sh.tasks, "tasks", progress)?;
+    Ok((report.sparsity, ppl.ppl, scores))
 }
 
 /// Run it.
@@ -418,7 +437,7 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
                 };
                 let (layer_sparsity, unit_sparsity) =
                     cell_sparsities(spec, &sh, &mut cache, &m, mi, target, rule, progress)?;
-                let (achieved, ppl) = prune_and_measure(
+                let (achieved, ppl, zero_shot) = prune_and_measure(
                     spec,
                     &sh,
                     &mut m,
@@ -439,6 +458,7 @@ pub fn run(spec: &SweepSpec, progress: &mut dyn Progress) -> anyhow::Result<Swee
                     ppl,
                     unit_sparsity,
                     seconds: t.elapsed().as_secs_f64(),
+                    zero_shot,
                 };
                 progress.note(&format!(
                     "    ppl {:.4}  achieved {:.6}  ({:.0} s)",
@@ -486,6 +506,7 @@ mod tests {
             ppl,
             unit_sparsity: vec![],
             seconds: 1.0,
+            zero_shot: vec![],
         }
     }
 

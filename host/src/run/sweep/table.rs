@@ -34,17 +34,33 @@ pub fn markdown_table(cells: &[Cell]) -> String {
                 &c.metric == m && &c.pattern == p && &c.allocation == a && c.sparsity == *sp
             }) {
                 Some(c) => {
-                    let _ = write!(s, " {} |", fmt_ppl(c.ppl));
+                    let _ = write!(s, " {}{} |", fmt_ppl(c.ppl), fmt_acc(c));
                 }
                 None => s.push_str(" – |"),
             }
         }
     }
     if let Some(d) = cells.iter().find(|c| c.family == "dense") {
-        let _ = write!(s, "\n\nDense perplexity: {}.", fmt_ppl(d.ppl));
+        let _ = write!(s, "\n\nDense perplexity: {}{}.", fmt_ppl(d.ppl), fmt_acc(d));
+    }
+    if cells.iter().any(|c| !c.zero_shot.is_empty()) {
+        s.push_str("\nIn parentheses: zero-shot acc / acc_norm per task.");
     }
     s.push('\n');
     s
+}
+
+/// ` (acc/acc_norm, …)` of the cell's tasks, or nothing.
+fn fmt_acc(c: &Cell) -> String {
+    if c.zero_shot.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = c
+        .zero_shot
+        .iter()
+        .map(|t| format!("{:.3}/{:.3}", t.acc, t.acc_norm))
+        .collect();
+    format!(" ({})", parts.join(", "))
 }
 
 fn fmt_ppl(x: f64) -> String {
