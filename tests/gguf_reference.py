@@ -9,7 +9,6 @@ Usage (needs `pip install torch transformers gguf`; not part of `cargo test`):
 """
 import hashlib
 import json
-import math
 import pathlib
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import time
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import sotu_stream
 
 gguf = pathlib.Path(sys.argv[1]).resolve()
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -35,28 +36,16 @@ print(f"autoprune: {ours:.4f} ({time.time() - t0:.1f} s)")
 tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
 model.eval()
-sotu = root / "data" / "sotu"
-speeches = sorted(
-    ((int(f.name[:4]), f.name, f.read_text(encoding="utf-8").strip()) for f in sotu.glob("*.txt")),
-    key=lambda s: (s[0], s[1]),
-)
-text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
+text = sotu_stream.text("eval")
 # Special tokens as the GGUF asks (Gemma: one BOS first; SmolLM2, Qwen2: none), as autoprune.
 ids = tok(text)["input_ids"]
 digest = hashlib.sha256(b"".join(i.to_bytes(4, "little") for i in ids)).hexdigest()
 print(f"transformers tokens: {len(ids)} (sha256 {digest}); "
       f"autoprune: {ours_report['eval_tokens']} (sha256 {ours_report['eval_tokens_sha256']})")
 assert digest == ours_report["eval_tokens_sha256"], "token streams differ"
-seq = 512
 torch.set_num_threads(2)
-nll = 0.0
 t0 = time.time()
-with torch.no_grad():
-    for w in range(n):
-        x = torch.tensor([ids[w * seq:(w + 1) * seq]])
-        logits = model(x).logits[0, :-1]
-        nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-ppl = math.exp(nll / (n * (seq - 1)))
+ppl = sotu_stream.perplexity(model, ids, n)
 rel = abs(ppl - ours) / ours
 print(f"transformers: {ppl:.4f} ({time.time() - t0:.1f} s); relative difference {rel:.2e}")
 assert rel < 1e-3, "more than 0.1 % apart"

@@ -9,13 +9,14 @@ With WINDOWS (default 8) below the run's evaluation windows, autoprune's own `ev
 exported directory on the same first WINDOWS windows is the number compared against.
 """
 import json
-import math
 import pathlib
 import subprocess
 import sys
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import sotu_stream
 
 run = pathlib.Path(sys.argv[1])
 report = json.loads((run / "report.json").read_text())
@@ -35,24 +36,13 @@ assert abs(sparsity - report["sparsity_achieved"]) < 1e-6
 # Perplexity on the same evaluation windows autoprune used (its token ids, re-tokenized here
 # with the exported tokenizer.json to prove the tokenizer round-trips too).
 proto = report["protocol"]
-sotu = pathlib.Path(__file__).resolve().parent.parent / "data" / "sotu"
-speeches = sorted(
-    ((int(f.name[:4]), f.name, f.read_text(encoding="utf-8").strip()) for f in sotu.glob("*.txt")),
-    key=lambda s: (s[0], s[1]),
-)
-text = "\n\n".join(t for y, _, t in speeches if y >= 1990)
+text = sotu_stream.text("eval")
 ids = tok(text)["input_ids"]  # special tokens as autoprune adds them (Gemma: one BOS)
 assert len(ids) == proto["eval_tokens"], (len(ids), proto["eval_tokens"])
 seq = proto["seq_len"]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 torch.set_num_threads(2)
-nll = 0.0
-with torch.no_grad():
-    for w in range(n):
-        x = torch.tensor([ids[w * seq:(w + 1) * seq]])
-        logits = model(x).logits[0, :-1]
-        nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-ppl = math.exp(nll / (n * (seq - 1)))
+ppl = sotu_stream.perplexity(model, ids, n, seq)
 if n == proto["eval_windows"]:
     ours = report["perplexity"]["pruned"]["ppl"]
 else:

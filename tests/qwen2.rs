@@ -15,6 +15,9 @@ use std::path::PathBuf;
 const TRANSFORMERS_DENSE_2: f64 = 33.5611;
 /// The evaluation stream's length under transformers' Qwen2 tokenizer (same command).
 const TRANSFORMERS_EVAL_TOKENS: u64 = 235_122;
+/// sha256 of those ids as little-endian u32 (same command): the streams are identical.
+const TRANSFORMERS_EVAL_IDS_SHA256: &str =
+    "049c467c76645d1033141127b8b81b0431ef6bfcff82acc86f50ecb99581a265";
 /// The original Wanda algorithm in PyTorch (`tests/wanda_reference.py`, 4 calibration windows,
 /// 2 evaluation windows) on autoprune's dense f32 export of the same model. Its masks differ
 /// from ours in 8 entries of block 0 (ties in f32 accumulation order), more downstream.
@@ -59,6 +62,10 @@ fn dense_perplexity_agrees_with_transformers() {
             .unwrap(),
     );
     assert_eq!(v["eval_tokens"].as_u64(), Some(TRANSFORMERS_EVAL_TOKENS));
+    assert_eq!(
+        v["eval_tokens_sha256"].as_str(),
+        Some(TRANSFORMERS_EVAL_IDS_SHA256)
+    );
     let ppl = v["perplexity"]["ppl"].as_f64().unwrap();
     assert!(
         rel(ppl, TRANSFORMERS_DENSE_2) < 1e-3,

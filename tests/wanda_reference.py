@@ -44,6 +44,8 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import sotu_stream
+
 export = pathlib.Path(sys.argv[1])
 mode = sys.argv[2]
 method = os.environ.get("METHOD", "wanda")
@@ -61,15 +63,10 @@ model.eval()
 tok = AutoTokenizer.from_pretrained(export)
 
 # The protocol's streams (PROTOCOL.md): files sorted by (year, name), stripped, joined.
-sotu = pathlib.Path(__file__).resolve().parent.parent / "data" / "sotu"
-speeches = sorted(
-    ((int(f.name[:4]), f.name, f.read_text(encoding="utf-8").strip()) for f in sotu.glob("*.txt")),
-    key=lambda s: (s[0], s[1]),
-)
 # Special tokens as the exported tokenizer adds them (none for SmolLM2 and Qwen2, a BOS at the
 # start of each stream for Gemma 3), as autoprune does.
-calib = tok("\n\n".join(t for y, _, t in speeches if y < 1990))["input_ids"]
-evals = tok("\n\n".join(t for y, _, t in speeches if y >= 1990))["input_ids"]
+calib = tok(sotu_stream.text("calib"))["input_ids"]
+evals = tok(sotu_stream.text("eval"))["input_ids"]
 seq = 512
 n = int(os.environ.get("CALIB_WINDOWS", "32"))
 n_eval = int(os.environ.get("EVAL_WINDOWS", "64"))
@@ -242,11 +239,6 @@ zeros = sum(int((m.weight == 0).sum()) for l in layers for m in l.modules() if i
 total = sum(m.weight.numel() for l in layers for m in l.modules() if isinstance(m, torch.nn.Linear))
 prune_s = time.time() - t0
 t1 = time.time()
-nll = 0.0
-for w in range(n_eval):
-    x = torch.tensor([evals[w * seq:(w + 1) * seq]])
-    logits = model(x).logits[0, :-1]
-    nll += torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item()
-ppl = math.exp(nll / (n_eval * (seq - 1)))
+ppl = sotu_stream.perplexity(model, evals, n_eval, seq)
 print(f"{method} {mode}: perplexity {ppl:.4f}, sparsity {zeros / total:.6f}, "
       f"prune {prune_s:.0f} s, eval {time.time() - t1:.0f} s")
