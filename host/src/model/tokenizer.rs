@@ -149,6 +149,7 @@ impl Tokenizer {
                 "the SentencePiece vocabulary repeats a piece".into(),
             ));
         }
+        check_piece_sizes(&tokens)?;
         let merges = spm_merges(&tokens, &scores, &types, &vocab);
         let unk = match md.get("tokenizer.ggml.unknown_token_id").map(Value::to_u32) {
             Some(Ok(id)) => tokens.get(id as usize).cloned(),
@@ -362,6 +363,33 @@ fn add_bos_template(
     Ok(())
 }
 
+/// Longest SentencePiece piece accepted, in bytes. Why 256: deriving merges costs the square
+/// of a piece's length, and real vocabularies' longest pieces are under 100 bytes (Gemma 3: 48).
+const MAX_PIECE_BYTES: usize = 256;
+/// Most bytes of all pieces together. Why 8 MiB: Gemma 3's 262,144 pieces take 1.8 MiB.
+const MAX_VOCAB_BYTES: usize = 8 << 20;
+
+/// Refuse a vocabulary whose merges would take unbounded time to derive (a hostile file).
+fn check_piece_sizes(tokens: &[String]) -> Result<()> {
+    if let Some((i, t)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.len() > MAX_PIECE_BYTES)
+    {
+        return Err(ModelError::Tokenizer(format!(
+            "SentencePiece piece {i} is {} bytes long; the limit is {MAX_PIECE_BYTES}",
+            t.len()
+        )));
+    }
+    let total: usize = tokens.iter().map(String::len).sum();
+    if total > MAX_VOCAB_BYTES {
+        return Err(ModelError::Tokenizer(format!(
+            "the SentencePiece pieces take {total} bytes; the limit is {MAX_VOCAB_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 /// llama.cpp token type of the `<0xXX>` byte pieces.
 const TOKEN_TYPE_BYTE: u32 = 6;
 
@@ -531,6 +559,26 @@ mod tests {
         let pre = Tokenizer::from_gguf_metadata(&spm_md(true)).unwrap();
         assert_eq!(pre.encode_plain("ab").unwrap(), vec![8]);
         assert_eq!(pre.decode(&[8]).unwrap(), "ab");
+    }
+
+    #[test]
+    fn hostile_sentencepiece_vocabularies_are_refused() {
+        // A huge piece would make deriving merges quadratic in its length.
+        let mut md = spm_md(false);
+        let Some(Value::Array(tokens)) = md.get_mut("tokenizer.ggml.tokens") else {
+            unreachable!()
+        };
+        tokens[4] = Value::String("a".repeat(MAX_PIECE_BYTES + 1));
+        let e = Tokenizer::from_gguf_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("piece 4") && e.contains("limit"), "{e}");
+        // Scores that do not match the pieces.
+        let mut md = spm_md(false);
+        md.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array(vec![Value::F32(0.0)]),
+        );
+        let e = Tokenizer::from_gguf_metadata(&md).unwrap_err().to_string();
+        assert!(e.contains("scores"), "{e}");
     }
 
     #[test]
