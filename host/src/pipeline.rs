@@ -8,7 +8,7 @@ use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::input_slot;
 use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
 use crate::layer::{LayerData, LayerId, LayerKind};
-use crate::model::{Model, ModelError};
+use crate::model::{Block, Model, ModelError, Rope};
 use crate::prune::mask::{Mask, MaskError, Pattern};
 use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::sandbox::{Failure, InvalidOutput, Plugin};
@@ -330,51 +330,16 @@ pub fn prune_model(
         hessian_seconds: 0.0,
         hessian_inputs_seconds: 0.0,
     };
-    let sparsegpt = matches!(method, Method::SparseGpt);
+    let ctx = BlockJob {
+        num_blocks,
+        method,
+        cfg,
+        wanted,
+        grads,
+    };
     for i in 0..num_blocks {
-        let t = Instant::now();
-        let hessians = sparsegpt || wanted.any();
-        let inputs = collect_block_inputs(&model.blocks[i], &inps, &rope, hessians)?;
-        report.stats_seconds += t.elapsed().as_secs_f64();
-        report.hessian_seconds += inputs.hessian_seconds;
-        let t = Instant::now();
-        // Before any layer of the block is pruned: output statistics of the dense weights.
-        let extras = block_extras(&model.blocks[i], &inputs, wanted).map_err(|error| {
-            PipelineError::Hessian {
-                block: i as u32,
-                error,
-            }
-        })?;
-        report.hessian_inputs_seconds += extras.seconds;
-        // q/k/v and gate/up read the same inputs: one Hessian factor serves each group.
-        let mut factors = BTreeMap::new();
-        for (&slot, h) in inputs.hessians.iter().filter(|_| sparsegpt) {
-            let f = HessianFactor::new(h, SparseGptConfig::default().percdamp).map_err(|e| {
-                PipelineError::SparseGpt {
-                    layer: LayerId {
-                        block: i as u32,
-                        num_blocks: num_blocks as u32,
-                        kind: slot,
-                    },
-                    message: e.to_string(),
-                }
-            })?;
-            factors.insert(slot, f);
-        }
-        for kind in LayerKind::BLOCK {
-            let id = LayerId {
-                block: i as u32,
-                num_blocks: num_blocks as u32,
-                kind,
-            };
-            let optional = Optional {
-                gradient: grads.and_then(|g| g.get(i, kind)),
-                extras: Some(&extras),
-            };
-            let layer = prune_linear(model, id, &inputs, &factors, method, cfg, optional)?;
-            report.layers.push(layer);
-        }
-        report.prune_seconds += t.elapsed().as_secs_f64();
+        let layers = prune_block(&mut model.blocks[i], i, &inps, &rope, &ctx, &mut report)?;
+        report.layers.extend(layers);
         // The last block's pruned outputs would feed nothing: the protocol never reads them.
         if i + 1 == num_blocks {
             progress(Progress::Block {
@@ -399,6 +364,84 @@ pub fn prune_model(
     let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
     report.sparsity = zeros as f64 / total.max(1) as f64;
     Ok(report)
+}
+
+/// What every block of a sequential run shares.
+struct BlockJob<'a> {
+    num_blocks: usize,
+    method: &'a Method<'a>,
+    cfg: &'a PruneConfig,
+    /// The Hessian-derived inputs the metric declared (WIT 0.2.0).
+    wanted: Wanted,
+    /// The gradient statistic, for a metric that reads it.
+    grads: Option<&'a Gradients>,
+}
+
+/// Prune block `i` in place from its (dense) inputs `inps`: statistics of every linear's
+/// input, the Hessian-derived inputs and SparseGPT's factors where needed, then every linear
+/// scored and masked (or SparseGPT-updated). Only this block is read, so a caller may hold
+/// the model's blocks one at a time. Adds its statistics, Hessian and pruning times to
+/// `report`.
+fn prune_block(
+    block: &mut Block,
+    i: usize,
+    inps: &[Tensor],
+    rope: &Rope,
+    job: &BlockJob<'_>,
+    report: &mut PruneReport,
+) -> Result<Vec<LayerReport>, PipelineError> {
+    let BlockJob {
+        num_blocks,
+        method,
+        cfg,
+        wanted,
+        grads,
+    } = *job;
+    let sparsegpt = matches!(method, Method::SparseGpt);
+    let t = Instant::now();
+    let hessians = sparsegpt || wanted.any();
+    let inputs = collect_block_inputs(block, inps, rope, hessians)?;
+    report.stats_seconds += t.elapsed().as_secs_f64();
+    report.hessian_seconds += inputs.hessian_seconds;
+    let t = Instant::now();
+    // Before any layer of the block is pruned: output statistics of the dense weights.
+    let extras = block_extras(block, &inputs, wanted).map_err(|error| PipelineError::Hessian {
+        block: i as u32,
+        error,
+    })?;
+    report.hessian_inputs_seconds += extras.seconds;
+    // q/k/v and gate/up read the same inputs: one Hessian factor serves each group.
+    let mut factors = BTreeMap::new();
+    for (&slot, h) in inputs.hessians.iter().filter(|_| sparsegpt) {
+        let f = HessianFactor::new(h, SparseGptConfig::default().percdamp).map_err(|e| {
+            PipelineError::SparseGpt {
+                layer: LayerId {
+                    block: i as u32,
+                    num_blocks: num_blocks as u32,
+                    kind: slot,
+                },
+                message: e.to_string(),
+            }
+        })?;
+        factors.insert(slot, f);
+    }
+    let mut layers = Vec::with_capacity(LayerKind::BLOCK.len());
+    for kind in LayerKind::BLOCK {
+        let id = LayerId {
+            block: i as u32,
+            num_blocks: num_blocks as u32,
+            kind,
+        };
+        let optional = Optional {
+            gradient: grads.and_then(|g| g.get(i, kind)),
+            extras: Some(&extras),
+        };
+        layers.push(prune_linear(
+            block, id, &inputs, &factors, method, cfg, optional,
+        )?);
+    }
+    report.prune_seconds += t.elapsed().as_secs_f64();
+    Ok(layers)
 }
 
 /// One-shot pruning: every block is pruned with statistics of the *dense* model (`stats`,
@@ -456,7 +499,15 @@ pub fn prune_one_shot(
                 gradient: gradients.and_then(|g| g.get(i, kind)),
                 extras: extras.and_then(|e| e.blocks.get(i)),
             };
-            let layer = prune_linear(model, id, &inputs, &factors, &method, cfg, optional)?;
+            let layer = prune_linear(
+                &mut model.blocks[i],
+                id,
+                &inputs,
+                &factors,
+                &method,
+                cfg,
+                optional,
+            )?;
             report.layers.push(layer);
         }
     }
@@ -498,7 +549,7 @@ struct Optional<'a> {
 /// Score, mask (or SparseGPT-update) and write back one linear layer. `optional` holds the
 /// optional inputs computed for the metric.
 fn prune_linear(
-    model: &mut Model,
+    block: &mut Block,
     id: LayerId,
     inputs: &BlockInputs,
     factors: &BTreeMap<LayerKind, HessianFactor>,
@@ -507,7 +558,6 @@ fn prune_linear(
     optional: Optional<'_>,
 ) -> Result<LayerReport, PipelineError> {
     let t = Instant::now();
-    let block = &mut model.blocks[id.block as usize];
     let linear = block
         .linear(id.kind)
         .ok_or_else(|| ModelError::Input(format!("no {} linear", id.kind.name())))?;
