@@ -5,7 +5,7 @@
 
 mod common;
 
-use autoprune::build::{BuildOptions, Builder, Isolation};
+use autoprune::build::{BuildFailure, BuildOptions, Builder, Isolation};
 use autoprune::sandbox::Failure;
 use common::{builder, cache};
 use std::sync::OnceLock;
@@ -198,5 +198,37 @@ fn broken_candidate_gets_compiler_diagnostics() {
             );
         }
         other => panic!("got {other:?}"),
+    }
+}
+
+/// A failure of the host (here: a build folder that cannot be made) is told apart from the
+/// candidate's verdict, so a search does not record it against the candidate.
+#[test]
+fn host_build_failures_are_not_the_candidates() {
+    let opts = BuildOptions {
+        isolation: Isolation::Bwrap,
+        timeout_secs: 20,
+        work_dir: Some("/nonexistent/autoprune-build-folders".into()),
+        ..BuildOptions::default()
+    };
+    let b = Builder::new(cache(), opts).expect("builder (is bubblewrap installed?)");
+    // A source no earlier test built (the cache is looked up before any folder is made).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let src = format!(
+        "{}\n// {nonce}\n",
+        common::source("candidates/magnitude.rs")
+    );
+    match b.try_build(&src) {
+        Err(BuildFailure::Host(m)) => assert!(m.contains("build folder"), "{m}"),
+        other => panic!("expected a host failure, got {other:?}"),
+    }
+    // Reported as one verdict, it says it was the host.
+    match b.build(&src) {
+        Err(Failure::Compile { diagnostics }) => {
+            assert!(diagnostics.starts_with("host: "), "{diagnostics}")
+        }
+        other => panic!("expected a compile failure, got {other:?}"),
     }
 }

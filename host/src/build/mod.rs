@@ -82,6 +82,8 @@ pub struct BuildOptions {
     /// runs a thread per codegen unit (at most the core count at once) and the linker a thread
     /// per core, plus a few helpers; a fork bomb is stopped long before it matters.
     pub max_processes: u64,
+    /// Where build folders are made (`None`: the system's temporary folder).
+    pub work_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for BuildOptions {
@@ -97,6 +99,32 @@ impl Default for BuildOptions {
             max_compiler_output_bytes: 1 << 20,
             max_processes: 64
                 + 4 * std::thread::available_parallelism().map_or(1, |n| n.get()) as u64,
+            work_dir: None,
+        }
+    }
+}
+
+/// Why a build produced no component: the candidate's verdict, or a failure of the host (its
+/// build folder, starting the sandbox) that says nothing about the candidate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildFailure {
+    /// The candidate's verdict (compile errors, limits, lint).
+    #[error(transparent)]
+    Candidate(#[from] Failure),
+    /// The host could not run the compiler.
+    #[error("the host could not run the compiler: {0}")]
+    Host(String),
+}
+
+impl BuildFailure {
+    /// As one verdict, for callers that report rather than retry: a host failure becomes a
+    /// compile failure whose diagnostics start with `host:`.
+    pub fn into_failure(self) -> Failure {
+        match self {
+            BuildFailure::Candidate(f) => f,
+            BuildFailure::Host(m) => Failure::Compile {
+                diagnostics: format!("host: {m}"),
+            },
         }
     }
 }
@@ -177,8 +205,15 @@ impl Builder {
         sha256_hex(desc.as_bytes())
     }
 
-    /// Build `source` into a component, or fetch it from the cache.
+    /// Build `source` into a component, or fetch it from the cache; a failure of the host is
+    /// reported as a compile failure (see [`Builder::try_build`] to tell them apart).
     pub fn build(&self, source: &str) -> Result<Built, Failure> {
+        self.try_build(source).map_err(BuildFailure::into_failure)
+    }
+
+    /// Build `source` into a component, or fetch it from the cache, telling the candidate's
+    /// verdict from a failure of the host (which a search must not record as the candidate's).
+    pub fn try_build(&self, source: &str) -> Result<Built, BuildFailure> {
         let start = Instant::now();
         if source.len() > self.opts.max_source_bytes {
             return Err(Failure::Compile {
@@ -187,7 +222,8 @@ impl Builder {
                     source.len(),
                     self.opts.max_source_bytes
                 ),
-            });
+            }
+            .into());
         }
         let source_hash = sha256_hex(source.as_bytes());
         let key = self.cache_key(&source_hash);
@@ -209,7 +245,7 @@ impl Builder {
                     .map(|f| format!("error: line {}: {}", f.line, f.message))
                     .collect::<Vec<_>>()
                     .join("\n");
-                return Err(Failure::Compile { diagnostics });
+                return Err(Failure::Compile { diagnostics }.into());
             }
         }
         let (core, warnings) = self.compile_core(source)?;
@@ -226,14 +262,15 @@ impl Builder {
     }
 
     /// Run rustc on the source; returns the core module and the compiler's warnings.
-    fn compile_core(&self, source: &str) -> Result<(Vec<u8>, String), Failure> {
-        let io = |e: std::io::Error| Failure::Compile {
-            diagnostics: format!("host: build folder: {e}"),
-        };
-        let job = tempfile::Builder::new()
-            .prefix("autoprune-build-")
-            .tempdir()
-            .map_err(io)?;
+    fn compile_core(&self, source: &str) -> Result<(Vec<u8>, String), BuildFailure> {
+        let io = |e: std::io::Error| BuildFailure::Host(format!("build folder: {e}"));
+        let mut folder = tempfile::Builder::new();
+        folder.prefix("autoprune-build-");
+        let job = match &self.opts.work_dir {
+            Some(dir) => folder.tempdir_in(dir),
+            None => folder.tempdir(),
+        }
+        .map_err(io)?;
         let src = job.path().join("lib.rs");
         let out = job.path().join("out");
         std::fs::write(&src, source).map_err(io)?;
@@ -249,9 +286,7 @@ impl Builder {
             Isolation::Bwrap => bwrap::run_sandboxed(&job_spec),
             Isolation::Trusted => bwrap::run_trusted(&job_spec),
         }
-        .map_err(|e| Failure::Compile {
-            diagnostics: format!("host: {e}"),
-        })?;
+        .map_err(|e| BuildFailure::Host(e.to_string()))?;
         let diagnostics = clip(&res.stderr, self.opts.max_diagnostics_bytes);
         if res.flooded {
             return Err(Failure::Compile {
@@ -259,7 +294,8 @@ impl Builder {
                     "the compiler was stopped: its output passed {} bytes (the host reads no more)\n{diagnostics}",
                     self.opts.max_compiler_output_bytes
                 ),
-            });
+            }
+            .into());
         }
         if res.killed {
             return Err(Failure::Compile {
@@ -267,10 +303,11 @@ impl Builder {
                     "the compiler was stopped after {} s (time limit) or by its memory/file limits\n{diagnostics}",
                     self.opts.timeout_secs
                 ),
-            });
+            }
+            .into());
         }
         if !res.success {
-            return Err(Failure::Compile { diagnostics });
+            return Err(Failure::Compile { diagnostics }.into());
         }
         // Written inside the sandbox: not followed if it is a link, a regular file, capped.
         let module =

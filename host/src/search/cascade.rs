@@ -44,7 +44,7 @@ use super::archive::{Archive, Node, Outcome, Stage, Status, Verdict};
 use super::paired::{paired, paired_diffs};
 use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{expand, Granularity};
-use crate::build::Builder;
+use crate::build::{BuildFailure, Builder};
 use crate::calib::gradient::{self, Gradients};
 use crate::calib::hessian::Wanted;
 use crate::check;
@@ -306,23 +306,30 @@ impl Evaluator {
         &self.dense
     }
 
-    fn wanda(&self) -> Result<Plugin, Failure> {
-        self.load(WANDA_SOURCE).map_err(|(_, f)| f)
+    fn wanda(&self) -> Result<Plugin, EvalError> {
+        self.load(WANDA_SOURCE).map_err(|(_, e)| e)
     }
 
-    /// Build and load a candidate (stages build and check), or its verdict and stage.
-    pub fn load(&self, code: &str) -> Result<Plugin, (Stage, Failure)> {
-        let built = self.builder.build(code).map_err(|f| (Stage::Build, f))?;
-        let plugin =
-            Plugin::load(&built.wasm, &self.policy, None).map_err(|f| (Stage::Build, f))?;
+    /// Build and load a candidate (stages build and check): its verdict and stage, or a
+    /// failure of the host (which is not the candidate's).
+    pub fn load(&self, code: &str) -> Result<Plugin, (Stage, EvalError)> {
+        let built = self.builder.try_build(code).map_err(|e| {
+            let e = match e {
+                BuildFailure::Candidate(f) => EvalError::Guest(f),
+                BuildFailure::Host(m) => EvalError::Host(HostFault::Build(m)),
+            };
+            (Stage::Build, e)
+        })?;
+        let plugin = Plugin::load(&built.wasm, &self.policy, None)
+            .map_err(|f| (Stage::Build, EvalError::Guest(f)))?;
         if plugin.info().needs_gradient && self.grads.is_none() {
             return Err((
                 Stage::Check,
-                Failure::Rejected {
+                EvalError::Guest(Failure::Rejected {
                     reason:
                         "this search runs without the gradient statistic; the candidate asks for it"
                             .into(),
-                },
+                }),
             ));
         }
         let report = check::run(
@@ -334,7 +341,7 @@ impl Evaluator {
             let f = report.failure.unwrap_or(Failure::Rejected {
                 reason: "the validation suite failed".into(),
             });
-            return Err((Stage::Check, f));
+            return Err((Stage::Check, EvalError::Guest(f)));
         }
         Ok(plugin)
     }
@@ -371,7 +378,7 @@ impl Evaluator {
         }
         let plugin = match self.load(&node.code) {
             Ok(p) => p,
-            Err((stage, f)) => return fail(o, stage, f.into()),
+            Err((stage, e)) => return fail(o, stage, e),
         };
         o.stage = Stage::Probe;
         match self.probe_hash(&plugin) {
@@ -418,7 +425,7 @@ impl Evaluator {
 
     /// The held-out level (final ranking): the ratio to Wanda and its detail.
     pub fn heldout(&self, code: &str) -> Result<LevelResult, EvalError> {
-        let plugin = self.load(code).map_err(|(_, f)| f)?;
+        let plugin = self.load(code).map_err(|(_, e)| e)?;
         self.measure(&plugin, Level::Heldout)
     }
 }

@@ -31,6 +31,9 @@ pub enum HostFault {
     /// Evaluating the pruned model failed.
     #[error("evaluation failed: {0}")]
     Evaluation(String),
+    /// The compiler could not be run (its build folder, starting the sandbox).
+    #[error("the compiler could not be run: {0}")]
+    Build(String),
 }
 
 /// Why a level of the ladder did not produce a result.
