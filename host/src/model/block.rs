@@ -223,7 +223,7 @@ impl Block {
     /// The query heads that share a KV head are stacked along the sequence axis
     /// (`[b, kv, group·t, d]`), so K and V are used in place instead of being repeated
     /// `group` times as transformers' `repeat_kv` does; the arithmetic is the same. Scores
-    /// are scaled by 1/√d after QKᵀ, as in transformers' eager attention.
+    /// are scaled by [`AttnShape::scale`] after QKᵀ, as in transformers' eager attention.
     fn attention(&self, xn: &Tensor, rope: &Rope) -> Result<Tensor> {
         if xn.device().is_cpu() && xn.dtype() == DType::F32 {
             return self.attention_cpu(xn, rope, self.q_proj.backend());

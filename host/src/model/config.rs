@@ -116,6 +116,8 @@ pub struct Gemma3Params {
 const GEMMA3_LOCAL_THETA: f64 = 10_000.0;
 const GEMMA3_PATTERN: usize = 6;
 const GEMMA3_WINDOW: usize = 4096;
+const GEMMA3_THETA: f64 = 1_000_000.0;
+const GEMMA3_QUERY_SCALAR: f64 = 256.0;
 
 impl ModelConfig {
     /// Check the internal consistency of the shape parameters.
@@ -327,8 +329,8 @@ impl ModelConfig {
     }
 }
 
-/// Gemma 3's metadata: llama.cpp writes no local RoPE base, layer pattern or query scalar
-/// (a `sliding_window_pattern` key, where present, is read),
+/// Gemma 3's metadata: llama.cpp's converter writes no local RoPE base, layer pattern or query
+/// scalar (`rope.freq_base_swa` and `sliding_window_pattern` keys, where present, are read),
 /// and uses the constants it shares with transformers (base 10,000, every sixth layer global,
 /// `1/√head_dim`; the 27B model, which scales by `hidden/heads`, is refused).
 fn gemma3_from_gguf(
@@ -349,8 +351,10 @@ fn gemma3_from_gguf(
     cfg.sliding_window =
         Some(gguf_opt_usize(md, &key("attention.sliding_window"))?.unwrap_or(GEMMA3_WINDOW));
     cfg.gemma = Some(Gemma3Params {
-        rope_local_theta: gguf_opt_f64(md, &key("rope.local.freq_base"))?
-            .unwrap_or(GEMMA3_LOCAL_THETA),
+        rope_local_theta: match gguf_opt_f64(md, &key("rope.freq_base_swa"))? {
+            Some(t) => t,
+            None => gguf_opt_f64(md, &key("rope.local.freq_base"))?.unwrap_or(GEMMA3_LOCAL_THETA),
+        },
         sliding_window_pattern: match md.get(&key("attention.sliding_window_pattern")) {
             None => GEMMA3_PATTERN,
             Some(Value::Array(_)) => {
@@ -535,10 +539,15 @@ impl HfConfig {
             rope_theta: self
                 .rope_theta
                 .or_else(|| self.rope_parameter("full_attention"))
-                .unwrap_or(10_000.0),
+                .unwrap_or(if arch == Arch::Gemma3 {
+                    GEMMA3_THETA
+                } else {
+                    10_000.0
+                }),
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
             vocab_size: self.vocab_size,
-            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            // Gemma 3's configs leave it out: transformers' default there is `true`.
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(arch == Arch::Gemma3),
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             sliding_window,
             bos_token_id: first_id(self.bos_token_id.as_ref()),
@@ -575,16 +584,13 @@ impl HfConfig {
                 )));
             }
         }
-        let head_dim = self
-            .head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1));
         Ok(Gemma3Params {
             rope_local_theta: self
                 .rope_local_base_freq
                 .or_else(|| self.rope_parameter("sliding_attention"))
                 .unwrap_or(GEMMA3_LOCAL_THETA),
             sliding_window_pattern: pattern,
-            query_pre_attn_scalar: self.query_pre_attn_scalar.unwrap_or(head_dim as f64),
+            query_pre_attn_scalar: self.query_pre_attn_scalar.unwrap_or(GEMMA3_QUERY_SCALAR),
         })
     }
 }
@@ -705,6 +711,40 @@ mod tests {
             );
         let q = ModelConfig::from_hf_json(&q).unwrap();
         assert_eq!((q.arch, q.sliding_window), (Arch::Qwen2, None));
+    }
+
+    #[test]
+    fn gemma3_defaults_are_transformers() {
+        // Keys Google's configs leave out take transformers' Gemma 3 defaults.
+        let text = r#"{
+            "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
+            "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+            "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256,
+            "vocab_size": 262144, "hidden_activation": "gelu_pytorch_tanh"
+        }"#;
+        let cfg = ModelConfig::from_hf_json(text).unwrap();
+        assert!(cfg.tie_word_embeddings);
+        assert_eq!(cfg.rope_theta, 1_000_000.0);
+        let g = cfg.gemma.unwrap();
+        assert_eq!(
+            (
+                g.rope_local_theta,
+                g.sliding_window_pattern,
+                g.query_pre_attn_scalar
+            ),
+            (10_000.0, 6, 256.0)
+        );
+        assert!(cfg.is_local_layer(0) && !cfg.is_local_layer(5));
+        let back = ModelConfig::from_hf_json(&cfg.to_hf_json().to_string()).unwrap();
+        assert_eq!(back, cfg);
+        let capped = text.replace(
+            "\"vocab_size\"",
+            "\"final_logit_softcapping\": 30.0, \"vocab_size\"",
+        );
+        assert!(matches!(
+            ModelConfig::from_hf_json(&capped),
+            Err(ModelError::Unsupported(_))
+        ));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use super::{Arch, Gemma3Params, Model, ModelConfig, Result};
 impl ModelConfig {
     /// A tiny configuration for tests: 2 blocks, hidden 64, 4 query / 2 KV heads of width 16,
     /// MLP 128, vocabulary 256 (every width a multiple of 32, the GGUF quantization block).
-    /// Gemma 3: every second layer global, the others within a window of 8 tokens.
+    /// Gemma 3: every second layer global, the others within a window of 8 tokens and with
+    /// RoPE base 1,000.
     pub fn tiny(arch: Arch) -> Self {
         let gemma = arch == Arch::Gemma3;
         ModelConfig {
@@ -29,8 +30,10 @@ impl ModelConfig {
             sliding_window: gemma.then_some(8),
             bos_token_id: Some(1),
             eos_token_id: Some(2),
+            // A local base and query scalar unlike the global base and head width, so tests see
+            // a swapped table or a default scale.
             gemma: gemma.then_some(Gemma3Params {
-                rope_local_theta: 10_000.0,
+                rope_local_theta: 1_000.0,
                 sliding_window_pattern: 2,
                 query_pre_attn_scalar: 16.0,
             }),

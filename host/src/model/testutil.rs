@@ -59,6 +59,10 @@ pub(crate) fn write_gguf(
             Value::U32(g.sliding_window_pattern as u32),
         ));
         md.push((k("attention.key_length"), Value::U32(cfg.head_dim as u32)));
+        md.push((
+            k("rope.freq_base_swa"),
+            Value::F32(g.rope_local_theta as f32),
+        ));
     }
     let mut tensors = Vec::new();
     for (name, t) in model.hf_tensors() {

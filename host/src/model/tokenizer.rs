@@ -124,7 +124,7 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         set_pipeline(&mut inner, &pre)?;
         add_gguf_special_tokens(&mut inner, md, &tokens)?;
-        add_bos_template(&mut inner, md, &tokens)?;
+        add_bos_template(&mut inner, md, &tokens, false)?;
         Ok(Self { inner })
     }
 
@@ -150,7 +150,7 @@ impl Tokenizer {
             ));
         }
         check_piece_sizes(&tokens)?;
-        let merges = spm_merges(&tokens, &scores, &types, &vocab);
+        let merges = spm_merges(&tokens, &scores, &types, &vocab)?;
         let unk = match md.get("tokenizer.ggml.unknown_token_id").map(Value::to_u32) {
             Some(Ok(id)) => tokens.get(id as usize).cloned(),
             _ => None,
@@ -166,9 +166,10 @@ impl Tokenizer {
             .build()
             .map_err(|e| ModelError::Tokenizer(format!("BPE: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        let prefix = matches!(
+        // llama.cpp's defaults for SentencePiece vocabularies: a space prefix and a BOS.
+        let prefix = !matches!(
             md.get("tokenizer.ggml.add_space_prefix"),
-            Some(Value::Bool(true))
+            Some(Value::Bool(false))
         );
         let replace = Replace::new(" ", "▁")
             .map_err(|e| ModelError::Tokenizer(format!("normalizer: {e}")))?;
@@ -203,7 +204,7 @@ impl Tokenizer {
         }
         inner.add_special_tokens(&special);
         inner.add_tokens(&plain);
-        add_bos_template(&mut inner, md, &tokens)?;
+        add_bos_template(&mut inner, md, &tokens, true)?;
         Ok(Self { inner })
     }
 
@@ -327,17 +328,19 @@ fn add_gguf_special_tokens(
     Ok(())
 }
 
-/// When the GGUF asks for a BOS token (`tokenizer.ggml.add_bos_token`), prepend it the way
-/// a Hugging Face `TemplateProcessing` does.
+/// When the GGUF asks for a BOS token (`tokenizer.ggml.add_bos_token`; `default` when the key
+/// is absent: llama.cpp adds one for SentencePiece vocabularies), prepend it the way a Hugging
+/// Face `TemplateProcessing` does.
 fn add_bos_template(
     tk: &mut tokenizers::Tokenizer,
     md: &HashMap<String, Value>,
     tokens: &[String],
+    default: bool,
 ) -> Result<()> {
-    let add_bos = matches!(
-        md.get("tokenizer.ggml.add_bos_token"),
-        Some(Value::Bool(true))
-    );
+    let add_bos = match md.get("tokenizer.ggml.add_bos_token") {
+        Some(Value::Bool(b)) => *b,
+        _ => default,
+    };
     if !add_bos {
         return Ok(());
     }
@@ -368,6 +371,9 @@ fn add_bos_template(
 const MAX_PIECE_BYTES: usize = 256;
 /// Most bytes of all pieces together. Why 8 MiB: Gemma 3's 262,144 pieces take 1.8 MiB.
 const MAX_VOCAB_BYTES: usize = 8 << 20;
+/// Most merges derived. Why 4 Mi: Gemma 3's vocabulary yields 514,847; each merge holds two
+/// strings, so this bounds the memory a hostile vocabulary can make us spend.
+const MAX_MERGES: usize = 4 << 20;
 
 /// Refuse a vocabulary whose merges would take unbounded time to derive (a hostile file).
 fn check_piece_sizes(tokens: &[String]) -> Result<()> {
@@ -401,7 +407,7 @@ fn spm_merges(
     scores: &[f64],
     types: &[f64],
     vocab: &Vocab,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>> {
     let mut merges: Vec<(f64, u32, u32, usize)> = Vec::new();
     for (i, piece) in tokens.iter().enumerate() {
         if types[i] as u32 == TOKEN_TYPE_BYTE {
@@ -410,15 +416,20 @@ fn spm_merges(
         for (cut, _) in piece.char_indices().skip(1) {
             let (l, r) = piece.split_at(cut);
             if let (Some(&a), Some(&b)) = (vocab.get(l), vocab.get(r)) {
+                if merges.len() == MAX_MERGES {
+                    return Err(ModelError::Tokenizer(format!(
+                        "the SentencePiece vocabulary yields more than {MAX_MERGES} merges"
+                    )));
+                }
                 merges.push((scores[i], a, b, i));
             }
         }
     }
     merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    merges
+    Ok(merges
         .into_iter()
         .map(|(_, a, b, _)| (tokens[a as usize].clone(), tokens[b as usize].clone()))
-        .collect()
+        .collect())
 }
 
 /// A numeric array of `len` entries (scores, token types) as f64.
