@@ -10,7 +10,7 @@ mod common;
 use autoprune::data::{sotu_streams, DataDir};
 use autoprune::model::Tokenizer;
 use autoprune::run::eval::ids_sha256;
-use common::{autoprune, not_run};
+use common::family::{check_dense, check_wanda_export, real_model, Reference};
 use std::path::PathBuf;
 
 /// sha256 of the SOTU evaluation stream's ids (little-endian u32, one BOS first) under
@@ -28,31 +28,15 @@ const TRANSFORMERS_DENSE_2: f64 = 29.6047;
 /// ours in blocks 0–7 and differ from block 8 on (f32 ties), 78,158 entries of 119 M in all.
 const REFERENCE_WANDA_2: f64 = 82.7466;
 
+/// The numbers above.
+const REFERENCE: Reference = Reference {
+    dense_2: TRANSFORMERS_DENSE_2,
+    wanda_2: REFERENCE_WANDA_2,
+    eval_ids_sha256: EVAL_IDS_SHA256,
+};
+
 fn gemma3() -> Option<PathBuf> {
-    let data = DataDir::resolve();
-    match data.gemma3_gguf() {
-        Ok(p) if data.sotu_dir().is_ok() => Some(p),
-        _ => {
-            not_run(&format!(
-                "no Gemma-3-270M or SOTU data under {} (run ./setup.sh)",
-                data.root().display()
-            ));
-            None
-        }
-    }
-}
-
-fn json(out: &std::process::Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
-fn rel(a: f64, b: f64) -> f64 {
-    (a - b).abs() / b
+    real_model("Gemma-3-270M", DataDir::gemma3_gguf)
 }
 
 /// The SentencePiece vocabulary rebuilt from GGUF metadata tokenises both SOTU streams exactly
@@ -78,63 +62,16 @@ fn tokenization_is_llama_cpps() {
 #[test]
 fn dense_perplexity_agrees_with_transformers() {
     let Some(model) = gemma3() else { return };
-    let v = json(
-        &autoprune()
-            .args(["eval", "--eval-windows", "2", "--json", "--model"])
-            .arg(&model)
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(v["eval_tokens_sha256"].as_str(), Some(EVAL_IDS_SHA256));
-    let ppl = v["perplexity"]["ppl"].as_f64().unwrap();
-    assert!(
-        rel(ppl, TRANSFORMERS_DENSE_2) < 1e-3,
-        "autoprune {ppl} vs transformers {TRANSFORMERS_DENSE_2}"
-    );
+    check_dense(&model, &REFERENCE);
 }
 
 /// Wanda through the sandboxed plugin: half of every linear layer pruned, perplexity within
 /// 1 % of the original algorithm's, and the Hugging Face export (Gemma's `(1 + w)` norms written
-/// back as `w`) measures the same perplexity when read back.
+/// back as `w`) measures the same perplexity on the same ids when read back.
 #[test]
 fn wanda_prunes_exports_and_reloads() {
     let Some(model) = gemma3() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("gw");
-    let v = json(
-        &autoprune()
-            .args(["prune", "--metric"])
-            .arg(common::workspace().join("candidates/wanda.rs"))
-            .args(["--calib-windows", "4", "--eval-windows", "2", "--json"])
-            .arg("--model")
-            .arg(&model)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap(),
-    );
-    let achieved = v["sparsity_achieved"].as_f64().unwrap();
-    assert!((achieved - 0.5).abs() < 1e-4, "sparsity {achieved}");
-    let dense = v["perplexity"]["dense"]["ppl"].as_f64().unwrap();
-    let pruned = v["perplexity"]["pruned"]["ppl"].as_f64().unwrap();
-    assert!(rel(dense, TRANSFORMERS_DENSE_2) < 1e-3, "dense {dense}");
-    assert!(
-        rel(pruned, REFERENCE_WANDA_2) < 1e-2,
-        "autoprune Wanda {pruned} vs the original algorithm's {REFERENCE_WANDA_2}"
-    );
-    let config = std::fs::read_to_string(out.join("model/config.json")).unwrap();
+    let dir = check_wanda_export(&model, &REFERENCE);
+    let config = std::fs::read_to_string(dir.path().join("gw/model/config.json")).unwrap();
     assert!(config.contains("Gemma3ForCausalLM"), "{config}");
-    let back = json(
-        &autoprune()
-            .args(["eval", "--eval-windows", "2", "--json", "--model"])
-            .arg(out.join("model"))
-            .output()
-            .unwrap(),
-    );
-    assert_eq!(back["eval_tokens_sha256"].as_str(), Some(EVAL_IDS_SHA256));
-    let reloaded = back["perplexity"]["ppl"].as_f64().unwrap();
-    assert!(
-        rel(reloaded, pruned) < 1e-4,
-        "export {reloaded} vs in memory {pruned}"
-    );
 }
