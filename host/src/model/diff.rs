@@ -217,18 +217,7 @@ impl DiffRope {
             let h = Tensor::from_vec(v, (t, half), dev)?;
             Ok(Tensor::cat(&[&h, &h], 1)?.to_dtype(dtype)?)
         };
-        let w = window.unwrap_or(usize::MAX);
-        let mask: Vec<f32> = (0..t)
-            .flat_map(|i| {
-                (0..t).map(move |j| {
-                    if j > i || i - j >= w {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
+        let mask = super::layers::causal_mask(t, window);
         Ok(Self {
             cos: widen(cos)?,
             sin: widen(sin)?,

@@ -415,8 +415,9 @@ pub fn rope_tables(head_dim: usize, theta: f64, len: usize) -> (Vec<f32>, Vec<f3
     (cos, sin)
 }
 
-/// Row `i` sees keys `j ≤ i` with `i − j < window`.
-fn causal_mask(t: usize, window: Option<usize>) -> Vec<f32> {
+/// The `[t, t]` additive mask, row-major: row `i` sees keys `j ≤ i` with `i − j < window`
+/// (0), the rest are −∞.
+pub(crate) fn causal_mask(t: usize, window: Option<usize>) -> Vec<f32> {
     let w = window.unwrap_or(usize::MAX);
     (0..t)
         .flat_map(|i| {
