@@ -10,8 +10,18 @@ pub fn sorted_json_pretty<T: Serialize>(value: &T) -> serde_json::Result<String>
 
 /// Peak resident memory of this process in bytes (`VmHWM`), if the OS tells.
 pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now in bytes (`VmRSS`), if the OS tells.
+pub fn current_rss_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// A `kB` line of `/proc/self/status`, in bytes.
+fn proc_status_bytes(key: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -150,6 +160,24 @@ pub struct PruneRunReport {
     /// Zero-shot accuracy, dense and pruned (absent when no task was asked for).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_shot: Option<ZeroShotPair>,
+    /// Memory and time per block of a streaming run (`prune --stream`; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamRecord>,
+}
+
+/// What a streaming run (`prune --stream`) held and how long each block took.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamRecord {
+    /// Per block: seconds (read, evaluate, prune, write) and resident memory.
+    pub blocks: Vec<crate::pipeline::BlockRecord>,
+    /// f32 bytes of the largest block's weights.
+    pub block_bytes: u64,
+    /// Bytes of hidden states held across a block (every window's input and output).
+    pub activation_bytes: u64,
+    /// The memory goal: 1.5 × (block + activations).
+    pub goal_bytes: u64,
+    /// Element type of the written weights.
+    pub save_dtype: crate::model::SaveDtype,
 }
 
 /// Zero-shot accuracy before and after pruning.

@@ -8,7 +8,7 @@ use super::protocol::{Bars, ProtocolArgs};
 use super::{Exit, EXIT_VERDICT};
 use autoprune::calib::Sampler;
 use autoprune::layer::LayerKind;
-use autoprune::model::Precision;
+use autoprune::model::{Precision, SaveDtype};
 use autoprune::report::{peak_rss_bytes, MethodRecord, PruneRunReport};
 use autoprune::run::allocate::Rule;
 use autoprune::run::prune::{MethodSpec, Outcome, PruneSpec};
@@ -57,6 +57,14 @@ pub struct Args {
     /// Write the pruned model (Hugging Face format) and `report.json` here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Element type of the written weights: f32 (default), f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub save_dtype: SaveDtype,
+    /// Read, prune, measure and write the model one block at a time: peak memory is about one
+    /// block plus the windows' activations, whatever the depth (uniform sparsity only; no
+    /// gradient metrics or zero-shot tasks). Same masks and perplexities as without.
+    #[arg(long)]
+    pub stream: bool,
     #[command(flatten)]
     pub tasks: super::eval::TaskFlags,
     #[command(flatten)]
@@ -117,6 +125,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         plan_only: args.plan_only,
         out: args.out.clone(),
         tasks: args.tasks.spec(),
+        stream: args.stream,
+        save_dtype: args.save_dtype,
     };
     let exit = match autoprune::run::prune::run(spec, &mut Bars::new(json))? {
         Outcome::Done(report) => print_report(&args, &report).map(|_| Exit::Success.into())?,

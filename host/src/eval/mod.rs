@@ -9,7 +9,7 @@ use candle_core::{Tensor, D};
 use rayon::prelude::*;
 
 use crate::model::kernels::{max_f32, sum_exp_shifted};
-use crate::model::{matmul, with_cpu_f32, Model, ModelError};
+use crate::model::{matmul, with_cpu_f32, Linear, Model, ModelError, RmsNorm};
 
 /// Errors of an evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -101,23 +101,38 @@ pub fn perplexity_with_progress(
 ) -> Result<Perplexity, EvalError> {
     let windows = eval_windows(tokens, opts)?;
     let start = Instant::now();
-    let mut total = 0.0f64;
-    let mut done = 0;
+    let mut sums = Vec::with_capacity(windows.len());
     for batch in windows.chunks(opts.batch) {
-        total += batch_nll(model, batch)?.iter().sum::<f64>();
-        done += batch.len();
-        progress(done, windows.len());
+        sums.extend(batch_nll(model, batch)?);
+        progress(sums.len(), windows.len());
     }
-    let predicted = windows.len() * (opts.seq_len - 1);
-    let nll = total / predicted as f64;
-    Ok(Perplexity {
-        ppl: nll.exp(),
-        nll,
-        windows: windows.len(),
-        tokens: windows.len() * opts.seq_len,
-        predicted,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(Perplexity::from_window_sums(
+        &sums,
+        opts,
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+impl Perplexity {
+    /// From the summed NLL of each window (`seq_len − 1` predicted positions each, as
+    /// [`batch_nll`] returns them), added up batch by batch in `opts.batch` as [`perplexity`]
+    /// does, so the same sums give the same number to the last bit.
+    pub fn from_window_sums(sums: &[f64], opts: &PerplexityOptions, seconds: f64) -> Self {
+        let total: f64 = sums
+            .chunks(opts.batch.max(1))
+            .map(|b| b.iter().sum::<f64>())
+            .fold(0.0, |a, b| a + b);
+        let predicted = sums.len() * (opts.seq_len - 1);
+        let nll = total / predicted.max(1) as f64;
+        Perplexity {
+            ppl: nll.exp(),
+            nll,
+            windows: sums.len(),
+            tokens: sums.len() * opts.seq_len,
+            predicted,
+            seconds,
+        }
+    }
 }
 
 /// Mean NLL per predicted token of each window (`seq − 1` positions each), in batches of
@@ -166,14 +181,33 @@ pub fn eval_windows<'a>(
 
 /// Summed NLL of each window's positions 1..seq given the preceding tokens.
 pub fn batch_nll(model: &Model, windows: &[&[u32]]) -> Result<Vec<f64>, ModelError> {
-    let head = if model.device().is_cpu() && model.lm_head.bias().is_none() {
+    let ids = model.ids_tensor(windows)?;
+    let rope = model.rope(ids.dim(1)?)?;
+    let mut x = model.embed(&ids)?;
+    for block in &model.blocks {
+        x = block.forward(&x, &rope, &mut |_, _| Ok(()))?;
+    }
+    hidden_nll(&model.norm, &model.lm_head, &x, windows)
+}
+
+/// Summed NLL of each window's positions 1..seq from the last block's output `x`
+/// `[batch, seq, hidden]` of `windows`, through the final `norm` and output `head`: the end of
+/// [`batch_nll`], for callers that ran the blocks themselves (the streaming run holds one
+/// block at a time).
+pub fn hidden_nll(
+    norm: &RmsNorm,
+    head: &Linear,
+    x: &Tensor,
+    windows: &[&[u32]],
+) -> Result<Vec<f64>, ModelError> {
+    let how = if x.device().is_cpu() && head.bias().is_none() {
         Head::Fused { panel: HEAD_PANEL }
     } else {
         Head::Chunked {
-            rows: logit_rows(model.config.vocab_size),
+            rows: logit_rows(head.shape().0),
         }
     };
-    batch_nll_with(model, windows, head)
+    hidden_nll_with(norm, head, x, windows, how)
 }
 
 /// How the output head turns final hidden states into per-position NLLs.
@@ -190,37 +224,36 @@ enum Head {
 /// of [`sum_exp_shifted`]; 1022 positions × 2048 × 4 B = 8 MB per task.
 const HEAD_PANEL: usize = 2048;
 
-fn batch_nll_with(model: &Model, windows: &[&[u32]], head: Head) -> Result<Vec<f64>, ModelError> {
-    let ids = model.ids_tensor(windows)?;
-    let (b, t) = ids.dims2()?;
-    let rope = model.rope(t)?;
-    let mut x = model.embed(&ids)?;
-    for block in &model.blocks {
-        x = block.forward(&x, &rope, &mut |_, _| Ok(()))?;
+fn hidden_nll_with(
+    norm: &RmsNorm,
+    head: &Linear,
+    x: &Tensor,
+    windows: &[&[u32]],
+    how: Head,
+) -> Result<Vec<f64>, ModelError> {
+    let (b, t, h) = x.dims3()?;
+    if b != windows.len() || windows.iter().any(|w| w.len() != t) || t < 2 {
+        return Err(ModelError::Shape(format!(
+            "hidden states {:?} for {} windows",
+            x.dims(),
+            windows.len()
+        )));
     }
     // The last position predicts nothing inside the window: skip its logits. Full-vocabulary
     // logits of a whole batch (200 MB for two SmolLM2 windows) never exist at once.
-    let hidden = model.norm.forward(&x.narrow(1, 0, t - 1)?)?;
+    let hidden = norm.forward(&x.narrow(1, 0, t - 1)?)?;
     let n = b * (t - 1);
-    let h = hidden.dim(D::Minus1)?;
     let hidden = hidden.reshape((n, h))?;
     let targets: Vec<u32> = windows
         .iter()
         .flat_map(|w| w[1..].iter().copied())
         .collect();
-    let per_pos = match head {
+    let per_pos = match how {
         Head::Fused { panel } => {
-            let vocab = model.lm_head.shape().0;
+            let vocab = head.shape().0;
             with_cpu_f32(&hidden, |xs| {
-                with_cpu_f32(model.lm_head.weight(), |w| {
-                    head_nll_cpu(
-                        model.lm_head.backend(),
-                        xs,
-                        w,
-                        (n, vocab, h),
-                        &targets,
-                        panel,
-                    )
+                with_cpu_f32(head.weight(), |w| {
+                    head_nll_cpu(head.backend(), xs, w, (n, vocab, h), &targets, panel)
                 })
             })???
         }
@@ -228,7 +261,7 @@ fn batch_nll_with(model: &Model, windows: &[&[u32]], head: Head) -> Result<Vec<f
             let mut per_pos = Vec::with_capacity(n);
             for r0 in (0..n).step_by(rows.max(1)) {
                 let len = rows.max(1).min(n - r0);
-                let logits = model.lm_head.forward(&hidden.narrow(0, r0, len)?)?;
+                let logits = head.forward(&hidden.narrow(0, r0, len)?)?;
                 per_pos.extend(position_nll(&logits, &targets[r0..r0 + len])?);
             }
             per_pos
@@ -455,6 +488,14 @@ mod tests {
         let m = Model::random(&ModelConfig::tiny(Arch::Llama), 5, &Device::Cpu).unwrap();
         let tokens: Vec<u32> = (0..48u32).map(|i| (i * 31 + 2) % 256).collect();
         let windows: Vec<&[u32]> = tokens.chunks_exact(16).collect();
+        let rope = m.rope(16).unwrap();
+        let mut x = m.embed(&m.ids_tensor(&windows).unwrap()).unwrap();
+        for block in &m.blocks {
+            x = block.forward(&x, &rope, &mut |_, _| Ok(())).unwrap();
+        }
+        let batch_nll_with = |m: &Model, windows: &[&[u32]], how| {
+            hidden_nll_with(&m.norm, &m.lm_head, &x, windows, how)
+        };
         let want = batch_nll_with(&m, &windows, Head::Chunked { rows: 1 << 20 }).unwrap();
         let heads = [
             Head::Chunked { rows: 1 },

@@ -85,17 +85,23 @@ impl GgufFile {
 
 /// Load a whole model.
 pub(crate) fn load(path: &Path, device: &Device) -> Result<Model> {
-    let file = GgufFile::open(path)?;
-    let cfg = file.config()?;
-    let mut src = GgufSource {
-        file,
-        cfg: cfg.clone(),
-    };
+    let (cfg, mut src) = open_source(path)?;
     assemble(&cfg, &mut src, device)
 }
 
+/// The configuration of `path` and a source of its weights (read tensor by tensor).
+pub(crate) fn open_source(path: &Path) -> Result<(ModelConfig, GgufSource)> {
+    let file = GgufFile::open(path)?;
+    let cfg = file.config()?;
+    let src = GgufSource {
+        file,
+        cfg: cfg.clone(),
+    };
+    Ok((cfg, src))
+}
+
 /// Serves Hugging Face keys from a GGUF file.
-struct GgufSource {
+pub(crate) struct GgufSource {
     file: GgufFile,
     cfg: ModelConfig,
 }

@@ -1,18 +1,18 @@
 //! Hugging Face model directories: `config.json` plus `model.safetensors` or shards listed in
 //! `model.safetensors.index.json`; f32/f16/bf16 weights become f32. Also the f32 export.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
 
 use super::weights::{assemble, WeightSource};
-use super::{expect_shape, Model, ModelConfig, ModelError, Result};
+use super::{expect_shape, Block, HfWriter, Model, ModelConfig, ModelError, Result, SaveDtype};
 use crate::layer::LayerKind;
 
-const CONFIG: &str = "config.json";
-const SINGLE: &str = "model.safetensors";
+pub(crate) const CONFIG: &str = "config.json";
+pub(crate) const SINGLE: &str = "model.safetensors";
 const INDEX: &str = "model.safetensors.index.json";
 
 /// Largest `config.json` read. Why 1 MiB: real ones are a few KiB.
@@ -23,18 +23,8 @@ const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// Load `dir` into a model.
 pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
-    let cfg = ModelConfig::from_hf_json(&read_text(&dir.join(CONFIG), MAX_CONFIG_BYTES)?)?;
-    let files = weight_files(dir)?;
-    for f in &files {
-        super::header::check_file(f, |r, size| super::header::check_safetensors(r, size))?;
-    }
-    // SAFETY: the files are mapped read-only for the duration of this call and every tensor
-    // is copied out (converted to f32) before the map is dropped; like every mmap user we
-    // assume no other process truncates the files meanwhile.
-    let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| ModelError::Format {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let (cfg, files) = open(dir)?;
+    let st = map(dir, &files)?;
     let mut src = StSource {
         st,
         names: BTreeSet::new(),
@@ -42,6 +32,65 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
     };
     src.names = src.st.tensors().into_iter().map(|(n, _)| n).collect();
     assemble(&cfg, &mut src, device)
+}
+
+/// The configuration and the checked safetensors files of `dir`.
+fn open(dir: &Path) -> Result<(ModelConfig, Vec<PathBuf>)> {
+    let cfg = ModelConfig::from_hf_json(&read_text(&dir.join(CONFIG), MAX_CONFIG_BYTES)?)?;
+    let files = weight_files(dir)?;
+    for f in &files {
+        super::header::check_file(f, |r, size| super::header::check_safetensors(r, size))?;
+    }
+    Ok((cfg, files))
+}
+
+/// A source that maps the files only while one tensor is read (the streaming run): the pages
+/// of tensors already converted leave the process's memory with the map.
+pub(crate) struct StFiles {
+    files: Vec<PathBuf>,
+    names: BTreeSet<String>,
+    dir: PathBuf,
+}
+
+/// The configuration of `dir` and a source of its weights that holds no map between reads.
+pub(crate) fn open_files(dir: &Path) -> Result<(ModelConfig, StFiles)> {
+    let (cfg, files) = open(dir)?;
+    let st = map(dir, &files)?;
+    let names = st.tensors().into_iter().map(|(n, _)| n).collect();
+    Ok((
+        cfg,
+        StFiles {
+            files,
+            names,
+            dir: dir.to_path_buf(),
+        },
+    ))
+}
+
+/// Map `files` read-only.
+fn map(dir: &Path, files: &[PathBuf]) -> Result<MmapedSafetensors> {
+    // SAFETY: the files are mapped read-only and every tensor is copied out (converted to
+    // f32) before the map is dropped; like every mmap user we assume no other process
+    // truncates the files meanwhile.
+    unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Format {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+impl WeightSource for StFiles {
+    fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+        let mut src = StSource {
+            st: map(&self.dir, &self.files)?,
+            names: BTreeSet::new(),
+            dir: self.dir.clone(),
+        };
+        src.tensor(name, shape, device)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
 }
 
 /// The safetensors files of a directory: the index's shards, or the single file.
@@ -150,45 +199,55 @@ impl WeightSource for StSource {
 
 /// The Hugging Face key of each weight of `model`.
 pub(crate) fn named_tensors(model: &Model) -> Vec<(String, Tensor)> {
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        model.embed_tokens.clone(),
-    )];
+    let mut out = vec![(EMBED.to_string(), model.embed_tokens.clone())];
     for (i, b) in model.blocks.iter().enumerate() {
-        let p = format!("model.layers.{i}");
-        out.push((
-            format!("{p}.input_layernorm.weight"),
-            b.input_layernorm.weight().clone(),
-        ));
-        let pre_mlp = match &b.gemma {
-            Some(g) => {
-                for (name, n) in [
-                    ("self_attn.q_norm", &g.q_norm),
-                    ("self_attn.k_norm", &g.k_norm),
-                    ("post_attention_layernorm", &g.post_attention_norm),
-                    ("post_feedforward_layernorm", &g.post_feedforward_norm),
-                ] {
-                    out.push((format!("{p}.{name}.weight"), n.weight().clone()));
-                }
-                "pre_feedforward_layernorm"
-            }
-            None => "post_attention_layernorm",
-        };
-        out.push((
-            format!("{p}.{pre_mlp}.weight"),
-            b.post_attention_layernorm.weight().clone(),
-        ));
-        for (kind, lin) in b.linears() {
-            let module = hf_module(kind);
-            out.push((format!("{p}.{module}.weight"), lin.weight().clone()));
-            if let Some(bias) = lin.bias() {
-                out.push((format!("{p}.{module}.bias"), bias.clone()));
-            }
-        }
+        out.extend(block_tensors(i, b));
     }
-    out.push(("model.norm.weight".to_string(), model.norm.weight().clone()));
+    out.push((NORM.to_string(), model.norm.weight().clone()));
     if !model.config.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), model.lm_head.weight().clone()));
+        out.push((HEAD.to_string(), model.lm_head.weight().clone()));
+    }
+    out
+}
+
+/// Key of the token embeddings.
+pub(crate) const EMBED: &str = "model.embed_tokens.weight";
+/// Key of the final norm.
+pub(crate) const NORM: &str = "model.norm.weight";
+/// Key of an untied output head.
+pub(crate) const HEAD: &str = "lm_head.weight";
+
+/// The Hugging Face key of each weight of block `i`.
+pub(crate) fn block_tensors(i: usize, b: &Block) -> Vec<(String, Tensor)> {
+    let p = format!("model.layers.{i}");
+    let mut out = vec![(
+        format!("{p}.input_layernorm.weight"),
+        b.input_layernorm.weight().clone(),
+    )];
+    let pre_mlp = match &b.gemma {
+        Some(g) => {
+            for (name, n) in [
+                ("self_attn.q_norm", &g.q_norm),
+                ("self_attn.k_norm", &g.k_norm),
+                ("post_attention_layernorm", &g.post_attention_norm),
+                ("post_feedforward_layernorm", &g.post_feedforward_norm),
+            ] {
+                out.push((format!("{p}.{name}.weight"), n.weight().clone()));
+            }
+            "pre_feedforward_layernorm"
+        }
+        None => "post_attention_layernorm",
+    };
+    out.push((
+        format!("{p}.{pre_mlp}.weight"),
+        b.post_attention_layernorm.weight().clone(),
+    ));
+    for (kind, lin) in b.linears() {
+        let module = hf_module(kind);
+        out.push((format!("{p}.{module}.weight"), lin.weight().clone()));
+        if let Some(bias) = lin.bias() {
+            out.push((format!("{p}.{module}.bias"), bias.clone()));
+        }
     }
     out
 }
@@ -207,17 +266,11 @@ pub(crate) fn hf_module(kind: LayerKind) -> &'static str {
     }
 }
 
-/// Write `config.json` and `model.safetensors` into `dir`.
-pub(crate) fn save(model: &Model, dir: &Path) -> Result<()> {
-    let io = |source| ModelError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let config = serde_json::to_string_pretty(&model.config.to_hf_json())
-        .map_err(|e| ModelError::Config(e.to_string()))?;
-    std::fs::write(dir.join(CONFIG), config).map_err(io)?;
-    let tensors: HashMap<String, Tensor> = named_tensors(model).into_iter().collect();
-    candle_core::safetensors::save(&tensors, dir.join(SINGLE))?;
-    Ok(())
+/// Write `config.json` and `model.safetensors` (weights as `dtype`) into `dir`.
+pub(crate) fn save(model: &Model, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    let mut w = HfWriter::create(dir, &model.config, dtype)?;
+    for (name, t) in named_tensors(model) {
+        w.put(&name, &t)?;
+    }
+    w.finish()
 }

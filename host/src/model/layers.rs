@@ -195,6 +195,19 @@ pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result
     Ok(f(&cpu.as_slice::<f32>()?[lo..hi]))
 }
 
+/// [`with_cpu_f32`] for a tensor on any device: a contiguous CPU tensor is lent as it is, any
+/// other copied to the host first.
+pub(crate) fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    if t.device().is_cpu() && t.is_contiguous() && t.dtype() == candle_core::DType::F32 {
+        return with_cpu_f32(t, f);
+    }
+    let v: Vec<f32> = t
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    Ok(f(&v))
+}
+
 /// Root-mean-square layer norm: `x / sqrt(mean(x²) + eps) · w`.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {

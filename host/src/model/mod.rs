@@ -16,8 +16,10 @@ pub(crate) mod kernels;
 mod layers;
 pub(crate) mod matmul;
 mod random;
+mod stream;
 pub mod tokenizer;
 mod weights;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -30,12 +32,14 @@ use candle_core::{Device, Tensor};
 
 pub use block::{AttnShape, Block, Capture, GemmaParts};
 pub use config::{Arch, Gemma3Params, ModelConfig};
-pub(crate) use layers::with_cpu_f32;
 pub use layers::{rope_tables, Linear, RmsNorm, Rope};
+pub(crate) use layers::{with_cpu_f32, with_host_f32};
 pub use matmul::{
     bench_linear, cpu_report, describe as cpu_matmul_backend, init as init_cpu_matmul, CpuReport,
 };
+pub use stream::BlockStream;
 pub use tokenizer::Tokenizer;
+pub use writer::{HfWriter, SaveDtype};
 
 /// Errors of the model room. Candle errors are wrapped at the edge in [`ModelError::Tensor`].
 #[derive(Debug, thiserror::Error)]
@@ -191,38 +195,12 @@ impl Model {
     /// A `[batch, seq]` id tensor from equally long windows, checking every id against the
     /// vocabulary.
     pub fn ids_tensor(&self, windows: &[&[u32]]) -> Result<Tensor> {
-        let t = windows.first().map_or(0, |w| w.len());
-        if t == 0 || windows.iter().any(|w| w.len() != t) {
-            return Err(ModelError::Input(
-                "windows must be non-empty and of equal length".into(),
-            ));
-        }
-        let vocab = self.config.vocab_size;
-        if let Some(&bad) = windows
-            .iter()
-            .flat_map(|w| w.iter())
-            .find(|&&id| id as usize >= vocab)
-        {
-            return Err(ModelError::Input(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let flat: Vec<u32> = windows.concat();
-        Ok(Tensor::from_vec(flat, (windows.len(), t), self.device())?)
+        ids_tensor(windows, self.config.vocab_size, self.device())
     }
 
     /// Embed `[batch, seq]` u32 ids into `[batch, seq, hidden]` (Gemma: times √hidden).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let x = self.embed_tokens.index_select(&ids.flatten_all()?, 0)?;
-        let x = x.reshape((b, t, self.config.hidden_size))?;
-        if self.config.gemma.is_some() {
-            // Gemma scales embeddings by √hidden, rounded to the activations' f32 as
-            // transformers does.
-            let s = (self.config.hidden_size as f64).sqrt() as f32;
-            return Ok((x * f64::from(s))?);
-        }
-        Ok(x)
+        embed(&self.config, &self.embed_tokens, ids)
     }
 
     /// Final norm and output head: `[batch, seq, hidden]` → `[batch, seq, vocab]` logits.
@@ -248,7 +226,12 @@ impl Model {
 
     /// Write `config.json` and `model.safetensors` (f32) into `dir`, creating it.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        hf::save(self, dir)
+        hf::save(self, dir, SaveDtype::F32)
+    }
+
+    /// [`Self::save_hf`] with the weights stored as `dtype`.
+    pub fn save_hf_as(&self, dir: &Path, dtype: SaveDtype) -> Result<()> {
+        hf::save(self, dir, dtype)
     }
 
     /// Set the arithmetic of every linear layer (blocks and output head). Attention, norms and
@@ -274,6 +257,41 @@ impl Model {
             .flat_map(|b| b.linears().map(|(_, l)| l.weight().elem_count()))
             .sum()
     }
+}
+
+/// A `[batch, seq]` id tensor on `device` from equally long windows, checking every id
+/// against a vocabulary of `vocab`.
+pub(crate) fn ids_tensor(windows: &[&[u32]], vocab: usize, device: &Device) -> Result<Tensor> {
+    let t = windows.first().map_or(0, |w| w.len());
+    if t == 0 || windows.iter().any(|w| w.len() != t) {
+        return Err(ModelError::Input(
+            "windows must be non-empty and of equal length".into(),
+        ));
+    }
+    if let Some(&bad) = windows
+        .iter()
+        .flat_map(|w| w.iter())
+        .find(|&&id| id as usize >= vocab)
+    {
+        return Err(ModelError::Input(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let flat: Vec<u32> = windows.concat();
+    Ok(Tensor::from_vec(flat, (windows.len(), t), device)?)
+}
+
+/// Embed `[batch, seq]` u32 ids with the table `[vocab, hidden]` of a model `cfg` describes
+/// (Gemma: times √hidden, rounded to the activations' f32 as transformers does).
+pub(crate) fn embed(cfg: &ModelConfig, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let x = table.index_select(&ids.flatten_all()?, 0)?;
+    let x = x.reshape((b, t, cfg.hidden_size))?;
+    if cfg.gemma.is_some() {
+        let s = (cfg.hidden_size as f64).sqrt() as f32;
+        return Ok((x * f64::from(s))?);
+    }
+    Ok(x)
 }
 
 /// Whether `precision` can run on `device` here.

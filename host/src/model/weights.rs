@@ -22,7 +22,7 @@ pub(crate) trait WeightSource {
 }
 
 /// A norm weight of `shape` under `name`, read the way the family stores it.
-fn norm(
+pub(super) fn norm(
     cfg: &ModelConfig,
     src: &mut dyn WeightSource,
     name: &str,
@@ -45,8 +45,8 @@ pub(crate) fn assemble(
     device: &Device,
 ) -> Result<Model> {
     cfg.validate()?;
-    let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
-    let embed_tokens = src.tensor("model.embed_tokens.weight", &[vocab, hidden], device)?;
+    let hidden = cfg.hidden_size;
+    let embed_tokens = embeddings(cfg, src, device)?;
     let blocks = (0..cfg.num_layers)
         .map(|i| block(cfg, src, i, device))
         .collect::<Result<Vec<_>>>()?;
@@ -54,7 +54,7 @@ pub(crate) fn assemble(
     let head = if cfg.tie_word_embeddings {
         embed_tokens.clone() // shares storage: no second copy of the largest matrix
     } else {
-        src.tensor("lm_head.weight", &[vocab, hidden], device)?
+        untied_head(cfg, src, device)?
     };
     Ok(Model {
         config: cfg.clone(),
@@ -65,7 +65,28 @@ pub(crate) fn assemble(
     })
 }
 
-fn block(
+/// The token embeddings `[vocab, hidden]`.
+pub(super) fn embeddings(
+    cfg: &ModelConfig,
+    src: &mut dyn WeightSource,
+    device: &Device,
+) -> Result<Tensor> {
+    let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+    src.tensor("model.embed_tokens.weight", &[vocab, hidden], device)
+}
+
+/// The output head's own weight (untied models).
+pub(super) fn untied_head(
+    cfg: &ModelConfig,
+    src: &mut dyn WeightSource,
+    device: &Device,
+) -> Result<Tensor> {
+    let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
+    src.tensor("lm_head.weight", &[vocab, hidden], device)
+}
+
+/// Block `i` of the model `cfg` describes.
+pub(super) fn block(
     cfg: &ModelConfig,
     src: &mut dyn WeightSource,
     i: usize,

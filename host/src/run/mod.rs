@@ -5,4 +5,5 @@ pub mod allocate;
 pub mod bench;
 pub mod eval;
 pub mod prune;
+pub mod stream;
 pub mod sweep;

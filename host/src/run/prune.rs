@@ -6,7 +6,7 @@ use crate::alloc::plan::Planned;
 use crate::calib::Sampler;
 use crate::eval::{eval_windows, perplexity_with_progress, PerplexityOptions};
 use crate::layer::LayerId;
-use crate::model::{Model, Precision};
+use crate::model::{Model, Precision, SaveDtype};
 use crate::pipeline::{
     prune_model, Method, PipelineError, Progress as Stage, PruneConfig, PruneJob,
 };
@@ -63,6 +63,10 @@ pub struct PruneSpec<'a> {
     pub out: Option<PathBuf>,
     /// Zero-shot tasks, scored dense and pruned.
     pub tasks: crate::run::eval::TaskSpec,
+    /// Read, prune and write the model one block at a time ([`crate::run::stream`]).
+    pub stream: bool,
+    /// Element type of the written weights.
+    pub save_dtype: SaveDtype,
 }
 
 /// How a prune run ended.
@@ -96,7 +100,7 @@ fn ppl(
 }
 
 /// Map the verdicts of a pipeline error to an [`Outcome`], anything else to an error.
-fn verdict(e: PipelineError) -> anyhow::Result<Outcome> {
+pub(super) fn verdict(e: PipelineError) -> anyhow::Result<Outcome> {
     match e {
         PipelineError::Metric { layer, failure } => Ok(Outcome::Metric { layer, failure }),
         PipelineError::Allocator(failure) => Ok(Outcome::Allocator(failure)),
@@ -104,17 +108,15 @@ fn verdict(e: PipelineError) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Run it.
-pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
-    let start = Instant::now();
-    let p = &spec.protocol;
-    let (plugin, method_record) = match &spec.method {
+/// The method as the pipeline takes it and as the report records it.
+pub(super) fn method_of<'a>(spec: &MethodSpec<'a>) -> (Method<'a>, MethodRecord) {
+    match spec {
         MethodSpec::Metric {
             plugin,
             source,
             sha256,
         } => (
-            Some(*plugin),
+            Method::Metric(plugin),
             MethodRecord::Metric {
                 metric: plugin.info().clone(),
                 sha256: Some(sha256.clone()),
@@ -122,15 +124,25 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
             },
         ),
         MethodSpec::SparseGpt => (
-            None,
+            Method::SparseGpt,
             MethodRecord::Builtin {
                 builtin: "sparsegpt".into(),
             },
         ),
-    };
-    let method = match plugin {
-        Some(pl) => Method::Metric(pl),
-        None => Method::SparseGpt,
+    }
+}
+
+/// Run it.
+pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
+    if spec.stream {
+        return super::stream::run(spec, progress);
+    }
+    let start = Instant::now();
+    let p = &spec.protocol;
+    let (method, method_record) = method_of(&spec.method);
+    let plugin = match &method {
+        Method::Metric(pl) => Some(*pl),
+        Method::SparseGpt => None,
     };
     let tasks = spec.tasks.load()?;
     let mut loaded = load_model(p.model.as_ref(), &device(&p.device)?, p.precision)?;
@@ -235,15 +247,19 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
             dense: dense_tasks,
             pruned: pruned_tasks,
         }),
+        stream: None,
     };
     if let Some(out) = &spec.out {
-        export(&loaded, out, &report)?;
+        let dir = out.join("model");
+        loaded.model.save_hf_as(&dir, spec.save_dtype)?;
+        loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
+        write_report(out, &report)?;
     }
     Ok(Outcome::Done(Box::new(report)))
 }
 
 /// The protocol as the report records it (`sotu-512` when every setting is the preset's).
-fn protocol_record(
+pub(super) fn protocol_record(
     p: &ProtocolSpec,
     sotu_calib: bool,
     model: &std::path::Path,
@@ -300,15 +316,8 @@ fn prune_step(
     result
 }
 
-/// Write the pruned model (Hugging Face format, with its tokenizer) and `report.json`.
-fn export(
-    loaded: &crate::setup::Loaded,
-    out: &std::path::Path,
-    report: &PruneRunReport,
-) -> anyhow::Result<()> {
-    let dir = out.join("model");
-    loaded.model.save_hf(&dir)?;
-    loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
+/// Write `report.json` into `out`.
+pub(super) fn write_report(out: &std::path::Path, report: &PruneRunReport) -> anyhow::Result<()> {
     std::fs::write(
         out.join("report.json"),
         crate::report::sorted_json_pretty(report)?,

@@ -8,7 +8,7 @@ use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::input_slot;
 use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
 use crate::layer::{LayerData, LayerId, LayerKind};
-use crate::model::{Block, Model, ModelError, Rope};
+use crate::model::{with_host_f32, Block, Model, ModelError, Rope};
 use crate::prune::mask::{Mask, MaskError, Pattern};
 use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::sandbox::{Failure, InvalidOutput, Plugin};
@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
+
+mod stream;
+pub use stream::{prune_streaming, BlockRecord, StreamJob, StreamOutcome};
 
 /// How weights are chosen for pruning.
 pub enum Method<'a> {
@@ -210,6 +213,29 @@ pub struct PruneReport {
     pub hessian_inputs_seconds: f64,
 }
 
+impl PruneReport {
+    /// No layer yet, every time zero.
+    fn empty() -> Self {
+        PruneReport {
+            layers: Vec::new(),
+            sparsity: 0.0,
+            stats_seconds: 0.0,
+            prune_seconds: 0.0,
+            forward_seconds: 0.0,
+            gradient_seconds: 0.0,
+            hessian_seconds: 0.0,
+            hessian_inputs_seconds: 0.0,
+        }
+    }
+
+    /// Set `sparsity` from the layers: zeros over all their weights.
+    fn finish_sparsity(&mut self) {
+        let zeros: usize = self.layers.iter().map(|l| l.zeros).sum();
+        let total: usize = self.layers.iter().map(|l| l.rows * l.cols).sum();
+        self.sparsity = zeros as f64 / total.max(1) as f64;
+    }
+}
+
 /// Where a pruning run is, for [`prune_model`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
@@ -230,15 +256,15 @@ pub enum Progress {
     },
 }
 
-/// Embed calibration windows in batches of `batch`.
-fn embed_batches(
-    model: &Model,
+/// Embed calibration windows in batches of `batch` with `embed`.
+fn embed_chunks(
     windows: &[&[u32]],
     batch: usize,
+    embed: impl Fn(&[&[u32]]) -> Result<Tensor, ModelError>,
 ) -> Result<Vec<Tensor>, PipelineError> {
     windows
         .chunks(batch.max(1))
-        .map(|w| Ok(model.embed(&model.ids_tensor(w)?)?))
+        .map(|w| Ok(embed(w)?))
         .collect()
 }
 
@@ -315,20 +341,14 @@ pub fn prune_model(
     } else {
         None
     };
-    check_layer_sparsity(model, cfg)?;
+    check_layer_sparsity(model.blocks.len(), cfg)?;
     let seq_len = windows.first().map_or(0, |w| w.len());
     let rope = model.rope(seq_len)?;
-    let mut inps = embed_batches(model, windows, cfg.batch)?;
+    let mut inps = embed_chunks(windows, cfg.batch, |w| model.embed(&model.ids_tensor(w)?))?;
     let num_blocks = model.blocks.len();
     let mut report = PruneReport {
-        layers: Vec::new(),
-        sparsity: 0.0,
-        stats_seconds: 0.0,
-        prune_seconds: 0.0,
-        forward_seconds: 0.0,
         gradient_seconds: computed.as_ref().map_or(0.0, |g| g.seconds),
-        hessian_seconds: 0.0,
-        hessian_inputs_seconds: 0.0,
+        ..PruneReport::empty()
     };
     let ctx = BlockJob {
         num_blocks,
@@ -360,9 +380,7 @@ pub fn prune_model(
             total: num_blocks,
         });
     }
-    let zeros: usize = report.layers.iter().map(|l| l.zeros).sum();
-    let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
-    report.sparsity = zeros as f64 / total.max(1) as f64;
+    report.finish_sparsity();
     Ok(report)
 }
 
@@ -459,7 +477,7 @@ pub fn prune_one_shot(
     extras: Option<&crate::alloc::summary::DenseExtras>,
 ) -> Result<PruneReport, PipelineError> {
     let num_blocks = model.blocks.len();
-    check_layer_sparsity(model, cfg)?;
+    check_layer_sparsity(model.blocks.len(), cfg)?;
     if plugin.info().needs_gradient && gradients.is_none() {
         return Err(PipelineError::Config(
             "the metric reads the gradient statistic; compute it first".into(),
@@ -470,16 +488,7 @@ pub fn prune_one_shot(
             "the metric reads Hessian-derived inputs; compute them first".into(),
         ));
     }
-    let mut report = PruneReport {
-        layers: Vec::new(),
-        sparsity: 0.0,
-        stats_seconds: 0.0,
-        prune_seconds: 0.0,
-        forward_seconds: 0.0,
-        gradient_seconds: 0.0,
-        hessian_seconds: 0.0,
-        hessian_inputs_seconds: 0.0,
-    };
+    let mut report = PruneReport::empty();
     let t = Instant::now();
     let method = Method::Metric(plugin);
     let factors = BTreeMap::new();
@@ -512,15 +521,13 @@ pub fn prune_one_shot(
         }
     }
     report.prune_seconds = t.elapsed().as_secs_f64();
-    let zeros: usize = report.layers.iter().map(|l| l.zeros).sum();
-    let total: usize = report.layers.iter().map(|l| l.rows * l.cols).sum();
-    report.sparsity = zeros as f64 / total.max(1) as f64;
+    report.finish_sparsity();
     Ok(report)
 }
 
 /// Per-layer sparsities must match the model and an unstructured pattern.
-fn check_layer_sparsity(model: &Model, cfg: &PruneConfig) -> Result<(), PipelineError> {
-    let expected = model.blocks.len() * LayerKind::BLOCK.len();
+fn check_layer_sparsity(num_blocks: usize, cfg: &PruneConfig) -> Result<(), PipelineError> {
+    let expected = num_blocks * LayerKind::BLOCK.len();
     if !cfg.layer_sparsity.is_empty() {
         if cfg.layer_sparsity.len() != expected {
             return Err(PipelineError::Config(format!(
@@ -563,36 +570,45 @@ fn prune_linear(
         .ok_or_else(|| ModelError::Input(format!("no {} linear", id.kind.name())))?;
     let (rows, cols) = linear.shape();
     let device = linear.weight().device().clone();
-    let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
-    let (mask, fuel) = match method {
+    let (w, mask, fuel) = match method {
         Method::Metric(plugin) => {
             let stats = inputs.stats(id.kind).ok_or_else(|| {
                 ModelError::Input(format!("no statistics were collected for {id}"))
             })?;
-            let data = LayerData {
-                id,
-                rows,
-                cols,
-                weights: &w,
-                stats,
-                gradient: optional.gradient,
-                hessian_inverse_diagonal: optional
-                    .extras
-                    .and_then(|e| e.hessian_inverse_diagonal(id.kind)),
-                output_stats: optional.extras.and_then(|e| e.output_stats(id.kind)),
-                sparsity: cfg.sparsity_of(id) as f32,
+            // Scored from the block's own weights: the copy to be masked is made only once the
+            // scores are a mask, so a layer never has weights, a copy and scores at once (the
+            // streaming run's memory bound counts on it).
+            let score = |weights: &[f32]| {
+                let data = LayerData {
+                    id,
+                    rows,
+                    cols,
+                    weights,
+                    stats,
+                    gradient: optional.gradient,
+                    hessian_inverse_diagonal: optional
+                        .extras
+                        .and_then(|e| e.hessian_inverse_diagonal(id.kind)),
+                    output_stats: optional.extras.and_then(|e| e.output_stats(id.kind)),
+                    sparsity: cfg.sparsity_of(id) as f32,
+                };
+                plugin
+                    .score(&data)
+                    .map_err(|failure| PipelineError::Metric { layer: id, failure })
             };
-            let scored = plugin
-                .score(&data)
-                .map_err(|failure| PipelineError::Metric { layer: id, failure })?;
+            let scored = with_host_f32(linear.weight(), score)??;
             let mask =
                 Mask::from_scores(&scored.scores, rows, cols, cfg.pattern, cfg.sparsity_of(id))
                     .map_err(|error| mask_error(id, error))?;
+            let fuel = scored.usage.fuel;
+            drop(scored);
+            let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
             mask.apply(&mut w)
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
-            (mask, scored.usage.fuel)
+            (w, mask, fuel)
         }
         Method::SparseGpt => {
+            let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
             let f = factors
                 .get(&input_slot(id.kind))
                 .ok_or_else(|| ModelError::Input(format!("no Hessian was collected for {id}")))?;
@@ -606,7 +622,7 @@ fn prune_linear(
                     message: e.to_string(),
                 }
             })?;
-            (stats.mask, 0)
+            (w, stats.mask, 0)
         }
     };
     let zeros = w.iter().filter(|&&x| x == 0.0).count();
