@@ -18,12 +18,30 @@ pub struct Args {
     /// output head on 2 windows), f32 against bf16, with the bf16 error relative to f32.
     #[arg(long)]
     pub gemm: bool,
+    /// Instead: write a model with LLaMA-2-7B's shapes and random weights (f16 safetensors,
+    /// SmolLM2's tokenizer) into this folder, for `prune --stream`'s memory benchmark
+    /// (docs/STREAMING.md). 405 MB per block.
+    #[arg(long, value_name = "DIR")]
+    pub synthetic_7b: Option<std::path::PathBuf>,
+    /// Blocks of the `--synthetic-7b` model.
+    #[arg(long, default_value_t = 32, requires = "synthetic_7b")]
+    pub layers: usize,
     #[command(flatten)]
     pub flags: BuildFlags,
 }
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(dir) = &args.synthetic_7b {
+        let bytes = autoprune::run::bench::synthetic_7b(dir, args.layers)?;
+        println!(
+            "wrote {} ({} blocks, {:.2} GB of f16 weights)",
+            autoprune::term::line(&dir.display().to_string()),
+            args.layers,
+            bytes as f64 / 1e9
+        );
+        return Ok(0);
+    }
     let report = if args.gemm {
         autoprune::run::bench::gemm(args.reps)?
     } else {

@@ -1,11 +1,11 @@
 //! Hugging Face model directories: `config.json` plus `model.safetensors` or shards listed in
 //! `model.safetensors.index.json`; f32/f16/bf16 weights become f32. Also the f32 export.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::{Load, MmapedSafetensors};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::weights::{assemble, WeightSource};
 use super::{expect_shape, Block, HfWriter, Model, ModelConfig, ModelError, Result, SaveDtype};
@@ -23,14 +23,7 @@ const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// Load `dir` into a model.
 pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
-    let (cfg, files) = open(dir)?;
-    let st = map(dir, &files)?;
-    let mut src = StSource {
-        st,
-        names: BTreeSet::new(),
-        dir: dir.to_path_buf(),
-    };
-    src.names = src.st.tensors().into_iter().map(|(n, _)| n).collect();
+    let (cfg, mut src) = open_files(dir)?;
     assemble(&cfg, &mut src, device)
 }
 
@@ -44,52 +37,175 @@ fn open(dir: &Path) -> Result<(ModelConfig, Vec<PathBuf>)> {
     Ok((cfg, files))
 }
 
-/// A source that maps the files only while one tensor is read (the streaming run): the pages
-/// of tensors already converted leave the process's memory with the map.
-pub(crate) struct StFiles {
-    files: Vec<PathBuf>,
-    names: BTreeSet<String>,
-    dir: PathBuf,
-}
-
-/// The configuration of `dir` and a source of its weights that holds no map between reads.
+/// The configuration of `dir` and a source of its weights.
 pub(crate) fn open_files(dir: &Path) -> Result<(ModelConfig, StFiles)> {
     let (cfg, files) = open(dir)?;
-    let st = map(dir, &files)?;
-    let names = st.tensors().into_iter().map(|(n, _)| n).collect();
-    Ok((
-        cfg,
-        StFiles {
-            files,
-            names,
-            dir: dir.to_path_buf(),
-        },
-    ))
+    Ok((cfg, StFiles::open(dir, &files)?))
 }
 
-/// Map `files` read-only.
-fn map(dir: &Path, files: &[PathBuf]) -> Result<MmapedSafetensors> {
-    // SAFETY: the files are mapped read-only and every tensor is copied out (converted to
-    // f32) before the map is dropped; like every mmap user we assume no other process
-    // truncates the files meanwhile.
-    unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::Format {
-        path: dir.to_path_buf(),
-        reason: e.to_string(),
-    })
+/// Where one tensor lies.
+struct StTensor {
+    /// Index into [`StFiles::files`].
+    file: usize,
+    dtype: String,
+    shape: Vec<usize>,
+    /// Absolute byte offset of its data in the file.
+    start: u64,
+    /// Bytes of data.
+    len: u64,
+}
+
+/// Safetensors files read with positioned reads, a few MiB at a time, straight into the f32
+/// tensor: reading a tensor costs its f32 size and nothing more (no half-precision copy, no
+/// mapped pages that stay resident until the map is dropped), which the streaming run's
+/// memory bound needs.
+pub(crate) struct StFiles {
+    dir: PathBuf,
+    files: Vec<(PathBuf, std::fs::File)>,
+    tensors: HashMap<String, StTensor>,
+}
+
+/// Elements converted per read. Why 4 Mi: 16 MiB of f32, large enough that reads run at disk
+/// speed, small next to any layer.
+const READ_CHUNK: usize = 4 << 20;
+
+impl StFiles {
+    /// Open `files` (headers already checked by [`super::header::check_safetensors`]) and
+    /// index their tensors; a name in two shards is an error.
+    fn open(dir: &Path, files: &[PathBuf]) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        let mut opened = Vec::with_capacity(files.len());
+        for (i, path) in files.iter().enumerate() {
+            let io = |source| ModelError::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            let mut len = [0u8; 8];
+            f.read_exact(&mut len).map_err(io)?;
+            let n = u64::from_le_bytes(len);
+            let mut json = vec![0u8; n as usize];
+            f.read_exact(&mut json).map_err(io)?;
+            let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json)
+                .map_err(|e| ModelError::Format {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            for (name, v) in header {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let bad = |reason: &str| ModelError::Format {
+                    path: path.clone(),
+                    reason: format!("tensor `{}`: {reason}", crate::term::line(&name)),
+                };
+                let dtype = v["dtype"]
+                    .as_str()
+                    .ok_or_else(|| bad("no dtype"))?
+                    .to_string();
+                let shape = v["shape"]
+                    .as_array()
+                    .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+                    .ok_or_else(|| bad("bad shape"))?;
+                let (start, end) = match v["data_offsets"].as_array().map(|a| a.as_slice()) {
+                    Some([a, b]) => (a.as_u64(), b.as_u64()),
+                    _ => (None, None),
+                };
+                let (Some(start), Some(end)) = (start, end) else {
+                    return Err(bad("bad data_offsets"));
+                };
+                let t = StTensor {
+                    file: i,
+                    dtype,
+                    shape,
+                    start: 8 + n + start,
+                    len: end - start,
+                };
+                if tensors.insert(name.clone(), t).is_some() {
+                    return Err(bad("listed in two shards"));
+                }
+            }
+            opened.push((path.clone(), f));
+        }
+        Ok(StFiles {
+            dir: dir.to_path_buf(),
+            files: opened,
+            tensors,
+        })
+    }
 }
 
 impl WeightSource for StFiles {
     fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let mut src = StSource {
-            st: map(&self.dir, &self.files)?,
-            names: BTreeSet::new(),
-            dir: self.dir.clone(),
+        let t = self.tensors.get(name).ok_or_else(|| ModelError::Weight {
+            name: name.to_string(),
+            reason: format!("missing from {}", self.dir.display()),
+        })?;
+        expect_shape(name, &t.shape, shape)?;
+        let n: usize = shape.iter().product();
+        let width = match t.dtype.as_str() {
+            "F32" => 4,
+            "F16" | "BF16" => 2,
+            other => {
+                return Err(ModelError::Weight {
+                    name: name.to_string(),
+                    reason: format!(
+                        "dtype {} (expected F32, F16 or BF16)",
+                        crate::term::line(other)
+                    ),
+                })
+            }
         };
-        src.tensor(name, shape, device)
+        // The header check guarantees len = n · width; checked again before allocating.
+        if t.len != (n * width) as u64 {
+            return Err(ModelError::Weight {
+                name: name.to_string(),
+                reason: format!("{} bytes for {n} elements of {}", t.len, t.dtype),
+            });
+        }
+        let (path, file) = &self.files[t.file];
+        let mut out = vec![0f32; n];
+        let mut raw = vec![0u8; READ_CHUNK.min(n.max(1)) * width];
+        for (c, dst) in out.chunks_mut(READ_CHUNK).enumerate() {
+            let bytes = &mut raw[..dst.len() * width];
+            let at = t.start + (c * READ_CHUNK * width) as u64;
+            std::os::unix::fs::FileExt::read_exact_at(file, bytes, at).map_err(|source| {
+                ModelError::Io {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            convert(&t.dtype, bytes, dst);
+        }
+        Ok(Tensor::from_vec(out, shape, device)?)
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
+        self.tensors.contains_key(name)
+    }
+}
+
+/// Little-endian `bytes` of `dtype` (F32, F16 or BF16) into `dst`.
+fn convert(dtype: &str, bytes: &[u8], dst: &mut [f32]) {
+    let pairs = bytes
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    match dtype {
+        "F16" => {
+            for (d, h) in dst.iter_mut().zip(pairs) {
+                *d = half::f16::from_bits(h).to_f32();
+            }
+        }
+        "BF16" => {
+            for (d, h) in dst.iter_mut().zip(pairs) {
+                *d = half::bf16::from_bits(h).to_f32();
+            }
+        }
+        _ => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
     }
 }
 
@@ -163,38 +279,6 @@ fn read_text(path: &Path, limit: u64) -> Result<String> {
             reason: other.to_string(),
         },
     })
-}
-
-struct StSource {
-    st: MmapedSafetensors,
-    names: BTreeSet<String>,
-    dir: PathBuf,
-}
-
-impl WeightSource for StSource {
-    fn tensor(&mut self, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
-        let view = self.st.get(name).map_err(|_| ModelError::Weight {
-            name: name.to_string(),
-            reason: format!("missing from {}", self.dir.display()),
-        })?;
-        expect_shape(name, view.shape(), shape)?;
-        let t = view.load(device).map_err(|e| ModelError::Weight {
-            name: name.to_string(),
-            reason: e.to_string(),
-        })?;
-        match t.dtype() {
-            DType::F32 => Ok(t),
-            DType::F16 | DType::BF16 => Ok(t.to_dtype(DType::F32)?),
-            other => Err(ModelError::Weight {
-                name: name.to_string(),
-                reason: format!("dtype {other:?} (expected f32, f16 or bf16)"),
-            }),
-        }
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.names.contains(name)
-    }
 }
 
 /// The Hugging Face key of each weight of `model`.

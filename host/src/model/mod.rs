@@ -37,6 +37,7 @@ pub(crate) use layers::{with_cpu_f32, with_host_f32};
 pub use matmul::{
     bench_linear, cpu_report, describe as cpu_matmul_backend, init as init_cpu_matmul, CpuReport,
 };
+pub use random::write_hf as write_random_hf;
 pub use stream::BlockStream;
 pub use tokenizer::Tokenizer;
 pub use writer::{HfWriter, SaveDtype};

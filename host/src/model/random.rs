@@ -4,8 +4,10 @@ use candle_core::{Device, Tensor};
 
 use crate::rng::SplitMix64;
 
+use std::path::Path;
+
 use super::weights::{assemble, WeightSource};
-use super::{Arch, Gemma3Params, Model, ModelConfig, Result};
+use super::{Arch, Gemma3Params, HfWriter, Linear, Model, ModelConfig, Result, SaveDtype};
 
 impl ModelConfig {
     /// A tiny configuration for tests: 2 blocks, hidden 64, 4 query / 2 KV heads of width 16,
@@ -41,6 +43,60 @@ impl ModelConfig {
     }
 }
 
+impl ModelConfig {
+    /// LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads of 128, RoPE base 10,000,
+    /// untied head) with `num_layers` blocks and a vocabulary of `vocab` (to fit a tokenizer at
+    /// hand): the memory and speed benchmarks' model.
+    pub fn llama2_7b_shape(num_layers: usize, vocab: usize) -> Self {
+        ModelConfig {
+            arch: Arch::Llama,
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_layers,
+            num_heads: 32,
+            num_kv_heads: 32,
+            head_dim: 128,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            vocab_size: vocab,
+            tie_word_embeddings: false,
+            max_position_embeddings: 4096,
+            sliding_window: None,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            gemma: None,
+        }
+    }
+}
+
+/// Write a model of `cfg` with the weights [`Model::random`] would give (same seed, same
+/// generator, same order) into the Hugging Face directory `dir` as `dtype`, one tensor at a
+/// time: a 7B-shaped model is written in the memory of its largest matrix.
+pub fn write_hf(cfg: &ModelConfig, seed: u64, dir: &Path, dtype: SaveDtype) -> Result<()> {
+    cfg.validate()?;
+    let mut w = HfWriter::create(dir, cfg, dtype)?;
+    let mut src = RandomSource(SplitMix64::new(seed), cfg.arch == Arch::Gemma3);
+    let device = Device::Cpu;
+    let embed = super::weights::embeddings(cfg, &mut src, &device)?;
+    w.put_embeddings(&embed)?;
+    drop(embed);
+    for i in 0..cfg.num_layers {
+        let b = super::weights::block(cfg, &mut src, i, &device)?;
+        w.put_block(i, &b)?;
+    }
+    let norm = super::weights::norm(cfg, &mut src, super::hf::NORM, cfg.hidden_size, &device)?;
+    let head = if cfg.tie_word_embeddings {
+        None
+    } else {
+        Some(Linear::new(
+            super::weights::untied_head(cfg, &mut src, &device)?,
+            None,
+        )?)
+    };
+    w.put_final(&norm, head.as_ref())?;
+    w.finish()
+}
+
 /// A model whose weights come from a seeded generator: linears uniform in ±1/√in (so
 /// activations stay O(1)), norms 1 ± 0.2, embeddings ±1, biases ±0.1.
 pub(crate) fn model(cfg: &ModelConfig, seed: u64, device: &Device) -> Result<Model> {
@@ -72,5 +128,27 @@ impl WeightSource for RandomSource {
 
     fn contains(&self, _name: &str) -> bool {
         false // optional tensors (biases a family does not require) are left out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The written model is the one [`Model::random`] builds: same generator, same order.
+    #[test]
+    fn written_random_models_equal_built_ones() {
+        for arch in [Arch::Llama, Arch::Gemma3] {
+            let cfg = ModelConfig::tiny(arch);
+            let dir = tempfile::tempdir().unwrap();
+            write_hf(&cfg, 9, dir.path(), SaveDtype::F32).unwrap();
+            let a = Model::load(dir.path(), &Device::Cpu).unwrap();
+            let b = Model::random(&cfg, 9, &Device::Cpu).unwrap();
+            for ((n, x), (_, y)) in a.hf_tensors().iter().zip(b.hf_tensors()) {
+                let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                assert!(x == y, "{arch:?} {n}");
+            }
+        }
     }
 }

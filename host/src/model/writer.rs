@@ -12,7 +12,9 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+#[cfg(test)]
+use candle_core::DType;
+use candle_core::Tensor;
 
 use super::hf::{block_tensors, CONFIG, EMBED, HEAD, NORM, SINGLE};
 use super::{with_host_f32, Block, Linear, ModelConfig, ModelError, Result, RmsNorm};
@@ -31,6 +33,7 @@ pub enum SaveDtype {
 }
 
 impl SaveDtype {
+    #[cfg(test)]
     fn dtype(self) -> DType {
         match self {
             SaveDtype::F32 => DType::F32,
@@ -75,6 +78,9 @@ impl std::str::FromStr for SaveDtype {
 /// `"model.layers.NNN.self_attn.q_proj.weight":{"dtype":"BF16","shape":[N,N],
 /// "data_offsets":[N,N]}` with 20-digit numbers, is under 150 bytes.
 const HEADER_PER_TENSOR: usize = 256;
+
+/// Elements converted per write (4 MiB of f32).
+const WRITE_CHUNK: usize = 1 << 20;
 
 /// One written tensor.
 struct Entry {
@@ -143,18 +149,28 @@ impl HfWriter {
             return Err(ModelError::Input(format!("`{name}` is written twice")));
         }
         let shape = t.dims().to_vec();
-        let t = t.to_dtype(self.dtype.dtype())?;
-        let bytes = match self.dtype {
-            SaveDtype::F32 => with_host_f32(&t, |xs| self.write(bytemuck::cast_slice(xs)))??,
-            SaveDtype::F16 => {
-                let v = t.flatten_all()?.to_vec1::<half::f16>()?;
-                self.write(bytemuck::cast_slice(&v))?
+        // Converted a chunk at a time from the f32 weights: writing costs no second copy.
+        let dtype = self.dtype;
+        let bytes = with_host_f32(t, |xs| -> Result<u64> {
+            let mut n = 0;
+            let mut buf: Vec<u16> = Vec::new();
+            for chunk in xs.chunks(WRITE_CHUNK) {
+                n += match dtype {
+                    SaveDtype::F32 => self.write(bytemuck::cast_slice(chunk))?,
+                    SaveDtype::F16 => {
+                        buf.clear();
+                        buf.extend(chunk.iter().map(|&x| half::f16::from_f32(x).to_bits()));
+                        self.write(bytemuck::cast_slice(&buf))?
+                    }
+                    SaveDtype::Bf16 => {
+                        buf.clear();
+                        buf.extend(chunk.iter().map(|&x| half::bf16::from_f32(x).to_bits()));
+                        self.write(bytemuck::cast_slice(&buf))?
+                    }
+                };
             }
-            SaveDtype::Bf16 => {
-                let v = t.flatten_all()?.to_vec1::<half::bf16>()?;
-                self.write(bytemuck::cast_slice(&v))?
-            }
-        };
+            Ok(n)
+        })??;
         let start = self.written;
         self.written += bytes;
         self.entries.push(Entry {

@@ -153,3 +153,17 @@ pub fn sandbox(builder: &Builder, reps: usize) -> anyhow::Result<serde_json::Val
     });
     Ok(report)
 }
+
+/// Write [`ModelConfig::llama2_7b_shape`] with `layers` blocks and random weights as f16
+/// safetensors into `dir`, with SmolLM2's tokenizer (vocabulary 49,152) from the data
+/// directory; returns the bytes of weights written.
+pub fn synthetic_7b(dir: &std::path::Path, layers: usize) -> anyhow::Result<u64> {
+    let smollm2 = crate::data::DataDir::resolve().smollm2_gguf()?;
+    let tokenizer = crate::model::Tokenizer::for_model(&smollm2)?;
+    let cfg = crate::model::ModelConfig::llama2_7b_shape(layers, 49_152);
+    tokenizer.check_fits(&cfg)?;
+    crate::model::write_random_hf(&cfg, 7, dir, crate::model::SaveDtype::F16)?;
+    tokenizer.save(&dir.join("tokenizer.json"))?;
+    let per_block = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096;
+    Ok(2 * (layers * per_block + 2 * 49_152 * 4096 + 4096) as u64)
+}
