@@ -22,7 +22,10 @@ fn hashes(r: &PruneReport) -> Vec<String> {
 
 /// Every weight of two models, bit for bit.
 fn assert_same_weights(a: &Model, b: &Model) {
-    for ((name, x), (_, y)) in a.hf_tensors().iter().zip(b.hf_tensors()) {
+    let (a, b) = (a.hf_tensors(), b.hf_tensors());
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (other, y)) in a.iter().zip(&b) {
+        assert_eq!(name, other);
         let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
         assert!(x == y, "{name} differs");
@@ -199,7 +202,11 @@ fn seven_b_shaped_blocks_prune_in_bounded_memory() {
     let s = &rep["stream"];
     let block = s["block_bytes"].as_u64().unwrap();
     assert_eq!(block, 4 * (4 * 4096 * 4096 + 3 * 4096 * 11008));
+    // Inputs and outputs of 2 calibration and 2 × 2 (dense, pruned) evaluation windows.
+    let activations = s["activation_bytes"].as_u64().unwrap();
+    assert_eq!(activations, 2 * (2 + 2 * 2) * 256 * 4096 * 4);
     let goal = s["goal_bytes"].as_u64().unwrap();
+    assert_eq!(goal, (block + activations) * 3 / 2);
     let peak = rep["peak_rss_bytes"].as_u64().expect("Linux reports VmHWM");
     eprintln!(
         "peak RSS {:.0} MB, goal {:.0} MB (block {:.0} MB, activations {:.0} MB)",
@@ -243,13 +250,27 @@ fn what_streaming_cannot_do_is_refused() {
     common::require_real_data!();
     let ws = common::workspace();
     for extra in [
-        &["--allocation", "sdsa", "--sparsity", "0.7"][..],
-        &["--tasks", "sotu-next"][..],
-        &["--plan-only"][..],
+        &[
+            "--metric",
+            "candidates/wanda.rs",
+            "--allocation",
+            "sdsa",
+            "--sparsity",
+            "0.7",
+        ][..],
+        &["--metric", "candidates/wanda.rs", "--tasks", "sotu-next"][..],
+        &["--metric", "candidates/wanda.rs", "--plan-only"][..],
+        &[
+            "--metric",
+            "candidates/wanda.rs",
+            "--eval-precision",
+            "bf16",
+        ][..],
+        &["--metric", "candidates/gblm.rs"][..],
     ] {
         let r = autoprune()
             .current_dir(&ws)
-            .args(["prune", "--stream", "--metric", "candidates/wanda.rs"])
+            .args(["prune", "--stream"])
             .args(extra)
             .output()
             .unwrap();

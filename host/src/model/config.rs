@@ -119,6 +119,9 @@ const GEMMA3_WINDOW: usize = 4096;
 const GEMMA3_THETA: f64 = 1_000_000.0;
 const GEMMA3_QUERY_SCALAR: f64 = 256.0;
 
+/// Most blocks a model may have.
+pub const MAX_LAYERS: usize = 4096;
+
 impl ModelConfig {
     /// Check the internal consistency of the shape parameters.
     pub fn validate(&self) -> Result<()> {
@@ -135,6 +138,14 @@ impl ModelConfig {
             if v == 0 {
                 return Err(ModelError::Config(format!("{name} must be positive")));
             }
+        }
+        // Why 4096: the deepest published models have about 130 blocks; the bound keeps a
+        // hostile configuration's block count out of allocation sizes.
+        if self.num_layers > MAX_LAYERS {
+            return Err(ModelError::Config(format!(
+                "num_layers {} is more than {MAX_LAYERS}",
+                self.num_layers
+            )));
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ModelError::Config(format!(

@@ -330,10 +330,38 @@ struct StEntry {
     data_offsets: (u64, u64),
 }
 
+/// A validated safetensors tensor entry.
+#[derive(Debug, Clone)]
+pub struct StTensorEntry {
+    /// Its name.
+    pub name: String,
+    /// Its dtype's safetensors name (`F32`, `F16`, …).
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<u64>,
+    /// Its bytes in the data area, `[start, end)`.
+    pub data: (u64, u64),
+}
+
+/// A validated safetensors header.
+#[derive(Debug, Clone)]
+pub struct StHeader {
+    /// Bytes of the JSON header (the data area starts at `8 + header_len`).
+    pub header_len: u64,
+    /// Every tensor, in data order.
+    pub tensors: Vec<StTensorEntry>,
+}
+
 /// Check a safetensors header (`r` at the file's start, `size` the file's length): the header
 /// length, its JSON, every dtype, shape (overflow-checked) and byte range, and that the
 /// ranges tile the data area exactly (the format's own rule), all within the file.
-pub fn check_safetensors(mut r: impl Read, size: u64) -> HeaderResult<()> {
+pub fn check_safetensors(r: impl Read, size: u64) -> HeaderResult<()> {
+    read_safetensors(r, size).map(|_| ())
+}
+
+/// [`check_safetensors`], returning what it validated, so a reader uses exactly the header
+/// it checked (read once, from one handle).
+pub fn read_safetensors(mut r: impl Read, size: u64) -> HeaderResult<StHeader> {
     let mut len = [0u8; 8];
     r.read_exact(&mut len)
         .map_err(|_| format!("{size} bytes: too short for a safetensors header"))?;
@@ -380,11 +408,11 @@ pub fn check_safetensors(mut r: impl Read, size: u64) -> HeaderResult<()> {
                 "tensor `{name}`: bytes [{start}, {end}) for {bytes} bytes of data in a {data}-byte area"
             ));
         }
-        ranges.push((start, end, name));
+        ranges.push((start, end, name, e.dtype, e.shape));
     }
     ranges.sort();
     let mut at = 0;
-    for (start, end, name) in &ranges {
+    for (start, end, name, _, _) in &ranges {
         if *start != at {
             return Err(format!(
                 "tensor `{name}` starts at {start}, not at {at}: gaps or overlaps in the data"
@@ -395,7 +423,18 @@ pub fn check_safetensors(mut r: impl Read, size: u64) -> HeaderResult<()> {
     if at != data {
         return Err(format!("the tensors cover {at} of the {data} data bytes"));
     }
-    Ok(())
+    Ok(StHeader {
+        header_len: n,
+        tensors: ranges
+            .into_iter()
+            .map(|(start, end, name, dtype, shape)| StTensorEntry {
+                name,
+                dtype,
+                shape,
+                data: (start, end),
+            })
+            .collect(),
+    })
 }
 
 /// Open `path` and run `check` on its header.

@@ -2,7 +2,6 @@
 //! `model.safetensors.index.json`; f32/f16/bf16 weights become f32. Also the f32 export.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -27,19 +26,10 @@ pub(crate) fn load(dir: &Path, device: &Device) -> Result<Model> {
     assemble(&cfg, &mut src, device)
 }
 
-/// The configuration and the checked safetensors files of `dir`.
-fn open(dir: &Path) -> Result<(ModelConfig, Vec<PathBuf>)> {
+/// The configuration of `dir` and a source of its weights (every header validated).
+pub(crate) fn open_files(dir: &Path) -> Result<(ModelConfig, StFiles)> {
     let cfg = ModelConfig::from_hf_json(&read_text(&dir.join(CONFIG), MAX_CONFIG_BYTES)?)?;
     let files = weight_files(dir)?;
-    for f in &files {
-        super::header::check_file(f, |r, size| super::header::check_safetensors(r, size))?;
-    }
-    Ok((cfg, files))
-}
-
-/// The configuration of `dir` and a source of its weights.
-pub(crate) fn open_files(dir: &Path) -> Result<(ModelConfig, StFiles)> {
-    let (cfg, files) = open(dir)?;
     Ok((cfg, StFiles::open(dir, &files)?))
 }
 
@@ -70,8 +60,8 @@ pub(crate) struct StFiles {
 const READ_CHUNK: usize = 4 << 20;
 
 impl StFiles {
-    /// Open `files` (headers already checked by [`super::header::check_safetensors`]) and
-    /// index their tensors; a name in two shards is an error.
+    /// Open `files`, validate each header ([`super::header::read_safetensors`]) on the handle
+    /// that later reads the data, and index the tensors; a name in two shards is an error.
     fn open(dir: &Path, files: &[PathBuf]) -> Result<Self> {
         let mut tensors = HashMap::new();
         let mut opened = Vec::with_capacity(files.len());
@@ -80,49 +70,31 @@ impl StFiles {
                 path: path.clone(),
                 source,
             };
-            let mut f = std::fs::File::open(path).map_err(io)?;
-            let mut len = [0u8; 8];
-            f.read_exact(&mut len).map_err(io)?;
-            let n = u64::from_le_bytes(len);
-            let mut json = vec![0u8; n as usize];
-            f.read_exact(&mut json).map_err(io)?;
-            let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json)
-                .map_err(|e| ModelError::Format {
+            let f = std::fs::File::open(path).map_err(io)?;
+            let size = f.metadata().map_err(io)?.len();
+            let header = super::header::read_safetensors(std::io::BufReader::new(&f), size)
+                .map_err(|reason| ModelError::Format {
                     path: path.clone(),
-                    reason: e.to_string(),
+                    reason,
                 })?;
-            for (name, v) in header {
-                if name == "__metadata__" {
-                    continue;
-                }
-                let bad = |reason: &str| ModelError::Format {
-                    path: path.clone(),
-                    reason: format!("tensor `{}`: {reason}", crate::term::line(&name)),
-                };
-                let dtype = v["dtype"]
-                    .as_str()
-                    .ok_or_else(|| bad("no dtype"))?
-                    .to_string();
-                let shape = v["shape"]
-                    .as_array()
-                    .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
-                    .ok_or_else(|| bad("bad shape"))?;
-                let (start, end) = match v["data_offsets"].as_array().map(|a| a.as_slice()) {
-                    Some([a, b]) => (a.as_u64(), b.as_u64()),
-                    _ => (None, None),
-                };
-                let (Some(start), Some(end)) = (start, end) else {
-                    return Err(bad("bad data_offsets"));
-                };
+            let base = 8 + header.header_len; // ≤ size: checked
+            for e in header.tensors {
+                let shape = e.shape.iter().map(|&d| d as usize).collect();
                 let t = StTensor {
                     file: i,
-                    dtype,
+                    dtype: e.dtype,
                     shape,
-                    start: 8 + n + start,
-                    len: end - start,
+                    start: base + e.data.0,
+                    len: e.data.1 - e.data.0,
                 };
-                if tensors.insert(name.clone(), t).is_some() {
-                    return Err(bad("listed in two shards"));
+                if tensors.insert(e.name.clone(), t).is_some() {
+                    return Err(ModelError::Format {
+                        path: path.clone(),
+                        reason: format!(
+                            "tensor `{}` is listed in two shards",
+                            crate::term::line(&e.name)
+                        ),
+                    });
                 }
             }
             opened.push((path.clone(), f));

@@ -53,6 +53,14 @@ pub enum ModelError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The file is not a valid model file (truncated, corrupt, wrong format).
     #[error("invalid model file {path}: {reason}")]
     Format {
@@ -228,11 +236,6 @@ impl Model {
     /// Write `config.json` and `model.safetensors` (f32) into `dir`, creating it.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
         hf::save(self, dir, SaveDtype::F32)
-    }
-
-    /// [`Self::save_hf`] with the weights stored as `dtype`.
-    pub fn save_hf_as(&self, dir: &Path, dtype: SaveDtype) -> Result<()> {
-        hf::save(self, dir, dtype)
     }
 
     /// Set the arithmetic of every linear layer (blocks and output head). Attention, norms and

@@ -71,8 +71,9 @@ impl ModelConfig {
 
 /// Write a model of `cfg` with the weights [`Model::random`] would give (same seed, same
 /// generator, same order) into the Hugging Face directory `dir` as `dtype`, one tensor at a
-/// time: a 7B-shaped model is written in the memory of its largest matrix.
-pub fn write_hf(cfg: &ModelConfig, seed: u64, dir: &Path, dtype: SaveDtype) -> Result<()> {
+/// time: a 7B-shaped model is written in the memory of its largest matrix. Returns the bytes
+/// of weights written.
+pub fn write_hf(cfg: &ModelConfig, seed: u64, dir: &Path, dtype: SaveDtype) -> Result<u64> {
     cfg.validate()?;
     let mut w = HfWriter::create(dir, cfg, dtype)?;
     let mut src = RandomSource(SplitMix64::new(seed), cfg.arch == Arch::Gemma3);
@@ -94,7 +95,9 @@ pub fn write_hf(cfg: &ModelConfig, seed: u64, dir: &Path, dtype: SaveDtype) -> R
         )?)
     };
     w.put_final(&norm, head.as_ref())?;
-    w.finish()
+    let bytes = w.bytes_written();
+    w.finish()?;
+    Ok(bytes)
 }
 
 /// A model whose weights come from a seeded generator: linears uniform in ±1/√in (so

@@ -3,8 +3,8 @@
 //! a streaming run holds is therefore one block (plus its activations), whatever the depth.
 //!
 //! GGUF tensors are read and dequantized one at a time through a buffered file reader;
-//! safetensors files are mapped for the read of one tensor and unmapped after it, so the
-//! pages of converted tensors do not stay in the process's memory.
+//! safetensors tensors are read with positioned reads straight into f32 (no half-precision
+//! copy, no mapped pages that would stay resident).
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,7 @@ impl BlockStream {
                     (cfg, Box::new(src))
                 }
                 ModelFormat::HfDir(d) => {
-                    let (cfg, src) = hf::open_files(&d)?;
+                    let (cfg, src) = guard_panics(&d, || hf::open_files(&d))?;
                     (cfg, Box::new(src))
                 }
             };

@@ -369,11 +369,7 @@ pub fn prune_model(
             break;
         }
         let t = Instant::now();
-        let block = &model.blocks[i];
-        inps = inps
-            .iter()
-            .map(|x| block.forward(x, &rope, &mut |_, _| Ok(())))
-            .collect::<Result<_, _>>()?;
+        inps = through(&model.blocks[i], &inps, &rope)?;
         report.forward_seconds += t.elapsed().as_secs_f64();
         progress(Progress::Block {
             done: i + 1,
@@ -382,6 +378,14 @@ pub fn prune_model(
     }
     report.finish_sparsity();
     Ok(report)
+}
+
+/// Every batch of `xs` through `block`.
+fn through(block: &Block, xs: &[Tensor], rope: &Rope) -> Result<Vec<Tensor>, PipelineError> {
+    Ok(xs
+        .iter()
+        .map(|x| block.forward(x, rope, &mut |_, _| Ok(())))
+        .collect::<Result<_, _>>()?)
 }
 
 /// What every block of a sequential run shares.

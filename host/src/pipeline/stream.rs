@@ -15,12 +15,12 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use super::{
-    check_layer_sparsity, embed_chunks, prune_block, BlockJob, Method, PipelineError, Progress,
-    PruneConfig, PruneReport,
+    check_layer_sparsity, embed_chunks, prune_block, through, BlockJob, Method, PipelineError,
+    Progress, PruneConfig, PruneReport,
 };
 use crate::calib::hessian::Wanted;
 use crate::eval::hidden_nll;
-use crate::model::{Block, BlockStream, HfWriter, Rope};
+use crate::model::{BlockStream, HfWriter};
 use crate::report::current_rss_bytes;
 
 /// A streaming run: the pruning of [`super::PruneJob`] plus the evaluation windows.
@@ -205,10 +205,97 @@ pub fn prune_streaming(
     })
 }
 
-/// Every batch of `xs` through `block`.
-fn through(block: &Block, xs: &[Tensor], rope: &Rope) -> Result<Vec<Tensor>, PipelineError> {
-    Ok(xs
-        .iter()
-        .map(|x| block.forward(x, rope, &mut |_, _| Ok(())))
-        .collect::<Result<_, _>>()?)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::batch_nll;
+    use crate::model::testutil::{token_windows, write_gguf};
+    use crate::model::{Arch, Model, ModelConfig, SaveDtype};
+    use crate::prune::mask::Pattern;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+
+    /// The GGUF path (quantized tensors dequantized block by block, LLaMA's Q/K rows
+    /// un-permuted) gives SparseGPT's in-memory masks, losses and weights exactly.
+    #[test]
+    fn streamed_gguf_equals_loaded_gguf() {
+        for arch in [Arch::Llama, Arch::Qwen2, Arch::Gemma3] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("m.gguf");
+            let m = Model::random(&ModelConfig::tiny(arch), 5, &Device::Cpu).unwrap();
+            write_gguf(&m, &path, GgmlDType::Q8_0, GgmlDType::Q8_0).unwrap();
+            let calib = token_windows(3, 16, 256, 1);
+            let eval = token_windows(3, 12, 256, 2);
+            let calib: Vec<&[u32]> = calib.iter().map(|w| w.as_slice()).collect();
+            let eval: Vec<&[u32]> = eval.iter().map(|w| w.as_slice()).collect();
+            let cfg = PruneConfig::uniform(0.5, Pattern::NM { n: 2, m: 4 }, 2);
+            let method = Method::SparseGpt;
+
+            let mut loaded = Model::load(&path, &Device::Cpu).unwrap();
+            let report = super::super::prune_model(
+                &mut loaded,
+                &super::super::PruneJob::new(&calib, &method, &cfg),
+                &mut |_| {},
+            )
+            .unwrap();
+            let want: Vec<f64> = eval
+                .chunks(2)
+                .flat_map(|c| batch_nll(&loaded, c).unwrap())
+                .collect();
+
+            let out = tempfile::tempdir().unwrap();
+            let mut stream = BlockStream::open(&path, &Device::Cpu).unwrap();
+            let mut w = HfWriter::create(out.path(), stream.config(), SaveDtype::F32).unwrap();
+            let job = StreamJob {
+                calib: &calib,
+                method: &method,
+                config: &cfg,
+                eval: &eval,
+                eval_batch: 2,
+                dense: false,
+            };
+            let s = prune_streaming(&mut stream, &job, Some(&mut w), &mut |_| {}).unwrap();
+            w.finish().unwrap();
+            let masks = |r: &PruneReport| -> Vec<String> {
+                r.layers.iter().map(|l| l.mask_hash.clone()).collect()
+            };
+            assert_eq!(masks(&s.report), masks(&report), "{arch:?}");
+            assert_eq!(s.pruned_nlls, want, "{arch:?}");
+            assert!(s.dense_nlls.is_none());
+            let back = Model::load(out.path(), &Device::Cpu).unwrap();
+            let (a, b) = (back.hf_tensors(), loaded.hf_tensors());
+            assert_eq!(a.len(), b.len());
+            for ((na, x), (nb, y)) in a.iter().zip(&b) {
+                assert_eq!(na, nb);
+                let x: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+                assert!(x == y, "{arch:?} {na}");
+            }
+        }
+    }
+
+    /// Per-layer sparsities that do not fit the model are refused before a block is read.
+    #[test]
+    fn layer_sparsities_must_fit_the_streamed_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Model::random(&ModelConfig::tiny(Arch::Llama), 5, &Device::Cpu).unwrap();
+        m.save_hf(dir.path()).unwrap();
+        let mut stream = BlockStream::open(dir.path(), &Device::Cpu).unwrap();
+        let calib = token_windows(1, 8, 256, 1);
+        let calib: Vec<&[u32]> = calib.iter().map(|w| w.as_slice()).collect();
+        let cfg = PruneConfig {
+            layer_sparsity: vec![0.5; 3],
+            ..PruneConfig::uniform(0.5, Pattern::PerRow, 1)
+        };
+        let job = StreamJob {
+            calib: &calib,
+            method: &Method::SparseGpt,
+            config: &cfg,
+            eval: &[],
+            eval_batch: 1,
+            dense: false,
+        };
+        let e = prune_streaming(&mut stream, &job, None, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, PipelineError::Config(_)), "{e}");
+    }
 }

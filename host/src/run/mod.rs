@@ -4,6 +4,7 @@
 pub mod allocate;
 pub mod bench;
 pub mod eval;
+mod export;
 pub mod prune;
 pub mod stream;
 pub mod sweep;

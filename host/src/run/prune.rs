@@ -17,6 +17,7 @@ use crate::report::{
     ZeroShotPair,
 };
 use crate::run::eval::zero_shot;
+use crate::run::export::ModelOut;
 use crate::sandbox::{Failure, Plugin};
 use crate::setup::{device, load_model, stream, CalibSpec, Calibration, ProtocolSpec};
 use std::path::PathBuf;
@@ -250,9 +251,11 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         stream: None,
     };
     if let Some(out) = &spec.out {
-        let dir = out.join("model");
-        loaded.model.save_hf_as(&dir, spec.save_dtype)?;
-        loaded.tokenizer.save(&dir.join("tokenizer.json"))?;
+        let mut o = ModelOut::create(out, &loaded.model.config, spec.save_dtype)?;
+        for (name, t) in loaded.model.hf_tensors() {
+            o.writer().put(&name, &t)?;
+        }
+        o.finish(&loaded.tokenizer)?;
         write_report(out, &report)?;
     }
     Ok(Outcome::Done(Box::new(report)))

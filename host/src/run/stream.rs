@@ -7,10 +7,13 @@
 //! statistics pass first), metrics that read the gradient statistic, zero-shot tasks, and an
 //! evaluation precision other than the pruning one.
 
-use super::prune::{method_of, protocol_record, verdict, write_report, Outcome, PruneSpec};
+use super::export::ModelOut;
+use super::prune::{
+    method_of, protocol_record, verdict, write_report, MethodSpec, Outcome, PruneSpec,
+};
 use crate::alloc::Allocation;
 use crate::eval::{eval_windows, Perplexity, PerplexityOptions};
-use crate::model::{BlockStream, HfWriter, Tokenizer};
+use crate::model::{BlockStream, Tokenizer};
 use crate::pipeline::{prune_streaming, Progress as Stage, PruneConfig, StreamJob};
 use crate::progress::Progress;
 use crate::report::{
@@ -19,7 +22,6 @@ use crate::report::{
 use crate::run::allocate::Rule;
 use crate::setup::{device, stream, Calibration};
 use anyhow::{bail, Context};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Refuse what a streaming run cannot do, before anything is read.
@@ -41,6 +43,11 @@ fn check(spec: &PruneSpec) -> anyhow::Result<()> {
         .is_some_and(|p| p != spec.protocol.precision)
     {
         refuse("an --eval-precision other than --precision")?;
+    }
+    if let MethodSpec::Metric { plugin, .. } = &spec.method {
+        if plugin.info().needs_gradient {
+            refuse("a metric that reads the gradient statistic (a backward pass through the whole model)")?;
+        }
     }
     Ok(())
 }
@@ -81,7 +88,7 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         dense: !spec.skip_dense,
     };
     let mut out = match &spec.out {
-        Some(o) => Some(Partial::create(o, &model, spec.save_dtype)?),
+        Some(o) => Some(ModelOut::create(o, model.config(), spec.save_dtype)?),
         None => None,
     };
     let t = Instant::now();
@@ -89,7 +96,7 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
     let result = prune_streaming(
         &mut model,
         &job,
-        out.as_mut().and_then(|o| o.writer.as_mut()),
+        out.as_mut().map(ModelOut::writer),
         &mut |s| {
             if let Stage::Block { done, total } = s {
                 progress.advance(done, total);
@@ -154,58 +161,4 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         write_report(dir, &report)?;
     }
     Ok(Outcome::Done(Box::new(report)))
-}
-
-/// The pruned model being written into `OUT/model.partial`, renamed to `OUT/model` when it
-/// is complete; removed if the run stops before (so a failed run leaves no model behind).
-struct Partial {
-    writer: Option<HfWriter>,
-    partial: PathBuf,
-    done: PathBuf,
-    finished: bool,
-}
-
-impl Partial {
-    fn create(
-        out: &Path,
-        model: &BlockStream,
-        dtype: crate::model::SaveDtype,
-    ) -> anyhow::Result<Self> {
-        let partial = out.join("model.partial");
-        let done = out.join("model");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial)
-                .with_context(|| format!("removing {}", partial.display()))?;
-        }
-        let writer = HfWriter::create(&partial, model.config(), dtype)?;
-        Ok(Partial {
-            writer: Some(writer),
-            partial,
-            done,
-            finished: false,
-        })
-    }
-
-    fn finish(mut self, tokenizer: &Tokenizer) -> anyhow::Result<()> {
-        if let Some(w) = self.writer.take() {
-            w.finish()?;
-        }
-        tokenizer.save(&self.partial.join("tokenizer.json"))?;
-        if self.done.exists() {
-            std::fs::remove_dir_all(&self.done)
-                .with_context(|| format!("replacing {}", self.done.display()))?;
-        }
-        std::fs::rename(&self.partial, &self.done)
-            .with_context(|| format!("renaming {}", self.partial.display()))?;
-        self.finished = true;
-        Ok(())
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_dir_all(&self.partial);
-        }
-    }
 }
