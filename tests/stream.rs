@@ -319,3 +319,33 @@ fn a_failed_streaming_run_leaves_no_model() {
     assert!(!dir.path().join("model.partial").exists());
     assert!(!dir.path().join("report.json").exists());
 }
+
+/// A truncated safetensors file: exit 2 naming the file, no panic, nothing under `--out`.
+#[test]
+fn a_truncated_model_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    Model::random(&ModelConfig::tiny(Arch::Llama), 1, &Device::Cpu)
+        .unwrap()
+        .save_hf(&model)
+        .unwrap();
+    let st = model.join("model.safetensors");
+    let len = std::fs::metadata(&st).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&st).unwrap();
+    f.set_len(len - 1000).unwrap();
+    let out = dir.path().join("out");
+    let r = autoprune()
+        .args(["prune", "--stream", "--method", "sparsegpt", "--model"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("model.safetensors") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!out.exists(), "{out:?} was created");
+}
