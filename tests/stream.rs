@@ -154,6 +154,29 @@ fn smollm2_streamed_equals_loaded() {
     assert!(file(&a) == file(&b), "the written models differ");
     assert!(b.join("model/tokenizer.json").is_file() && b.join("report.json").is_file());
     assert!(!b.join("model.partial").exists());
+    // `eval --stream` of the written model: the loaded model's perplexity, to the last bit.
+    let eval = |extra: &[&str]| {
+        let r = autoprune()
+            .current_dir(&ws)
+            .args([
+                "eval",
+                "--eval-windows",
+                "2",
+                "--seqlen",
+                "128",
+                "--json",
+                "--model",
+            ])
+            .arg(b.join("model"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_slice::<Value>(&r.stdout).unwrap()["perplexity"]["ppl"].clone()
+    };
+    let loaded = eval(&[]);
+    assert_eq!(loaded, eval(&["--stream"]));
+    assert_eq!(loaded, stream["perplexity"]["pruned"]["ppl"]);
 }
 
 /// Item 4's proof: a two-block slice of LLaMA-2-7B's shapes (random f16 weights, 405 MB per

@@ -40,6 +40,10 @@ pub struct Args {
     /// e.g. to score the same items with another tool.
     #[arg(long)]
     pub write_tasks: Option<PathBuf>,
+    /// Read the model one block at a time (about one block of memory; the same perplexity;
+    /// no zero-shot tasks).
+    #[arg(long)]
+    pub stream: bool,
 }
 
 /// Run it.
@@ -57,7 +61,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!("wrote {} items to {}", items.len(), out.display());
         return Ok(Exit::Success.into());
     }
-    let r = autoprune::run::eval::run(&p.spec(), &args.tasks.spec(), &mut Bars::new(p.json))?;
+    let r = autoprune::run::eval::run(
+        &p.spec(),
+        &args.tasks.spec(),
+        args.stream,
+        &mut Bars::new(p.json),
+    )?;
     if p.json {
         println!("{}", autoprune::report::sorted_json_pretty(&r)?);
         return Ok(Exit::Success.into());

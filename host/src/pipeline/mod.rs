@@ -19,7 +19,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 mod stream;
-pub use stream::{prune_streaming, BlockRecord, StreamJob, StreamOutcome};
+pub use stream::{prune_streaming, stream_nlls, BlockRecord, StreamJob, StreamOutcome};
 
 /// How weights are chosen for pruning.
 pub enum Method<'a> {

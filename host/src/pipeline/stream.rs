@@ -205,6 +205,37 @@ pub fn prune_streaming(
     })
 }
 
+/// Summed NLL of each evaluation window (batches of `batch`) of the model `model` streams,
+/// reading one block at a time: [`crate::eval::batch_nll`]'s numbers without holding the
+/// model. `progress(done, total)` after every block.
+pub fn stream_nlls(
+    model: &mut BlockStream,
+    eval: &[&[u32]],
+    batch: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<f64>, PipelineError> {
+    let chunks: Vec<&[&[u32]]> = eval.chunks(batch.max(1)).collect();
+    let rope = model.rope(eval.first().map_or(1, |w| w.len().max(1)))?;
+    let table = model.embeddings()?;
+    let mut xs = chunks
+        .iter()
+        .map(|w| model.embed(&table, w))
+        .collect::<Result<Vec<_>, _>>()?;
+    drop(table);
+    let total = model.config().num_layers;
+    for i in 0..total {
+        let block = model.block(i)?;
+        xs = through(&block, &xs, &rope)?;
+        progress(i + 1, total);
+    }
+    let (norm, head) = (model.final_norm()?, model.head()?);
+    let mut out = Vec::with_capacity(eval.len());
+    for (x, w) in xs.iter().zip(&chunks) {
+        out.extend(hidden_nll(&norm, &head, x, w)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +293,14 @@ mod tests {
             assert_eq!(masks(&s.report), masks(&report), "{arch:?}");
             assert_eq!(s.pruned_nlls, want, "{arch:?}");
             assert!(s.dense_nlls.is_none());
+            let dense = Model::load(&path, &Device::Cpu).unwrap();
+            let want_dense: Vec<f64> = eval
+                .chunks(2)
+                .flat_map(|c| batch_nll(&dense, c).unwrap())
+                .collect();
+            let mut fresh = BlockStream::open(&path, &Device::Cpu).unwrap();
+            let got = stream_nlls(&mut fresh, &eval, 2, &mut |_, _| {}).unwrap();
+            assert_eq!(got, want_dense, "{arch:?}: streamed evaluation");
             let back = Model::load(out.path(), &Device::Cpu).unwrap();
             let (a, b) = (back.hf_tensors(), loaded.hf_tensors());
             assert_eq!(a.len(), b.len());

@@ -3,12 +3,14 @@
 
 use crate::data::{read_sotu, DataDir, EVAL_FROM_YEAR};
 use crate::eval::tasks::{accuracy, read_tasks, score, sotu_next, Item, TaskScore, SOTU_NEXT};
-use crate::eval::{perplexity_with_progress, PerplexityOptions};
-use crate::model::Precision;
+use crate::eval::{eval_windows, perplexity_with_progress, Perplexity, PerplexityOptions};
+use crate::model::{BlockStream, Precision, Tokenizer};
+use crate::pipeline::stream_nlls;
 use crate::progress::{step, Progress};
 use crate::report::{peak_rss_bytes, PplReport};
 use crate::setup::ProtocolSpec;
 use crate::setup::{device, load_model, stream};
+use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -98,12 +100,22 @@ pub fn ids_sha256(ids: &[u32]) -> String {
     crate::hash::sha256_hex(&bytes)
 }
 
-/// Run it: perplexity, then zero-shot accuracy on `tasks`.
+/// Run it: perplexity, then zero-shot accuracy on `tasks`. With `stream` the model is read
+/// one block at a time ([`crate::pipeline::stream_nlls`]: the same number, about one block of
+/// memory; zero-shot tasks are refused).
 pub fn run(
     spec: &ProtocolSpec,
     tasks: &TaskSpec,
+    stream_blocks: bool,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<EvalReport> {
+    if stream_blocks {
+        anyhow::ensure!(
+            tasks.tasks.is_empty(),
+            "--stream cannot be combined with zero-shot tasks (--tasks): they need the whole model in memory"
+        );
+        return run_streaming(spec, progress);
+    }
     let tasks = tasks.load()?;
     let loaded = load_model(spec.model.as_ref(), &device(&spec.device)?, spec.precision)?;
     let eval = stream(&loaded.tokenizer, spec.eval.as_ref(), "eval")?;
@@ -127,5 +139,48 @@ pub fn run(
         precision: spec.precision,
         seq_len: spec.seq_len,
         zero_shot,
+    })
+}
+
+/// [`run`] with `stream`: perplexity only, one block in memory.
+fn run_streaming(spec: &ProtocolSpec, progress: &mut dyn Progress) -> anyhow::Result<EvalReport> {
+    let start = std::time::Instant::now();
+    let path = match &spec.model {
+        Some(m) => m.clone(),
+        None => DataDir::resolve().smollm2_gguf()?,
+    };
+    let mut model = BlockStream::open(&path, &device(&spec.device)?)
+        .with_context(|| format!("opening the model {}", path.display()))?;
+    model.set_precision(spec.precision)?;
+    let tokenizer = Tokenizer::for_model(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    tokenizer.check_fits(model.config())?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let eval = stream(&tokenizer, spec.eval.as_ref(), "eval")?;
+    let opts = PerplexityOptions {
+        seq_len: spec.seq_len,
+        windows: spec.eval_windows,
+        batch: spec.eval_batch,
+    };
+    let windows = eval_windows(&eval.tokens, &opts)?;
+    let t = std::time::Instant::now();
+    let sums = step(
+        progress,
+        "eval (streamed)",
+        model.config().num_layers,
+        |adv| stream_nlls(&mut model, &windows, opts.batch, &mut |d, _| adv(d)),
+    )?;
+    let ppl = Perplexity::from_window_sums(&sums, &opts, t.elapsed().as_secs_f64());
+    Ok(EvalReport {
+        eval_source: eval.source,
+        eval_tokens: eval.tokens.len(),
+        eval_tokens_sha256: ids_sha256(&eval.tokens),
+        load_seconds,
+        model: path,
+        peak_rss_bytes: peak_rss_bytes(),
+        perplexity: ppl.into(),
+        precision: spec.precision,
+        seq_len: spec.seq_len,
+        zero_shot: Vec::new(),
     })
 }
