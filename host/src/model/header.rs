@@ -366,7 +366,7 @@ pub fn read_safetensors(mut r: impl Read, size: u64) -> HeaderResult<StHeader> {
     r.read_exact(&mut len)
         .map_err(|_| format!("{size} bytes: too short for a safetensors header"))?;
     let n = u64::from_le_bytes(len);
-    if n > MAX_ST_HEADER || n > size - 8 {
+    if n > MAX_ST_HEADER || n > size.saturating_sub(8) {
         return Err(format!(
             "the header claims {n} bytes (file {size} bytes, limit {MAX_ST_HEADER})"
         ));
@@ -376,7 +376,7 @@ pub fn read_safetensors(mut r: impl Read, size: u64) -> HeaderResult<StHeader> {
         .map_err(|e| format!("reading the header: {e}"))?;
     let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&json)
         .map_err(|e| format!("the header is not a JSON object: {e}"))?;
-    let data = size - 8 - n;
+    let data = size.saturating_sub(8 + n);
     let mut ranges = Vec::with_capacity(map.len());
     for (name, v) in map {
         if name == "__metadata__" {

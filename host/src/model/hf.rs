@@ -70,6 +70,13 @@ impl StFiles {
                 path: path.clone(),
                 source,
             };
+            // Checked before opening: opening a FIFO an index names would block.
+            if !std::fs::metadata(path).map_err(io)?.is_file() {
+                return Err(ModelError::Format {
+                    path: path.clone(),
+                    reason: "not a regular file".into(),
+                });
+            }
             let f = std::fs::File::open(path).map_err(io)?;
             let size = f.metadata().map_err(io)?.len();
             let header = super::header::read_safetensors(std::io::BufReader::new(&f), size)

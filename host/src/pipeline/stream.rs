@@ -225,7 +225,10 @@ pub fn stream_nlls(
     let total = model.config().num_layers;
     for i in 0..total {
         let block = model.block(i)?;
-        xs = through(&block, &xs, &rope)?;
+        // Batch by batch in place: one batch's output exists beside the inputs, not all.
+        for x in &mut xs {
+            *x = block.forward(x, &rope, &mut |_, _| Ok(()))?;
+        }
         progress(i + 1, total);
     }
     let (norm, head) = (model.final_norm()?, model.head()?);

@@ -11,6 +11,8 @@ pub(crate) struct ModelOut {
     writer: Option<HfWriter>,
     partial: PathBuf,
     done: PathBuf,
+    /// The weights are complete: from here on the folder is never deleted, whatever fails.
+    complete: bool,
 }
 
 impl ModelOut {
@@ -30,6 +32,7 @@ impl ModelOut {
             writer: Some(writer),
             partial,
             done: out.join("model"),
+            complete: false,
         })
     }
 
@@ -46,31 +49,92 @@ impl ModelOut {
             w.finish()?;
         }
         tokenizer.save(&self.partial.join("tokenizer.json"))?;
-        // The old model moves aside before the new one takes its name, so a failed rename
-        // loses neither.
+        self.complete = true;
+        // The old model moves aside before the new one takes its name; if the new one cannot,
+        // the old one moves back and the new one stays where it is, named in the error.
         let old = self.done.with_file_name("model.old");
-        if self.done.exists() {
-            if old.exists() {
-                std::fs::remove_dir_all(&old)
-                    .with_context(|| format!("removing {}", old.display()))?;
-            }
-            std::fs::rename(&self.done, &old)
-                .with_context(|| format!("moving {} aside", self.done.display()))?;
-        }
-        std::fs::rename(&self.partial, &self.done)
-            .with_context(|| format!("renaming {}", self.partial.display()))?;
         if old.exists() {
             std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
         }
+        let had_old = self.done.exists();
+        if had_old {
+            std::fs::rename(&self.done, &old)
+                .with_context(|| format!("moving {} aside", self.done.display()))?;
+        }
+        if let Err(e) = std::fs::rename(&self.partial, &self.done) {
+            if had_old {
+                let _ = std::fs::rename(&old, &self.done);
+            }
+            return Err(e).with_context(|| {
+                format!(
+                    "renaming {} to {} (the pruned model is complete there)",
+                    self.partial.display(),
+                    self.done.display()
+                )
+            });
+        }
+        // The new model is in place: failing to delete the old one is not a failed run.
+        let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
 }
 
 impl Drop for ModelOut {
     fn drop(&mut self) {
-        if self.partial.exists() {
+        if !self.complete {
             drop(self.writer.take());
             let _ = std::fs::remove_dir_all(&self.partial);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, Model};
+    use candle_core::Device;
+
+    fn write(out: &Path, seed: u64, finish: bool) {
+        let m = Model::random(&ModelConfig::tiny(Arch::Llama), seed, &Device::Cpu).unwrap();
+        let tj = out.with_extension("tokenizer.json");
+        std::fs::write(
+            &tj,
+            r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{"a":0},"unk_token":"a"}}"#,
+        )
+        .unwrap();
+        let tokenizer = Tokenizer::from_file(&tj).unwrap();
+        let mut o = ModelOut::create(out, &m.config, SaveDtype::F32).unwrap();
+        for (name, t) in m.hf_tensors() {
+            o.writer().put(&name, &t).unwrap();
+        }
+        if finish {
+            o.finish(&tokenizer).unwrap();
+        }
+    }
+
+    fn embeddings(out: &Path) -> Vec<f32> {
+        let m = Model::load(&out.join("model"), &Device::Cpu).unwrap();
+        m.embed_tokens.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// A second run replaces the first whole; an unfinished one leaves the finished model as
+    /// it was and nothing of its own.
+    #[test]
+    fn finished_models_replace_and_unfinished_ones_vanish() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = &root.path().join("out");
+        write(dir, 1, true);
+        let first = embeddings(dir);
+        write(dir, 2, true);
+        let second = embeddings(dir);
+        assert_ne!(first, second);
+        write(dir, 3, false);
+        assert_eq!(embeddings(dir), second);
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["model"]);
     }
 }

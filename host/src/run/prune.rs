@@ -147,6 +147,13 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
     };
     let tasks = spec.tasks.load()?;
     let mut loaded = load_model(p.model.as_ref(), &device(&p.device)?, p.precision)?;
+    // The output folder is started now, so an unwritable `--out` fails before the pruning.
+    let mut out = match &spec.out {
+        Some(o) if !spec.plan_only => {
+            Some(ModelOut::create(o, &loaded.model.config, spec.save_dtype)?)
+        }
+        _ => None,
+    };
     // The evaluations' arithmetic, set (so checked) now: the dense evaluation runs with it, and
     // one this machine cannot run is refused before the pruning, not after it.
     let eval_precision = spec.eval_precision.unwrap_or(p.precision);
@@ -250,13 +257,12 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         }),
         stream: None,
     };
-    if let Some(out) = &spec.out {
-        let mut o = ModelOut::create(out, &loaded.model.config, spec.save_dtype)?;
+    if let (Some(mut o), Some(dir)) = (out.take(), &spec.out) {
         for (name, t) in loaded.model.hf_tensors() {
             o.writer().put(&name, &t)?;
         }
         o.finish(&loaded.tokenizer)?;
-        write_report(out, &report)?;
+        write_report(dir, &report)?;
     }
     Ok(Outcome::Done(Box::new(report)))
 }
