@@ -95,6 +95,27 @@ fn streaming_equals_the_in_memory_run_on_every_family_and_method() {
     }
 }
 
+/// `autoprune eval --json` of `model` on 2 evaluation windows of `seqlen`, with `extra` flags.
+fn eval_json(model: &Path, seqlen: &str, extra: &[&str]) -> Value {
+    let r = autoprune()
+        .current_dir(common::workspace())
+        .args([
+            "eval",
+            "--eval-windows",
+            "2",
+            "--seqlen",
+            seqlen,
+            "--json",
+            "--model",
+        ])
+        .arg(model)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    serde_json::from_slice(&r.stdout).unwrap()
+}
+
 fn mask_hashes(r: &Value) -> Vec<Value> {
     r["layers"]
         .as_array()
@@ -155,25 +176,8 @@ fn smollm2_streamed_equals_loaded() {
     assert!(b.join("model/tokenizer.json").is_file() && b.join("report.json").is_file());
     assert!(!b.join("model.partial").exists());
     // `eval --stream` of the written model: the loaded model's perplexity, to the last bit.
-    let eval = |extra: &[&str]| {
-        let r = autoprune()
-            .current_dir(&ws)
-            .args([
-                "eval",
-                "--eval-windows",
-                "2",
-                "--seqlen",
-                "128",
-                "--json",
-                "--model",
-            ])
-            .arg(b.join("model"))
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        serde_json::from_slice::<Value>(&r.stdout).unwrap()["perplexity"]["ppl"].clone()
-    };
+    let eval =
+        |extra: &[&str]| eval_json(&b.join("model"), "128", extra)["perplexity"]["ppl"].clone();
     let loaded = eval(&[]);
     assert_eq!(loaded, eval(&["--stream"]));
     assert_eq!(loaded, stream["perplexity"]["pruned"]["ppl"]);
@@ -242,22 +246,7 @@ fn seven_b_shaped_blocks_prune_in_bounded_memory() {
     assert_eq!(rep["layers"].as_array().unwrap().len(), 14);
     assert!((rep["sparsity_achieved"].as_f64().unwrap() - 0.5).abs() < 1e-6);
     // The written f16 model, loaded whole by `eval`: the pruned perplexity up to f16 rounding.
-    let e = autoprune()
-        .current_dir(&ws)
-        .args([
-            "eval",
-            "--eval-windows",
-            "2",
-            "--seqlen",
-            "256",
-            "--json",
-            "--model",
-        ])
-        .arg(out.join("model"))
-        .output()
-        .unwrap();
-    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-    let ev: Value = serde_json::from_slice(&e.stdout).unwrap();
+    let ev = eval_json(&out.join("model"), "256", &[]);
     let (a, b) = (
         ev["perplexity"]["nll"].as_f64().unwrap(),
         rep["perplexity"]["pruned"]["nll"].as_f64().unwrap(),

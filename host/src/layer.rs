@@ -62,6 +62,17 @@ pub struct LayerId {
     pub kind: LayerKind,
 }
 
+impl LayerId {
+    /// The linear `kind` of block `block` in a model of `num_blocks` blocks.
+    pub fn of(block: usize, num_blocks: usize, kind: LayerKind) -> Self {
+        LayerId {
+            block: block as u32,
+            num_blocks: num_blocks as u32,
+            kind,
+        }
+    }
+}
+
 impl std::fmt::Display for LayerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

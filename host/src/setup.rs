@@ -5,7 +5,8 @@ use crate::build::default_cache;
 use crate::calib::tokens::tokenize_cached;
 use crate::calib::{check_offsets, window_offsets, Sampler};
 use crate::data::{read_text, DataDir};
-use crate::model::{Model, Precision, Tokenizer};
+use crate::eval::PerplexityOptions;
+use crate::model::{BlockStream, Model, Precision, Tokenizer};
 use anyhow::Context;
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -46,10 +47,7 @@ pub fn load_model(
     precision: Precision,
 ) -> anyhow::Result<Loaded> {
     let t = std::time::Instant::now();
-    let path = match model {
-        Some(p) => p.clone(),
-        None => DataDir::resolve().smollm2_gguf()?,
-    };
+    let path = model_path(model)?;
     let mut model = Model::load(&path, device)
         .with_context(|| format!("loading the model {}", path.display()))?;
     model.set_precision(precision)?;
@@ -57,6 +55,48 @@ pub fn load_model(
         .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
     tokenizer.check_fits(&model.config)?;
     Ok(Loaded {
+        model,
+        tokenizer,
+        path,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// The model file `--model` names, or SmolLM2 from the data directory.
+fn model_path(model: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match model {
+        Some(p) => Ok(p.clone()),
+        None => Ok(DataDir::resolve().smollm2_gguf()?),
+    }
+}
+
+/// A model opened for reading one block at a time, with its tokenizer.
+pub struct Streamed {
+    /// The model.
+    pub model: BlockStream,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Seconds to open it and load the tokenizer.
+    pub seconds: f64,
+}
+
+/// [`load_model`] for a streaming run: the model (default: SmolLM2) is opened, not loaded.
+pub fn open_streamed(
+    model: Option<&PathBuf>,
+    device: &Device,
+    precision: Precision,
+) -> anyhow::Result<Streamed> {
+    let t = std::time::Instant::now();
+    let path = model_path(model)?;
+    let mut model = BlockStream::open(&path, device)
+        .with_context(|| format!("opening the model {}", path.display()))?;
+    model.set_precision(precision)?;
+    let tokenizer = Tokenizer::for_model(&path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    tokenizer.check_fits(model.config())?;
+    Ok(Streamed {
         model,
         tokenizer,
         path,
@@ -110,6 +150,17 @@ pub struct ProtocolSpec {
     pub device: String,
     /// Arithmetic of the linear layers.
     pub precision: Precision,
+}
+
+impl ProtocolSpec {
+    /// How perplexity is measured under this protocol.
+    pub fn perplexity_options(&self) -> PerplexityOptions {
+        PerplexityOptions {
+            seq_len: self.seq_len,
+            windows: self.eval_windows,
+            batch: self.eval_batch,
+        }
+    }
 }
 
 /// Where the calibration windows come from.

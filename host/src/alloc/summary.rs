@@ -178,11 +178,7 @@ pub fn summarize(
         let mut wanda: Vec<Vec<f32>> = Vec::new();
         let mut scores: Vec<Vec<f32>> = Vec::new();
         for kind in LayerKind::BLOCK {
-            let id = LayerId {
-                block: b as u32,
-                num_blocks: num_blocks as u32,
-                kind,
-            };
+            let id = LayerId::of(b, num_blocks, kind);
             let linear = block
                 .linear(kind)
                 .ok_or_else(|| ModelError::Input(format!("no {} linear", kind.name())))?;

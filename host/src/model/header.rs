@@ -354,13 +354,8 @@ pub struct StHeader {
 
 /// Check a safetensors header (`r` at the file's start, `size` the file's length): the header
 /// length, its JSON, every dtype, shape (overflow-checked) and byte range, and that the
-/// ranges tile the data area exactly (the format's own rule), all within the file.
-pub fn check_safetensors(r: impl Read, size: u64) -> HeaderResult<()> {
-    read_safetensors(r, size).map(|_| ())
-}
-
-/// [`check_safetensors`], returning what it validated, so a reader uses exactly the header
-/// it checked (read once, from one handle).
+/// ranges tile the data area exactly (the format's own rule), all within the file. Returns
+/// what it validated, so the reader uses exactly the header it checked, from one handle.
 pub fn read_safetensors(mut r: impl Read, size: u64) -> HeaderResult<StHeader> {
     let mut len = [0u8; 8];
     r.read_exact(&mut len)
@@ -663,7 +658,7 @@ mod tests {
         #[test]
         fn safetensors_validation_holds_for_hostile_headers(bytes in hostile_safetensors()) {
             let size = bytes.len() as u64;
-            if check_safetensors(std::io::Cursor::new(&bytes), size).is_ok() {
+            if read_safetensors(std::io::Cursor::new(&bytes), size).is_ok() {
                 let st = candle_core::safetensors::SliceSafetensors::new(&bytes)
                     .expect("safetensors refused a validated header");
                 for (name, view) in st.tensors() {

@@ -329,9 +329,9 @@ pub(crate) fn hf_module(kind: LayerKind) -> &'static str {
     }
 }
 
-/// Write `config.json` and `model.safetensors` (weights as `dtype`) into `dir`.
-pub(crate) fn save(model: &Model, dir: &Path, dtype: SaveDtype) -> Result<()> {
-    let mut w = HfWriter::create(dir, &model.config, dtype)?;
+/// Write `config.json` and `model.safetensors` (f32) into `dir`.
+pub(crate) fn save(model: &Model, dir: &Path) -> Result<()> {
+    let mut w = HfWriter::create(dir, &model.config, SaveDtype::F32)?;
     for (name, t) in named_tensors(model) {
         w.put(&name, &t)?;
     }

@@ -235,7 +235,7 @@ impl Model {
 
     /// Write `config.json` and `model.safetensors` (f32) into `dir`, creating it.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
-        hf::save(self, dir, SaveDtype::F32)
+        hf::save(self, dir)
     }
 
     /// Set the arithmetic of every linear layer (blocks and output head). Attention, norms and

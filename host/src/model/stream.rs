@@ -55,11 +55,6 @@ impl BlockStream {
         &self.config
     }
 
-    /// The device parts are loaded onto.
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Set the arithmetic of the linear layers of every part loaded from now on.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         super::check_precision(precision, &self.device)?;

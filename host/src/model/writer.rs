@@ -50,14 +50,6 @@ impl SaveDtype {
             SaveDtype::Bf16 => "BF16",
         }
     }
-
-    /// Bytes per element.
-    pub fn bytes(self) -> usize {
-        match self {
-            SaveDtype::F32 => 4,
-            SaveDtype::F16 | SaveDtype::Bf16 => 2,
-        }
-    }
 }
 
 impl std::str::FromStr for SaveDtype {

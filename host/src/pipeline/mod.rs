@@ -437,11 +437,7 @@ fn prune_block(
     for (&slot, h) in inputs.hessians.iter().filter(|_| sparsegpt) {
         let f = HessianFactor::new(h, SparseGptConfig::default().percdamp).map_err(|e| {
             PipelineError::SparseGpt {
-                layer: LayerId {
-                    block: i as u32,
-                    num_blocks: num_blocks as u32,
-                    kind: slot,
-                },
+                layer: LayerId::of(i, num_blocks, slot),
                 message: e.to_string(),
             }
         })?;
@@ -449,11 +445,7 @@ fn prune_block(
     }
     let mut layers = Vec::with_capacity(LayerKind::BLOCK.len());
     for kind in LayerKind::BLOCK {
-        let id = LayerId {
-            block: i as u32,
-            num_blocks: num_blocks as u32,
-            kind,
-        };
+        let id = LayerId::of(i, num_blocks, kind);
         let optional = Optional {
             gradient: grads.and_then(|g| g.get(i, kind)),
             extras: Some(&extras),
@@ -503,11 +495,7 @@ pub fn prune_one_shot(
             hessian_seconds: 0.0,
         };
         for kind in LayerKind::BLOCK {
-            let id = LayerId {
-                block: i as u32,
-                num_blocks: num_blocks as u32,
-                kind,
-            };
+            let id = LayerId::of(i, num_blocks, kind);
             let optional = Optional {
                 gradient: gradients.and_then(|g| g.get(i, kind)),
                 extras: extras.and_then(|e| e.blocks.get(i)),

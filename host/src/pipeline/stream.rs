@@ -20,7 +20,7 @@ use super::{
 };
 use crate::calib::hessian::Wanted;
 use crate::eval::hidden_nll;
-use crate::model::{BlockStream, HfWriter};
+use crate::model::{BlockStream, HfWriter, Linear, RmsNorm};
 use crate::report::current_rss_bytes;
 
 /// A streaming run: the pruning of [`super::PruneJob`] plus the evaluation windows.
@@ -176,13 +176,7 @@ pub fn prune_streaming(
     drop(calib);
     let norm = model.final_norm()?;
     let head = model.head()?;
-    let nlls = |xs: &[Tensor]| -> Result<Vec<f64>, PipelineError> {
-        let mut v = Vec::with_capacity(job.eval.len());
-        for (x, w) in xs.iter().zip(&eval_chunks) {
-            v.extend(hidden_nll(&norm, &head, x, w)?);
-        }
-        Ok(v)
-    };
+    let nlls = |xs: &[Tensor]| window_nlls(&norm, &head, xs, &eval_chunks);
     let t = Instant::now();
     let pruned_nlls = nlls(&pruned_x)?;
     pruned_eval_seconds += t.elapsed().as_secs_f64();
@@ -232,9 +226,19 @@ pub fn stream_nlls(
         progress(i + 1, total);
     }
     let (norm, head) = (model.final_norm()?, model.head()?);
-    let mut out = Vec::with_capacity(eval.len());
-    for (x, w) in xs.iter().zip(&chunks) {
-        out.extend(hidden_nll(&norm, &head, x, w)?);
+    window_nlls(&norm, &head, &xs, &chunks)
+}
+
+/// Summed NLL of every window from the last block's outputs `xs` of the batches `chunks`.
+fn window_nlls(
+    norm: &RmsNorm,
+    head: &Linear,
+    xs: &[Tensor],
+    chunks: &[&[&[u32]]],
+) -> Result<Vec<f64>, PipelineError> {
+    let mut out = Vec::new();
+    for (x, w) in xs.iter().zip(chunks) {
+        out.extend(hidden_nll(norm, head, x, w)?);
     }
     Ok(out)
 }

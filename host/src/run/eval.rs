@@ -3,14 +3,13 @@
 
 use crate::data::{read_sotu, DataDir, EVAL_FROM_YEAR};
 use crate::eval::tasks::{accuracy, read_tasks, score, sotu_next, Item, TaskScore, SOTU_NEXT};
-use crate::eval::{eval_windows, perplexity_with_progress, Perplexity, PerplexityOptions};
-use crate::model::{BlockStream, Precision, Tokenizer};
+use crate::eval::{eval_windows, perplexity_with_progress, Perplexity};
+use crate::model::Precision;
 use crate::pipeline::stream_nlls;
 use crate::progress::{step, Progress};
 use crate::report::{peak_rss_bytes, PplReport};
 use crate::setup::ProtocolSpec;
-use crate::setup::{device, load_model, stream};
-use anyhow::Context;
+use crate::setup::{device, load_model, open_streamed, stream, Streamed};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -119,11 +118,7 @@ pub fn run(
     let tasks = tasks.load()?;
     let loaded = load_model(spec.model.as_ref(), &device(&spec.device)?, spec.precision)?;
     let eval = stream(&loaded.tokenizer, spec.eval.as_ref(), "eval")?;
-    let opts = PerplexityOptions {
-        seq_len: spec.seq_len,
-        windows: spec.eval_windows,
-        batch: spec.eval_batch,
-    };
+    let opts = spec.perplexity_options();
     let ppl = step(progress, "eval", opts.windows, |adv| {
         perplexity_with_progress(&loaded.model, &eval.tokens, &opts, &mut |d, _| adv(d))
     })?;
@@ -144,24 +139,14 @@ pub fn run(
 
 /// [`run`] with `stream`: perplexity only, one block in memory.
 fn run_streaming(spec: &ProtocolSpec, progress: &mut dyn Progress) -> anyhow::Result<EvalReport> {
-    let start = std::time::Instant::now();
-    let path = match &spec.model {
-        Some(m) => m.clone(),
-        None => DataDir::resolve().smollm2_gguf()?,
-    };
-    let mut model = BlockStream::open(&path, &device(&spec.device)?)
-        .with_context(|| format!("opening the model {}", path.display()))?;
-    model.set_precision(spec.precision)?;
-    let tokenizer = Tokenizer::for_model(&path)
-        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-    tokenizer.check_fits(model.config())?;
-    let load_seconds = start.elapsed().as_secs_f64();
+    let Streamed {
+        mut model,
+        tokenizer,
+        path,
+        seconds: load_seconds,
+    } = open_streamed(spec.model.as_ref(), &device(&spec.device)?, spec.precision)?;
     let eval = stream(&tokenizer, spec.eval.as_ref(), "eval")?;
-    let opts = PerplexityOptions {
-        seq_len: spec.seq_len,
-        windows: spec.eval_windows,
-        batch: spec.eval_batch,
-    };
+    let opts = spec.perplexity_options();
     let windows = eval_windows(&eval.tokens, &opts)?;
     let t = std::time::Instant::now();
     let sums = step(

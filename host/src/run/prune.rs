@@ -161,11 +161,7 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
     let calib = Calibration::load(&spec.calib, &loaded.tokenizer, p.seq_len)?;
     let eval = stream(&loaded.tokenizer, p.eval.as_ref(), "eval")?;
     let calib_windows = calib.windows(p.seq_len);
-    let opts = PerplexityOptions {
-        seq_len: p.seq_len,
-        windows: p.eval_windows,
-        batch: p.eval_batch,
-    };
+    let opts = p.perplexity_options();
     // Fail early, before minutes of pruning, if the evaluation text is too short.
     eval_windows(&eval.tokens, &opts)?;
     let dense = if spec.skip_dense || spec.plan_only {

@@ -12,16 +12,15 @@ use super::prune::{
     method_of, protocol_record, verdict, write_report, MethodSpec, Outcome, PruneSpec,
 };
 use crate::alloc::Allocation;
-use crate::eval::{eval_windows, Perplexity, PerplexityOptions};
-use crate::model::{BlockStream, Tokenizer};
+use crate::eval::{eval_windows, Perplexity};
 use crate::pipeline::{prune_streaming, Progress as Stage, PruneConfig, StreamJob};
 use crate::progress::Progress;
 use crate::report::{
     peak_rss_bytes, PerplexityPair, PplReport, PruneRunReport, StreamRecord, Timings,
 };
 use crate::run::allocate::Rule;
-use crate::setup::{device, stream, Calibration};
-use anyhow::{bail, Context};
+use crate::setup::{device, open_streamed, stream, Calibration, Streamed};
+use anyhow::bail;
 use std::time::Instant;
 
 /// Refuse what a streaming run cannot do, before anything is read.
@@ -58,24 +57,15 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
     let start = Instant::now();
     let p = &spec.protocol;
     let (method, method_record) = method_of(&spec.method);
-    let path = match &p.model {
-        Some(m) => m.clone(),
-        None => crate::data::DataDir::resolve().smollm2_gguf()?,
-    };
-    let mut model = BlockStream::open(&path, &device(&p.device)?)
-        .with_context(|| format!("opening the model {}", path.display()))?;
-    model.set_precision(p.precision)?;
-    let tokenizer = Tokenizer::for_model(&path)
-        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
-    tokenizer.check_fits(model.config())?;
-    let load_seconds = start.elapsed().as_secs_f64();
+    let Streamed {
+        mut model,
+        tokenizer,
+        path,
+        seconds: load_seconds,
+    } = open_streamed(p.model.as_ref(), &device(&p.device)?, p.precision)?;
     let calib = Calibration::load(&spec.calib, &tokenizer, p.seq_len)?;
     let eval = stream(&tokenizer, p.eval.as_ref(), "eval")?;
-    let opts = PerplexityOptions {
-        seq_len: p.seq_len,
-        windows: p.eval_windows,
-        batch: p.eval_batch,
-    };
+    let opts = p.perplexity_options();
     let eval_w = eval_windows(&eval.tokens, &opts)?;
     let calib_w = calib.windows(p.seq_len);
     let cfg = PruneConfig::uniform(spec.sparsity, spec.pattern, spec.calib_batch);
