@@ -117,6 +117,7 @@ fn search_survives_kill_9_and_resumes() {
         .args(["search", "--run"])
         .arg(&run_dir)
         .args(["--budget-candidates", "4", "--seed", "3"])
+        .args(["--validation-source", "eval-tail"])
         .args(common::REDUCED_SEARCH)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -157,6 +158,10 @@ fn search_survives_kill_9_and_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let a = Archive::open_existing(&db).unwrap();
     let nodes = a.nodes().unwrap();
+    // The resumed session measured on the recorded validation source.
+    let config: serde_json::Value =
+        serde_json::from_str(&a.meta("config").unwrap().unwrap()).unwrap();
+    assert_eq!(config["validation_source"], "eval-tail");
     // No gradient in the reduced protocol: magnitude, Wanda and RIA.
     assert_eq!(nodes.iter().filter(|n| n.operator.is_seed()).count(), 3);
     assert_eq!(a.proposed_count().unwrap(), 4);
@@ -550,6 +555,10 @@ fn fidelity_study_measures_every_level_and_resumes() {
                 "1",
                 "--eval-windows",
                 "2",
+                "--validation-source",
+                "spread",
+                "--other-sources",
+                "recent,eval-tail",
                 "--json",
             ])
             .output()
@@ -572,6 +581,12 @@ fn fidelity_study_measures_every_level_and_resumes() {
             "screen@2",
             "proxy@1",
             "sequential@2",
+            "screen@1 recent",
+            "screen@2 recent",
+            "sequential@2 recent",
+            "screen@1 eval-tail",
+            "screen@2 eval-tail",
+            "sequential@2 eval-tail",
             "heldout@2"
         ]
     );
@@ -590,6 +605,15 @@ fn fidelity_study_measures_every_level_and_resumes() {
     assert!(out.join("fidelity.md").exists());
     let lines = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3);
+    // Every source measured its own windows: the losses differ between sources.
+    let first: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["validation_source"], "spread");
+    let sources = first["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 2);
+    for s in sources {
+        assert_eq!(s["sequential"].as_array().unwrap().len(), 2);
+        assert_ne!(s["sequential"], first["sequential"], "{}", s["source"]);
+    }
     // A rerun finds everything measured.
     let o = run();
     assert!(o.status.success());

@@ -55,6 +55,7 @@ pub fn tiny_search_evaluator_for(
         calib: calib.iter().map(win).collect(),
         validation: val.iter().flat_map(win).collect(),
         validation_windows: val.len(),
+        validation_source: autoprune::search::data::ValidationSource::Spread,
         heldout: toks[..seq * val.len()].to_vec(),
         heldout_windows: val.len(),
         seq_len: seq,

@@ -136,6 +136,41 @@ pub fn validation_offsets(
     Ok(out)
 }
 
+/// `n` validation windows from the end of the calibration stream (the text nearest a
+/// held-out text that follows it), non-overlapping, skipping every calibration window; the
+/// first is the last window of the stream. Fails if the stream has no room for `n`.
+pub fn recent_offsets(
+    len: usize,
+    calib_offsets: &[usize],
+    n: usize,
+    seq_len: usize,
+) -> Result<Vec<usize>, CalibError> {
+    let mut out = Vec::with_capacity(n);
+    let mut end = len;
+    while out.len() < n && end >= seq_len && seq_len > 0 {
+        let start = end - seq_len;
+        match calib_offsets
+            .iter()
+            .filter(|&&o| start < o + seq_len && o < end)
+            .min()
+        {
+            Some(&o) => end = o,
+            None => {
+                out.push(start);
+                end = start;
+            }
+        }
+    }
+    if out.len() < n {
+        return Err(CalibError::Stats(format!(
+            "the calibration stream ({len} tokens) is too short for {n} validation windows \
+             of {seq_len} tokens beside {} calibration windows",
+            calib_offsets.len()
+        )));
+    }
+    Ok(out)
+}
+
 /// The windows at `offsets`.
 pub fn windows<'a>(tokens: &'a [u32], offsets: &[usize], seq_len: usize) -> Vec<&'a [u32]> {
     offsets.iter().map(|&o| &tokens[o..o + seq_len]).collect()
@@ -285,6 +320,30 @@ mod tests {
         // Too dense: windows of 512 every 600 tokens leave no room.
         let cal: Vec<usize> = (0..10).map(|k| k * 600).collect();
         assert!(validation_offsets(6000, &cal, 4, 512).is_err());
+    }
+
+    #[test]
+    fn recent_windows_come_from_the_end_and_skip_calibration_windows() {
+        let cal = window_offsets(1_887_111, 32, 512, Sampler::Even).unwrap();
+        let v = recent_offsets(1_887_111, &cal, 64, 512).unwrap();
+        assert_eq!(v.len(), 64);
+        assert_eq!(v[0], 1_887_111 - 512);
+        // The last calibration window (1,827,642) sits among the last 120 windows: skipped.
+        for w in v.windows(2) {
+            assert!(w[1] + 512 <= w[0], "descending, disjoint: {w:?}");
+        }
+        for &x in &v {
+            assert!(cal.iter().all(|&o| x + 512 <= o || o + 512 <= x));
+        }
+        let v = recent_offsets(1_887_111, &cal, 200, 512).unwrap();
+        assert!(
+            v.iter().any(|&x| x < 1_827_642),
+            "crosses the last calibration window"
+        );
+        // Windows of 512 every 600 tokens leave no room.
+        let cal: Vec<usize> = (0..10).map(|k| k * 600).collect();
+        assert!(recent_offsets(6000, &cal, 4, 512).is_err());
+        assert!(recent_offsets(100, &[], 1, 512).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::protocol::ProtocolArgs;
 use anyhow::Context;
 use autoprune::search::archive::{Archive, Status};
 use autoprune::search::cascade::LadderConfig;
-use autoprune::search::data::DataSpec;
+use autoprune::search::data::{DataSpec, ValidationSource};
 use autoprune::search::fidelity::{analyze, builtin_panel, markdown, Measured, PanelEntry};
 use autoprune::search::objective::Objective;
 use std::path::PathBuf;
@@ -36,6 +36,17 @@ pub struct Args {
     /// Validation windows measured (the sequential level reads 8, 16 and all of them).
     #[arg(long, default_value_t = 32)]
     pub validation_windows: usize,
+    /// Where the validation windows of the screen and sequential levels come from
+    /// (`spread`, `recent`, `eval-tail`; see `autoprune search --help`).
+    #[arg(long, value_enum, default_value_t = ValidationSource::Recent)]
+    pub validation_source: ValidationSource,
+    /// Other validation sources measured on the same prunings (levels named with the source,
+    /// e.g. `sequential@32 eval-tail`), comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub other_sources: Vec<ValidationSource>,
+    /// Measure only these panel metrics (comma-separated names).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Screen windows measured (the screen levels read 1, 2, 4, 8 and 16 of them).
     #[arg(long, default_value_t = 16)]
     pub screen_windows: usize,
@@ -103,6 +114,12 @@ fn panel(args: &Args) -> anyhow::Result<Vec<PanelEntry>> {
             });
         }
     }
+    if !args.only.is_empty() {
+        if let Some(missing) = args.only.iter().find(|n| !p.iter().any(|e| &e.name == *n)) {
+            anyhow::bail!("--only: the panel has no metric named `{missing}`");
+        }
+        p.retain(|e| args.only.contains(&e.name));
+    }
     Ok(p)
 }
 
@@ -125,7 +142,11 @@ fn measure_missing(
         .iter()
         .filter(|e| {
             let h = autoprune::sandbox::sha256_hex(e.source.as_bytes());
-            !done.iter().any(|d| d.name == e.name && d.source_hash == h)
+            !done.iter().any(|d| {
+                d.name == e.name
+                    && d.source_hash == h
+                    && d.validation_source == args.validation_source.name()
+            })
         })
         .collect();
     eprintln!(
@@ -142,6 +163,7 @@ fn measure_missing(
                 eval: args.protocol.eval.as_ref(),
                 calib_windows: args.calib.calib_windows,
                 validation_windows: args.validation_windows,
+                validation_source: args.validation_source,
                 heldout_windows: args.protocol.eval_windows,
                 seq_len: args.protocol.seqlen,
                 precision: args.protocol.precision,
@@ -149,6 +171,7 @@ fn measure_missing(
             device: &args.protocol.device,
             proxy_calib_windows: args.proxy_calib_windows,
             proxy_validation_windows: args.proxy_validation_windows,
+            other_sources: args.other_sources.clone(),
             ladder: LadderConfig {
                 objective: args.objective.clone(),
                 screen_windows: args.screen_windows,
@@ -177,6 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let results = args.out.join("results.jsonl");
     let mut done = read_results(&results);
+    done.retain(|d| d.validation_source == args.validation_source.name());
     if !args.analyze_only {
         measure_missing(&args, &results, &mut done)?;
     }

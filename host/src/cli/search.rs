@@ -7,7 +7,7 @@ use super::BuildFlags;
 use anyhow::Context;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::Evaluator;
-use autoprune::search::data::{search_data, DataSpec};
+use autoprune::search::data::{search_data, DataSpec, ValidationSource};
 use autoprune::search::gcot::Templates;
 use autoprune::search::local_server::{LocalLlm, LocalServer};
 use autoprune::search::objective::Objective;
@@ -113,9 +113,18 @@ pub struct Args {
     /// Seed of every random choice of the proposer.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Validation windows (held out of the calibration stream) of the sequential level.
+    /// Validation windows of the sequential level (disjoint from the calibration and held-out
+    /// windows; see `--validation-source`).
     #[arg(long, default_value_t = 32)]
     pub validation_windows: usize,
+    /// Where the validation windows come from: `spread` (between the calibration windows,
+    /// over the whole calibration text), `recent` (the end of the calibration text) or
+    /// `eval-tail` (the evaluation text after the held-out windows: the held-out text's era,
+    /// disjoint tokens). The default, `recent`, never reads the evaluation text, and at 2:4 on
+    /// SOTU its sequential level ranks metrics as the held-out text does far better than
+    /// `spread` (Kendall's τ, docs/SEARCH.md). Runs recorded before the choice keep `spread`.
+    #[arg(long, value_enum, default_value_t = ValidationSource::Recent)]
+    pub validation_source: ValidationSource,
     /// Validation windows of the screen (the first ones of the validation windows).
     #[arg(long, default_value_t = 4)]
     pub screen_windows: usize,
@@ -264,6 +273,7 @@ fn search_flags(a: &Args) -> SearchFlags {
         seed: a.seed,
         calib_windows: a.calib.calib_windows,
         validation_windows: a.validation_windows,
+        validation_source: a.validation_source,
         screen_windows: a.screen_windows,
         promote_ratio: a.promote_ratio,
         gp_tune: a.gp_tune,
@@ -288,6 +298,7 @@ fn data_spec(cfg: &RunConfig) -> DataSpec<'_> {
         eval: cfg.eval.as_ref(),
         calib_windows: cfg.calib_windows,
         validation_windows: cfg.validation_windows,
+        validation_source: cfg.validation_source,
         heldout_windows: cfg.heldout_windows,
         seq_len: cfg.seq_len,
         precision: cfg.precision,

@@ -92,6 +92,10 @@ pub fn builtin_panel(gradient: bool) -> Vec<PanelEntry> {
         .collect()
 }
 
+fn spread() -> String {
+    super::data::ValidationSource::Spread.name().into()
+}
+
 /// The per-window losses of one panel metric.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Measured {
@@ -101,6 +105,10 @@ pub struct Measured {
     pub source_hash: String,
     /// Hash of its probe masks (equal hashes prune alike on the probe layers).
     pub mask_hash: Option<String>,
+    /// Where `screen` and `sequential`'s windows come from (studies before the choice
+    /// existed: `spread`).
+    #[serde(default = "spread")]
+    pub validation_source: String,
     /// Why it could not be measured.
     pub failure: Option<String>,
     /// One-shot pruning, the first validation windows.
@@ -124,18 +132,45 @@ pub struct Measured {
     pub sequential_eval_s: f64,
     /// Seconds of the held-out evaluation.
     pub heldout_eval_s: f64,
+    /// The same two prunings measured on other validation sources.
+    #[serde(default)]
+    pub sources: Vec<SourceLosses>,
+}
+
+/// A panel metric's losses on the windows of another validation source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceLosses {
+    /// The source's name (`recent`, `eval-tail`, …).
+    pub source: String,
+    /// One-shot pruning, its first windows.
+    pub screen: Vec<f64>,
+    /// Sequential pruning, every window.
+    pub sequential: Vec<f64>,
+}
+
+/// Validation windows of another source, measured beside the study's own.
+pub struct OtherSource<'a> {
+    /// The source's name.
+    pub name: &'a str,
+    /// Its screen windows.
+    pub screen: Vec<&'a [u32]>,
+    /// Its sequential windows.
+    pub sequential: Vec<&'a [u32]>,
 }
 
 /// Measure one panel metric under the objective's first setting. `proxy_calib` are the
-/// former proxy's calibration windows, `proxy_windows` its validation windows.
+/// former proxy's calibration windows, `proxy_windows` its validation windows; `others` are
+/// validation windows of other sources, measured on the same two prunings.
 pub fn measure(
     ev: &Evaluator,
     entry: &PanelEntry,
     proxy_calib: &[&[u32]],
     proxy_windows: usize,
+    others: &[OtherSource<'_>],
 ) -> Measured {
     let mut m = Measured {
         name: entry.name.clone(),
+        validation_source: ev.validation_source().name().into(),
         source_hash: crate::sandbox::sha256_hex(entry.source.as_bytes()),
         ..Measured::default()
     };
@@ -151,27 +186,41 @@ pub fn measure(
     let val = ev.windows(Level::Sequential);
     let held = ev.windows(Level::Heldout);
     let result = (|| -> Result<(), EvalError> {
-        let mut sc = ev.prune_and_measure(&plugin, 0, Pruning::OneShot, &[&screen_w])?;
+        let mut sets: Vec<&[&[u32]]> = vec![&screen_w];
+        sets.extend(others.iter().map(|o| o.screen.as_slice()));
+        let mut sc = ev.prune_and_measure(&plugin, 0, Pruning::OneShot, &sets)?;
         m.screen_prune_s = sc.prune_seconds;
         m.screen_eval_s = sc.eval_seconds[0];
-        m.screen = sc.losses.remove(0);
+        let mut screens = sc.losses.drain(..);
+        m.screen = screens.next().unwrap_or_default();
+        m.sources = others
+            .iter()
+            .zip(screens)
+            .map(|(o, screen)| SourceLosses {
+                source: o.name.into(),
+                screen,
+                sequential: Vec::new(),
+            })
+            .collect();
         let pw = &val[..proxy_windows.min(val.len())];
         let t = Instant::now();
         let mut px =
             ev.prune_and_measure(&plugin, 0, Pruning::Sequential(proxy_calib.to_vec()), &[pw])?;
         m.proxy_s = t.elapsed().as_secs_f64();
         m.proxy = px.losses.remove(0);
-        let mut sq = ev.prune_and_measure(
-            &plugin,
-            0,
-            Pruning::Sequential(ev.calib_windows()),
-            &[&val, &held],
-        )?;
+        let mut sets: Vec<&[&[u32]]> = vec![&val, &held];
+        sets.extend(others.iter().map(|o| o.sequential.as_slice()));
+        let sq =
+            ev.prune_and_measure(&plugin, 0, Pruning::Sequential(ev.calib_windows()), &sets)?;
         m.sequential_prune_s = sq.prune_seconds;
         m.sequential_eval_s = sq.eval_seconds[0];
         m.heldout_eval_s = sq.eval_seconds[1];
-        m.heldout = sq.losses.pop().unwrap_or_default();
-        m.sequential = sq.losses.pop().unwrap_or_default();
+        let mut losses = sq.losses.into_iter();
+        m.sequential = losses.next().unwrap_or_default();
+        m.heldout = losses.next().unwrap_or_default();
+        for (s, l) in m.sources.iter_mut().zip(losses) {
+            s.sequential = l;
+        }
         Ok(())
     })();
     if let Err(f) = result {
@@ -255,36 +304,54 @@ pub fn analyze(
         .collect();
     // (name, windows, ratios, seconds per candidate)
     let mut levels: Vec<(String, usize, Vec<f64>, f64)> = Vec::new();
-    let max_screen = w.screen.len().max(1);
-    for &s in screens.iter().filter(|&&s| s <= w.screen.len()) {
-        let secs = median(
-            ok.iter()
-                .map(|r| r.screen_prune_s + r.screen_eval_s * s as f64 / max_screen as f64)
-                .collect(),
-        );
-        let r = ok.iter().map(|r| ratio(&r.screen, &w.screen, s)).collect();
-        levels.push((format!("screen@{s}"), s, r, secs));
-    }
-    if !w.proxy.is_empty() {
-        let r = ok
-            .iter()
-            .map(|r| ratio(&r.proxy, &w.proxy, usize::MAX))
-            .collect();
-        let secs = median(ok.iter().map(|r| r.proxy_s).collect());
-        levels.push((format!("proxy@{}", w.proxy.len()), w.proxy.len(), r, secs));
-    }
-    let max_val = w.sequential.len().max(1);
-    for &v in validations.iter().filter(|&&v| v <= w.sequential.len()) {
-        let secs = median(
-            ok.iter()
-                .map(|r| r.sequential_prune_s + r.sequential_eval_s * v as f64 / max_val as f64)
-                .collect(),
-        );
-        let r = ok
-            .iter()
-            .map(|r| ratio(&r.sequential, &w.sequential, v))
-            .collect();
-        levels.push((format!("sequential@{v}"), v, r, secs));
+    let mut push_levels = |label: &str, pick: &dyn Fn(&Measured) -> Option<(&[f64], &[f64])>| {
+        let Some((w_screen, w_seq)) = pick(w) else {
+            return;
+        };
+        let max_screen = w_screen.len().max(1);
+        for &s in screens.iter().filter(|&&s| s <= w_screen.len()) {
+            let secs = median(
+                ok.iter()
+                    .map(|r| r.screen_prune_s + r.screen_eval_s * s as f64 / max_screen as f64)
+                    .collect(),
+            );
+            let r = ok
+                .iter()
+                .map(|r| pick(r).map_or(f64::NAN, |(sc, _)| ratio(sc, w_screen, s)))
+                .collect();
+            levels.push((format!("screen@{s}{label}"), s, r, secs));
+        }
+        if label.is_empty() && !w.proxy.is_empty() {
+            let r = ok
+                .iter()
+                .map(|r| ratio(&r.proxy, &w.proxy, usize::MAX))
+                .collect();
+            let secs = median(ok.iter().map(|r| r.proxy_s).collect());
+            levels.push((format!("proxy@{}", w.proxy.len()), w.proxy.len(), r, secs));
+        }
+        let max_val = w_seq.len().max(1);
+        for &v in validations.iter().filter(|&&v| v <= w_seq.len()) {
+            let secs = median(
+                ok.iter()
+                    .map(|r| r.sequential_prune_s + r.sequential_eval_s * v as f64 / max_val as f64)
+                    .collect(),
+            );
+            let r = ok
+                .iter()
+                .map(|r| pick(r).map_or(f64::NAN, |(_, sq)| ratio(sq, w_seq, v)))
+                .collect();
+            levels.push((format!("sequential@{v}{label}"), v, r, secs));
+        }
+    };
+    push_levels("", &|r: &Measured| Some((&r.screen[..], &r.sequential[..])));
+    for src in &w.sources {
+        let label = format!(" {}", src.source);
+        push_levels(&label, &|r: &Measured| {
+            r.sources
+                .iter()
+                .find(|x| x.source == src.source)
+                .map(|x| (&x.screen[..], &x.sequential[..]))
+        });
     }
     let held_secs = median(
         ok.iter()
@@ -424,6 +491,8 @@ pub struct StudyData<'a> {
     pub proxy_validation_windows: usize,
     /// The ladder (promotion off: every metric climbs every level).
     pub ladder: super::cascade::LadderConfig,
+    /// Other validation sources measured beside `data`'s (the same count of windows).
+    pub other_sources: Vec<super::data::ValidationSource>,
 }
 
 /// Measure every metric of `todo` at every level, appending each result to `results` (one
@@ -455,6 +524,41 @@ pub fn measure_panel(
         .map(|&o| calib_stream.tokens[o..o + seq].to_vec())
         .collect();
     let proxy_refs: Vec<&[u32]> = proxy_calib.iter().map(|w| w.as_slice()).collect();
+    let eval_stream = crate::setup::stream(&loaded.tokenizer, spec.data.eval, "eval")?;
+    let calib_offsets = crate::calib::window_offsets(
+        calib_stream.tokens.len(),
+        spec.data.calib_windows,
+        seq,
+        crate::calib::Sampler::Even,
+    )?;
+    let other_windows = spec
+        .other_sources
+        .iter()
+        .filter(|&&s| s != spec.data.validation_source)
+        .map(|&s| {
+            let w = super::data::validation_windows(
+                s,
+                &calib_stream.tokens,
+                &calib_offsets,
+                &eval_stream.tokens,
+                spec.data.heldout_windows,
+                spec.data.validation_windows,
+                seq,
+            )?;
+            Ok((s.name(), w))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let others: Vec<OtherSource<'_>> = other_windows
+        .iter()
+        .map(|(name, w)| {
+            let all: Vec<&[u32]> = w.iter().map(|x| x.as_slice()).collect();
+            OtherSource {
+                name,
+                screen: all[..spec.ladder.screen_windows.min(all.len())].to_vec(),
+                sequential: all,
+            }
+        })
+        .collect();
     let ev = Evaluator::new(
         spec.ladder.clone(),
         data,
@@ -475,7 +579,7 @@ pub fn measure_panel(
         .with_context(|| format!("opening {}", results.display()))?;
     let mut out = Vec::new();
     for (k, e) in todo.iter().enumerate() {
-        let m = measure(&ev, e, &proxy_refs, spec.proxy_validation_windows);
+        let m = measure(&ev, e, &proxy_refs, spec.proxy_validation_windows, &others);
         say(&format!(
             "[{}/{}] {:<16} {}",
             k + 1,
@@ -552,5 +656,40 @@ mod tests {
         assert!((by("screen@2").seconds - 3.0).abs() < 1e-9);
         assert_eq!(s.table[0].0, "c");
         assert!(markdown(&s, "t").contains("| screen@4 | 4 | 1.000"));
+    }
+
+    #[test]
+    fn other_sources_become_levels_of_their_own() {
+        // The study's own windows agree with the held-out order; the other source's screen
+        // reverses it, and its sequential level agrees.
+        let row = |name: &str, d: f64| Measured {
+            name: name.into(),
+            source_hash: name.into(),
+            screen: vec![3.0 + d; 4],
+            sequential: vec![3.0 + d; 8],
+            heldout: vec![3.0 + d; 8],
+            sources: vec![SourceLosses {
+                source: "eval-tail".into(),
+                screen: vec![3.0 - d; 4],
+                sequential: vec![3.0 + 2.0 * d; 8],
+            }],
+            ..Measured::default()
+        };
+        let rows = vec![row("wanda", 0.0), row("a", 0.05), row("b", -0.1)];
+        let s = analyze(&rows, "wanda", &[4], &[8]).unwrap();
+        let by = |n: &str| s.levels.iter().find(|l| l.level == n).unwrap();
+        assert_eq!(by("screen@4").tau_all, 1.0);
+        assert_eq!(by("screen@4 eval-tail").tau_all, -1.0);
+        assert_eq!(by("sequential@8 eval-tail").tau_all, 1.0);
+        // Every level has one ratio per metric in the table.
+        assert!(s.table.iter().all(|(_, _, r)| r.len() == s.levels.len()));
+        // A row measured before sources existed reads back with none, as `spread`.
+        let old = r#"{"name":"w","source_hash":"h","mask_hash":null,"failure":null,
+            "screen":[],"proxy":[],"sequential":[],"heldout":[],"screen_prune_s":0,
+            "screen_eval_s":0,"proxy_s":0,"sequential_prune_s":0,"sequential_eval_s":0,
+            "heldout_eval_s":0}"#;
+        let m: Measured = serde_json::from_str(old).unwrap();
+        assert_eq!(m.validation_source, "spread");
+        assert!(m.sources.is_empty());
     }
 }

@@ -5,6 +5,7 @@ mod trust;
 
 use super::archive::{Archive, NewNode, Node, SCHEMA_VERSION};
 use super::cascade::{Evaluator, LadderConfig, Reference, SearchData};
+use super::data::ValidationSource;
 use super::gcot::{LlmProposer, PromptSettings, Templates};
 use super::llm::{LlmClient, LlmConfig};
 use super::local_server::{LocalLlm, LocalServer, LOCAL};
@@ -83,6 +84,8 @@ pub struct SearchFlags {
     pub calib_windows: usize,
     /// Validation windows of the sequential level.
     pub validation_windows: usize,
+    /// Where the validation windows come from.
+    pub validation_source: ValidationSource,
     /// Validation windows of the screen.
     pub screen_windows: usize,
     /// Continue past the screen only if its ratio to Wanda is at most this.
@@ -165,6 +168,9 @@ pub struct RunConfig {
     pub calib_windows: usize,
     /// Validation windows.
     pub validation_windows: usize,
+    /// Where they come from (runs recorded before the choice existed: spread).
+    #[serde(default)]
+    pub validation_source: ValidationSource,
     /// Held-out windows.
     pub heldout_windows: usize,
     /// Candidates measured on the held-out windows at the end.
@@ -253,6 +259,7 @@ impl RunConfig {
             },
             calib_windows: f.calib_windows,
             validation_windows: f.validation_windows,
+            validation_source: f.validation_source,
             heldout_windows: f.heldout_windows,
             heldout_top: f.heldout_top,
             seq_len: f.seq_len,

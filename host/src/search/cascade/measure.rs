@@ -68,6 +68,11 @@ impl Evaluator {
         tokens.chunks_exact(seq).take(n).collect()
     }
 
+    /// Where the validation windows come from.
+    pub fn validation_source(&self) -> crate::search::data::ValidationSource {
+        self.data.validation_source
+    }
+
     /// The protocol's calibration windows.
     pub fn calib_windows(&self) -> Vec<&[u32]> {
         self.data.calib.iter().map(|w| w.as_slice()).collect()

@@ -41,10 +41,13 @@ pub struct SearchData {
     pub model: Model,
     /// Calibration windows (the protocol's).
     pub calib: Vec<Vec<u32>>,
-    /// Validation tokens: held-out calibration-side windows, concatenated.
+    /// Validation tokens (windows disjoint from the calibration and held-out windows),
+    /// concatenated.
     pub validation: Vec<u32>,
     /// Number of validation windows in `validation`.
     pub validation_windows: usize,
+    /// Where they come from.
+    pub validation_source: crate::search::data::ValidationSource,
     /// Held-out evaluation tokens (final ranking only).
     pub heldout: Vec<u32>,
     /// Windows of the held-out evaluation.
