@@ -92,6 +92,9 @@ pub fn builtin_panel(gradient: bool) -> Vec<PanelEntry> {
         .collect()
 }
 
+/// A row's screen and sequential losses on one validation source (`None`: not measured).
+type PickLosses<'p> = dyn Fn(&Measured) -> Option<(&[f64], &[f64])> + 'p;
+
 fn spread() -> String {
     super::data::ValidationSource::Spread.name().into()
 }
@@ -304,7 +307,7 @@ pub fn analyze(
         .collect();
     // (name, windows, ratios, seconds per candidate)
     let mut levels: Vec<(String, usize, Vec<f64>, f64)> = Vec::new();
-    let mut push_levels = |label: &str, pick: &dyn Fn(&Measured) -> Option<(&[f64], &[f64])>| {
+    let mut push_levels = |label: &str, pick: &PickLosses<'_>| {
         let Some((w_screen, w_seq)) = pick(w) else {
             return;
         };
