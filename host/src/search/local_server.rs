@@ -103,8 +103,23 @@ impl LocalLlm {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(
+            // llama.cpp's AMX weight repacking (built in where the build machine has AMX)
+            // crashed the pinned server with SIGSEGV at start on a Sapphire Rapids VM; without
+            // repacking it serves. Other CPUs keep their repacked kernels.
+            cpu_has_amx().then(|| "--no-repack".to_string()),
+        )
         .collect()
     }
+}
+
+/// Whether this CPU has AMX tiles (Linux: the `amx_tile` flag of `/proc/cpuinfo`).
+fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| {
+        c.lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "amx_tile"))
+    })
 }
 
 /// Why a local server could not be started.
