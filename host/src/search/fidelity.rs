@@ -527,7 +527,6 @@ pub fn measure_panel(
         .map(|&o| calib_stream.tokens[o..o + seq].to_vec())
         .collect();
     let proxy_refs: Vec<&[u32]> = proxy_calib.iter().map(|w| w.as_slice()).collect();
-    let eval_stream = crate::setup::stream(&loaded.tokenizer, spec.data.eval, "eval")?;
     let calib_offsets = crate::calib::window_offsets(
         calib_stream.tokens.len(),
         spec.data.calib_windows,
@@ -543,7 +542,8 @@ pub fn measure_panel(
                 s,
                 &calib_stream.tokens,
                 &calib_offsets,
-                &eval_stream.tokens,
+                // The whole evaluation stream, tokenised once by `search_data`.
+                &data.heldout,
                 spec.data.heldout_windows,
                 spec.data.validation_windows,
                 seq,
