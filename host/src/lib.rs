@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod alloc;
+pub mod board;
 pub mod build;
 pub mod calib;
 pub mod check;

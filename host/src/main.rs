@@ -14,6 +14,7 @@ fn main() {
             | Command::Sweep(_)
             | Command::Search(_)
             | Command::Fidelity(_)
+            | Command::Worker(_)
     ) {
         // Load the CPU matrix-product library now, before any other thread exists (it reads
         // its kernel choice from the environment while loading).
@@ -30,6 +31,9 @@ fn main() {
         Command::Search(a) => cli::search::run(*a),
         Command::Runs(a) => cli::search::runs(a),
         Command::Fidelity(a) => cli::fidelity::run(*a),
+        Command::Serve(a) => cli::board::serve(*a),
+        Command::Tokens(a) => cli::board::tokens(a),
+        Command::Worker(a) => cli::board::worker(*a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod bench;
+pub mod board;
 pub mod build;
 pub mod check;
 pub mod eval;
@@ -49,6 +50,12 @@ pub enum Command {
     Eval(eval::Args),
     /// Benchmark the sandbox: wasm vs native Wanda, build and instantiation times.
     Bench(bench::Args),
+    /// The leaderboard service: submissions over HTTP, a durable job queue, the board page.
+    Serve(Box<board::ServeArgs>),
+    /// Issue or revoke a board's bearer tokens.
+    Tokens(board::TokensArgs),
+    /// Evaluate a board's jobs (any number of workers, on any machine).
+    Worker(Box<board::WorkerArgs>),
 }
 
 /// Flags shared by every subcommand that compiles candidate source.
