@@ -4,6 +4,7 @@
 // Each test binary compiles all of this and uses a part of it.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod board;
 pub mod family;
 mod plugins;
 mod require;
