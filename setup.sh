@@ -24,6 +24,13 @@ command -v npm >/dev/null || need_apt+=(npm)
 command -v pip3 >/dev/null || command -v pip >/dev/null || need_apt+=(python3-pip)
 # Headless Chromium renders the search report in its test (`runs show --html`).
 command -v chromium >/dev/null || need_apt+=(chromium)
+# A real single-node Slurm (with munge) for the `autoprune slurm` test; the test starts its own
+# daemons in a temporary folder, nothing is configured system-wide.
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+have slurmctld || need_apt+=(slurmctld)
+have slurmd || need_apt+=(slurmd)
+have sbatch || need_apt+=(slurm-client)
+have munged || need_apt+=(munge)
 # cmake and ninja build llama.cpp's server.
 command -v cmake >/dev/null || need_apt+=(cmake)
 command -v ninja >/dev/null || need_apt+=(ninja-build)

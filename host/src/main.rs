@@ -34,6 +34,7 @@ fn main() {
         Command::Serve(a) => cli::board::serve(*a),
         Command::Tokens(a) => cli::board::tokens(a),
         Command::Worker(a) => cli::board::worker(*a),
+        Command::Slurm(a) => cli::board::slurm(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

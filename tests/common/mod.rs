@@ -9,6 +9,7 @@ pub mod family;
 mod plugins;
 mod require;
 mod search;
+pub mod slurm;
 
 pub use plugins::{builder, cache, candidate, inline_plugin, plugin, small_layer, source};
 pub(crate) use require::require_real_data;

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod page;
+pub mod slurm;
 pub mod store;
 pub mod worker;
 

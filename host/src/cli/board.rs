@@ -299,3 +299,137 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
     );
     Ok(0)
 }
+
+/// Arguments of `autoprune slurm`.
+#[derive(Debug, clap::Args)]
+pub struct SlurmArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: SlurmCommand,
+}
+
+/// `slurm submit` or `slurm status`.
+#[derive(Debug, clap::Subcommand)]
+pub enum SlurmCommand {
+    /// Submit an `sbatch` array of workers for a board (the worker token from
+    /// `--worker-token` or `$AUTOPRUNE_WORKER_TOKEN` reaches them through the environment).
+    Submit(Box<SlurmSubmit>),
+    /// The tasks of a submitted array (`squeue`, then `sacct` or `scontrol`).
+    Status {
+        /// The array's job id (printed by `slurm submit`).
+        #[arg(long)]
+        job: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Arguments of `autoprune slurm submit`.
+#[derive(Debug, clap::Args)]
+pub struct SlurmSubmit {
+    /// The board's URL as the compute nodes reach it.
+    #[arg(long)]
+    pub server: String,
+    /// Number of workers (array tasks).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Partition (default: the cluster's).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Account to charge.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Time limit per worker (Slurm's syntax: minutes, `H:MM:SS`, `D-HH:MM:SS`).
+    #[arg(long, default_value = "1:00:00")]
+    pub time: String,
+    /// CPUs per worker.
+    #[arg(long, default_value_t = 4)]
+    pub cpus_per_worker: usize,
+    /// Memory per worker (Slurm's syntax, e.g. `16G`; default: the partition's).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// GPUs per worker (`--gres=gpu:N`); the workers then run the model on CUDA.
+    #[arg(long, default_value_t = 0)]
+    pub gpus_per_worker: usize,
+    /// Job name.
+    #[arg(long, default_value = "autoprune-worker")]
+    pub name: String,
+    /// Folder for the script and the workers' logs (on a file system the nodes share).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The `autoprune` binary the nodes run (default: this one).
+    #[arg(long)]
+    pub autoprune: Option<PathBuf>,
+    /// A worker stops once the queue has been empty this many seconds (default: it runs
+    /// until its time limit).
+    #[arg(long)]
+    pub exit_when_idle: Option<f64>,
+    /// A worker token (default: `$AUTOPRUNE_WORKER_TOKEN`).
+    #[arg(long)]
+    pub worker_token: Option<String>,
+}
+
+/// Run `slurm`.
+pub fn slurm(args: SlurmArgs) -> anyhow::Result<i32> {
+    use autoprune::board::slurm::{self, ArraySpec};
+    match args.command {
+        SlurmCommand::Submit(s) => {
+            let token = match s.worker_token.clone() {
+                Some(t) => t,
+                None => std::env::var("AUTOPRUNE_WORKER_TOKEN").map_err(|_| {
+                    anyhow::anyhow!(
+                        "no worker token: pass --worker-token or set AUTOPRUNE_WORKER_TOKEN"
+                    )
+                })?,
+            };
+            let spec = ArraySpec {
+                server: s.server.clone(),
+                workers: s.workers,
+                partition: s.partition.clone(),
+                account: s.account.clone(),
+                time: s.time.clone(),
+                cpus_per_worker: s.cpus_per_worker,
+                mem: s.mem.clone(),
+                gpus_per_worker: s.gpus_per_worker,
+                name: s.name.clone(),
+                autoprune: match &s.autoprune {
+                    Some(p) => p.clone(),
+                    None => std::env::current_exe()?,
+                },
+                dir: s.dir.clone().unwrap_or_else(slurm::default_dir),
+                exit_when_idle: s.exit_when_idle,
+            };
+            let (id, script) = spec.submit(&token)?;
+            println!("{id}");
+            eprintln!(
+                "submitted array job {id}: {} worker(s); script {}; logs {}/worker-{id}_*.log",
+                s.workers,
+                script.display(),
+                script
+                    .parent()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        SlurmCommand::Status { job, json } => {
+            let tasks = slurm::status(&job)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks)?);
+            } else {
+                println!("{:<14} {:<12} {:>10}  detail", "task", "state", "elapsed");
+                for t in &tasks {
+                    println!(
+                        "{:<14} {:<12} {:>10}  {} ({})",
+                        line(&t.id),
+                        line(&t.state),
+                        line(&t.elapsed),
+                        line(&t.detail),
+                        t.source
+                    );
+                }
+            }
+        }
+    }
+    Ok(0)
+}

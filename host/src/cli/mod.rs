@@ -56,6 +56,8 @@ pub enum Command {
     Tokens(board::TokensArgs),
     /// Evaluate a board's jobs (any number of workers, on any machine).
     Worker(Box<board::WorkerArgs>),
+    /// Run a board's workers on a Slurm cluster (`slurm submit`, `slurm status`).
+    Slurm(board::SlurmArgs),
 }
 
 /// Flags shared by every subcommand that compiles candidate source.
