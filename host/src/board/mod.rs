@@ -10,6 +10,7 @@
 //! (one plugin and one setting), and pins the protocol's fingerprint from the first result.
 
 pub mod api;
+pub mod bench;
 pub mod page;
 pub mod slurm;
 pub mod store;

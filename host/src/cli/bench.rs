@@ -26,12 +26,51 @@ pub struct Args {
     /// Blocks of the `--synthetic-7b` model.
     #[arg(long, default_value_t = 32, requires = "synthetic_7b")]
     pub layers: usize,
+    /// Instead: the leaderboard service on loopback. It starts a board in this process and
+    /// two worker processes (real data needed), sends a hostile burst, and runs concurrent
+    /// clients that submit and read for `--board-seconds`. It reports submissions accepted per
+    /// second, p50/p99 latency per route, and every hostile submission's verdict.
+    #[arg(long)]
+    pub board: bool,
+    /// Seconds of load (`--board`).
+    #[arg(long, default_value_t = 20.0)]
+    pub board_seconds: f64,
+    /// Concurrent clients (`--board`).
+    #[arg(long, default_value_t = 8)]
+    pub board_clients: usize,
+    /// Folder of hostile `.rs` files for the burst (`--board`; e.g. `tests/attacks`).
+    #[arg(long)]
+    pub board_hostile: Option<std::path::PathBuf>,
+    /// Longest wait for the burst's verdicts, seconds (`--board`).
+    #[arg(long, default_value_t = 600.0)]
+    pub board_verdict_wait: f64,
     #[command(flatten)]
     pub flags: BuildFlags,
 }
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.board {
+        anyhow::ensure!(
+            args.board_seconds.is_finite() && args.board_seconds > 0.0 && args.board_clients > 0,
+            "--board-seconds and --board-clients must be positive"
+        );
+        let spec = autoprune::board::bench::BenchSpec {
+            seconds: args.board_seconds,
+            clients: args.board_clients,
+            hostile: args.board_hostile.clone(),
+            autoprune: std::env::current_exe()?,
+            workers: 2,
+            verdict_wait: args.board_verdict_wait,
+        };
+        let report = autoprune::board::bench::run(&spec)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", autoprune::board::bench::render(&report));
+        }
+        return Ok(0);
+    }
     if let Some(dir) = &args.synthetic_7b {
         let bytes = autoprune::run::bench::synthetic_7b(dir, args.layers)?;
         println!(
