@@ -113,15 +113,18 @@ fn form(file: &str, bytes: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) 
     (format!("multipart/form-data; boundary={boundary}"), b)
 }
 
+/// One hostile submission: what it is, its file name, its bytes, `publish`.
+type Hostile = (String, String, Vec<u8>, String);
+
 /// The hostile burst: the attack files, and more made here (compile-time reads of host files
 /// and the environment, an endless const evaluation, bodies refused at the door).
-fn hostile_set(dir: Option<&Path>) -> anyhow::Result<Vec<(String, String, Vec<u8>, String)>> {
+fn hostile_set(dir: Option<&Path>) -> anyhow::Result<Vec<Hostile>> {
     let metric = |items: &str, expr: &str| {
         format!(
             "use autoprune_sdk::prelude::*;\n{items}\nstruct M;\nimpl Metric for M {{\n fn info() -> Info {{ Info::new(\"m\", \"0\", \"\") }}\n fn score(layer: &Layer) -> Result<()> {{ let b: &[u8] = {expr}; layer.score_rows(|row, out| {{ for (o, w) in out.iter_mut().zip(row.weights) {{ *o = w.abs() + b.len() as f32; }} }}) }}\n}}\nexport_metric!(M);\n"
         )
     };
-    let mut set: Vec<(String, String, Vec<u8>, String)> = Vec::new();
+    let mut set: Vec<Hostile> = Vec::new();
     if let Some(dir) = dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
