@@ -333,8 +333,8 @@ pub struct Leaderboard {
     pub settings: Vec<Ranking>,
 }
 
-/// A job's state, worker, lease and expiry.
-type Holder = (String, Option<String>, Option<String>, Option<f64>);
+/// A job's state, worker and lease.
+type Holder = (String, Option<String>, Option<String>);
 
 /// The board's database.
 pub struct Store {
@@ -912,23 +912,23 @@ impl Store {
     }
 
     /// Check that `worker` holds `job_id` under `lease` now.
-    fn held(&self, job_id: i64, worker: &str, lease: &str, t: f64) -> Result<()> {
+    fn held(&self, job_id: i64, worker: &str, lease: &str) -> Result<()> {
         let row: Option<Holder> = self
             .conn
             .query_row(
-                "SELECT state, worker, lease, lease_until FROM jobs WHERE id = ?1",
+                "SELECT state, worker, lease FROM jobs WHERE id = ?1",
                 [job_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some((state, w, l, until)) = row else {
+        let Some((state, w, l)) = row else {
             return Err(Refusal::new(404, "no_such_job", format!("no job {job_id}")).into());
         };
-        let holds = state == "leased"
-            && w.as_deref() == Some(worker)
-            && l.as_deref() == Some(lease)
-            && until.is_some_and(|u| u >= t);
+        // An expired lease stays its holder's until another worker is handed the job: a
+        // worker that could not renew while the server was down keeps its work.
+        let holds =
+            state == "leased" && w.as_deref() == Some(worker) && l.as_deref() == Some(lease);
         if !holds {
             return Err(Refusal::new(
                 409,
@@ -944,9 +944,8 @@ impl Store {
 
     /// Extend a lease; returns its new expiry (Unix seconds).
     pub fn renew(&self, job_id: i64, worker: &str, lease: &str, limits: &Limits) -> Result<f64> {
-        let t = now();
-        self.held(job_id, worker, lease, t)?;
-        let until = t + limits.lease_secs;
+        self.held(job_id, worker, lease)?;
+        let until = now() + limits.lease_secs;
         self.conn
             .execute(
                 "UPDATE jobs SET lease_until = ?1 WHERE id = ?2",
@@ -966,7 +965,7 @@ impl Store {
         outcome: &JobOutcome,
     ) -> Result<()> {
         let t = now();
-        self.held(job_id, worker, lease, t)?;
+        self.held(job_id, worker, lease)?;
         let bad = |m: &str| StoreError::from(Refusal::new(400, "bad_result", m));
         let path = self.path.clone();
         let db = move |e: rusqlite::Error| StoreError::Db {
@@ -1261,6 +1260,8 @@ mod tests {
             ..limits()
         };
         let a = s.lease("w1", &lim).unwrap().unwrap();
+        // Expired, but nobody else has it yet: still w1's.
+        s.renew(a.job_id, "w1", &a.lease, &lim).unwrap();
         let b = s.lease("w2", &lim).unwrap().unwrap();
         assert_eq!(a.job_id, b.job_id);
         assert_ne!(a.lease, b.lease);
