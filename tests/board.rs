@@ -175,9 +175,11 @@ fn refuses_bad_input_with_typed_errors_and_loses_nothing_across_a_kill() {
     );
 
     // Quotas: four an hour; the fifth is 429 with Retry-After, and records nothing.
+    let mut quiet = Vec::new();
     for i in 0..3 {
         let r = b.submit(&alice, "m.rs", format!("// {i}\n").as_bytes(), &[]);
         assert_eq!(r.status, 201, "{}", r.text);
+        quiet.push(r.body["id"].as_i64().unwrap());
     }
     let r = b.submit(&alice, "m.rs", b"// 4", &[]);
     assert_eq!((r.status, r.code()), (429, "quota"), "{}", r.text);
@@ -201,8 +203,34 @@ fn refuses_bad_input_with_typed_errors_and_loses_nothing_across_a_kill() {
         detail.text.contains("impl Metric for Wanda"),
         "published code is shown"
     );
-    let unpublished = b.get("/submissions/4", None);
+    let unpublished = b.get(&format!("/submissions/{}", quiet[0]), None);
     assert!(unpublished.text.contains("not published"));
+    // A verdict's detail (compiler diagnostics quote the code) is public only when the code
+    // is: the worker fails the published submission and an unpublished one.
+    for (sid, secret) in [(id, "PUBLIC-DETAIL"), (quiet[0], "SECRET-LINE")] {
+        let l = b.post_json("/v1/jobs/lease", Some(&w), &json!({"instance": "i1"}));
+        assert_eq!(l.body["submission_id"], sid, "{}", l.text);
+        let (job, lease) = (
+            l.body["job_id"].as_i64().unwrap(),
+            l.body["lease"].as_str().unwrap(),
+        );
+        let r = b.post_json(&format!("/v1/jobs/{job}/result"), Some(&w),
+            &json!({"instance": "i1", "lease": lease, "outcome": {"failed": {"kind": "compile", "detail": secret}}}));
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    assert!(b
+        .get(&format!("/submissions/{id}"), None)
+        .text
+        .contains("PUBLIC-DETAIL"));
+    let page = b.get(&format!("/submissions/{}", quiet[0]), None).text;
+    assert!(
+        page.contains("compile") && !page.contains("SECRET-LINE"),
+        "{page}"
+    );
+    assert!(!b.get("/v1/leaderboard", None).text.contains("SECRET-LINE"));
+    assert!(!b.get("/", None).text.contains("SECRET-LINE"));
+    let own = b.get(&format!("/v1/submissions/{}", quiet[0]), Some(&alice));
+    assert_eq!(own.body["jobs"][0]["verdict"]["detail"], "SECRET-LINE");
     assert_eq!(b.get("/nothing", None).code(), "not_found");
 
     // kill -9 and restart: every submission, result and lease is still there.
@@ -222,6 +250,26 @@ fn refuses_bad_input_with_typed_errors_and_loses_nothing_across_a_kill() {
     let r = b.post_json(&format!("/v1/jobs/{job}/result"), Some(&w),
         &json!({"instance": "i1", "lease": lease, "outcome": {"measured": {"ppl": 9.0, "sparsity": 0.5, "seconds": 1.0, "fingerprint": other}}}));
     assert_eq!((r.status, r.code()), (409, "protocol_mismatch"));
+    // Not the job's fault: back in the queue, the attempt unspent.
+    let s = b
+        .get(&format!("/v1/submissions/{}", quiet[1]), Some(&alice))
+        .body;
+    assert_eq!(
+        (
+            s["jobs"][0]["state"].as_str(),
+            s["jobs"][0]["attempts"].as_i64()
+        ),
+        (Some("queued"), Some(0)),
+        "{s}"
+    );
+    // A second server on the same board is refused.
+    let o = common::autoprune()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&b.data)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("another `autoprune serve`"));
     // Every refusal above is in the audit log.
     drop(b);
     let store = autoprune::board::store::Store::open(&dir.path().join("board"), None).unwrap();

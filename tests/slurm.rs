@@ -71,11 +71,11 @@ fn a_slurm_array_of_workers_survives_scancel_of_one_mid_job() {
     let script = std::fs::read_to_string(slurm_dir.join("workers.sbatch")).unwrap();
     assert!(!script.contains(&w), "the token is not in the script");
 
-    // Both workers hold a job; cancel the one holding the first.
+    // Cancel the task that took the first job, while it works on it.
     wait_until(
         Duration::from_secs(120),
-        "both array tasks leased a job",
-        || b.jobs().get("leased").and_then(|v| v.as_i64()) == Some(2),
+        "an array task leased a job",
+        || b.jobs().get("leased").is_some(),
     );
     let store = autoprune::board::store::Store::open(&b.data, None).unwrap();
     let first = store
@@ -126,9 +126,12 @@ fn a_slurm_array_of_workers_survives_scancel_of_one_mid_job() {
         serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
     };
     wait_until(Duration::from_secs(60), "both tasks ended", || {
-        status().as_array().unwrap().iter().all(|t| {
-            t["state"] != "RUNNING" && t["state"] != "PENDING" && t["state"] != "COMPLETING"
-        })
+        let s = status();
+        let tasks = s.as_array().unwrap();
+        tasks.len() == 2
+            && tasks.iter().all(|t| {
+                t["state"] != "RUNNING" && t["state"] != "PENDING" && t["state"] != "COMPLETING"
+            })
     });
     let tasks = status();
     let state = |id: &str| {

@@ -9,6 +9,7 @@ use super::store::{
 };
 use super::{Limits, Role, Setting};
 use axum::extract::multipart::MultipartRejection;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -25,14 +26,28 @@ use std::time::Duration;
 pub struct AppState {
     store: Arc<Mutex<Store>>,
     limits: Arc<Limits>,
+    /// The board's settings (fixed, so read without the store's lock).
+    settings: Arc<Vec<Setting>>,
+    /// Anonymous refusals audited in the current minute: (minute, count).
+    anonymous: Arc<Mutex<(u64, u32)>>,
 }
+
+/// Anonymous refusals (no or unknown token) written to the audit log per minute; the rest are
+/// only counted, so a flood cannot grow the log without bound.
+const ANONYMOUS_AUDITS_PER_MINUTE: u32 = 60;
+
+/// The largest JSON body a worker route reads.
+const WORKER_BODY_BYTES: usize = 64 << 10;
 
 impl AppState {
     /// The state for a store and its limits.
     pub fn new(store: Store, limits: Limits) -> Self {
+        let settings = Arc::new(store.config().settings.clone());
         AppState {
             store: Arc::new(Mutex::new(store)),
             limits: Arc::new(limits),
+            settings,
+            anonymous: Arc::new(Mutex::new((0, 0))),
         }
     }
 }
@@ -107,6 +122,17 @@ async fn db<T: Send + 'static>(
 
 /// Record a refusal in the audit log and return it.
 async fn refuse(st: &AppState, actor: &str, what: &str, r: Refusal) -> ApiError {
+    if actor == "anonymous" {
+        let minute = (super::now() / 60.0) as u64;
+        let mut g = st.anonymous.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != minute {
+            *g = (minute, 0);
+        }
+        g.1 += 1;
+        if g.1 > ANONYMOUS_AUDITS_PER_MINUTE {
+            return ApiError(r);
+        }
+    }
     let (a, w, rr) = (actor.to_string(), what.to_string(), r.clone());
     let _ = db(st, move |s, _| s.audit_refusal(&a, &w, &rr)).await;
     ApiError(r)
@@ -158,9 +184,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leaderboard", get(leaderboard))
         .route("/v1/submissions", post(submit))
         .route("/v1/submissions/{id}", get(submission))
-        .route("/v1/jobs/lease", post(lease))
-        .route("/v1/jobs/{id}/renew", post(renew))
-        .route("/v1/jobs/{id}/result", post(result))
+        .route(
+            "/v1/jobs/lease",
+            post(lease).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
+        )
+        .route(
+            "/v1/jobs/{id}/renew",
+            post(renew).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
+        )
+        .route(
+            "/v1/jobs/{id}/result",
+            post(result).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), time_limit))
@@ -245,7 +280,7 @@ async fn detail_page(
     Path(id): Path<String>,
 ) -> ApiResult<Html<String>> {
     let id = parse_id(&id)?;
-    match db(&st, move |s, _| s.submission(id, true)).await? {
+    match db(&st, move |s, _| s.public_submission(id)).await? {
         Some(v) => Ok(Html(super::page::detail(&v))),
         None => Err(ApiError(Refusal::new(
             404,
@@ -479,6 +514,15 @@ async fn submit(
     mp: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let caller = auth(&st, &headers, Role::Submitter, "submit").await?;
+    // Over a quota: refused before the body is read or a component decoded.
+    let who = caller.clone();
+    match db(&st, move |s, l| s.precheck(&who, l)).await {
+        Ok(()) => {}
+        Err(ApiError(r)) if r.status != 500 => {
+            return Err(refuse(&st, &caller.name, "submit", r).await)
+        }
+        Err(e) => return Err(e),
+    }
     let mp = match mp {
         Ok(m) => m,
         Err(e) => {
@@ -490,10 +534,7 @@ async fn submit(
         Ok(f) => f,
         Err(r) => return Err(refuse(&st, &caller.name, "submit", r).await),
     };
-    let (limits, board) = (st.limits.clone(), {
-        let s = st.store.lock().unwrap_or_else(|p| p.into_inner());
-        s.config().settings.clone()
-    });
+    let (limits, board) = (st.limits.clone(), st.settings.clone());
     // Decoding a component's type is work: off the async threads.
     let checked = tokio::task::spawn_blocking(move || validate(form, &limits, &board))
         .await
@@ -539,9 +580,23 @@ async fn submission(
     })
 }
 
-/// A JSON body into `T`, or a typed 400.
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
-    serde_json::from_slice(body)
+/// A JSON body into `T`, or a typed refusal (413 over the worker routes' limit, 400 when it
+/// does not parse).
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<T, Refusal> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Refusal::new(
+                413,
+                "too_large",
+                format!("a worker's request is at most {WORKER_BODY_BYTES} bytes"),
+            )
+        } else {
+            Refusal::new(400, "bad_body", clean(&e.body_text(), 200))
+        }
+    })?;
+    serde_json::from_slice(&body)
         .map_err(|e| Refusal::new(400, "bad_json", clean(&e.to_string(), 300)))
 }
 
@@ -574,10 +629,13 @@ fn worker_id(caller: &Caller, instance: &str) -> String {
 async fn lease(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let caller = auth(&st, &headers, Role::Worker, "lease").await?;
-    let req: LeaseRequest = json_body(&body)?;
+    let req: LeaseRequest = match json_body(body) {
+        Ok(r) => r,
+        Err(r) => return Err(refuse(&st, &caller.name, "lease", r).await),
+    };
     let worker = worker_id(&caller, &req.instance);
     match db(&st, move |s, l| s.lease(&worker, l)).await? {
         Some(l) => Ok(Json(l).into_response()),
@@ -589,25 +647,32 @@ async fn renew(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let caller = auth(&st, &headers, Role::Worker, "renew").await?;
     let id = parse_id(&id)?;
-    let req: RenewRequest = json_body(&body)?;
+    let what = format!("renew of job {id}");
+    let req: RenewRequest = match json_body(body) {
+        Ok(r) => r,
+        Err(r) => return Err(refuse(&st, &caller.name, &what, r).await),
+    };
     let worker = worker_id(&caller, &req.instance);
-    let until = db(&st, move |s, l| s.renew(id, &worker, &req.lease, l)).await?;
-    Ok(Json(json!({ "lease_until": until })))
+    match db(&st, move |s, l| s.renew(id, &worker, &req.lease, l)).await {
+        Ok(until) => Ok(Json(json!({ "lease_until": until }))),
+        Err(ApiError(r)) if r.status != 500 => Err(refuse(&st, &caller.name, &what, r).await),
+        Err(e) => Err(e),
+    }
 }
 
 async fn result(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let caller = auth(&st, &headers, Role::Worker, "result").await?;
     let id = parse_id(&id)?;
-    let req: ResultRequest = match json_body(&body) {
+    let req: ResultRequest = match json_body(body) {
         Ok(r) => r,
         Err(r) => return Err(refuse(&st, &caller.name, &format!("result of job {id}"), r).await),
     };

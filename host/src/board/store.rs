@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reused_from   INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_setting ON jobs(setting);
+CREATE INDEX IF NOT EXISTS jobs_submission ON jobs(submission_id);
 CREATE TABLE IF NOT EXISTS audit (
     id     INTEGER PRIMARY KEY,
     ts     REAL NOT NULL,
@@ -356,10 +358,111 @@ fn random_hex(n: usize) -> String {
 /// A string from a client, made safe to store: at most `max` characters, control characters
 /// (terminal escapes) replaced.
 pub fn clean(s: &str, max: usize) -> String {
+    // Controls (terminal escapes) and the invisible characters that reorder or hide text
+    // (bidirectional overrides and isolates, zero-width marks) could spoof a name.
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+    };
     s.chars()
         .take(max)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| if hidden(c) { '\u{fffd}' } else { c })
         .collect()
+}
+
+/// Refuse a submission of `jobs` jobs from `caller` now if it is over a limit: the interval
+/// between two submissions, the hourly quota, the jobs waiting at once (429 with
+/// `Retry-After`), or more settings than may ever wait at once (400).
+fn check_quota(
+    conn: &Connection,
+    caller: &Caller,
+    jobs: usize,
+    limits: &Limits,
+    t: f64,
+) -> Result<()> {
+    let db = |e: rusqlite::Error| StoreError::Db {
+        path: PathBuf::new(),
+        message: e.to_string(),
+    };
+    if jobs as u64 > u64::from(limits.max_pending_jobs) {
+        return Err(Refusal::new(
+            400,
+            "too_many_settings",
+            format!("at most {} jobs may wait at once", limits.max_pending_jobs),
+        )
+        .into());
+    }
+    let (count, last): (u32, Option<f64>) = conn
+        .query_row(
+            "SELECT COUNT(*), MAX(created) FROM submissions WHERE token_id IN
+               (SELECT id FROM tokens WHERE name = ?1) AND created > ?2",
+            params![caller.name, t - 3600.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(db)?;
+    if let Some(last) = last {
+        let wait = limits.min_interval_secs - (t - last);
+        if wait > 0.0 {
+            return Err(Refusal {
+                retry_after: Some(wait.ceil().max(1.0) as u64),
+                ..Refusal::new(
+                    429,
+                    "rate_limited",
+                    format!(
+                        "at most one submission every {} s",
+                        limits.min_interval_secs
+                    ),
+                )
+            }
+            .into());
+        }
+    }
+    if count >= limits.submissions_per_hour {
+        let oldest: Option<f64> = conn
+            .query_row(
+                "SELECT MIN(created) FROM submissions WHERE token_id IN
+                   (SELECT id FROM tokens WHERE name = ?1) AND created > ?2",
+                params![caller.name, t - 3600.0],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        return Err(Refusal {
+            retry_after: Some((oldest.unwrap_or(t) + 3600.0 - t).ceil().max(1.0) as u64),
+            ..Refusal::new(
+                429,
+                "quota",
+                format!(
+                    "at most {} submissions per hour",
+                    limits.submissions_per_hour
+                ),
+            )
+        }
+        .into());
+    }
+    let pending: u32 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM jobs JOIN submissions s ON s.id = jobs.submission_id
+             WHERE s.token_id IN (SELECT id FROM tokens WHERE name = ?1)
+               AND jobs.state IN ('queued', 'leased')",
+            [&caller.name],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    if u64::from(pending) + jobs as u64 > u64::from(limits.max_pending_jobs) {
+        return Err(Refusal {
+            retry_after: Some(limits.lease_secs.ceil() as u64),
+            ..Refusal::new(
+                429,
+                "pending_quota",
+                format!(
+                    "{pending} of your jobs are waiting; at most {} at once",
+                    limits.max_pending_jobs
+                ),
+            )
+        }
+        .into());
+    }
+    Ok(())
 }
 
 impl Store {
@@ -579,76 +682,13 @@ impl Store {
             message: e.to_string(),
         };
         let tx = self.conn.transaction().map_err(&db)?;
-        let (count, last): (u32, Option<f64>) = tx
-            .query_row(
-                "SELECT COUNT(*), MAX(created) FROM submissions WHERE token_id IN
-                   (SELECT id FROM tokens WHERE name = ?1) AND created > ?2",
-                params![caller.name, t - 3600.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(&db)?;
-        if let Some(last) = last {
-            let wait = limits.min_interval_secs - (t - last);
-            if wait > 0.0 {
-                return Err(Refusal {
-                    retry_after: Some(wait.ceil().max(1.0) as u64),
-                    ..Refusal::new(
-                        429,
-                        "rate_limited",
-                        format!(
-                            "at most one submission every {} s",
-                            limits.min_interval_secs
-                        ),
-                    )
-                }
-                .into());
-            }
-        }
-        if count >= limits.submissions_per_hour {
-            let oldest: f64 = tx
-                .query_row(
-                    "SELECT MIN(created) FROM submissions WHERE token_id IN
-                       (SELECT id FROM tokens WHERE name = ?1) AND created > ?2",
-                    params![caller.name, t - 3600.0],
-                    |r| r.get(0),
-                )
-                .map_err(&db)?;
-            return Err(Refusal {
-                retry_after: Some((oldest + 3600.0 - t).ceil().max(1.0) as u64),
-                ..Refusal::new(
-                    429,
-                    "quota",
-                    format!(
-                        "at most {} submissions per hour",
-                        limits.submissions_per_hour
-                    ),
-                )
-            }
-            .into());
-        }
-        let pending: u32 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM jobs JOIN submissions s ON s.id = jobs.submission_id
-                 WHERE s.token_id IN (SELECT id FROM tokens WHERE name = ?1)
-                   AND jobs.state IN ('queued', 'leased')",
-                [&caller.name],
-                |r| r.get(0),
-            )
-            .map_err(&db)?;
-        if pending + s.settings.len() as u32 > limits.max_pending_jobs {
-            return Err(Refusal {
-                retry_after: Some(limits.lease_secs.ceil() as u64),
-                ..Refusal::new(
-                    429,
-                    "pending_quota",
-                    format!(
-                        "{pending} of your jobs are waiting; at most {} at once",
-                        limits.max_pending_jobs
-                    ),
-                )
-            }
-            .into());
-        }
+        check_quota(&tx, caller, s.settings.len(), limits, t).map_err(|e| match e {
+            StoreError::Db { message, .. } => StoreError::Db {
+                path: self.path.clone(),
+                message,
+            },
+            r => r,
+        })?;
         tx.execute(
             "INSERT INTO submissions (token_id, submitter, name, kind, sha256, body, publish, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -703,6 +743,14 @@ impl Store {
         .map_err(&db)?;
         tx.commit().map_err(&db)?;
         Ok(sid)
+    }
+
+    /// [`check_quota`] for one job, before the server reads a submission's body.
+    pub fn precheck(&self, caller: &Caller, limits: &Limits) -> Result<()> {
+        check_quota(&self.conn, caller, 1, limits, now()).map_err(|e| match e {
+            StoreError::Db { message, .. } => self.err(message),
+            r => r,
+        })
     }
 
     /// Record a refused request in the audit log (who, what, why).
@@ -797,6 +845,22 @@ impl Store {
         }))
     }
 
+    /// A submission as the public page shows it: its code and its verdicts' detail (compiler
+    /// diagnostics quote code) only when its submitter published it.
+    pub fn public_submission(&self, id: i64) -> Result<Option<SubmissionView>> {
+        Ok(self.submission(id, true)?.map(|mut v| {
+            if !v.publish {
+                for j in &mut v.jobs {
+                    if let Some(verdict) = &mut j.verdict {
+                        verdict.detail =
+                            "(shown to its submitter: the code is not published)".into();
+                    }
+                }
+            }
+            v
+        }))
+    }
+
     /// The token that submitted `id` (`None` for a baseline or an unknown id).
     pub fn submitted_by(&self, id: i64) -> Result<Option<String>> {
         self.conn
@@ -809,8 +873,10 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Hand the oldest queued job to `worker` (after putting back jobs whose lease expired;
-    /// one handed out `max_attempts` times is failed as abandoned). `None`: nothing to do.
+    /// Hand `worker` a job: the one it already holds (a lease request whose answer was lost
+    /// must not cost the job an attempt), else the next queued job or job whose lease expired,
+    /// baselines first, then oldest first. An expired job handed out `max_attempts` times is
+    /// failed as abandoned instead. `None`: nothing to do.
     pub fn lease(&mut self, worker: &str, limits: &Limits) -> Result<Option<Lease>> {
         let t = now();
         let path = self.path.clone();
@@ -827,65 +893,116 @@ impl Store {
             ),
         })
         .unwrap_or_default();
-        let failed = tx
-            .execute(
-                "UPDATE jobs SET state = 'failed', verdict = ?1, finished = ?2, lease = NULL, worker = NULL
-                 WHERE state = 'leased' AND lease_until < ?2 AND attempts >= ?3",
-                params![abandoned, t, limits.max_attempts],
-            )
-            .map_err(&db)?;
-        let requeued = tx
-            .execute(
-                "UPDATE jobs SET state = 'queued', lease = NULL, worker = NULL
-                 WHERE state = 'leased' AND lease_until < ?1",
-                [t],
-            )
-            .map_err(&db)?;
-        if failed + requeued > 0 {
-            tx.execute(
-                "INSERT INTO audit (ts, actor, action, detail) VALUES (?1, 'autoprune', 'expire', ?2)",
-                params![t, format!("{requeued} lease(s) expired and requeued, {failed} abandoned")],
-            )
-            .map_err(&db)?;
-        }
         #[allow(clippy::type_complexity)]
-        let job: Option<(i64, String, i64, String, String, String, Vec<u8>)> = tx
-            .query_row(
-                "SELECT jobs.id, jobs.setting, s.id, s.name, s.kind, s.sha256, s.body FROM jobs
-                 JOIN submissions s ON s.id = jobs.submission_id
-                 WHERE jobs.state = 'queued' ORDER BY s.baseline DESC, jobs.id LIMIT 1",
-                [],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                },
-            )
+        let pick = |sql: &str,
+                    p: &[&dyn rusqlite::ToSql]|
+         -> rusqlite::Result<
+            Option<(
+                i64,
+                String,
+                i64,
+                String,
+                String,
+                String,
+                Vec<u8>,
+                String,
+                i64,
+                Option<String>,
+                Option<String>,
+            )>,
+        > {
+            tx.query_row(sql, p, |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            })
             .optional()
-            .map_err(&db)?;
-        let Some((job_id, setting, sid, name, kind, sha256, body)) = job else {
+        };
+        const COLS: &str = "SELECT jobs.id, jobs.setting, s.id, s.name, s.kind, s.sha256, s.body,
+                jobs.state, jobs.attempts, jobs.worker, jobs.lease FROM jobs
+                JOIN submissions s ON s.id = jobs.submission_id";
+        let held = pick(
+            &format!(
+                "{COLS} WHERE jobs.state = 'leased' AND jobs.worker = ?1 ORDER BY jobs.id LIMIT 1"
+            ),
+            &[&worker],
+        )
+        .map_err(&db)?;
+        let job = match held {
+            Some(j) => Some(j),
+            None => loop {
+                let next = pick(
+                    &format!(
+                        "{COLS} WHERE jobs.state = 'queued' OR (jobs.state = 'leased' AND jobs.lease_until < ?1)
+                         ORDER BY s.baseline DESC, jobs.id LIMIT 1"
+                    ),
+                    &[&t],
+                )
+                .map_err(&db)?;
+                match next {
+                    Some(j) if j.7 == "leased" && j.8 >= i64::from(limits.max_attempts) => {
+                        tx.execute(
+                            "UPDATE jobs SET state = 'failed', verdict = ?1, finished = ?2, lease = NULL, worker = NULL
+                             WHERE id = ?3",
+                            params![abandoned, t, j.0],
+                        )
+                        .map_err(&db)?;
+                        tx.execute(
+                            "INSERT INTO audit (ts, actor, action, detail) VALUES (?1, 'autoprune', 'abandon', ?2)",
+                            params![t, format!("job {}: lease of {} expired after {} attempts", j.0, j.9.clone().unwrap_or_default(), j.8)],
+                        )
+                        .map_err(&db)?;
+                    }
+                    other => break other,
+                }
+            },
+        };
+        let Some((job_id, setting, sid, name, kind, sha256, body, state, _, holder, old_lease)) =
+            job
+        else {
             tx.commit().map_err(&db)?;
             return Ok(None);
         };
-        let lease = random_hex(16);
+        let mine = holder.as_deref() == Some(worker) && state == "leased";
+        let lease = match (&old_lease, mine) {
+            (Some(l), true) => l.clone(),
+            _ => random_hex(16),
+        };
         tx.execute(
             "UPDATE jobs SET state = 'leased', worker = ?1, lease = ?2, lease_until = ?3,
-                 attempts = attempts + 1 WHERE id = ?4",
-            params![worker, lease, t + limits.lease_secs, job_id],
+                 attempts = attempts + ?4 WHERE id = ?5",
+            params![
+                worker,
+                lease,
+                t + limits.lease_secs,
+                if mine { 0 } else { 1 },
+                job_id
+            ],
         )
         .map_err(&db)?;
+        let how = match (mine, state.as_str()) {
+            (true, _) => "again (already held)".to_string(),
+            (false, "leased") => {
+                format!("after the lease of {} expired", holder.unwrap_or_default())
+            }
+            _ => String::new(),
+        };
         tx.execute(
             "INSERT INTO audit (ts, actor, action, detail) VALUES (?1, ?2, 'lease', ?3)",
             params![
                 t,
                 worker,
-                format!("job {job_id} (submission #{sid}, {setting})")
+                format!("job {job_id} (submission #{sid}, {setting}) {how}")
             ],
         )
         .map_err(&db)?;
@@ -1006,20 +1123,28 @@ impl Store {
                     }
                     Some(p) if p == fp => {}
                     Some(p) => {
+                        // Not this job's fault: it goes back to the queue, the attempt unspent.
+                        tx.execute(
+                            "UPDATE jobs SET state = 'queued', worker = NULL, lease = NULL,
+                                 attempts = MAX(attempts - 1, 0) WHERE id = ?1",
+                            [job_id],
+                        )
+                        .map_err(&db)?;
+                        tx.commit().map_err(&db)?;
                         return Err(Refusal::new(
                             409,
                             "protocol_mismatch",
                             format!(
-                                "this worker evaluated on other data ({fp}); the board's is {p}"
+                                "this worker evaluated on other data ({fp}); the board's is {p}; its job went back to the queue"
                             ),
                         )
-                        .into())
+                        .into());
                     }
                 }
                 tx.execute(
                     "UPDATE jobs SET state = 'done', finished = ?1, ppl = ?2, sparsity = ?3,
-                         seconds = ?4, lease = NULL WHERE id = ?5",
-                    params![t, m.ppl, m.sparsity, m.seconds, job_id],
+                         seconds = ?4, lease = NULL WHERE id = ?5 AND lease = ?6",
+                    params![t, m.ppl, m.sparsity, m.seconds, job_id, lease],
                 )
                 .map_err(&db)?;
                 tx.execute(
@@ -1038,8 +1163,8 @@ impl Store {
                 let tx = self.conn.transaction().map_err(&db)?;
                 tx.execute(
                     "UPDATE jobs SET state = 'failed', finished = ?1, verdict = ?2, lease = NULL
-                     WHERE id = ?3",
-                    params![t, text, job_id],
+                     WHERE id = ?3 AND lease = ?4",
+                    params![t, text, job_id, lease],
                 )
                 .map_err(&db)?;
                 tx.execute(
@@ -1065,8 +1190,9 @@ impl Store {
         Ok(rows)
     }
 
-    /// The board: every setting's ranking (the best result of each submission), its
-    /// failures and how many jobs wait.
+    /// The board: every setting's ranking (one entry per measured job; a resubmission of
+    /// identical code reuses its result and is not ranked twice), its failures (the verdict's
+    /// kind only) and how many jobs wait.
     pub fn leaderboard(&self) -> Result<Leaderboard> {
         let mut settings = Vec::new();
         for s in &self.config.settings {
@@ -1076,7 +1202,7 @@ impl Store {
                 .prepare(
                     "SELECT s.id, s.name, s.submitter, s.baseline, jobs.state, jobs.ppl, jobs.verdict
                      FROM jobs JOIN submissions s ON s.id = jobs.submission_id
-                     WHERE jobs.setting = ?1 ORDER BY jobs.id",
+                     WHERE jobs.setting = ?1 AND jobs.reused_from IS NULL ORDER BY jobs.id",
                 )
                 .map_err(|e| self.err(e))?;
             #[allow(clippy::type_complexity)]
@@ -1120,12 +1246,20 @@ impl Store {
                         ratio_to_wanda: wanda.map(|w| ppl / w),
                     }),
                     ("failed", _) => {
+                        // Only the kind: a verdict's detail (compiler diagnostics) quotes code
+                        // that may not be published.
                         let v = verdict
-                            .and_then(|v| serde_json::from_str(&v).ok())
-                            .unwrap_or(JobVerdict {
-                                kind: "unknown".into(),
-                                detail: String::new(),
-                            });
+                            .and_then(|v| serde_json::from_str::<JobVerdict>(&v).ok())
+                            .map_or_else(
+                                || JobVerdict {
+                                    kind: "unknown".into(),
+                                    detail: String::new(),
+                                },
+                                |v| JobVerdict {
+                                    kind: v.kind,
+                                    detail: String::new(),
+                                },
+                            );
                         failed.push((sid, name, submitter, v));
                     }
                     _ => pending += 1,
@@ -1223,7 +1357,7 @@ mod tests {
         let l = s.lease("w1", &limits()).unwrap().unwrap();
         assert_eq!(l.name, "wanda");
         assert_eq!(l.setting.to_string(), "2:4");
-        assert!(s.lease("w1", &limits()).unwrap().is_none());
+        assert!(s.lease("w2", &limits()).unwrap().is_none());
         drop(s);
         // Reopened without a config: the recorded one; with another: refused.
         let s = Store::open(dir.path(), None).unwrap();
@@ -1260,6 +1394,9 @@ mod tests {
             ..limits()
         };
         let a = s.lease("w1", &lim).unwrap().unwrap();
+        // Asking again (an answer lost): the same job and lease, no attempt spent.
+        let again = s.lease("w1", &lim).unwrap().unwrap();
+        assert_eq!((again.job_id, &again.lease), (a.job_id, &a.lease));
         // Expired, but nobody else has it yet: still w1's.
         s.renew(a.job_id, "w1", &a.lease, &lim).unwrap();
         let b = s.lease("w2", &lim).unwrap().unwrap();
@@ -1303,13 +1440,18 @@ mod tests {
         if let JobOutcome::Measured(m) = &mut other {
             m.fingerprint.eval_tokens = 21;
         }
-        let e = s.finish(l.job_id, "w", &l.lease, &other).unwrap_err();
-        assert!(e.to_string().contains("protocol_mismatch"), "{e}");
         assert!(s.finish(l.job_id, "x", &l.lease, &measured(55.0)).is_err());
         assert_eq!(
             s.submission(id, false).unwrap().unwrap().jobs[0].state,
             "leased"
         );
+        let e = s.finish(l.job_id, "w", &l.lease, &other).unwrap_err();
+        assert!(e.to_string().contains("protocol_mismatch"), "{e}");
+        // Back in the queue with its attempt unspent; the old lease is void.
+        let j = &s.submission(id, false).unwrap().unwrap().jobs[0];
+        assert_eq!((j.state.as_str(), j.attempts), ("queued", 0));
+        assert!(s.finish(l.job_id, "w", &l.lease, &measured(55.0)).is_err());
+        let l = s.lease("w", &lim).unwrap().unwrap();
         s.finish(l.job_id, "w", &l.lease, &measured(55.0)).unwrap();
         // The same code again: done at once, reusing the result.
         let again = s.submit(&who, &sub("fn a() {}"), &lim).unwrap();
@@ -1319,7 +1461,7 @@ mod tests {
         assert_eq!(v.jobs[0].reused_from, Some(l.job_id));
         let board = s.leaderboard().unwrap();
         let r = &board.settings[0];
-        assert_eq!(r.entries.len(), 3);
+        assert_eq!(r.entries.len(), 2, "the reuse is not ranked twice");
         assert_eq!(r.entries[0].ppl, 55.0);
         assert!((r.entries[0].ratio_to_wanda.unwrap() - 55.0 / 60.0).abs() < 1e-12);
     }

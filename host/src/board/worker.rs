@@ -131,10 +131,12 @@ impl Client {
                 Err(Call::Unreachable(e)) if start.elapsed() < self.opts.give_up_after => {
                     eprintln!("worker: server unreachable ({}); retrying", line(&e));
                 }
+                // 5xx: the server failed; 408/429: it is overloaded. Both pass.
                 Err(Call::Refused(s, e))
-                    if s >= 500 && start.elapsed() < self.opts.give_up_after =>
+                    if (s >= 500 || s == 408 || s == 429)
+                        && start.elapsed() < self.opts.give_up_after =>
                 {
-                    eprintln!("worker: server error {s} ({}); retrying", line(&e));
+                    eprintln!("worker: server answered {s} ({}); retrying", line(&e));
                 }
                 r => return r,
             }
@@ -219,7 +221,8 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
                             }
                             lost = true;
                         }
-                        Err(e) => eprintln!("worker: renewing job {} failed ({e:?}); will retry", lease.job_id),
+                        Err(Call::Unreachable(e)) => eprintln!("worker: server unreachable while renewing job {} ({}); will retry", lease.job_id, line(&e)),
+                        Err(Call::Refused(s, e)) => eprintln!("worker: renewing job {} refused ({s}: {}); will retry", lease.job_id, line(&e)),
                     }
                 }
             }
@@ -243,6 +246,12 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
                 } else {
                     stats.measured += 1;
                 }
+            }
+            Err(Call::Refused(409, e)) if e.starts_with("protocol_mismatch") => {
+                anyhow::bail!(
+                    "this worker's data differs from the board's, so it stops (its job went back to the queue): {}",
+                    line(&e)
+                )
             }
             Err(Call::Refused(409 | 404, e)) => {
                 eprintln!(
@@ -326,7 +335,25 @@ fn evaluate(
                 "metric.wasm"
             });
             std::fs::write(&path, &body)?;
-            match crate::build::plugin::load_plugin(&path, &opts.build, &opts.policy)? {
+            let cache = crate::build::default_cache()?;
+            let wasm = if kind == PluginKind::Rs {
+                let source = String::from_utf8(body)
+                    .map_err(|_| anyhow::anyhow!("the job's source is not UTF-8"))?;
+                let builder = crate::build::Builder::new(cache.clone(), opts.build.clone())?;
+                match builder.try_build(&source) {
+                    Ok(b) => b.wasm,
+                    Err(crate::build::BuildFailure::Candidate(f)) => {
+                        return Ok(verdict(f.kind(), f.to_string()))
+                    }
+                    // This machine could not run the compiler: not the plugin's verdict.
+                    Err(crate::build::BuildFailure::Host(m)) => {
+                        anyhow::bail!("this worker could not build the plugin: {m}")
+                    }
+                }
+            } else {
+                body
+            };
+            match crate::sandbox::Plugin::load(&wasm, &opts.policy, Some(&cache)) {
                 Ok(p) => Some((p, path)),
                 Err(f) => return Ok(verdict(f.kind(), f.to_string())),
             }

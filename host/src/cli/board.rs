@@ -119,6 +119,25 @@ impl ServeArgs {
     }
 }
 
+/// An exclusive lock on the board's folder for this process's lifetime (`flock`, released
+/// by the kernel whatever way the process ends).
+fn lock_board(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("serve.lock"))?;
+    // SAFETY: flock on a descriptor this function owns.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    anyhow::ensure!(
+        r == 0,
+        "another `autoprune serve` is running on {}",
+        line(&dir.display().to_string())
+    );
+    Ok(f)
+}
+
 /// Run `serve` until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let limits = args.limits()?;
@@ -130,7 +149,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             "a board needs windows of at least 16 tokens, one calibration and one evaluation window, and a setting"
         );
     }
+    anyhow::ensure!(
+        limits.max_source_bytes <= autoprune::build::BuildOptions::default().max_source_bytes,
+        "--max-source-bytes can be at most {} (what a worker's compile sandbox takes)",
+        autoprune::build::BuildOptions::default().max_source_bytes
+    );
     let store = Store::open(&args.data, config.as_ref())?;
+    // One server per board: the store's checks assume it is the only writer of jobs.
+    let _lock = lock_board(&args.data)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
