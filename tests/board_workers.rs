@@ -11,14 +11,7 @@ use common::board::{wait_until, Board};
 use common::require_real_data;
 use std::time::Duration;
 
-const PROTOCOL: [&str; 6] = [
-    "--seqlen",
-    "128",
-    "--calib-windows",
-    "2",
-    "--eval-windows",
-    "4",
-];
+use common::board::TINY_PROTOCOL as PROTOCOL;
 
 #[test]
 fn two_workers_finish_every_job_through_worker_and_server_kills() {
@@ -38,7 +31,7 @@ fn two_workers_finish_every_job_through_worker_and_server_kills() {
     let mut b = Board::start(&dir.path().join("board"), &args);
     let alice = b.token("alice", false);
     let w = b.token("lab-workers", true);
-    let page_before = common::board::chromium_dom(&b.url, &dir.path().join("p0"));
+    let page_before = common::chromium_dom(&b.url, &dir.path().join("p0"));
 
     let ws = common::workspace();
     let read = |p: &str| std::fs::read(ws.join(p)).unwrap();
@@ -144,7 +137,7 @@ fn two_workers_finish_every_job_through_worker_and_server_kills() {
     };
     assert!(console.is_empty(), "{console:#?}");
     assert!(before.contains("No results yet"));
-    let (dom, console) = common::board::chromium_dom(&b.url, &dir.path().join("p1")).unwrap();
+    let (dom, console) = common::chromium_dom(&b.url, &dir.path().join("p1")).unwrap();
     assert!(console.is_empty(), "{console:#?}");
     assert!(
         dom.contains("&lt;script&gt;alert('x')&lt;/script&gt; mag"),
@@ -157,7 +150,7 @@ fn two_workers_finish_every_job_through_worker_and_server_kills() {
         "the resubmission is not ranked twice"
     );
     assert!(dom.contains(&format!("{:.4}", wanda["ppl"].as_f64().unwrap())));
-    let detail = common::board::chromium_dom(
+    let detail = common::chromium_dom(
         &format!("{}/submissions/{}", b.url, ids[1]),
         &dir.path().join("p2"),
     )

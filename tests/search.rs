@@ -473,38 +473,12 @@ fn html_report_renders_in_headless_chromium() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains(&format!("data-best=\"{good}\"")));
     assert!(!page.contains("<img src=x"));
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(chromium) = chromium else {
-        return common::not_run("the browser check: no chromium (run ./setup.sh)");
+    let Some((dom, console)) = common::chromium_dom(
+        &format!("file://{}", html.display()),
+        &dir.path().join("profile"),
+    ) else {
+        return;
     };
-    let profile = dir.path().join("profile");
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", html.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dom = String::from_utf8_lossy(&out.stdout);
-    let log = String::from_utf8_lossy(&out.stderr);
-    let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:#?}");
     // The script ran to its end (it marks the body with the number of graph nodes).
     assert!(

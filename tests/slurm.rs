@@ -26,13 +26,10 @@ fn a_slurm_array_of_workers_survives_scancel_of_one_mid_job() {
             "wanda,magnitude",
             "--lease-secs",
             "3",
-            "--seqlen",
-            "128",
-            "--calib-windows",
-            "2",
-            "--eval-windows",
-            "4",
-        ],
+        ]
+        .into_iter()
+        .chain(common::board::TINY_PROTOCOL)
+        .collect::<Vec<_>>(),
     );
     let w = b.token("cluster", true);
     let slurm_dir = dir.path().join("slurm");

@@ -5,7 +5,7 @@ use super::autoprune;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running board server (killed when dropped).
@@ -283,6 +283,17 @@ pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), b)
 }
 
+/// The board tests' reduced protocol: windows of 128 tokens, 2 calibration windows, 4
+/// evaluation windows (a job takes a few seconds on SmolLM2).
+pub const TINY_PROTOCOL: [&str; 6] = [
+    "--seqlen",
+    "128",
+    "--calib-windows",
+    "2",
+    "--eval-windows",
+    "4",
+];
+
 /// Poll `f` every 100 ms until it holds; panic after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -290,44 +301,4 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Headless Chromium's DOM of `url` and its console lines, or `None` (not run) without it.
-pub fn chromium_dom(url: &str, profile: &Path) -> Option<(String, Vec<String>)> {
-    let chromium = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    let Some(chromium) = chromium else {
-        super::not_run("the browser check: no chromium (run ./setup.sh)");
-        return None;
-    };
-    let out = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--enable-logging=stderr",
-            "--v=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("--dump-dom")
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = String::from_utf8_lossy(&out.stderr);
-    let console = log
-        .lines()
-        .filter(|l| l.contains(":CONSOLE"))
-        .map(str::to_string)
-        .collect();
-    Some((String::from_utf8_lossy(&out.stdout).into_owned(), console))
 }

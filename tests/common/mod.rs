@@ -5,12 +5,14 @@
 #![allow(dead_code, unused_imports, unused_macros)]
 
 pub mod board;
+mod browser;
 pub mod family;
 mod plugins;
 mod require;
 mod search;
 pub mod slurm;
 
+pub use browser::chromium_dom;
 pub use plugins::{builder, cache, candidate, inline_plugin, plugin, small_layer, source};
 pub(crate) use require::require_real_data;
 pub use require::{have_real_data, in_ci, llama_server, not_run};

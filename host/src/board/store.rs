@@ -335,6 +335,21 @@ pub struct Leaderboard {
     pub settings: Vec<Ranking>,
 }
 
+/// A job that [`Store::lease`] may hand out, with its submission.
+struct Candidate {
+    job_id: i64,
+    setting: String,
+    sid: i64,
+    name: String,
+    kind: String,
+    sha256: String,
+    body: Vec<u8>,
+    state: String,
+    attempts: i64,
+    holder: Option<String>,
+    lease: Option<String>,
+}
+
 /// A job's state, worker and lease.
 type Holder = (String, Option<String>, Option<String>);
 
@@ -792,57 +807,37 @@ impl Store {
 
     /// A submission with its jobs (`with_code`: include the code when it is published source).
     pub fn submission(&self, id: i64, with_code: bool) -> Result<Option<SubmissionView>> {
-        #[allow(clippy::type_complexity)]
-        let row: Option<(
-            String,
-            String,
-            String,
-            String,
-            Vec<u8>,
-            bool,
-            bool,
-            f64,
-            Option<i64>,
-        )> = self
+        let row = self
             .conn
             .query_row(
-                "SELECT name, submitter, kind, sha256, body, publish, baseline, created, token_id
+                "SELECT name, submitter, kind, sha256, publish, baseline, created,
+                        CASE WHEN ?2 AND publish AND kind = 'rs' THEN body END AS code
                      FROM submissions WHERE id = ?1",
-                [id],
+                params![id, with_code],
                 |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
+                    Ok(SubmissionView {
+                        id,
+                        name: r.get("name")?,
+                        submitter: r.get("submitter")?,
+                        kind: PluginKind::parse(&r.get::<_, String>("kind")?),
+                        sha256: r.get("sha256")?,
+                        publish: r.get("publish")?,
+                        baseline: r.get("baseline")?,
+                        created: r.get("created")?,
+                        jobs: Vec::new(),
+                        code: r
+                            .get::<_, Option<Vec<u8>>>("code")?
+                            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    })
                 },
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        let Some((name, submitter, kind, sha256, body, publish, baseline, created, _)) = row else {
+        let Some(mut view) = row else {
             return Ok(None);
         };
-        let kind = PluginKind::parse(&kind);
-        let code = (with_code && publish && kind == PluginKind::Rs)
-            .then(|| String::from_utf8_lossy(&body).into_owned());
-        Ok(Some(SubmissionView {
-            id,
-            name,
-            submitter,
-            kind,
-            sha256,
-            publish,
-            baseline,
-            created,
-            jobs: self.jobs_of(id)?,
-            code,
-        }))
+        view.jobs = self.jobs_of(id)?;
+        Ok(Some(view))
     }
 
     /// A submission as the public page shows it: its code and its verdicts' detail (compiler
@@ -893,38 +888,21 @@ impl Store {
             ),
         })
         .unwrap_or_default();
-        #[allow(clippy::type_complexity)]
-        let pick = |sql: &str,
-                    p: &[&dyn rusqlite::ToSql]|
-         -> rusqlite::Result<
-            Option<(
-                i64,
-                String,
-                i64,
-                String,
-                String,
-                String,
-                Vec<u8>,
-                String,
-                i64,
-                Option<String>,
-                Option<String>,
-            )>,
-        > {
+        let pick = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
             tx.query_row(sql, p, |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                ))
+                Ok(Candidate {
+                    job_id: r.get(0)?,
+                    setting: r.get(1)?,
+                    sid: r.get(2)?,
+                    name: r.get(3)?,
+                    kind: r.get(4)?,
+                    sha256: r.get(5)?,
+                    body: r.get(6)?,
+                    state: r.get(7)?,
+                    attempts: r.get(8)?,
+                    holder: r.get(9)?,
+                    lease: r.get(10)?,
+                })
             })
             .optional()
         };
@@ -950,16 +928,18 @@ impl Store {
                 )
                 .map_err(&db)?;
                 match next {
-                    Some(j) if j.7 == "leased" && j.8 >= i64::from(limits.max_attempts) => {
+                    Some(j)
+                        if j.state == "leased" && j.attempts >= i64::from(limits.max_attempts) =>
+                    {
                         tx.execute(
                             "UPDATE jobs SET state = 'failed', verdict = ?1, finished = ?2, lease = NULL, worker = NULL
                              WHERE id = ?3",
-                            params![abandoned, t, j.0],
+                            params![abandoned, t, j.job_id],
                         )
                         .map_err(&db)?;
                         tx.execute(
                             "INSERT INTO audit (ts, actor, action, detail) VALUES (?1, 'autoprune', 'abandon', ?2)",
-                            params![t, format!("job {}: lease of {} expired after {} attempts", j.0, j.9.clone().unwrap_or_default(), j.8)],
+                            params![t, format!("job {}: lease of {} expired after {} attempts", j.job_id, j.holder.clone().unwrap_or_default(), j.attempts)],
                         )
                         .map_err(&db)?;
                     }
@@ -967,8 +947,19 @@ impl Store {
                 }
             },
         };
-        let Some((job_id, setting, sid, name, kind, sha256, body, state, _, holder, old_lease)) =
-            job
+        let Some(Candidate {
+            job_id,
+            setting,
+            sid,
+            name,
+            kind,
+            sha256,
+            body,
+            state,
+            holder,
+            lease: old_lease,
+            ..
+        }) = job
         else {
             tx.commit().map_err(&db)?;
             return Ok(None);
