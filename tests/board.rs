@@ -32,6 +32,8 @@ fn small_board(dir: &std::path::Path) -> Board {
             "65536",
             "--lease-secs",
             "60",
+            "--header-secs",
+            "1",
         ],
     )
 }
@@ -277,6 +279,26 @@ fn refuses_bad_input_with_typed_errors_and_loses_nothing_across_a_kill() {
     let refused = log.iter().filter(|e| e.2 == "refused").count();
     assert!(refused >= 20, "{refused} refusals audited: {log:#?}");
     assert!(log.iter().any(|e| e.3.contains("protocol_mismatch")));
+}
+
+/// A client that sends its headers slowly is cut off, and the board keeps serving others.
+#[test]
+fn a_slow_client_is_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let b = small_board(dir.path());
+    let addr = b.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    // The server answers 408 or just closes; either way the connection ends.
+    let _ = slow.read_to_end(&mut buf);
+    let waited = start.elapsed();
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    assert_eq!(b.get("/v1/health", None).status, 200);
 }
 
 #[test]

@@ -203,16 +203,54 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve `router(state)` on `listener` until `shutdown` resolves.
+/// Open connections at most; one more is closed at once.
+pub const MAX_CONNECTIONS: usize = 512;
+
+/// Serve `router(state)` on `listener` until `shutdown` resolves: HTTP/1, at most
+/// [`MAX_CONNECTIONS`] open, each request's headers within the limits' `header_secs` (the
+/// wait for the next request on a kept-alive connection included, so a slow client cannot hold
+/// a connection) and its handling, body included, within their `request_secs`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let header = Duration::from_secs_f64(state.limits.header_secs);
+    let app = router(state);
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    eprintln!("serve: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let svc = app
+            .clone()
+            .map_request(|r: hyper::Request<hyper::body::Incoming>| r.map(axum::body::Body::new));
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 async fn time_limit(State(st): State<AppState>, req: Request, next: Next) -> Response {

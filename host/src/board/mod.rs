@@ -257,6 +257,8 @@ pub struct Limits {
     pub max_attempts: u32,
     /// Wall-clock limit of one request, seconds.
     pub request_secs: f64,
+    /// Seconds a connection may take to send a request's headers.
+    pub header_secs: f64,
 }
 
 impl Default for Limits {
@@ -270,6 +272,7 @@ impl Default for Limits {
             lease_secs: 120.0,
             max_attempts: 3,
             request_secs: 30.0,
+            header_secs: 10.0,
         }
     }
 }

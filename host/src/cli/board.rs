@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Wall-clock limit of one request, seconds.
     #[arg(long, default_value_t = Limits::default().request_secs)]
     pub request_secs: f64,
+    /// Seconds a connection may take to send a request's headers (a slow client is cut off).
+    #[arg(long, default_value_t = Limits::default().header_secs)]
+    pub header_secs: f64,
 }
 
 impl ServeArgs {
@@ -102,6 +105,7 @@ impl ServeArgs {
         };
         pos(self.lease_secs, "--lease-secs")?;
         pos(self.request_secs, "--request-secs")?;
+        pos(self.header_secs, "--header-secs")?;
         anyhow::ensure!(
             self.min_interval.is_finite() && self.min_interval >= 0.0,
             "--min-interval must be >= 0"
@@ -115,6 +119,7 @@ impl ServeArgs {
             lease_secs: self.lease_secs,
             max_attempts: self.max_attempts.max(1),
             request_secs: self.request_secs,
+            header_secs: self.header_secs,
         })
     }
 }
