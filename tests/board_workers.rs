@@ -158,3 +158,101 @@ fn two_workers_finish_every_job_through_worker_and_server_kills() {
     assert!(detail.1.is_empty(), "{:#?}", detail.1);
     assert!(detail.0.contains("boom: layer of"), "the verdict is shown");
 }
+
+/// `search --workers`: a search's candidates evaluated by a board's two workers give an
+/// archive bit-identical to the same search evaluated in its own process.
+#[test]
+fn a_search_on_the_boards_workers_matches_a_local_one() {
+    require_real_data!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["--settings", "2:4", "--baselines", "wanda"];
+    args.extend(PROTOCOL);
+    let b = Board::start(&dir.path().join("board"), &args);
+    let w = b.token("lab", true);
+    let s = b.token("run", true);
+    let s_search = {
+        let o = common::autoprune()
+            .args([
+                "tokens",
+                "add",
+                "--search",
+                "--name",
+                "search-run",
+                "--data",
+            ])
+            .arg(&b.data)
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    let mut workers = [b.worker(&w, "x", &[]), b.worker(&w, "y", &[])];
+    let search = |run: &str, remote: bool, token: &str| {
+        let mut c = common::autoprune();
+        c.args(["search", "--run"])
+            .arg(dir.path().join(run))
+            .args([
+                "--budget-candidates",
+                "2",
+                "--seed",
+                "3",
+                "--eval-workers",
+                "2",
+            ])
+            .args(common::REDUCED_SEARCH);
+        if remote {
+            c.args(["--workers", &b.url])
+                .env("AUTOPRUNE_SEARCH_TOKEN", token);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // A worker token cannot send tasks.
+    let mut c = common::autoprune();
+    let o = c
+        .args(["search", "--run"])
+        .arg(dir.path().join("refused"))
+        .args(["--budget-candidates", "1"])
+        .args(common::REDUCED_SEARCH)
+        .args(["--workers", &b.url])
+        .env("AUTOPRUNE_SEARCH_TOKEN", &s)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    search("remote", true, &s_search);
+    search("local", false, "");
+    let rows = |run: &str| {
+        let a = autoprune::search::archive::Archive::open_existing(
+            &dir.path().join(run).join("archive.sqlite"),
+        )
+        .unwrap();
+        a.nodes()
+            .unwrap()
+            .into_iter()
+            .map(|n| {
+                (
+                    n.id,
+                    n.code,
+                    n.status,
+                    n.proxy,
+                    n.fitness,
+                    n.heldout,
+                    n.mask_hash,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (remote, local) = (rows("remote"), rows("local"));
+    assert!(remote.len() >= 5, "{remote:?}");
+    assert_eq!(remote, local);
+    let logs = b.worker_log("x") + &b.worker_log("y");
+    assert!(logs.matches("search task evaluated").count() >= 5, "{logs}");
+    for w in &mut workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

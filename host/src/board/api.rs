@@ -36,8 +36,11 @@ pub struct AppState {
 /// only counted, so a flood cannot grow the log without bound.
 const ANONYMOUS_AUDITS_PER_MINUTE: u32 = 60;
 
-/// The largest JSON body a worker route reads.
-const WORKER_BODY_BYTES: usize = 64 << 10;
+/// The largest JSON body a worker's call reads (a search task's outcome included).
+const WORKER_BODY_BYTES: usize = 2 << 20;
+
+/// The largest search task (its run configuration, Wanda's reference losses, the node).
+const TASK_BODY_BYTES: usize = 4 << 20;
 
 impl AppState {
     /// The state for a store and its limits.
@@ -184,6 +187,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/leaderboard", get(leaderboard))
         .route("/v1/submissions", post(submit))
         .route("/v1/submissions/{id}", get(submission))
+        .route(
+            "/v1/tasks",
+            post(submit_task).layer(DefaultBodyLimit::max(TASK_BODY_BYTES)),
+        )
+        .route("/v1/tasks/{id}", get(task))
         .route(
             "/v1/jobs/lease",
             post(lease).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
@@ -725,5 +733,44 @@ async fn result(
             Err(refuse(&st, &caller.name, &format!("result of job {id}"), r).await)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskRequest {
+    task: serde_json::Value,
+}
+
+async fn submit_task(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let caller = auth(&st, &headers, Role::Search, "task").await?;
+    let req: TaskRequest = match json_body(body) {
+        Ok(r) => r,
+        Err(r) => return Err(refuse(&st, &caller.name, "task", r).await),
+    };
+    let id = db(&st, move |s, _| s.submit_task(&caller, &req.task)).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+async fn task(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let caller = auth(&st, &headers, Role::Search, "task status").await?;
+    let id = parse_id(&id)?;
+    match db(&st, move |s, _| s.task(id, &caller.name)).await? {
+        Some((state, outcome, verdict)) => Ok(Json(
+            json!({ "state": state, "outcome": outcome, "verdict": verdict }),
+        )),
+        None => Err(ApiError(Refusal::new(
+            404,
+            "not_found",
+            format!("no task {id} of yours"),
+        ))),
     }
 }

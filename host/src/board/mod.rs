@@ -285,6 +285,8 @@ pub enum Role {
     Submitter,
     /// Leases and evaluates jobs.
     Worker,
+    /// A search run that sends its candidates' evaluations to the board's workers.
+    Search,
 }
 
 impl Role {
@@ -293,6 +295,7 @@ impl Role {
         match self {
             Role::Submitter => "submitter",
             Role::Worker => "worker",
+            Role::Search => "search",
         }
     }
 }

@@ -124,6 +124,7 @@ pub fn detail(s: &SubmissionView) -> String {
             super::store::PluginKind::Rs => "Rust source",
             super::store::PluginKind::Wasm => "component",
             super::store::PluginKind::Builtin => "built-in method",
+            super::store::PluginKind::Task => "search task",
         },
         esc(&s.sha256)
     );

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     sparsity      REAL,
     seconds       REAL,
     verdict       TEXT,
-    reused_from   INTEGER
+    reused_from   INTEGER,
+    result        TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_setting ON jobs(setting);
@@ -138,6 +139,8 @@ pub enum PluginKind {
     Wasm,
     /// A built-in method (SparseGPT).
     Builtin,
+    /// A search run's evaluation task (`search --workers`): not ranked.
+    Task,
 }
 
 impl PluginKind {
@@ -146,6 +149,7 @@ impl PluginKind {
             PluginKind::Rs => "rs",
             PluginKind::Wasm => "wasm",
             PluginKind::Builtin => "builtin",
+            PluginKind::Task => "task",
         }
     }
 
@@ -153,6 +157,7 @@ impl PluginKind {
         match s {
             "rs" => PluginKind::Rs,
             "wasm" => PluginKind::Wasm,
+            "task" => PluginKind::Task,
             _ => PluginKind::Builtin,
         }
     }
@@ -269,6 +274,8 @@ pub enum JobOutcome {
     Measured(Measured),
     /// The plugin failed (its verdict).
     Failed(JobVerdict),
+    /// A search task's outcome (JSON of the search archive's `Outcome`).
+    Task(serde_json::Value),
 }
 
 /// A job handed to a worker.
@@ -280,8 +287,11 @@ pub struct Lease {
     pub lease: String,
     /// Seconds until it expires unless renewed.
     pub lease_secs: f64,
-    /// The setting to prune under.
-    pub setting: Setting,
+    /// The setting to prune under (`None` for a search task).
+    pub setting: Option<Setting>,
+    /// A search task (`search --workers`): what to evaluate, as JSON.
+    #[serde(default)]
+    pub task: Option<serde_json::Value>,
     /// The board's protocol.
     pub protocol: super::BoardProtocol,
     /// Submission id.
@@ -334,6 +344,9 @@ pub struct Leaderboard {
     /// One ranking per setting, in the board's order.
     pub settings: Vec<Ranking>,
 }
+
+/// A search task's job: its state, outcome (JSON) and verdict.
+pub type TaskState = (String, Option<serde_json::Value>, Option<JobVerdict>);
 
 /// A job that [`Store::lease`] may hand out, with its submission.
 struct Candidate {
@@ -677,10 +690,10 @@ impl Store {
         Ok(row.map(|(id, name, role)| Caller {
             id,
             name,
-            role: if role == "worker" {
-                Role::Worker
-            } else {
-                Role::Submitter
+            role: match role.as_str() {
+                "worker" => Role::Worker,
+                "search" => Role::Search,
+                _ => Role::Submitter,
             },
         }))
     }
@@ -766,6 +779,58 @@ impl Store {
             StoreError::Db { message, .. } => self.err(message),
             r => r,
         })
+    }
+
+    /// Queue a search run's evaluation task (`search --workers`); returns its id.
+    pub fn submit_task(&mut self, caller: &Caller, task: &serde_json::Value) -> Result<i64> {
+        let body = serde_json::to_vec(task).map_err(|e| self.err(e))?;
+        let t = now();
+        let path = self.path.clone();
+        let db = move |e: rusqlite::Error| StoreError::Db {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(&db)?;
+        tx.execute(
+            "INSERT INTO submissions (token_id, submitter, name, kind, sha256, body, publish, created)
+             VALUES (?1, ?2, 'search task', 'task', ?3, ?4, 0, ?5)",
+            params![caller.id, caller.name, sha256_hex(&body), body, t],
+        )
+        .map_err(&db)?;
+        let sid = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO jobs (submission_id, setting, state, created) VALUES (?1, 'search', 'queued', ?2)",
+            params![sid, t],
+        )
+        .map_err(&db)?;
+        tx.commit().map_err(&db)?;
+        Ok(sid)
+    }
+
+    /// A search task of `owner`: its job's state, outcome (JSON) and verdict.
+    pub fn task(
+        &self,
+        id: i64,
+        owner: &str,
+    ) -> Result<Option<TaskState>> {
+        let row: Option<(String, Option<String>, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT jobs.state, jobs.result, jobs.verdict FROM jobs
+                 JOIN submissions s ON s.id = jobs.submission_id
+                 WHERE s.id = ?1 AND s.kind = 'task' AND s.submitter = ?2",
+                params![id, owner],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|(state, result, verdict)| {
+            (
+                state,
+                result.and_then(|r| serde_json::from_str(&r).ok()),
+                verdict.and_then(|v| serde_json::from_str(&v).ok()),
+            )
+        }))
     }
 
     /// Record a refused request in the audit log (who, what, why).
@@ -999,8 +1064,14 @@ impl Store {
         .map_err(&db)?;
         tx.commit().map_err(&db)?;
         let kind = PluginKind::parse(&kind);
-        let setting: Setting = setting.parse().map_err(|e| self.err(e))?;
+        let (setting, task) = if kind == PluginKind::Task {
+            let task = serde_json::from_slice(&body).map_err(|e| self.err(e))?;
+            (None, Some(task))
+        } else {
+            (Some(setting.parse().map_err(|e| self.err(e))?), None)
+        };
         Ok(Some(Lease {
+            task,
             job_id,
             lease,
             lease_secs: limits.lease_secs,
@@ -1011,7 +1082,7 @@ impl Store {
             kind,
             sha256,
             builtin: (kind == PluginKind::Builtin).then(|| String::from_utf8_lossy(&body).into()),
-            body_hex: if kind == PluginKind::Builtin {
+            body_hex: if matches!(kind, PluginKind::Builtin | PluginKind::Task) {
                 String::new()
             } else {
                 hex::encode(&body)
@@ -1080,7 +1151,17 @@ impl Store {
             path: path.clone(),
             message: e.to_string(),
         };
+        let is_task = self
+            .conn
+            .query_row(
+                "SELECT s.kind = 'task' FROM jobs JOIN submissions s ON s.id = jobs.submission_id
+                 WHERE jobs.id = ?1",
+                [job_id],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(|e| self.err(e))?;
         match outcome {
+            JobOutcome::Measured(_) if is_task => Err(bad("a measurement for a search task")),
             JobOutcome::Measured(m) => {
                 if !(m.ppl.is_finite() && m.ppl >= 1.0) {
                     return Err(bad("perplexity must be a finite number >= 1"));
@@ -1141,6 +1222,21 @@ impl Store {
                 tx.execute(
                     "INSERT INTO audit (ts, actor, action, detail) VALUES (?1, ?2, 'result', ?3)",
                     params![t, worker, format!("job {job_id}: perplexity {:.4}", m.ppl)],
+                )
+                .map_err(&db)?;
+                tx.commit().map_err(&db)
+            }
+            JobOutcome::Task(_) if !is_task => Err(bad("a search task's outcome for a board job")),
+            JobOutcome::Task(v) => {
+                let text = serde_json::to_string(v).map_err(|e| self.err(e))?;
+                if text.len() > 1 << 20 {
+                    return Err(bad("a task's outcome is at most 1 MiB"));
+                }
+                let tx = self.conn.transaction().map_err(&db)?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'done', finished = ?1, result = ?2, lease = NULL
+                     WHERE id = ?3 AND lease = ?4",
+                    params![t, text, job_id, lease],
                 )
                 .map_err(&db)?;
                 tx.commit().map_err(&db)
@@ -1276,7 +1372,9 @@ impl Store {
         let ids: Vec<i64> = {
             let mut st = self
                 .conn
-                .prepare("SELECT id FROM submissions ORDER BY id DESC LIMIT ?1")
+                .prepare(
+                    "SELECT id FROM submissions WHERE kind != 'task' ORDER BY id DESC LIMIT ?1",
+                )
                 .map_err(|e| self.err(e))?;
             st.query_map([limit as i64], |r| r.get(0))
                 .and_then(|r| r.collect::<rusqlite::Result<Vec<_>>>())
@@ -1347,7 +1445,7 @@ mod tests {
         let mut s = board(dir.path());
         let l = s.lease("w1", &limits()).unwrap().unwrap();
         assert_eq!(l.name, "wanda");
-        assert_eq!(l.setting.to_string(), "2:4");
+        assert_eq!(l.setting.unwrap().to_string(), "2:4");
         assert!(s.lease("w2", &limits()).unwrap().is_none());
         drop(s);
         // Reopened without a config: the recorded one; with another: refused.

@@ -165,6 +165,7 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
     let mut stats = WorkerStats::default();
     let mut idle_since = Instant::now();
     let fingerprint: Arc<std::sync::Mutex<Option<Fingerprint>>> = Default::default();
+    let tasks: Arc<crate::search::remote::TaskRunner> = Default::default();
     while !stop.load(Ordering::Relaxed) {
         if opts
             .max_jobs
@@ -200,11 +201,16 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
             lease.job_id,
             lease.submission_id,
             line(&lease.name),
-            lease.setting
+            lease
+                .setting
+                .map_or_else(|| "a search task".to_string(), |s| s.to_string())
         );
         let job = lease.clone();
-        let (eopts, fp) = (opts.clone(), fingerprint.clone());
-        let eval = tokio::task::spawn_blocking(move || evaluate(&job, &eopts, &fp));
+        let (eopts, fp, runner) = (opts.clone(), fingerprint.clone(), tasks.clone());
+        let eval = tokio::task::spawn_blocking(move || match &job.task {
+            Some(task) => evaluate_task(task, &eopts, &runner),
+            None => evaluate(&job, &eopts, &fp),
+        });
         tokio::pin!(eval);
         let every = Duration::from_secs_f64((lease.lease_secs / 3.0).max(0.5));
         let mut lost = false;
@@ -233,6 +239,7 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
         let summary = match &outcome {
             JobOutcome::Measured(m) => format!("perplexity {:.4} ({:.1} s)", m.ppl, m.seconds),
             JobOutcome::Failed(v) => format!("verdict {}", line(&v.kind)),
+            JobOutcome::Task(_) => "search task evaluated".to_string(),
         };
         let body = serde_json::json!({ "instance": opts.instance, "lease": lease.lease, "outcome": outcome });
         match client
@@ -295,6 +302,25 @@ fn fingerprint(protocol: &super::BoardProtocol) -> anyhow::Result<Fingerprint> {
         eval_tokens: eval.tokens.len(),
         eval_sha256: sha256_hex(&bytes),
     })
+}
+
+/// A search run's task (`search --workers`): the candidate's ladder, or the fault that
+/// stopped it (reported so the search sees it; it is not this worker's own failure).
+fn evaluate_task(
+    task: &serde_json::Value,
+    opts: &WorkerOptions,
+    runner: &crate::search::remote::TaskRunner,
+) -> anyhow::Result<JobOutcome> {
+    let task: crate::search::remote::Task = match serde_json::from_value(task.clone()) {
+        Ok(t) => t,
+        Err(e) => return Ok(verdict("bad_task", format!("the task does not parse: {e}"))),
+    };
+    Ok(
+        match runner.run(&task, &opts.build, &opts.policy, &opts.device)? {
+            Ok(outcome) => JobOutcome::Task(serde_json::to_value(outcome)?),
+            Err(fault) => verdict("host_fault", fault.to_string()),
+        },
+    )
 }
 
 fn verdict(kind: &str, detail: String) -> JobOutcome {
@@ -363,6 +389,9 @@ fn evaluate(
         return Ok(verdict("rejected", "unknown built-in method".into()));
     }
     let p = &job.protocol;
+    let setting = job
+        .setting
+        .ok_or_else(|| anyhow::anyhow!("a board job without a setting"))?;
     let spec = PruneSpec {
         protocol: ProtocolSpec {
             model: None,
@@ -388,12 +417,9 @@ fn evaluate(
             },
             None => MethodSpec::SparseGpt,
         },
-        sparsity: job.setting.sparsity,
-        pattern: job.setting.pattern,
-        allocation: (
-            Rule::Builtin(job.setting.allocation.rule()),
-            Granularity::Block,
-        ),
+        sparsity: setting.sparsity,
+        pattern: setting.pattern,
+        allocation: (Rule::Builtin(setting.allocation.rule()), Granularity::Block),
         eval_precision: None,
         skip_dense: true,
         plan_only: false,

@@ -206,8 +206,11 @@ pub enum TokensCommand {
         #[arg(long)]
         name: String,
         /// A worker token (leases and evaluates jobs) instead of a submitter's.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "search")]
         worker: bool,
+        /// A search run's token (`search --workers`: sends evaluation tasks).
+        #[arg(long)]
+        search: bool,
     },
     /// Revoke every token issued to a name.
     Revoke {
@@ -223,12 +226,17 @@ pub enum TokensCommand {
 /// Run `tokens`.
 pub fn tokens(args: TokensArgs) -> anyhow::Result<i32> {
     match args.command {
-        TokensCommand::Add { data, name, worker } => {
+        TokensCommand::Add {
+            data,
+            name,
+            worker,
+            search,
+        } => {
             let store = Store::open(&data, None)?;
-            let role = if worker {
-                Role::Worker
-            } else {
-                Role::Submitter
+            let role = match (worker, search) {
+                (true, _) => Role::Worker,
+                (_, true) => Role::Search,
+                _ => Role::Submitter,
             };
             println!("{}", store.add_token(&name, role)?);
         }

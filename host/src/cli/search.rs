@@ -7,12 +7,12 @@ use super::BuildFlags;
 use anyhow::Context;
 use autoprune::search::archive::{Archive, Node, Status};
 use autoprune::search::cascade::Evaluator;
-use autoprune::search::data::{search_data, DataSpec, ValidationSource};
+use autoprune::search::data::{search_data, ValidationSource};
 use autoprune::search::gcot::Templates;
 use autoprune::search::local_server::{LocalLlm, LocalServer};
 use autoprune::search::objective::Objective;
 use autoprune::search::run::Event;
-use autoprune::search::session::{archive_path, lineage, RunConfig, SearchFlags, Session};
+use autoprune::search::session::{archive_path, data_spec, lineage, SearchFlags, Session};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
@@ -97,6 +97,11 @@ pub struct Args {
     /// Evaluation threads (each evaluation also uses the rayon pool for its products).
     #[arg(long, default_value_t = 1)]
     pub eval_workers: usize,
+    /// Run the candidates' ladders on a board's workers (`autoprune serve` at this URL, with a
+    /// `search` token in `$AUTOPRUNE_SEARCH_TOKEN`); raise `--eval-workers` to keep that many
+    /// candidates in flight. The held-out ranking stays here.
+    #[arg(long, value_name = "URL")]
+    pub workers: Option<String>,
     /// What to optimise: one setting or several, comma-separated, e.g. `2:4`, `0.7+sdsa`
     /// (70 % with SDSA allocation), `0.5,2:4,0.7+sdsa` (the geometric mean of the perplexity
     /// ratios to Wanda under the three). Every setting is compared with Wanda under itself.
@@ -196,7 +201,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     })?;
     let stop = stop_on_ctrl_c();
-    let out = session.search(&evaluator, server, &stop, &mut |e| {
+    let remote = match &args.workers {
+        Some(url) => {
+            let token = std::env::var("AUTOPRUNE_SEARCH_TOKEN").map_err(|_| {
+                anyhow::anyhow!("--workers needs a search token in AUTOPRUNE_SEARCH_TOKEN (autoprune tokens add --search)")
+            })?;
+            Some(autoprune::search::remote::RemoteEvaluator::new(
+                url,
+                &token,
+                cfg.clone(),
+                evaluator.reference(),
+            )?)
+        }
+        None => None,
+    };
+    let remote_ref = remote
+        .as_ref()
+        .map(|r| r as &dyn autoprune::search::run::Evaluate);
+    let out = session.search(&evaluator, remote_ref, server, &stop, &mut |e| {
         if !quiet {
             print_event(e)
         }
@@ -287,21 +309,6 @@ fn search_flags(a: &Args) -> SearchFlags {
         heldout_windows: a.protocol.eval_windows,
         precision: a.protocol.precision,
         trusted: a.sandbox.build.trusted,
-    }
-}
-
-/// Where the run's model and text come from.
-fn data_spec(cfg: &RunConfig) -> DataSpec<'_> {
-    DataSpec {
-        model: cfg.model.as_ref(),
-        calib: cfg.calib.as_ref(),
-        eval: cfg.eval.as_ref(),
-        calib_windows: cfg.calib_windows,
-        validation_windows: cfg.validation_windows,
-        validation_source: cfg.validation_source,
-        heldout_windows: cfg.heldout_windows,
-        seq_len: cfg.seq_len,
-        precision: cfg.precision,
     }
 }
 

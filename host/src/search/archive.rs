@@ -211,8 +211,8 @@ pub struct Edge {
     pub rationale: String,
 }
 
-/// What an evaluation concluded.
-#[derive(Debug, Clone, Default)]
+/// What an evaluation concluded (serialised when a board's worker evaluates it remotely).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Outcome {
     /// Final status (never `Pending`).
     pub status: Option<Status>,

@@ -17,6 +17,7 @@ pub mod objective;
 pub mod paired;
 pub mod proposer;
 pub mod records;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod session;

@@ -338,6 +338,21 @@ fn llm_config(f: &SearchFlags, local: Option<&LocalLlm>) -> anyhow::Result<LlmCo
     })
 }
 
+/// Where the run's model and texts come from.
+pub fn data_spec(cfg: &RunConfig) -> super::data::DataSpec<'_> {
+    super::data::DataSpec {
+        model: cfg.model.as_ref(),
+        calib: cfg.calib.as_ref(),
+        eval: cfg.eval.as_ref(),
+        calib_windows: cfg.calib_windows,
+        validation_windows: cfg.validation_windows,
+        validation_source: cfg.validation_source,
+        heldout_windows: cfg.heldout_windows,
+        seq_len: cfg.seq_len,
+        precision: cfg.precision,
+    }
+}
+
 /// The archive of the run in `dir`.
 pub fn archive_path(dir: &Path) -> PathBuf {
     dir.join("archive.sqlite")
@@ -480,9 +495,13 @@ impl Session {
 
     /// Search until a budget is spent or `stop` is set, stop `server` (if any), then
     /// measure the best candidates on the held-out windows (unless interrupted).
+    ///
+    /// `remote`: the candidates' ladders run there (`search --workers`) instead of on
+    /// `evaluator`, which then only measures the held-out ranking.
     pub fn search(
         &mut self,
         evaluator: &Evaluator,
+        remote: Option<&dyn super::run::Evaluate>,
         server: Option<LocalServer>,
         stop: &AtomicBool,
         events: &mut dyn FnMut(Event<'_>),
@@ -491,7 +510,7 @@ impl Session {
         let seeds = self.seeds();
         let stopped = run_search(
             &mut self.archive,
-            evaluator,
+            remote.unwrap_or(evaluator),
             proposer,
             &seeds,
             self.config.budget(),

@@ -34,6 +34,10 @@ pub enum HostFault {
     /// The compiler could not be run (its build folder, starting the sandbox).
     #[error("the compiler could not be run: {0}")]
     Build(String),
+    /// A board's worker could not evaluate the candidate, or the board could not be reached
+    /// (`search --workers`).
+    #[error("remote evaluation failed: {0}")]
+    Remote(String),
 }
 
 /// Why a level of the ladder did not produce a result.
