@@ -808,11 +808,7 @@ impl Store {
     }
 
     /// A search task of `owner`: its job's state, outcome (JSON) and verdict.
-    pub fn task(
-        &self,
-        id: i64,
-        owner: &str,
-    ) -> Result<Option<TaskState>> {
+    pub fn task(&self, id: i64, owner: &str) -> Result<Option<TaskState>> {
         let row: Option<(String, Option<String>, Option<String>)> = self
             .conn
             .query_row(
