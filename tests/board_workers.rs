@@ -186,6 +186,30 @@ fn a_search_on_the_boards_workers_matches_a_local_one() {
         String::from_utf8(o.stdout).unwrap().trim().to_string()
     };
     let mut workers = [b.worker(&w, "x", &[]), b.worker(&w, "y", &[])];
+    // Identical masks reuse the earlier result: 2·Wanda prunes exactly what Wanda prunes, so
+    // once the baseline is measured its job stops before the evaluation.
+    b.wait_idle(Duration::from_secs(300));
+    let alice = b.token("alice", false);
+    let wanda = std::fs::read_to_string(common::workspace().join("candidates/wanda.rs")).unwrap();
+    let twice = wanda.replace("*o = w.abs() * n;", "*o = 2.0 * w.abs() * n;");
+    assert_ne!(twice, wanda);
+    let r = b.submit(&alice, "twice.rs", twice.as_bytes(), &[]);
+    assert_eq!(r.status, 201, "{}", r.text);
+    b.wait_idle(Duration::from_secs(300));
+    let job = b
+        .get(&format!("/v1/submissions/{}", r.body["id"]), Some(&alice))
+        .body["jobs"][0]
+        .clone();
+    let base = b.get("/v1/submissions/1", Some(&alice)).body["jobs"][0].clone();
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["reused_from"], base["id"], "{job}");
+    assert_eq!(job["ppl"], base["ppl"]);
+    let board = b.get("/v1/leaderboard", None).body;
+    assert_eq!(
+        board["settings"][0]["entries"].as_array().unwrap().len(),
+        1,
+        "{board}"
+    );
     let search = |run: &str, remote: bool, token: &str| {
         let mut c = common::autoprune();
         c.args(["search", "--run"])

@@ -201,6 +201,10 @@ pub fn router(state: AppState) -> Router {
             post(renew).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
         )
         .route(
+            "/v1/jobs/{id}/masks",
+            post(masks).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
+        )
+        .route(
             "/v1/jobs/{id}/result",
             post(result).layer(DefaultBodyLimit::max(WORKER_BODY_BYTES)),
         )
@@ -772,5 +776,38 @@ async fn task(
             "not_found",
             format!("no task {id} of yours"),
         ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MasksRequest {
+    instance: String,
+    lease: String,
+    mask_sha256: String,
+}
+
+async fn masks(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let caller = auth(&st, &headers, Role::Worker, "masks").await?;
+    let id = parse_id(&id)?;
+    let what = format!("masks of job {id}");
+    let req: MasksRequest = match json_body(body) {
+        Ok(r) => r,
+        Err(r) => return Err(refuse(&st, &caller.name, &what, r).await),
+    };
+    let worker = worker_id(&caller, &req.instance);
+    match db(&st, move |s, _| {
+        s.masks(id, &worker, &req.lease, &req.mask_sha256)
+    })
+    .await
+    {
+        Ok(from) => Ok(Json(json!({ "reused_from": from }))),
+        Err(ApiError(r)) if r.status != 500 => Err(refuse(&st, &caller.name, &what, r).await),
+        Err(e) => Err(e),
     }
 }

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     seconds       REAL,
     verdict       TEXT,
     reused_from   INTEGER,
-    result        TEXT
+    result        TEXT,
+    mask_hash     TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_setting ON jobs(setting);
@@ -1117,6 +1118,78 @@ impl Store {
         Ok(())
     }
 
+    /// A worker pruned `job_id` and reports its masks' hash before measuring. If an earlier
+    /// job under the same setting measured the same masks, this job is done at once with that
+    /// result (`Ok(Some(earlier job))`) and the worker stops; else the hash is recorded
+    /// (`Ok(None)`). A baseline never reuses another submission's result.
+    pub fn masks(
+        &mut self,
+        job_id: i64,
+        worker: &str,
+        lease: &str,
+        hash: &str,
+    ) -> Result<Option<i64>> {
+        self.held(job_id, worker, lease)?;
+        if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Refusal::new(400, "bad_result", "a mask hash is 64 hex digits").into());
+        }
+        let t = now();
+        let path = self.path.clone();
+        let db = move |e: rusqlite::Error| StoreError::Db {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tx = self.conn.transaction().map_err(&db)?;
+        let (setting, baseline): (String, bool) = tx
+            .query_row(
+                "SELECT jobs.setting, s.baseline FROM jobs JOIN submissions s ON s.id = jobs.submission_id
+                 WHERE jobs.id = ?1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(&db)?;
+        let earlier: Option<i64> = if baseline {
+            None
+        } else {
+            tx.query_row(
+                "SELECT id FROM jobs WHERE setting = ?1 AND mask_hash = ?2 AND state = 'done'
+                   AND reused_from IS NULL AND id != ?3 ORDER BY id LIMIT 1",
+                params![setting, hash, job_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(&db)?
+        };
+        match earlier {
+            Some(from) => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'done', finished = ?1, mask_hash = ?2, lease = NULL,
+                         reused_from = ?3,
+                         ppl = (SELECT ppl FROM jobs WHERE id = ?3),
+                         sparsity = (SELECT sparsity FROM jobs WHERE id = ?3),
+                         seconds = (SELECT seconds FROM jobs WHERE id = ?3)
+                     WHERE id = ?4 AND lease = ?5",
+                    params![t, hash, from, job_id, lease],
+                )
+                .map_err(&db)?;
+                tx.execute(
+                    "INSERT INTO audit (ts, actor, action, detail) VALUES (?1, ?2, 'reuse', ?3)",
+                    params![t, worker, format!("job {job_id}: the masks of job {from}")],
+                )
+                .map_err(&db)?;
+            }
+            None => {
+                tx.execute(
+                    "UPDATE jobs SET mask_hash = ?1 WHERE id = ?2",
+                    params![hash, job_id],
+                )
+                .map_err(&db)?;
+            }
+        }
+        tx.commit().map_err(&db)?;
+        Ok(earlier)
+    }
+
     /// Extend a lease; returns its new expiry (Unix seconds).
     pub fn renew(&self, job_id: i64, worker: &str, lease: &str, limits: &Limits) -> Result<f64> {
         self.held(job_id, worker, lease)?;
@@ -1549,6 +1622,43 @@ mod tests {
         assert_eq!(r.entries.len(), 2, "the reuse is not ranked twice");
         assert_eq!(r.entries[0].ppl, 55.0);
         assert!((r.entries[0].ratio_to_wanda.unwrap() - 55.0 / 60.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn identical_masks_reuse_a_measured_result_but_never_for_a_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = board(dir.path());
+        let lim = limits();
+        let who = alice(&s);
+        let id = s.submit(&who, &sub("fn twice() {}"), &lim).unwrap();
+        let h = "ab".repeat(32);
+        // The submission is measured first; the baseline with the same masks is still measured.
+        let w = s.lease("w", &lim).unwrap().unwrap();
+        assert_eq!(w.name, "wanda");
+        let l = s.lease("v", &lim).unwrap().unwrap();
+        assert_eq!(l.submission_id, id);
+        assert_eq!(s.masks(l.job_id, "v", &l.lease, &h).unwrap(), None);
+        s.finish(l.job_id, "v", &l.lease, &measured(60.0)).unwrap();
+        assert_eq!(s.masks(w.job_id, "w", &w.lease, &h).unwrap(), None);
+        s.finish(w.job_id, "w", &w.lease, &measured(60.0)).unwrap();
+        // Another submission with those masks: done at once with the earlier result.
+        // The earliest measured job with those masks is the baseline's.
+        let again = s.submit(&who, &sub("fn thrice() {}"), &lim).unwrap();
+        let l = s.lease("v", &lim).unwrap().unwrap();
+        assert_eq!(
+            s.masks(l.job_id, "v", &l.lease, &h).unwrap(),
+            Some(w.job_id)
+        );
+        let j = &s.submission(again, false).unwrap().unwrap().jobs[0];
+        assert_eq!(
+            (j.state.as_str(), j.ppl, j.reused_from),
+            ("done", Some(60.0), Some(w.job_id))
+        );
+        assert!(
+            s.finish(l.job_id, "v", &l.lease, &measured(1.5)).is_err(),
+            "the lease is spent"
+        );
+        assert!(s.masks(l.job_id, "v", &l.lease, "zz").is_err());
     }
 
     #[test]

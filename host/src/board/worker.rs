@@ -207,9 +207,10 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
         );
         let job = lease.clone();
         let (eopts, fp, runner) = (opts.clone(), fingerprint.clone(), tasks.clone());
+        let masks = mask_reporter(&client, &lease);
         let eval = tokio::task::spawn_blocking(move || match &job.task {
-            Some(task) => evaluate_task(task, &eopts, &runner),
-            None => evaluate(&job, &eopts, &fp),
+            Some(task) => evaluate_task(task, &eopts, &runner).map(Some),
+            None => evaluate(&job, &eopts, &fp, masks),
         });
         tokio::pin!(eval);
         let every = Duration::from_secs_f64((lease.lease_secs / 3.0).max(0.5));
@@ -235,6 +236,15 @@ async fn run_async(opts: WorkerOptions, stop: Arc<AtomicBool>) -> anyhow::Result
         };
         let outcome =
             outcome.map_err(|e| anyhow::anyhow!("the evaluation thread failed: {e}"))??;
+        let Some(outcome) = outcome else {
+            eprintln!(
+                "worker: job {}: the same masks as a job measured before; its result reused",
+                lease.job_id
+            );
+            stats.measured += 1;
+            idle_since = Instant::now();
+            continue;
+        };
         let failed = matches!(outcome, JobOutcome::Failed(_));
         let summary = match &outcome {
             JobOutcome::Measured(m) => format!("perplexity {:.4} ({:.1} s)", m.ppl, m.seconds),
@@ -332,11 +342,47 @@ fn verdict(kind: &str, detail: String) -> JobOutcome {
 
 /// Build, prune and measure one job. A plugin's failure is the job's verdict; an error is this
 /// worker's own failure (missing data, say): the job is not reported and its lease expires.
+/// Reports a pruned job's mask hash to the board from the evaluation thread; returns the
+/// earlier job whose result the board reused, if any. A failed report is not an error: the
+/// job is then measured.
+type MaskReporter = Box<dyn FnMut(&str) -> Option<i64> + Send>;
+
+fn mask_reporter(client: &Client, lease: &Lease) -> MaskReporter {
+    let handle = tokio::runtime::Handle::current();
+    let http = client.http.clone();
+    let url = format!(
+        "{}/v1/jobs/{}/masks",
+        client.opts.server.trim_end_matches('/'),
+        lease.job_id
+    );
+    let token = client.opts.token.clone();
+    let body = serde_json::json!({ "instance": client.opts.instance, "lease": lease.lease });
+    Box::new(move |hash: &str| {
+        let mut body = body.clone();
+        body["mask_sha256"] = hash.into();
+        handle.block_on(async {
+            let r = http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["reused_from"].as_i64()
+        })
+    })
+}
+
 fn evaluate(
     job: &Lease,
     opts: &WorkerOptions,
     fp: &std::sync::Mutex<Option<Fingerprint>>,
-) -> anyhow::Result<JobOutcome> {
+    mut masks: MaskReporter,
+) -> anyhow::Result<Option<JobOutcome>> {
     let start = Instant::now();
     let fingerprint = {
         let mut g = fp.lock().unwrap_or_else(|p| p.into_inner());
@@ -369,7 +415,7 @@ fn evaluate(
                 match builder.try_build(&source) {
                     Ok(b) => b.wasm,
                     Err(crate::build::BuildFailure::Candidate(f)) => {
-                        return Ok(verdict(f.kind(), f.to_string()))
+                        return Ok(Some(verdict(f.kind(), f.to_string())))
                     }
                     // This machine could not run the compiler: not the plugin's verdict.
                     Err(crate::build::BuildFailure::Host(m)) => {
@@ -381,12 +427,12 @@ fn evaluate(
             };
             match crate::sandbox::Plugin::load(&wasm, &opts.policy, Some(&cache)) {
                 Ok(p) => Some((p, path)),
-                Err(f) => return Ok(verdict(f.kind(), f.to_string())),
+                Err(f) => return Ok(Some(verdict(f.kind(), f.to_string()))),
             }
         }
     };
     if job.kind == PluginKind::Builtin && job.builtin.as_deref() != Some("sparsegpt") {
-        return Ok(verdict("rejected", "unknown built-in method".into()));
+        return Ok(Some(verdict("rejected", "unknown built-in method".into())));
     }
     let p = &job.protocol;
     let setting = job
@@ -430,8 +476,14 @@ fn evaluate(
         },
         stream: false,
         save_dtype: SaveDtype::F32,
+        // Masks the board measured before: stop before the evaluation, the result reused.
+        after_prune: Some(Box::new(move |model| {
+            let hash = model.mask_sha256()?;
+            Ok(masks(&hash).is_none())
+        })),
     };
-    Ok(match crate::run::prune::run(spec, &mut Silent)? {
+    Ok(Some(match crate::run::prune::run(spec, &mut Silent)? {
+        Outcome::Stopped => return Ok(None),
         Outcome::Done(r) => JobOutcome::Measured(Measured {
             ppl: r.perplexity.pruned.ppl,
             sparsity: r.sparsity_achieved,
@@ -443,5 +495,5 @@ fn evaluate(
         }
         Outcome::Allocator(f) => verdict(f.kind(), format!("allocation: {f}")),
         Outcome::Plan(_) => anyhow::bail!("a plan where a pruning was asked for"),
-    })
+    }))
 }

@@ -127,6 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         tasks: args.tasks.spec(),
         stream: args.stream,
         save_dtype: args.save_dtype,
+        after_prune: None,
     };
     let exit = match autoprune::run::prune::run(spec, &mut Bars::new(json))? {
         Outcome::Done(report) => print_report(&args, &report).map(|_| Exit::Success.into())?,
@@ -147,6 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             EXIT_VERDICT
         }
         Outcome::Allocator(f) => allocator_failed(json, &args.alloc.allocation, &f),
+        Outcome::Stopped => anyhow::bail!("the run stopped before its evaluation"),
     };
     Ok(exit)
 }

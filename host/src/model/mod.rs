@@ -233,6 +233,34 @@ impl Model {
         hf::named_tensors(self)
     }
 
+    /// SHA-256 of the zero pattern of every tensor (names in order, one bit per element):
+    /// two prunings with the same masks have the same hash.
+    pub fn mask_sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (name, t) in self.hf_tensors() {
+            h.update(name.as_bytes());
+            h.update(
+                t.dims()
+                    .iter()
+                    .flat_map(|d| (*d as u64).to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            );
+            let v = t
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            let mut bits = vec![0u8; v.len().div_ceil(8)];
+            for (i, x) in v.iter().enumerate() {
+                if *x == 0.0 {
+                    bits[i / 8] |= 1 << (i % 8);
+                }
+            }
+            h.update(&bits);
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
     /// Write `config.json` and `model.safetensors` (f32) into `dir`, creating it.
     pub fn save_hf(&self, dir: &Path) -> Result<()> {
         hf::save(self, dir)

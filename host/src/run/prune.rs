@@ -68,7 +68,13 @@ pub struct PruneSpec<'a> {
     pub stream: bool,
     /// Element type of the written weights.
     pub save_dtype: SaveDtype,
+    /// Called with the pruned model before its evaluation (in-memory runs): `Ok(false)` stops
+    /// the run there ([`Outcome::Stopped`]), e.g. when a board already measured these masks.
+    pub after_prune: Option<AfterPrune<'a>>,
 }
+
+/// A look at the pruned model before its evaluation: `Ok(false)` stops the run.
+pub type AfterPrune<'a> = Box<dyn FnMut(&Model) -> anyhow::Result<bool> + 'a>;
 
 /// How a prune run ended.
 pub enum Outcome {
@@ -85,6 +91,8 @@ pub enum Outcome {
     },
     /// The allocator plugin failed (its verdict).
     Allocator(Failure),
+    /// `after_prune` stopped the run before the evaluation.
+    Stopped,
 }
 
 fn ppl(
@@ -134,7 +142,7 @@ pub(super) fn method_of<'a>(spec: &MethodSpec<'a>) -> (Method<'a>, MethodRecord)
 }
 
 /// Run it.
-pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
+pub fn run(mut spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
     if spec.stream {
         return super::stream::run(spec, progress);
     }
@@ -216,6 +224,11 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
         Err(e) => return verdict(e),
     };
     let prune_seconds = t.elapsed().as_secs_f64();
+    if let Some(check) = spec.after_prune.as_mut() {
+        if !check(&loaded.model)? {
+            return Ok(Outcome::Stopped);
+        }
+    }
     loaded.model.set_precision(eval_precision)?;
     let pruned = ppl(&loaded.model, &eval.tokens, &opts, "pruned eval", progress)?;
     let pruned_tasks = zero_shot(&loaded.model, &loaded.tokenizer, &tasks, "pruned", progress)?;
