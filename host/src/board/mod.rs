@@ -314,12 +314,8 @@ pub fn token_hash(token: &str) -> String {
     crate::hash::sha256_hex(token.as_bytes())
 }
 
-/// Seconds since the Unix epoch.
-pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+/// Seconds since the Unix epoch (the archive's clock).
+pub use crate::search::archive::now;
 
 #[cfg(test)]
 mod tests {

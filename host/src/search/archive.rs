@@ -261,7 +261,8 @@ pub struct Archive {
     path: PathBuf,
 }
 
-fn now() -> f64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
