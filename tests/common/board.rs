@@ -262,26 +262,7 @@ fn request(
     })
 }
 
-/// A multipart/form-data body: (content type, bytes) of `(field, file name, content)` parts.
-pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
-    let boundary = "autoprune-test-boundary-7d41b";
-    let mut b = Vec::new();
-    for (name, file, content) in parts {
-        b.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        match file {
-            Some(f) => b.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
-            ),
-            None => b.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
-            ),
-        }
-        b.extend_from_slice(content);
-        b.extend_from_slice(b"\r\n");
-    }
-    b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), b)
-}
+pub use autoprune::board::bench::multipart;
 
 /// The board tests' reduced protocol: windows of 128 tokens, 2 calibration windows, 4
 /// evaluation windows (a job takes a few seconds on SmolLM2).

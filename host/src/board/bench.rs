@@ -95,22 +95,30 @@ impl Drop for Killer {
     }
 }
 
-/// A multipart body with one file and form fields.
-fn form(file: &str, bytes: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
-    let boundary = "autoprune-bench-3f9a";
+/// A `multipart/form-data` body of `(field, file name, content)` parts: (content type,
+/// bytes). What a submission sends (`POST /v1/submissions`).
+pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "autoprune-form-3f9a7d41b";
     let mut b = Vec::new();
-    b.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metric\"; filename=\"{file}\"\r\n\r\n").as_bytes(),
-    );
-    b.extend_from_slice(bytes);
-    for (k, v) in fields {
-        b.extend_from_slice(
-            format!("\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}")
-                .as_bytes(),
-        );
+    for (name, file, content) in parts {
+        b.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let disposition = match file {
+            Some(f) => format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n"),
+            None => format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n"),
+        };
+        b.extend_from_slice(disposition.as_bytes());
+        b.extend_from_slice(content);
+        b.extend_from_slice(b"\r\n");
     }
-    b.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    b.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), b)
+}
+
+/// A submission's form: the metric file and form fields.
+fn form(file: &str, bytes: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![("metric", Some(file), bytes)];
+    parts.extend(fields.iter().map(|(k, v)| (*k, None, v.as_bytes())));
+    multipart(&parts)
 }
 
 /// One hostile submission: what it is, its file name, its bytes, `publish`.
