@@ -404,13 +404,14 @@ pub fn clean(s: &str, max: usize) -> String {
 /// `Retry-After`), or more settings than may ever wait at once (400).
 fn check_quota(
     conn: &Connection,
+    path: &Path,
     caller: &Caller,
     jobs: usize,
     limits: &Limits,
     t: f64,
 ) -> Result<()> {
     let db = |e: rusqlite::Error| StoreError::Db {
-        path: PathBuf::new(),
+        path: path.to_path_buf(),
         message: e.to_string(),
     };
     if jobs as u64 > u64::from(limits.max_pending_jobs) {
@@ -711,13 +712,7 @@ impl Store {
             message: e.to_string(),
         };
         let tx = self.conn.transaction().map_err(&db)?;
-        check_quota(&tx, caller, s.settings.len(), limits, t).map_err(|e| match e {
-            StoreError::Db { message, .. } => StoreError::Db {
-                path: self.path.clone(),
-                message,
-            },
-            r => r,
-        })?;
+        check_quota(&tx, &self.path, caller, s.settings.len(), limits, t)?;
         tx.execute(
             "INSERT INTO submissions (token_id, submitter, name, kind, sha256, body, publish, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -776,10 +771,7 @@ impl Store {
 
     /// [`check_quota`] for one job, before the server reads a submission's body.
     pub fn precheck(&self, caller: &Caller, limits: &Limits) -> Result<()> {
-        check_quota(&self.conn, caller, 1, limits, now()).map_err(|e| match e {
-            StoreError::Db { message, .. } => self.err(message),
-            r => r,
-        })
+        check_quota(&self.conn, &self.path, caller, 1, limits, now())
     }
 
     /// Queue a search run's evaluation task (`search --workers`); returns its id.
