@@ -144,6 +144,10 @@ pub(super) fn method_of<'a>(spec: &MethodSpec<'a>) -> (Method<'a>, MethodRecord)
 /// Run it.
 pub fn run(mut spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
     if spec.stream {
+        anyhow::ensure!(
+            spec.after_prune.is_none(),
+            "a streaming run has no whole pruned model to look at before its evaluation"
+        );
         return super::stream::run(spec, progress);
     }
     let start = Instant::now();

@@ -109,9 +109,8 @@ impl RemoteEvaluator {
             {
                 Ok(v) => v,
                 // The board restarting: keep polling for a while.
-                Err(e) if misses < 150 => {
+                Err(_) if misses < 150 => {
                     misses += 1;
-                    let _ = e;
                     continue;
                 }
                 Err(e) => return Err(e),
