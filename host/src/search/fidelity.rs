@@ -281,6 +281,49 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Ratio to Wanda of the paired losses on the first `n` windows (fewer where either has fewer).
+fn prefix_ratio(c: &[f64], b: &[f64], n: usize) -> f64 {
+    let n = n.min(c.len()).min(b.len());
+    paired(&c[..n], &b[..n], 0).ratio()
+}
+
+/// A level: its name, windows, every row's ratio to Wanda, median seconds per candidate.
+type StudyLevel = (String, usize, Vec<f64>, f64);
+
+/// One level per window count `n` in `counts` that the reference `wanda` has, named by
+/// `name` with `{}` for `n`: every row's ratio to Wanda on the first `n` windows of its
+/// `losses` (NaN where it has none), and the median seconds per candidate, its pruning plus
+/// its evaluation (`seconds`: both, for all the windows) scaled to `n` windows.
+fn window_levels(
+    name: &str,
+    counts: &[usize],
+    rows: &[&Measured],
+    wanda: &[f64],
+    losses: impl Fn(&Measured) -> Option<&[f64]>,
+    seconds: impl Fn(&Measured) -> (f64, f64),
+) -> Vec<StudyLevel> {
+    let all = wanda.len().max(1);
+    counts
+        .iter()
+        .filter(|&&n| n <= wanda.len())
+        .map(|&n| {
+            let secs = median(
+                rows.iter()
+                    .map(|r| {
+                        let (prune, eval) = seconds(r);
+                        prune + eval * n as f64 / all as f64
+                    })
+                    .collect(),
+            );
+            let r = rows
+                .iter()
+                .map(|r| losses(r).map_or(f64::NAN, |l| prefix_ratio(l, wanda, n)))
+                .collect();
+            (name.replace("{}", &n.to_string()), n, r, secs)
+        })
+        .collect()
+}
+
 /// Analyse measured rows; `wanda` names the reference row. `screens` and `validations` are
 /// the window counts to evaluate as levels (prefixes of what was measured).
 pub fn analyze(
@@ -297,54 +340,39 @@ pub fn analyze(
         .iter()
         .find(|r| r.name == wanda)
         .ok_or_else(|| format!("the panel has no measured `{wanda}`"))?;
-    let ratio = |c: &[f64], b: &[f64], n: usize| {
-        let n = n.min(c.len()).min(b.len());
-        paired(&c[..n], &b[..n], 0).ratio()
-    };
     let held: Vec<f64> = ok
         .iter()
-        .map(|r| ratio(&r.heldout, &w.heldout, usize::MAX))
+        .map(|r| prefix_ratio(&r.heldout, &w.heldout, usize::MAX))
         .collect();
-    // (name, windows, ratios, seconds per candidate)
-    let mut levels: Vec<(String, usize, Vec<f64>, f64)> = Vec::new();
+    let mut levels: Vec<StudyLevel> = Vec::new();
     let mut push_levels = |label: &str, pick: &PickLosses<'_>| {
         let Some((w_screen, w_seq)) = pick(w) else {
             return;
         };
-        let max_screen = w_screen.len().max(1);
-        for &s in screens.iter().filter(|&&s| s <= w_screen.len()) {
-            let secs = median(
-                ok.iter()
-                    .map(|r| r.screen_prune_s + r.screen_eval_s * s as f64 / max_screen as f64)
-                    .collect(),
-            );
-            let r = ok
-                .iter()
-                .map(|r| pick(r).map_or(f64::NAN, |(sc, _)| ratio(sc, w_screen, s)))
-                .collect();
-            levels.push((format!("screen@{s}{label}"), s, r, secs));
-        }
+        levels.extend(window_levels(
+            &format!("screen@{{}}{label}"),
+            screens,
+            &ok,
+            w_screen,
+            |r| pick(r).map(|(sc, _)| sc),
+            |r| (r.screen_prune_s, r.screen_eval_s),
+        ));
         if label.is_empty() && !w.proxy.is_empty() {
             let r = ok
                 .iter()
-                .map(|r| ratio(&r.proxy, &w.proxy, usize::MAX))
+                .map(|r| prefix_ratio(&r.proxy, &w.proxy, usize::MAX))
                 .collect();
             let secs = median(ok.iter().map(|r| r.proxy_s).collect());
             levels.push((format!("proxy@{}", w.proxy.len()), w.proxy.len(), r, secs));
         }
-        let max_val = w_seq.len().max(1);
-        for &v in validations.iter().filter(|&&v| v <= w_seq.len()) {
-            let secs = median(
-                ok.iter()
-                    .map(|r| r.sequential_prune_s + r.sequential_eval_s * v as f64 / max_val as f64)
-                    .collect(),
-            );
-            let r = ok
-                .iter()
-                .map(|r| pick(r).map_or(f64::NAN, |(_, sq)| ratio(sq, w_seq, v)))
-                .collect();
-            levels.push((format!("sequential@{v}{label}"), v, r, secs));
-        }
+        levels.extend(window_levels(
+            &format!("sequential@{{}}{label}"),
+            validations,
+            &ok,
+            w_seq,
+            |r| pick(r).map(|(_, sq)| sq),
+            |r| (r.sequential_prune_s, r.sequential_eval_s),
+        ));
     };
     push_levels("", &|r: &Measured| Some((&r.screen[..], &r.sequential[..])));
     for src in &w.sources {
