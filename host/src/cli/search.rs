@@ -529,15 +529,20 @@ fn show(dir: &Path, top: usize, json: bool, html: Option<&Path>) -> anyhow::Resu
         return Ok(0);
     }
     let funnel = autoprune::search::funnel::funnel(&nodes, &archive.calls()?);
+    let operators = autoprune::search::funnel::operators(&nodes, &archive.edges()?);
     if json {
         let all = serde_json::json!({
             "config": config()?, "nodes": nodes, "edges": archive.edges()?, "funnel": funnel,
+            "operators": operators,
         });
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(0);
     }
     println!("{}", leaderboard(&nodes, top));
     println!("{funnel}");
+    if !operators.is_empty() {
+        println!("{}", autoprune::search::funnel::operators_table(&operators));
+    }
     let (pt, ct) = archive.token_split()?;
     let calls = archive.calls()?;
     if !calls.is_empty() {

@@ -1,9 +1,10 @@
 //! How far a run's proposals get through the cascade (parse, compile, check, promotion to the
 //! sequential level) and how fast its proposer answers (seconds per request, and the prompt and
 //! generation speed that llama.cpp reports in its final stream chunk): the numbers that compare
-//! proposers, e.g. a local LLM against GP, on the same objective.
+//! proposers, e.g. a local LLM against GP, on the same objective; and what each derivation
+//! operator's children did (the evidence for keeping an operator).
 
-use super::archive::{Call, Node, Stage, Status};
+use super::archive::{Call, Edge, Node, Operator, Stage, Status};
 use super::gcot::endpoint_failure;
 use serde::Serialize;
 
@@ -155,6 +156,108 @@ impl std::fmt::Display for Funnel {
     }
 }
 
+/// What one derivation operator's children did in a run (seeds excluded).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct OperatorRecord {
+    /// The operator's recorded name (`crossover`, `mutate`, `tune`, `new`, `repair`).
+    pub operator: String,
+    /// Children recorded (failed ones included, pending ones not).
+    pub children: usize,
+    /// Children with a screen ratio of their own (duplicates excluded).
+    pub screened: usize,
+    /// Of those, the children whose screen ratio is lower (better) than their best parent's:
+    /// the screen is the level every candidate and every parent is measured at.
+    pub improved: usize,
+    /// Children promoted to the sequential level (duplicates excluded).
+    pub promoted: usize,
+    /// Children that set a new best sequential ratio of the run when they were recorded (the
+    /// seeds set the first).
+    pub new_bests: usize,
+    /// The best sequential ratio among its children.
+    pub best: Option<f64>,
+}
+
+/// Each operator's record in `nodes` (in creation order, as the archive lists them), by the
+/// order operators first appear.
+pub fn operators(nodes: &[Node], edges: &[Edge]) -> Vec<OperatorRecord> {
+    let screen: std::collections::HashMap<i64, f64> = nodes
+        .iter()
+        .filter_map(|n| Some((n.id, n.proxy?)))
+        .collect();
+    let mut parents: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    for e in edges {
+        parents.entry(e.child).or_default().push(e.parent);
+    }
+    let mut ordered: Vec<&Node> = nodes.iter().collect();
+    ordered.sort_by_key(|n| n.id);
+    let mut records: Vec<OperatorRecord> = Vec::new();
+    let mut best_so_far = f64::INFINITY;
+    for n in ordered {
+        let own = n.status != Status::Duplicate;
+        let fitness = n.fitness.filter(|f| own && f.is_finite());
+        if n.operator.is_seed() || n.status == Status::Pending {
+            best_so_far = best_so_far.min(fitness.unwrap_or(f64::INFINITY));
+            continue;
+        }
+        let name = n.operator.as_str();
+        let i = match records.iter().position(|r| r.operator == name) {
+            Some(i) => i,
+            None => {
+                records.push(OperatorRecord {
+                    operator: name.to_string(),
+                    ..OperatorRecord::default()
+                });
+                records.len() - 1
+            }
+        };
+        let r = &mut records[i];
+        r.children += 1;
+        if let Some(s) = n.proxy.filter(|s| own && s.is_finite()) {
+            r.screened += 1;
+            let parent = parents
+                .get(&n.id)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| screen.get(p).copied())
+                .filter(|p| p.is_finite())
+                .reduce(f64::min);
+            if parent.is_some_and(|p| s < p) {
+                r.improved += 1;
+            }
+        }
+        if let Some(f) = fitness {
+            r.promoted += 1;
+            r.best = Some(r.best.map_or(f, |b: f64| b.min(f)));
+            if f < best_so_far {
+                r.new_bests += 1;
+                best_so_far = f;
+            }
+        }
+    }
+    records
+}
+
+/// The operators' records as a table for the terminal.
+pub fn operators_table(records: &[OperatorRecord]) -> String {
+    let mut out = String::from(
+        "operators (children; screened; better screen than the best parent; promoted; new best; best sequential):\n",
+    );
+    for r in records {
+        out.push_str(&format!(
+            "  {:<10} {:>4}  {:>4}  {:>4} ({:>4})  {:>4}  {:>3}  {}\n",
+            crate::term::text(&r.operator),
+            r.children,
+            r.screened,
+            r.improved,
+            pct(r.improved, r.screened),
+            r.promoted,
+            r.new_bests,
+            r.best.map_or("-".into(), |b| format!("{b:.4}")),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +387,77 @@ mod tests {
         assert_eq!(f.seconds_per_proposal, Some(30.0));
         assert_eq!(f.prompt_tokens_per_s, Some(100.0));
         assert_eq!(f.generation_tokens_per_s, Some(20.0));
+    }
+
+    #[test]
+    fn operator_records_compare_children_with_their_parents() {
+        let at = |id, op: &str, status, proxy: Option<f64>, fitness: Option<f64>| Node {
+            operator: op.into(),
+            proxy,
+            fitness,
+            ..node(id, status, Stage::Screen, None)
+        };
+        let nodes = vec![
+            at(1, "seed", Status::Evaluated, Some(1.0), Some(1.0)),
+            at(2, "seed", Status::Evaluated, Some(1.2), Some(1.1)),
+            // Better screen than its best parent (1.0), promoted, a new best.
+            at(3, "crossover", Status::Evaluated, Some(0.99), Some(0.97)),
+            // Worse than its parent; stopped at the screen.
+            at(4, "tune", Status::Screened, Some(1.3), None),
+            // Better than its parent (1.2), promoted, not a new best (0.98 > 0.97).
+            at(5, "tune", Status::Evaluated, Some(1.1), Some(0.98)),
+            // A duplicate counts as a child only.
+            at(6, "tune", Status::Duplicate, Some(0.99), Some(0.97)),
+            node(7, Status::Failed, Stage::Build, compile()),
+        ];
+        let edge = |child, parent, op: &str| Edge {
+            child,
+            parent,
+            operator: op.into(),
+            rationale: String::new(),
+        };
+        let edges = vec![
+            edge(3, 1, "crossover"),
+            edge(3, 2, "crossover"),
+            edge(4, 1, "tune"),
+            edge(5, 2, "tune"),
+            edge(6, 3, "tune"),
+            edge(7, 1, "mutate"),
+        ];
+        let r = operators(&nodes, &edges);
+        let row = |op: &str| r.iter().find(|x| x.operator == op).unwrap().clone();
+        let c = row("crossover");
+        assert_eq!(
+            (
+                c.children,
+                c.screened,
+                c.improved,
+                c.promoted,
+                c.new_bests,
+                c.best
+            ),
+            (1, 1, 1, 1, 1, Some(0.97))
+        );
+        let t = row("tune");
+        assert_eq!(
+            (
+                t.children,
+                t.screened,
+                t.improved,
+                t.promoted,
+                t.new_bests,
+                t.best
+            ),
+            (3, 2, 1, 1, 0, Some(0.98))
+        );
+        let m = row("mutate");
+        assert_eq!((m.children, m.screened, m.promoted), (1, 0, 0));
+        assert_eq!(
+            r.iter().map(|x| x.operator.as_str()).collect::<Vec<_>>(),
+            ["crossover", "tune", "mutate"]
+        );
+        let table = operators_table(&r);
+        assert!(table.contains("tune"), "{table}");
+        assert!(table.contains("1 (50 %)"), "{table}");
     }
 }
