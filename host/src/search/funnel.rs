@@ -4,7 +4,7 @@
 //! proposers, e.g. a local LLM against GP, on the same objective; and what each derivation
 //! operator's children did (the evidence for keeping an operator).
 
-use super::archive::{Call, Edge, Node, Operator, Stage, Status};
+use super::archive::{Call, Edge, Node, Stage, Status};
 use super::gcot::endpoint_failure;
 use serde::Serialize;
 
