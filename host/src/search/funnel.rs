@@ -425,33 +425,20 @@ mod tests {
             edge(7, 1, "mutate"),
         ];
         let r = operators(&nodes, &edges);
-        let row = |op: &str| r.iter().find(|x| x.operator == op).unwrap().clone();
-        let c = row("crossover");
-        assert_eq!(
+        let row = |op: &str| {
+            let x = r.iter().find(|x| x.operator == op).unwrap();
             (
-                c.children,
-                c.screened,
-                c.improved,
-                c.promoted,
-                c.new_bests,
-                c.best
-            ),
-            (1, 1, 1, 1, 1, Some(0.97))
-        );
-        let t = row("tune");
-        assert_eq!(
-            (
-                t.children,
-                t.screened,
-                t.improved,
-                t.promoted,
-                t.new_bests,
-                t.best
-            ),
-            (3, 2, 1, 1, 0, Some(0.98))
-        );
-        let m = row("mutate");
-        assert_eq!((m.children, m.screened, m.promoted), (1, 0, 0));
+                x.children,
+                x.screened,
+                x.improved,
+                x.promoted,
+                x.new_bests,
+                x.best,
+            )
+        };
+        assert_eq!(row("crossover"), (1, 1, 1, 1, 1, Some(0.97)));
+        assert_eq!(row("tune"), (3, 2, 1, 1, 0, Some(0.98)));
+        assert_eq!(row("mutate"), (1, 0, 0, 0, 0, None));
         assert_eq!(
             r.iter().map(|x| x.operator.as_str()).collect::<Vec<_>>(),
             ["crossover", "tune", "mutate"]
