@@ -170,8 +170,8 @@ pub struct OperatorRecord {
     pub improved: usize,
     /// Children promoted to the sequential level (duplicates excluded).
     pub promoted: usize,
-    /// Children that set a new best sequential ratio of the run when they were recorded (the
-    /// seeds set the first).
+    /// Children that set a new best sequential ratio of the run, taken in creation order (the
+    /// seeds set the first; results that land out of order are counted in creation order).
     pub new_bests: usize,
     /// The best sequential ratio among its children.
     pub best: Option<f64>,
