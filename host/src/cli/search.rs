@@ -511,6 +511,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<i32> {
 fn show(dir: &Path, top: usize, json: bool, html: Option<&Path>) -> anyhow::Result<i32> {
     let archive = Archive::open_existing(&archive_path(dir))?;
     let nodes = archive.nodes()?;
+    let (edges, calls) = (archive.edges()?, archive.calls()?);
     let config = || -> anyhow::Result<Option<serde_json::Value>> {
         Ok(archive
             .meta("config")?
@@ -521,18 +522,18 @@ fn show(dir: &Path, top: usize, json: bool, html: Option<&Path>) -> anyhow::Resu
             &dir.display().to_string(),
             config()?.as_ref(),
             &nodes,
-            &archive.edges()?,
-            &archive.calls()?,
+            &edges,
+            &calls,
         );
         std::fs::write(out, page).with_context(|| format!("writing {}", out.display()))?;
         println!("wrote {}", out.display());
         return Ok(0);
     }
-    let funnel = autoprune::search::funnel::funnel(&nodes, &archive.calls()?);
-    let operators = autoprune::search::funnel::operators(&nodes, &archive.edges()?);
+    let funnel = autoprune::search::funnel::funnel(&nodes, &calls);
+    let operators = autoprune::search::funnel::operators(&nodes, &edges);
     if json {
         let all = serde_json::json!({
-            "config": config()?, "nodes": nodes, "edges": archive.edges()?, "funnel": funnel,
+            "config": config()?, "nodes": nodes, "edges": edges, "funnel": funnel,
             "operators": operators,
         });
         println!("{}", serde_json::to_string_pretty(&all)?);
@@ -544,7 +545,6 @@ fn show(dir: &Path, top: usize, json: bool, html: Option<&Path>) -> anyhow::Resu
         println!("{}", autoprune::search::funnel::operators_table(&operators));
     }
     let (pt, ct) = archive.token_split()?;
-    let calls = archive.calls()?;
     if !calls.is_empty() {
         let failed = calls.iter().filter(|c| c.error.is_some()).count();
         println!(
@@ -560,7 +560,7 @@ fn show(dir: &Path, top: usize, json: bool, html: Option<&Path>) -> anyhow::Resu
     }
     if let Some(b) = autoprune::search::report::best(&nodes) {
         println!("best: #{} — {}\n", b.id, autoprune::term::text(&b.thought));
-        let chain = lineage(&archive.edges()?, b.id);
+        let chain = lineage(&edges, b.id);
         let chain: Vec<String> = chain.iter().map(|i| format!("#{i}")).collect();
         println!("lineage: {}\n", chain.join(" ← "));
         println!("{}", autoprune::term::text(&b.code));

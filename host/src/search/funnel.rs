@@ -177,8 +177,8 @@ pub struct OperatorRecord {
     pub best: Option<f64>,
 }
 
-/// Each operator's record in `nodes` (in creation order, as the archive lists them), by the
-/// order operators first appear.
+/// Each operator's record in `nodes` (any order; they are taken by id, i.e. creation order), in
+/// the order operators first appear.
 pub fn operators(nodes: &[Node], edges: &[Edge]) -> Vec<OperatorRecord> {
     let screen: std::collections::HashMap<i64, f64> = nodes
         .iter()
@@ -194,7 +194,9 @@ pub fn operators(nodes: &[Node], edges: &[Edge]) -> Vec<OperatorRecord> {
     let mut best_so_far = f64::INFINITY;
     for n in ordered {
         let own = n.status != Status::Duplicate;
-        let fitness = n.fitness.filter(|f| own && f.is_finite());
+        let fitness = n
+            .fitness
+            .filter(|f| own && f.is_finite() && failed_at(n).is_none());
         if n.operator.is_seed() || n.status == Status::Pending {
             best_so_far = best_so_far.min(fitness.unwrap_or(f64::INFINITY));
             continue;
