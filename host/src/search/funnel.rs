@@ -21,7 +21,8 @@ pub struct Funnel {
     pub compiled: usize,
     /// Compiled candidates that passed the checks (valid, finite, deterministic scores).
     pub checked: usize,
-    /// Checked candidates that passed the one-shot screen and were measured on the sequential level.
+    /// Checked candidates that passed the one-shot screen and were measured on the sequential level
+    /// (duplicates excluded: they reuse their twin's result).
     pub promoted: usize,
     /// Candidates that pruned exactly like an earlier one (their result reused).
     pub duplicates: usize,
@@ -67,9 +68,9 @@ pub fn funnel(nodes: &[Node], calls: &[Call]) -> Funnel {
         }
         f.checked += 1;
         if n.status == Status::Duplicate {
+            // A duplicate carries its twin's numbers but never ran a level itself.
             f.duplicates += 1;
-        }
-        if n.fitness.is_some() && at.is_none() {
+        } else if n.fitness.is_some() && at.is_none() {
             f.promoted += 1;
         }
     }
@@ -347,7 +348,7 @@ mod tests {
                 f.promoted,
                 f.duplicates
             ),
-            (8, 7, 6, 4, 3, 2, 1)
+            (8, 7, 6, 4, 3, 1, 1)
         );
         let text = f.to_string();
         assert!(
@@ -355,7 +356,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("promoted to the sequential level 2 (67 %)"),
+            text.contains("promoted to the sequential level 1 (33 %)"),
             "{text}"
         );
     }
