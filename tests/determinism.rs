@@ -67,7 +67,11 @@ fn fingerprint() -> Vec<String> {
         (
             "wanda 2:4",
             Method::Metric(&wanda),
-            Pattern::NM { n: 2, m: 4 },
+            Pattern::NM {
+                n: 2,
+                m: 4,
+                permute: false,
+            },
         ),
         ("sparsegpt 50%", Method::SparseGpt, Pattern::PerRow),
     ];

@@ -186,7 +186,15 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
     type Native<'a> = &'a dyn Fn(&LayerData<'_>) -> Vec<f32>;
     let cases: [(&Plugin, Native<'_>, Pattern); 3] = [
         (&obs, &obs_native, Pattern::PerRow),
-        (&obs, &obs_native, Pattern::NM { n: 2, m: 4 }),
+        (
+            &obs,
+            &obs_native,
+            Pattern::NM {
+                n: 2,
+                m: 4,
+                permute: false,
+            },
+        ),
         (&tree_plugin, &tree_native, Pattern::PerRow),
     ];
     for (plugin, native, pattern) in cases {
@@ -234,7 +242,14 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
         &window_offsets(toks.len(), 4, 64, Sampler::Even).unwrap(),
         64,
     );
-    for pattern in [Pattern::PerRow, Pattern::NM { n: 2, m: 4 }] {
+    for pattern in [
+        Pattern::PerRow,
+        Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: false,
+        },
+    ] {
         let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
         let pcfg = PruneConfig {
             sparsity: 0.5,
@@ -255,7 +270,11 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
     let pcfg = PruneConfig {
         sparsity: 0.5,
         layer_sparsity: Vec::new(),
-        pattern: Pattern::NM { n: 4, m: 8 },
+        pattern: Pattern::NM {
+            n: 4,
+            m: 8,
+            permute: false,
+        },
         batch: 4,
     };
     let r = prune_model(

@@ -87,13 +87,17 @@ impl FromStr for Setting {
             });
         }
         match head.parse::<Pattern>() {
-            Ok(pattern @ Pattern::NM { n, m }) if allocation == AllocationName::Uniform => {
-                Ok(Setting {
-                    sparsity: n as f64 / m as f64,
-                    pattern,
-                    allocation,
-                })
-            }
+            Ok(
+                pattern @ Pattern::NM {
+                    n,
+                    m,
+                    permute: false,
+                },
+            ) if allocation == AllocationName::Uniform => Ok(Setting {
+                sparsity: n as f64 / m as f64,
+                pattern,
+                allocation,
+            }),
             _ => Err(bad()),
         }
     }
@@ -329,7 +333,14 @@ mod tests {
         }
         let s: Setting = "2:4".parse().unwrap();
         assert_eq!(s.sparsity, 0.5);
-        assert_eq!(s.pattern, Pattern::NM { n: 2, m: 4 });
+        assert_eq!(
+            s.pattern,
+            Pattern::NM {
+                n: 2,
+                m: 4,
+                permute: false
+            }
+        );
         let s: Setting = " 70%+SDSA ".parse().unwrap();
         assert_eq!(s.allocation, AllocationName::Sdsa);
         assert!((s.sparsity - 0.7).abs() < 1e-12);

@@ -23,7 +23,9 @@ pub struct TargetFlags {
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
     /// Comparison group: `row` (per output row), `layer` (one threshold per matrix, ties
-    /// pruned), `layer-exact`, or `N:M` such as `2:4`.
+    /// pruned), `layer-exact`, or `N:M` such as `2:4`; `2:4p` permutes each layer's input
+    /// channels first so that important channels fall in different groups (RIA's channel
+    /// permutation, chosen from the metric's scores; metrics only)
     #[arg(long, default_value = "row")]
     pub pattern: Pattern,
 }

@@ -605,7 +605,15 @@ fn prune_linear(
                 .get(&input_slot(id.kind))
                 .ok_or_else(|| ModelError::Input(format!("no Hessian was collected for {id}")))?;
             let sg = match cfg.pattern {
-                Pattern::NM { n, m } => SparseGptConfig::n_m(n, m),
+                Pattern::NM {
+                    permute: true, ..
+                } => {
+                    return Err(PipelineError::Config(format!(
+                        "SparseGPT chooses its N:M groups while it updates the weights; the channel permutation of `{}` is for metrics",
+                        cfg.pattern
+                    )))
+                }
+                Pattern::NM { n, m, .. } => SparseGptConfig::n_m(n, m),
                 _ => SparseGptConfig::unstructured(cfg.sparsity_of(id)),
             };
             let stats = prune_with_factor(&mut w, rows, cols, f, &sg).map_err(|e| {

@@ -115,7 +115,7 @@ fn level(name: &str, l: &Option<LevelResult>) -> String {
 /// The prune flags of a setting (for the reproduce line).
 pub fn prune_flags(s: &Setting) -> String {
     let mut f = match s.pattern {
-        Pattern::NM { n, m } => format!("--pattern {n}:{m}"),
+        Pattern::NM { .. } => format!("--pattern {}", s.pattern),
         Pattern::PerRow => format!("--sparsity {}", s.sparsity),
         p => format!("--pattern {p} --sparsity {}", s.sparsity),
     };

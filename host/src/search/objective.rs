@@ -25,7 +25,7 @@ impl Setting {
     pub fn uniform(sparsity: f64, pattern: Pattern) -> Self {
         Setting {
             sparsity: match pattern {
-                Pattern::NM { n, m } => n as f64 / m as f64,
+                Pattern::NM { n, m, .. } => n as f64 / m as f64,
                 _ => sparsity,
             },
             pattern,
@@ -42,7 +42,7 @@ impl Setting {
 impl fmt::Display for Setting {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.pattern {
-            Pattern::NM { n, m } => write!(f, "{n}:{m}")?,
+            Pattern::NM { .. } => write!(f, "{}", self.pattern)?,
             Pattern::PerRow => write!(f, "{}%", fmt_pct(self.sparsity))?,
             Pattern::PerLayer => write!(f, "{}%@layer", fmt_pct(self.sparsity))?,
             Pattern::PerLayerExact => write!(f, "{}%@layer-exact", fmt_pct(self.sparsity))?,
@@ -175,7 +175,14 @@ mod tests {
         }
         let s: Setting = "2:4".parse().unwrap();
         assert_eq!(s.sparsity, 0.5);
-        assert_eq!(s.pattern, Pattern::NM { n: 2, m: 4 });
+        assert_eq!(
+            s.pattern,
+            Pattern::NM {
+                n: 2,
+                m: 4,
+                permute: false
+            }
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`Pattern::PerLayerExact`]: exactly `floor(numel·s)` pruned per layer, ties to
 //!   the lower flat index.
 //! - [`Pattern::NM`]: per row, in every group of `m` consecutive columns the `n`
-//!   lowest are pruned, ties to the lower index.
+//!   lowest are pruned, ties to the lower index; with `permute`, the groups are consecutive
+//!   columns of a per-layer input-channel permutation chosen from the scores ([`permute`]).
 //!
 //! No full sort is needed: a selection (`select_nth_unstable` on order-preserving
 //! integer keys; for a whole layer, a parallel 16-bit radix histogram first) finds
@@ -25,6 +26,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub mod permute;
 mod select;
 use select::{fill_dense, fill_nm, fill_row, fill_threshold, kth_smallest, kth_smallest_layer};
 
@@ -40,12 +42,16 @@ pub enum Pattern {
     PerLayer,
     /// Exactly `floor(numel·s)` lowest per layer, ties to the lower flat index. `"layer-exact"`.
     PerLayerExact,
-    /// Semi-structured: in each row, `n` of every `m` consecutive weights pruned. `"2:4"`.
+    /// Semi-structured: in each row, `n` of every `m` consecutive weights pruned. `"2:4"`;
+    /// `"2:4p"` with the layer's input channels permuted first ([`permute`]).
     NM {
         /// Weights pruned per group.
         n: usize,
         /// Group length (consecutive input columns).
         m: usize,
+        /// Groups of `m` consecutive columns of a per-layer input-channel permutation chosen
+        /// from the scores (RIA's channel permutation) instead of the natural order.
+        permute: bool,
     },
 }
 
@@ -79,6 +85,11 @@ impl FromStr for Pattern {
             "layer-exact" | "layer_exact" | "per-layer-exact" => return Ok(Pattern::PerLayerExact),
             _ => {}
         }
+        // `2:4p` / `2:4perm`: N:M over permuted input channels.
+        let (t, permute) = match t.strip_suffix("perm").or_else(|| t.strip_suffix('p')) {
+            Some(body) => (body.to_string(), true),
+            None => (t.clone(), false),
+        };
         let (a, b) = t
             .split_once(':')
             .ok_or_else(|| ParsePatternError::Unknown(s.to_string()))?;
@@ -90,7 +101,7 @@ impl FromStr for Pattern {
         if m == 0 || n > m {
             return Err(ParsePatternError::Invalid { n, m });
         }
-        Ok(Pattern::NM { n, m })
+        Ok(Pattern::NM { n, m, permute })
     }
 }
 
@@ -100,7 +111,9 @@ impl fmt::Display for Pattern {
             Pattern::PerRow => f.write_str("row"),
             Pattern::PerLayer => f.write_str("layer"),
             Pattern::PerLayerExact => f.write_str("layer-exact"),
-            Pattern::NM { n, m } => write!(f, "{n}:{m}"),
+            Pattern::NM { n, m, permute } => {
+                write!(f, "{n}:{m}{}", if *permute { "p" } else { "" })
+            }
         }
     }
 }
@@ -353,11 +366,16 @@ impl Mask {
                 let k = prune_count(numel, sparsity).min(numel);
                 (Self::per_layer_exact(scores, rows, cols, k), k)
             }
-            Pattern::NM { n, m } => {
+            Pattern::NM { n, m, permute } => {
                 if m == 0 || n > m || !cols.is_multiple_of(m) {
                     return Err(MaskError::NMShape { n, m, cols });
                 }
-                (Self::n_m(scores, rows, cols, n, m), rows * (cols / m) * n)
+                let mask = if permute {
+                    Self::n_m_permuted(scores, rows, cols, n, m)?
+                } else {
+                    Self::n_m(scores, rows, cols, n, m)
+                };
+                (mask, rows * (cols / m) * n)
             }
         };
         let got = mask.pruned_count();
@@ -433,6 +451,30 @@ impl Mask {
             .zip(quota.par_iter())
             .for_each(|((w, row), &q)| fill_threshold(w, row, t, q));
         m
+    }
+
+    /// N:M over the columns in the order [`permute::channel_permutation`] chooses, mapped
+    /// back to the natural order (so the pruned weights are zeros where they are).
+    fn n_m_permuted(
+        scores: &[f32],
+        rows: usize,
+        cols: usize,
+        n: usize,
+        m: usize,
+    ) -> Result<Self, MaskError> {
+        let perm = permute::channel_permutation(scores, rows, cols, n, m);
+        let permuted: Vec<f32> = scores
+            .par_chunks(cols)
+            .flat_map_iter(|row| perm.iter().map(move |&c| row[c]))
+            .collect();
+        let inner = Self::n_m(&permuted, rows, cols, n, m);
+        let mut keep = vec![false; rows * cols];
+        keep.par_chunks_mut(cols).enumerate().for_each(|(r, k)| {
+            for (pos, &c) in perm.iter().enumerate() {
+                k[c] = inner.is_kept(r, pos);
+            }
+        });
+        Mask::from_keep(rows, cols, &keep)
     }
 
     fn n_m(scores: &[f32], rows: usize, cols: usize, n: usize, m: usize) -> Self {

@@ -51,11 +51,32 @@ fn n_m_ties_follow_torch_topk() {
     // Hand-run of libstdc++ nth_element(begin, begin + 1, end) on four equal values:
     // the median swap gives order [2, 1, 0, 3], the partition [2, 3, 0, 1]; the first two
     // (columns 2 and 3) are PyTorch's `topk(2, largest=False)`.
-    let m = Mask::from_scores(&[1.0; 4], 1, 4, Pattern::NM { n: 2, m: 4 }, 0.0).unwrap();
+    let m = Mask::from_scores(
+        &[1.0; 4],
+        1,
+        4,
+        Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: false,
+        },
+        0.0,
+    )
+    .unwrap();
     assert_eq!(pruned_flags(&m), vec![false, false, true, true]);
     // No ties: the two lowest, wherever they are.
-    let m =
-        Mask::from_scores(&[3.0, 1.0, 4.0, 2.0], 1, 4, Pattern::NM { n: 2, m: 4 }, 0.0).unwrap();
+    let m = Mask::from_scores(
+        &[3.0, 1.0, 4.0, 2.0],
+        1,
+        4,
+        Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: false,
+        },
+        0.0,
+    )
+    .unwrap();
     assert_eq!(pruned_flags(&m), vec![false, true, false, true]);
 }
 
@@ -68,7 +89,18 @@ fn n_m_groups_exact_and_equal_stable_sort() {
         .map(|i| ((i * 7919) % 1009) as f32)
         .collect();
     for (n, m) in [(2, 4), (4, 8), (1, 4), (0, 4), (4, 4)] {
-        let mask = Mask::from_scores(&tied, rows, cols, Pattern::NM { n, m }, 0.0).unwrap();
+        let mask = Mask::from_scores(
+            &tied,
+            rows,
+            cols,
+            Pattern::NM {
+                n,
+                m,
+                permute: false,
+            },
+            0.0,
+        )
+        .unwrap();
         let flags = pruned_flags(&mask);
         for g in 0..rows * cols / m {
             let grp = &tied[g * m..(g + 1) * m];
@@ -87,7 +119,17 @@ fn n_m_shape_errors() {
     let s = vec![1.0; 2 * 10];
     for (n, m) in [(2, 4), (3, 2), (0, 0)] {
         assert_eq!(
-            Mask::from_scores(&s, 2, 10, Pattern::NM { n, m }, 0.5),
+            Mask::from_scores(
+                &s,
+                2,
+                10,
+                Pattern::NM {
+                    n,
+                    m,
+                    permute: false
+                },
+                0.5
+            ),
             Err(MaskError::NMShape { n, m, cols: 10 })
         );
     }
@@ -146,7 +188,11 @@ fn per_layer_overshoot_beyond_ties_is_refused() {
     for p in [
         Pattern::PerRow,
         Pattern::PerLayerExact,
-        Pattern::NM { n: 2, m: 4 },
+        Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: false,
+        },
     ] {
         assert_eq!(
             Mask::from_scores(&s, 64, 64, p, 0.5)
@@ -196,8 +242,16 @@ fn masks_invariant_under_monotone_transforms() {
         Pattern::PerRow,
         Pattern::PerLayer,
         Pattern::PerLayerExact,
-        Pattern::NM { n: 2, m: 4 },
-        Pattern::NM { n: 4, m: 8 },
+        Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: false,
+        },
+        Pattern::NM {
+            n: 4,
+            m: 8,
+            permute: false,
+        },
     ];
     for scores in [&tied, &distinct] {
         for p in patterns {
@@ -217,7 +271,18 @@ fn ties_break_deterministically() {
     let (rows, cols) = (3, 8);
     let flat = vec![0.5f32; rows * cols];
     let row = Mask::from_scores(&flat, rows, cols, Pattern::PerRow, 0.5).unwrap();
-    let nm = Mask::from_scores(&flat, rows, cols, Pattern::NM { n: 2, m: 4 }, 0.0).unwrap();
+    let nm = Mask::from_scores(
+        &flat,
+        rows,
+        cols,
+        Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: false,
+        },
+        0.0,
+    )
+    .unwrap();
     let exact = Mask::from_scores(&flat, rows, cols, Pattern::PerLayerExact, 0.5).unwrap();
     for r in 0..rows {
         for c in 0..cols {
@@ -347,8 +412,30 @@ fn pattern_parse_display_serde() {
         ("row", Pattern::PerRow),
         ("layer", Pattern::PerLayer),
         ("layer-exact", Pattern::PerLayerExact),
-        ("2:4", Pattern::NM { n: 2, m: 4 }),
-        ("4:8", Pattern::NM { n: 4, m: 8 }),
+        (
+            "2:4",
+            Pattern::NM {
+                n: 2,
+                m: 4,
+                permute: false,
+            },
+        ),
+        (
+            "4:8",
+            Pattern::NM {
+                n: 4,
+                m: 8,
+                permute: false,
+            },
+        ),
+        (
+            "2:4p",
+            Pattern::NM {
+                n: 2,
+                m: 4,
+                permute: true,
+            },
+        ),
     ] {
         assert_eq!(s.parse::<Pattern>(), Ok(p));
         assert_eq!(p.to_string(), s);
@@ -357,6 +444,14 @@ fn pattern_parse_display_serde() {
         assert_eq!(serde_json::from_str::<Pattern>(&j).unwrap(), p);
     }
     assert_eq!(" Per-Row ".parse::<Pattern>(), Ok(Pattern::PerRow));
+    assert_eq!(
+        "2:4perm".parse::<Pattern>(),
+        Ok(Pattern::NM {
+            n: 2,
+            m: 4,
+            permute: true
+        })
+    );
     assert_eq!(Pattern::default(), Pattern::PerRow);
     assert!(matches!(
         "column".parse::<Pattern>(),
@@ -385,4 +480,45 @@ fn sparsity_counts_follow_python_floats() {
     assert_eq!(prune_count(10, sparsity_from_f32(0.7)), 7);
     assert_eq!(prune_count(576, 0.7), 403);
     assert_eq!(prune_count(576 * 576, 0.5), 165_888);
+}
+
+#[test]
+fn permuted_n_m_keeps_more_score_with_exact_groups() {
+    // Random non-negative scores with a few dominant input channels, as activations give.
+    let (rows, cols) = (48, 64);
+    let mut rng = Rng::new(11);
+    let scale: Vec<f32> = (0..cols)
+        .map(|c| if c % 8 < 2 { 8.0 } else { 1.0 })
+        .collect();
+    let scores: Vec<f32> = rng
+        .normals(rows * cols)
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x.abs() * scale[i % cols])
+        .collect();
+    let plain = Mask::from_scores(&scores, rows, cols, "2:4".parse().unwrap(), 0.0).unwrap();
+    let perm = Mask::from_scores(&scores, rows, cols, "2:4p".parse().unwrap(), 0.0).unwrap();
+    assert_eq!(perm.pruned_count(), rows * cols / 2);
+    let kept = |m: &Mask| -> f64 {
+        (0..rows * cols)
+            .filter(|&i| m.is_kept(i / cols, i % cols))
+            .map(|i| scores[i] as f64)
+            .sum()
+    };
+    assert!(
+        kept(&perm) > kept(&plain),
+        "{} vs {}",
+        kept(&perm),
+        kept(&plain)
+    );
+    // The groups are those of the permutation: n of every m pruned in each row.
+    let order = permute::channel_permutation(&scores, rows, cols, 2, 4);
+    for r in 0..rows {
+        for g in order.chunks(4) {
+            assert_eq!(g.iter().filter(|&&c| !perm.is_kept(r, c)).count(), 2);
+        }
+    }
+    // In natural order the dominant channels 0, 1 share a group; permuted, they do not.
+    let group_of = |c: usize| order.iter().position(|&x| x == c).unwrap() / 4;
+    assert_ne!(group_of(0), group_of(1));
 }

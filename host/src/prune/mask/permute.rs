@@ -1,0 +1,342 @@
+//! Input-channel permutation for N:M masks (RIA's "channel permutation", Zhang et al. 2024).
+//!
+//! An N:M kernel prunes `n` of every `m` *consecutive* inputs of a row. Which inputs share a
+//! group is free if the layer's input columns are permuted (the weight's columns and the
+//! activations' features together, which leaves the product unchanged): a permutation that
+//! puts important channels in different groups lets every row keep more of its score. The host
+//! chooses one permutation per layer from the scores alone, so it works with any metric:
+//!
+//! 1. **Allocation**: columns sorted by their total score (descending) are dealt round-robin to
+//!    the `cols/m` groups, so each group gets one column from each importance tier.
+//! 2. **Refinement**: for each position `t` in `0..m` in turn, the column at position `t` of
+//!    every group is taken out and the columns are reassigned to the groups by a linear-sum
+//!    assignment (Hungarian algorithm) that maximises the total kept score given the groups'
+//!    other `m − 1` columns. Each step is optimal given the rest (up to the f32 sums of its
+//!    costs), so the kept score does not fall; rounds repeat while one gains at least 0.01 %
+//!    (at most [`ROUNDS`]).
+//!
+//! The objective is the sum over rows of the scores the mask keeps, as in RIA; it is the right
+//! objective for non-negative scores (every built-in metric's). The identity permutation is
+//! kept when nothing beats it. Layers with more than [`MAX_ASSIGN_GROUPS`] groups get the
+//! allocation step only (the assignment costs `O(groups³ + groups²·rows)` per position).
+//!
+//! The mask is built in the permuted order and mapped back: pruned weights are zeros at their
+//! original positions, so evaluation is exactly that of the permuted model. A deployment on a
+//! 2:4 kernel needs the permutation too (gather the inputs in that order); see
+//! [`super::Mask::from_scores`].
+
+use rayon::prelude::*;
+
+/// Refinement rounds (each visits the `m` positions once) at most.
+pub const ROUNDS: usize = 3;
+
+/// Groups above which the assignment step is skipped (allocation only).
+pub const MAX_ASSIGN_GROUPS: usize = 1536;
+
+/// The column order chosen for an `n:m` mask of `scores` (`rows × cols`, row-major): position
+/// `k` of the permuted layer holds original column `perm[k]`; group `g` is positions
+/// `g·m .. g·m + m`. Needs `cols % m == 0`; with `n == 0` or `n == m` (nothing to choose) the
+/// identity.
+pub fn channel_permutation(
+    scores: &[f32],
+    rows: usize,
+    cols: usize,
+    n: usize,
+    m: usize,
+) -> Vec<usize> {
+    let identity: Vec<usize> = (0..cols).collect();
+    if n == 0 || n >= m || m < 2 || cols < 2 * m || !cols.is_multiple_of(m) || rows == 0 {
+        return identity;
+    }
+    let keep = m - n;
+    // Column-major copy in f64: every cost below reads whole columns.
+    let colmajor: Vec<f64> = (0..cols)
+        .into_par_iter()
+        .flat_map_iter(|c| (0..rows).map(move |r| scores[r * cols + c] as f64))
+        .collect();
+    let col = |c: usize| &colmajor[c * rows..(c + 1) * rows];
+    let groups = cols / m;
+
+    // 1. Allocation: sorted by total score, dealt round-robin (tier t = position t).
+    let totals: Vec<f64> = (0..cols).map(|c| col(c).iter().sum()).collect();
+    let mut order: Vec<usize> = (0..cols).collect();
+    order.sort_by(|&a, &b| totals[b].total_cmp(&totals[a]).then(a.cmp(&b)));
+    let mut perm = vec![0usize; cols];
+    for (i, &c) in order.iter().enumerate() {
+        let (tier, g) = (i / groups, i % groups);
+        perm[g * m + tier] = c;
+    }
+
+    // 2. Refinement by assignment, one position at a time.
+    if groups <= MAX_ASSIGN_GROUPS {
+        let mut current = kept_score(&colmajor, rows, &perm, m, keep);
+        for _ in 0..ROUNDS {
+            let before = current;
+            let previous = perm.clone();
+            for t in 0..m {
+                reassign_position(&colmajor, rows, &mut perm, m, keep, t);
+            }
+            current = kept_score(&colmajor, rows, &perm, m, keep);
+            if current < before {
+                // The f32 costs misled the assignment: keep the better order.
+                perm = previous;
+                break;
+            }
+            // Stop when a round gains less than 0.01 % of the kept score.
+            if current <= before + 1e-4 * before.abs() {
+                break;
+            }
+        }
+    }
+    if kept_score(&colmajor, rows, &perm, m, keep) > kept_score(&colmajor, rows, &identity, m, keep)
+    {
+        perm
+    } else {
+        identity
+    }
+}
+
+/// Sum over rows and groups of the `keep` highest scores of each group under `perm`.
+pub fn kept_score(colmajor: &[f64], rows: usize, perm: &[usize], m: usize, keep: usize) -> f64 {
+    perm.par_chunks(m)
+        .map(|grp| {
+            let mut vals = vec![0.0f64; m];
+            let mut sum = 0.0;
+            for r in 0..rows {
+                for (j, &c) in grp.iter().enumerate() {
+                    vals[j] = colmajor[c * rows + r];
+                }
+                vals.sort_by(|a, b| b.total_cmp(a));
+                sum += vals[..keep].iter().sum::<f64>();
+            }
+            sum
+        })
+        .sum()
+}
+
+/// Takes the column at position `t` out of every group and puts the columns back where they
+/// keep the most score given the groups' other columns (an optimal assignment).
+fn reassign_position(
+    colmajor: &[f64],
+    rows: usize,
+    perm: &mut [usize],
+    m: usize,
+    keep: usize,
+    t: usize,
+) {
+    let groups = perm.len() / m;
+    // With a group's other m−1 scores of a row sorted descending (o_0 ≥ o_1 ≥ …), adding x
+    // keeps Σ o_0..o_{keep−2} + max(x, o_{keep−1}): only the second term depends on x.
+    let floor: Vec<Vec<f64>> = (0..groups)
+        .into_par_iter()
+        .map(|g| {
+            let others: Vec<usize> = (0..m)
+                .filter(|&j| j != t)
+                .map(|j| perm[g * m + j])
+                .collect();
+            let mut o = vec![0.0f64; m - 1];
+            (0..rows)
+                .map(|r| {
+                    for (k, &c) in others.iter().enumerate() {
+                        o[k] = colmajor[c * rows + r];
+                    }
+                    o.sort_by(|a, b| b.total_cmp(a));
+                    o[keep - 1]
+                })
+                .collect()
+        })
+        .collect();
+    let movers: Vec<usize> = (0..groups).map(|g| perm[g * m + t]).collect();
+    // cost[i][g] = −Σ_r max(x_i, floor_g): minimised by the assignment. In f32 with 16
+    // partial sums (vectorised); only the assignment's choices depend on it, and the kept score
+    // that decides whether a round is kept is summed in f64.
+    let floor32: Vec<Vec<f32>> = floor
+        .iter()
+        .map(|f| f.iter().map(|&v| v as f32).collect())
+        .collect();
+    let cost: Vec<f64> = movers
+        .par_iter()
+        .flat_map_iter(|&c| {
+            let x: Vec<f32> = colmajor[c * rows..(c + 1) * rows]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            floor32
+                .iter()
+                .map(move |f| -f64::from(sum_max(&x, f)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let assigned = hungarian(&cost, groups);
+    for (i, &g) in assigned.iter().enumerate() {
+        perm[g * m + t] = movers[i];
+    }
+}
+
+/// `Σ max(x_r, f_r)` in 16 lanes, so the compiler vectorises it.
+fn sum_max(x: &[f32], f: &[f32]) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let (xc, xr) = x.split_at(x.len() / L * L);
+    let (fc, fr) = f.split_at(xc.len());
+    for (a, b) in xc.chunks_exact(L).zip(fc.chunks_exact(L)) {
+        for l in 0..L {
+            acc[l] += a[l].max(b[l]);
+        }
+    }
+    let tail: f32 = xr.iter().zip(fr).map(|(a, b)| a.max(*b)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// A minimum-cost perfect assignment of the `n × n` row-major `cost`: `result[i]` is the
+/// column given to row `i` (shortest augmenting paths with potentials, `O(n³)`).
+pub fn hungarian(cost: &[f64], n: usize) -> Vec<usize> {
+    debug_assert_eq!(cost.len(), n * n);
+    // 1-based arrays; index 0 is the virtual start.
+    let mut u = vec![0.0f64; n + 1];
+    let mut v = vec![0.0f64; n + 1];
+    let mut p = vec![0usize; n + 1]; // p[j]: row matched to column j
+    let mut way = vec![0usize; n + 1];
+    for i in 1..=n {
+        p[0] = i;
+        let mut j0 = 0usize;
+        let mut minv = vec![f64::INFINITY; n + 1];
+        let mut used = vec![false; n + 1];
+        loop {
+            used[j0] = true;
+            let i0 = p[j0];
+            let mut delta = f64::INFINITY;
+            let mut j1 = 0usize;
+            for j in 1..=n {
+                if !used[j] {
+                    let cur = cost[(i0 - 1) * n + (j - 1)] - u[i0] - v[j];
+                    if cur < minv[j] {
+                        minv[j] = cur;
+                        way[j] = j0;
+                    }
+                    if minv[j] < delta {
+                        delta = minv[j];
+                        j1 = j;
+                    }
+                }
+            }
+            for j in 0..=n {
+                if used[j] {
+                    u[p[j]] += delta;
+                    v[j] -= delta;
+                } else {
+                    minv[j] -= delta;
+                }
+            }
+            j0 = j1;
+            if p[j0] == 0 {
+                break;
+            }
+        }
+        loop {
+            let j1 = way[j0];
+            p[j0] = p[j1];
+            j0 = j1;
+            if j0 == 0 {
+                break;
+            }
+        }
+    }
+    let mut result = vec![0usize; n];
+    for j in 1..=n {
+        if p[j] > 0 {
+            result[p[j] - 1] = j - 1;
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn brute_min(cost: &[f64], n: usize) -> f64 {
+        fn go(cost: &[f64], n: usize, i: usize, used: &mut Vec<bool>) -> f64 {
+            if i == n {
+                return 0.0;
+            }
+            let mut best = f64::INFINITY;
+            for j in 0..n {
+                if !used[j] {
+                    used[j] = true;
+                    best = best.min(cost[i * n + j] + go(cost, n, i + 1, used));
+                    used[j] = false;
+                }
+            }
+            best
+        }
+        go(cost, n, 0, &mut vec![false; n])
+    }
+
+    #[test]
+    fn hungarian_is_optimal_on_small_matrices() {
+        let mut rng = crate::rng::SplitMix64::new(7);
+        for n in 1..=6 {
+            for _ in 0..20 {
+                let cost: Vec<f64> = (0..n * n)
+                    .map(|_| (rng.unit() * 10.0).round() - 5.0)
+                    .collect();
+                let a = hungarian(&cost, n);
+                let mut seen = vec![false; n];
+                for &j in &a {
+                    assert!(!seen[j], "not a permutation: {a:?}");
+                    seen[j] = true;
+                }
+                let got: f64 = a.iter().enumerate().map(|(i, &j)| cost[i * n + j]).sum();
+                assert!(
+                    (got - brute_min(&cost, n)).abs() < 1e-9,
+                    "n {n}: {got} vs optimum"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn permutation_separates_important_channels() {
+        // 8 columns, 2:4. Columns 0 and 1 dominate every row; in natural order they share
+        // group 0, so one row keeps 2 of them and loses the weaker half of group 1's columns.
+        let (rows, cols) = (3, 8);
+        let mut scores = vec![1.0f32; rows * cols];
+        for r in 0..rows {
+            scores[r * cols] = 10.0;
+            scores[r * cols + 1] = 9.0;
+            scores[r * cols + 2] = 8.0;
+            scores[r * cols + 3] = 7.0;
+        }
+        let perm = channel_permutation(&scores, rows, cols, 2, 4);
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..cols).collect::<Vec<_>>());
+        let s = &scores;
+        let colmajor: Vec<f64> = (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| s[r * cols + c] as f64))
+            .collect();
+        let identity: Vec<usize> = (0..cols).collect();
+        let before = kept_score(&colmajor, rows, &identity, 4, 2);
+        let after = kept_score(&colmajor, rows, &perm, 4, 2);
+        // Natural order keeps 10+9 and 1+1 per row (21); split, 10+9 → 10+8 and 9+7 (34).
+        assert_eq!(before, 3.0 * 21.0);
+        assert_eq!(after, 3.0 * 34.0);
+    }
+
+    #[test]
+    fn nothing_to_choose_is_the_identity() {
+        let scores = vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        for (n, m) in [(0, 4), (4, 4)] {
+            assert_eq!(
+                channel_permutation(&scores, 1, 8, n, m),
+                (0..8).collect::<Vec<_>>()
+            );
+        }
+        // Too few columns for two groups.
+        assert_eq!(
+            channel_permutation(&scores[..4], 1, 4, 2, 4),
+            vec![0, 1, 2, 3]
+        );
+    }
+}
