@@ -17,8 +17,9 @@
 //!
 //! The objective is the sum over rows of the scores the mask keeps, as in RIA; it is the right
 //! objective for non-negative scores (every built-in metric's). The identity permutation is
-//! kept when nothing beats it. Layers with more than [`MAX_ASSIGN_GROUPS`] groups get the
-//! allocation step only (the assignment costs `O(groups³ + groups²·rows)` per position).
+//! kept when nothing beats it. An exact assignment costs `O(groups³ + groups²·rows)` per
+//! position, so layers with more than [`ASSIGN_BLOCK`] groups are reassigned within blocks of
+//! that many groups (independent, in parallel), the blocks shifted by half a block each round.
 //!
 //! The mask is built in the permuted order and mapped back: pruned weights are zeros at their
 //! original positions, so evaluation is exactly that of the permuted model. A deployment on a
@@ -30,8 +31,9 @@ use rayon::prelude::*;
 /// Refinement rounds (each visits the `m` positions once) at most.
 pub const ROUNDS: usize = 3;
 
-/// Groups above which the assignment step is skipped (allocation only).
-pub const MAX_ASSIGN_GROUPS: usize = 1536;
+/// Groups per exact assignment: a layer with more groups is solved in blocks of this many
+/// (`O(block³)` each), the blocks shifted by half a block between rounds.
+pub const ASSIGN_BLOCK: usize = 384;
 
 /// The column order chosen for an `n:m` mask of `scores` (`rows × cols`, row-major): position
 /// `k` of the permuted layer holds original column `perm[k]`; group `g` is positions
@@ -68,13 +70,18 @@ pub fn channel_permutation(
     }
 
     // 2. Refinement by assignment, one position at a time.
-    if groups <= MAX_ASSIGN_GROUPS {
+    {
         let mut current = kept_score(&colmajor, rows, &perm, m, keep);
-        for _ in 0..ROUNDS {
+        for round in 0..ROUNDS {
             let before = current;
             let previous = perm.clone();
+            let offset = if groups > ASSIGN_BLOCK {
+                (round * ASSIGN_BLOCK / 2) % groups
+            } else {
+                0
+            };
             for t in 0..m {
-                reassign_position(&colmajor, rows, &mut perm, m, keep, t);
+                reassign_position(&colmajor, rows, &mut perm, m, keep, t, offset);
             }
             current = kept_score(&colmajor, rows, &perm, m, keep);
             if current < before {
@@ -115,7 +122,10 @@ pub fn kept_score(colmajor: &[f64], rows: usize, perm: &[usize], m: usize, keep:
 }
 
 /// Takes the column at position `t` out of every group and puts the columns back where they
-/// keep the most score given the groups' other columns (an optimal assignment).
+/// keep the most score given the groups' other columns: an optimal assignment within each block
+/// of at most [`ASSIGN_BLOCK`] groups. The blocks start at `offset` (rotated between rounds, so
+/// a column can reach any group over the rounds); a layer with at most that many groups is one
+/// block, solved exactly.
 fn reassign_position(
     colmajor: &[f64],
     rows: usize,
@@ -123,13 +133,38 @@ fn reassign_position(
     m: usize,
     keep: usize,
     t: usize,
+    offset: usize,
 ) {
     let groups = perm.len() / m;
+    let order: Vec<usize> = (offset..groups).chain(0..offset).collect();
+    let blocks: Vec<&[usize]> = order.chunks(ASSIGN_BLOCK).collect();
+    let snapshot: &[usize] = perm;
+    let moves: Vec<(usize, usize)> = blocks
+        .par_iter()
+        .flat_map_iter(|block| assign_block(colmajor, rows, snapshot, m, keep, t, block))
+        .collect();
+    for (g, c) in moves {
+        perm[g * m + t] = c;
+    }
+}
+
+/// The (group, column) placements of one block's position-`t` columns.
+fn assign_block(
+    colmajor: &[f64],
+    rows: usize,
+    perm: &[usize],
+    m: usize,
+    keep: usize,
+    t: usize,
+    block: &[usize],
+) -> Vec<(usize, usize)> {
     // With a group's other m−1 scores of a row sorted descending (o_0 ≥ o_1 ≥ …), adding x
-    // keeps Σ o_0..o_{keep−2} + max(x, o_{keep−1}): only the second term depends on x.
-    let floor: Vec<Vec<f64>> = (0..groups)
-        .into_par_iter()
-        .map(|g| {
+    // keeps Σ o_0..o_{keep−2} + max(x, o_{keep−1}): only the second term depends on x. The
+    // costs are summed in f32 with 16 partial sums (vectorised); only the assignment's choices
+    // depend on them, and the kept score that decides whether a round is kept is summed in f64.
+    let floor: Vec<Vec<f32>> = block
+        .iter()
+        .map(|&g| {
             let others: Vec<usize> = (0..m)
                 .filter(|&j| j != t)
                 .map(|j| perm[g * m + j])
@@ -141,36 +176,27 @@ fn reassign_position(
                         o[k] = colmajor[c * rows + r];
                     }
                     o.sort_by(|a, b| b.total_cmp(a));
-                    o[keep - 1]
+                    o[keep - 1] as f32
                 })
                 .collect()
         })
         .collect();
-    let movers: Vec<usize> = (0..groups).map(|g| perm[g * m + t]).collect();
-    // cost[i][g] = −Σ_r max(x_i, floor_g): minimised by the assignment. In f32 with 16
-    // partial sums (vectorised); only the assignment's choices depend on it, and the kept score
-    // that decides whether a round is kept is summed in f64.
-    let floor32: Vec<Vec<f32>> = floor
-        .iter()
-        .map(|f| f.iter().map(|&v| v as f32).collect())
-        .collect();
-    let cost: Vec<f64> = movers
-        .par_iter()
-        .flat_map_iter(|&c| {
-            let x: Vec<f32> = colmajor[c * rows..(c + 1) * rows]
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            floor32
-                .iter()
-                .map(move |f| -f64::from(sum_max(&x, f)))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    let assigned = hungarian(&cost, groups);
-    for (i, &g) in assigned.iter().enumerate() {
-        perm[g * m + t] = movers[i];
+    let movers: Vec<usize> = block.iter().map(|&g| perm[g * m + t]).collect();
+    // cost[i][j] = −Σ_r max(x_i, floor_j): minimised by the assignment.
+    let mut cost = Vec::with_capacity(movers.len() * block.len());
+    for &c in &movers {
+        let x: Vec<f32> = colmajor[c * rows..(c + 1) * rows]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        cost.extend(floor.iter().map(|f| -f64::from(sum_max(&x, f))));
     }
+    let assigned = hungarian(&cost, block.len());
+    assigned
+        .iter()
+        .enumerate()
+        .map(|(i, &j)| (block[j], movers[i]))
+        .collect()
 }
 
 /// `Σ max(x_r, f_r)` in 16 lanes, so the compiler vectorises it.
@@ -322,6 +348,28 @@ mod tests {
         // Natural order keeps 10+9 and 1+1 per row (21); split, 10+9 → 10+8 and 9+7 (34).
         assert_eq!(before, 3.0 * 21.0);
         assert_eq!(after, 3.0 * 34.0);
+    }
+
+    #[test]
+    fn wide_layers_are_reassigned_in_blocks() {
+        // 400 groups: one block of 384 and one of 16, then shifted blocks.
+        let (rows, cols) = (6, 1600);
+        let mut rng = crate::rng::SplitMix64::new(3);
+        let scores: Vec<f32> = (0..rows * cols)
+            .map(|i| (rng.unit() as f32) * if (i % cols) % 16 < 3 { 6.0 } else { 1.0 })
+            .collect();
+        let perm = channel_permutation(&scores, rows, cols, 2, 4);
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..cols).collect::<Vec<_>>());
+        let s = &scores;
+        let colmajor: Vec<f64> = (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| s[r * cols + c] as f64))
+            .collect();
+        let identity: Vec<usize> = (0..cols).collect();
+        assert!(
+            kept_score(&colmajor, rows, &perm, 4, 2) > kept_score(&colmajor, rows, &identity, 4, 2)
+        );
     }
 
     #[test]
