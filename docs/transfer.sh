@@ -3,6 +3,9 @@
 # 2:4 and 70 % (uniform and SDSA) on every real model setup.sh fetches, perplexity on the SOTU
 # evaluation windows and zero-shot accuracy on the built-in `sotu-next` task; and the metric
 # search found on SmolLM2 at 2:4 (candidates/discovered/wanda_mag_2of4.rs) at 2:4 on each.
+# CELLS="SETTING:METHOD ..." runs only those cells, e.g. the later discoveries under the setting
+# each was found for: CELLS="0.5:disc50 2:4:disc24 0.7+sdsa:disc70 0.7:disc70". The setting
+# `2:4p` is 2:4 with channel permutation (`--pattern 2:4p`).
 #
 #   docs/transfer.sh [OUT]            # OUT defaults to runs/transfer; resumable (done cells kept)
 #
@@ -27,6 +30,7 @@ setting_flags() {
     dense) echo "--sparsity 0" ;;
     0.5) echo "--sparsity 0.5" ;;
     2:4) echo "--pattern 2:4" ;;
+    2:4p) echo "--pattern 2:4p" ;;
     0.7) echo "--sparsity 0.7" ;;
     0.7+sdsa) echo "--sparsity 0.7 --allocation sdsa" ;;
   esac
@@ -38,25 +42,33 @@ method_flags() {
     ria) echo "--metric candidates/ria.rs" ;;
     sparsegpt) echo "--method sparsegpt" ;;
     discovered) echo "--metric candidates/discovered/wanda_mag_2of4.rs" ;;
+    disc24) echo "--metric candidates/discovered/wanda_colmag_2of4.rs" ;;
+    disc24o) echo "--metric candidates/discovered/colout_sqrtnorm_2of4.rs" ;;
+    disc50) echo "--metric candidates/discovered/ria_lognorm_50.rs" ;;
+    disc70) echo "--metric candidates/discovered/wanda_rowmag_70sdsa.rs" ;;
   esac
 }
 
 for model in $MODELS; do
   name=$(basename "$model" .gguf)
   mkdir -p "$OUT/$name"
-  cells=("dense:magnitude")
-  for s in 0.5 2:4 0.7 0.7+sdsa; do
-    for m in magnitude wanda ria sparsegpt; do cells+=("$s:$m"); done
-  done
-  cells+=("2:4:discovered")
+  if [ -n "${CELLS:-}" ]; then
+    read -r -a cells <<< "$CELLS"
+  else
+    cells=("dense:magnitude")
+    for s in 0.5 2:4 0.7 0.7+sdsa; do
+      for m in magnitude wanda ria sparsegpt; do cells+=("$s:$m"); done
+    done
+    cells+=("2:4:discovered")
+  fi
   for cell in "${cells[@]}"; do
-    s="${cell%%:*}"; [ "$cell" = "2:4:${cell##*:}" ] && s="2:4"
+    s="${cell%%:*}"; [ "$cell" = "2:4:${cell##*:}" ] && s="2:4"; [ "$cell" = "2:4p:${cell##*:}" ] && s="2:4p"
     m="${cell##*:}"
     file="$OUT/$name/${s/:/of}-$m.json"
     [ -s "$file" ] && continue
     flags="$(setting_flags "$s") $(method_flags "$m")"
     # Magnitude as published: one threshold per matrix (N:M stays per group).
-    if [ "$m" = magnitude ] && [ "$s" != 2:4 ]; then flags="$flags --pattern layer"; fi
+    if [ "$m" = magnitude ] && [ "${s#2:4}" = "$s" ]; then flags="$flags --pattern layer"; fi
     tasks=""
     case " $TASK_SETTINGS " in *" $s "*) tasks="--tasks sotu-next --task-items $TASK_ITEMS" ;; esac
     echo "== $name $s $m" >&2
