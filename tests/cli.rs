@@ -208,7 +208,14 @@ fn prune_two_four_with_channel_permutation() {
         let p = autoprune()
             .args(["prune", "--metric"])
             .arg(common::workspace().join("candidates/wanda.rs"))
-            .args(["--pattern", pattern, "--calib-windows", "2", "--eval-windows", "2"])
+            .args([
+                "--pattern",
+                pattern,
+                "--calib-windows",
+                "2",
+                "--eval-windows",
+                "2",
+            ])
             .args(["--skip-dense", "--json"])
             .output()
             .unwrap();
