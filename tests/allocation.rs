@@ -110,14 +110,7 @@ fn allocation_with_n_m_or_wrong_length_is_refused() {
     let toks = tokens(2048, cfg.vocab_size as u32);
     let wins = windows(&toks, &[0, 512], 64);
     for (pattern, n) in [
-        (
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false,
-            },
-            7 * cfg.num_layers,
-        ),
+        (Pattern::n_m(2, 4), 7 * cfg.num_layers),
         (Pattern::PerRow, 3),
     ] {
         let pcfg = PruneConfig {

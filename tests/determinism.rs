@@ -64,15 +64,7 @@ fn fingerprint() -> Vec<String> {
     let wanda = common::plugin("candidates/wanda.rs", &Policy::default()).unwrap();
     let runs: [(&str, Method, Pattern); 3] = [
         ("wanda 50%", Method::Metric(&wanda), Pattern::PerRow),
-        (
-            "wanda 2:4",
-            Method::Metric(&wanda),
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false,
-            },
-        ),
+        ("wanda 2:4", Method::Metric(&wanda), Pattern::n_m(2, 4)),
         ("sparsegpt 50%", Method::SparseGpt, Pattern::PerRow),
     ];
     let eval = tokens(4096, dense.config.vocab_size as u32);

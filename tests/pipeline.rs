@@ -186,15 +186,7 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
     type Native<'a> = &'a dyn Fn(&LayerData<'_>) -> Vec<f32>;
     let cases: [(&Plugin, Native<'_>, Pattern); 3] = [
         (&obs, &obs_native, Pattern::PerRow),
-        (
-            &obs,
-            &obs_native,
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false,
-            },
-        ),
+        (&obs, &obs_native, Pattern::n_m(2, 4)),
         (&tree_plugin, &tree_native, Pattern::PerRow),
     ];
     for (plugin, native, pattern) in cases {
@@ -242,14 +234,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
         &window_offsets(toks.len(), 4, 64, Sampler::Even).unwrap(),
         64,
     );
-    for pattern in [
-        Pattern::PerRow,
-        Pattern::NM {
-            n: 2,
-            m: 4,
-            permute: false,
-        },
-    ] {
+    for pattern in [Pattern::PerRow, Pattern::n_m(2, 4)] {
         let mut model = Model::random(&cfg, 9, &Device::Cpu).unwrap();
         let pcfg = PruneConfig {
             sparsity: 0.5,
@@ -270,11 +255,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
     let pcfg = PruneConfig {
         sparsity: 0.5,
         layer_sparsity: Vec::new(),
-        pattern: Pattern::NM {
-            n: 4,
-            m: 8,
-            permute: false,
-        },
+        pattern: Pattern::n_m(4, 8),
         batch: 4,
     };
     let r = prune_model(

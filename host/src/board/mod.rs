@@ -333,14 +333,7 @@ mod tests {
         }
         let s: Setting = "2:4".parse().unwrap();
         assert_eq!(s.sparsity, 0.5);
-        assert_eq!(
-            s.pattern,
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false
-            }
-        );
+        assert_eq!(s.pattern, Pattern::n_m(2, 4));
         let s: Setting = " 70%+SDSA ".parse().unwrap();
         assert_eq!(s.allocation, AllocationName::Sdsa);
         assert!((s.sparsity - 0.7).abs() < 1e-12);

@@ -266,15 +266,7 @@ mod tests {
             let eval = token_windows(3, 12, 256, 2);
             let calib: Vec<&[u32]> = calib.iter().map(|w| w.as_slice()).collect();
             let eval: Vec<&[u32]> = eval.iter().map(|w| w.as_slice()).collect();
-            let cfg = PruneConfig::uniform(
-                0.5,
-                Pattern::NM {
-                    n: 2,
-                    m: 4,
-                    permute: false,
-                },
-                2,
-            );
+            let cfg = PruneConfig::uniform(0.5, Pattern::n_m(2, 4), 2);
             let method = Method::SparseGpt;
 
             let mut loaded = Model::load(&path, &Device::Cpu).unwrap();

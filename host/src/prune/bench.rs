@@ -33,11 +33,7 @@ fn bench_masks() {
             Pattern::PerRow,
             Pattern::PerLayer,
             Pattern::PerLayerExact,
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false,
-            },
+            Pattern::n_m(2, 4),
         ] {
             time(&format!("mask {p} 0.5 (incl. validate)"), n, || {
                 Mask::from_scores(&s, rows, cols, p, 0.5).unwrap()

@@ -175,14 +175,7 @@ mod tests {
         }
         let s: Setting = "2:4".parse().unwrap();
         assert_eq!(s.sparsity, 0.5);
-        assert_eq!(
-            s.pattern,
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false
-            }
-        );
+        assert_eq!(s.pattern, Pattern::n_m(2, 4));
     }
 
     #[test]

@@ -55,6 +55,17 @@ pub enum Pattern {
     },
 }
 
+impl Pattern {
+    /// Plain N:M (`n` of every `m` consecutive columns pruned, natural column order).
+    pub const fn n_m(n: usize, m: usize) -> Self {
+        Pattern::NM {
+            n,
+            m,
+            permute: false,
+        }
+    }
+}
+
 /// Why a pattern string was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParsePatternError {

@@ -299,6 +299,23 @@ mod tests {
         go(cost, n, 0, &mut vec![false; n])
     }
 
+    /// Asserts `perm` is a permutation of the columns; the column-major scores and the identity.
+    fn check_permutation(
+        perm: &[usize],
+        scores: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> (Vec<f64>, Vec<usize>) {
+        let mut sorted = perm.to_vec();
+        sorted.sort_unstable();
+        let identity: Vec<usize> = (0..cols).collect();
+        assert_eq!(sorted, identity);
+        let colmajor = (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| scores[r * cols + c] as f64))
+            .collect();
+        (colmajor, identity)
+    }
+
     #[test]
     fn hungarian_is_optimal_on_small_matrices() {
         let mut rng = crate::rng::SplitMix64::new(7);
@@ -335,14 +352,7 @@ mod tests {
             scores[r * cols + 3] = 7.0;
         }
         let perm = channel_permutation(&scores, rows, cols, 2, 4);
-        let mut sorted = perm.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..cols).collect::<Vec<_>>());
-        let s = &scores;
-        let colmajor: Vec<f64> = (0..cols)
-            .flat_map(|c| (0..rows).map(move |r| s[r * cols + c] as f64))
-            .collect();
-        let identity: Vec<usize> = (0..cols).collect();
+        let (colmajor, identity) = check_permutation(&perm, &scores, rows, cols);
         let before = kept_score(&colmajor, rows, &identity, 4, 2);
         let after = kept_score(&colmajor, rows, &perm, 4, 2);
         // Natural order keeps 10+9 and 1+1 per row (21); split, 10+9 → 10+8 and 9+7 (34).
@@ -359,14 +369,7 @@ mod tests {
             .map(|i| (rng.unit() as f32) * if (i % cols) % 16 < 3 { 6.0 } else { 1.0 })
             .collect();
         let perm = channel_permutation(&scores, rows, cols, 2, 4);
-        let mut sorted = perm.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..cols).collect::<Vec<_>>());
-        let s = &scores;
-        let colmajor: Vec<f64> = (0..cols)
-            .flat_map(|c| (0..rows).map(move |r| s[r * cols + c] as f64))
-            .collect();
-        let identity: Vec<usize> = (0..cols).collect();
+        let (colmajor, identity) = check_permutation(&perm, &scores, rows, cols);
         assert!(
             kept_score(&colmajor, rows, &perm, 4, 2) > kept_score(&colmajor, rows, &identity, 4, 2)
         );

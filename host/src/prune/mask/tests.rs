@@ -51,32 +51,10 @@ fn n_m_ties_follow_torch_topk() {
     // Hand-run of libstdc++ nth_element(begin, begin + 1, end) on four equal values:
     // the median swap gives order [2, 1, 0, 3], the partition [2, 3, 0, 1]; the first two
     // (columns 2 and 3) are PyTorch's `topk(2, largest=False)`.
-    let m = Mask::from_scores(
-        &[1.0; 4],
-        1,
-        4,
-        Pattern::NM {
-            n: 2,
-            m: 4,
-            permute: false,
-        },
-        0.0,
-    )
-    .unwrap();
+    let m = Mask::from_scores(&[1.0; 4], 1, 4, Pattern::n_m(2, 4), 0.0).unwrap();
     assert_eq!(pruned_flags(&m), vec![false, false, true, true]);
     // No ties: the two lowest, wherever they are.
-    let m = Mask::from_scores(
-        &[3.0, 1.0, 4.0, 2.0],
-        1,
-        4,
-        Pattern::NM {
-            n: 2,
-            m: 4,
-            permute: false,
-        },
-        0.0,
-    )
-    .unwrap();
+    let m = Mask::from_scores(&[3.0, 1.0, 4.0, 2.0], 1, 4, Pattern::n_m(2, 4), 0.0).unwrap();
     assert_eq!(pruned_flags(&m), vec![false, true, false, true]);
 }
 
@@ -89,18 +67,7 @@ fn n_m_groups_exact_and_equal_stable_sort() {
         .map(|i| ((i * 7919) % 1009) as f32)
         .collect();
     for (n, m) in [(2, 4), (4, 8), (1, 4), (0, 4), (4, 4)] {
-        let mask = Mask::from_scores(
-            &tied,
-            rows,
-            cols,
-            Pattern::NM {
-                n,
-                m,
-                permute: false,
-            },
-            0.0,
-        )
-        .unwrap();
+        let mask = Mask::from_scores(&tied, rows, cols, Pattern::n_m(n, m), 0.0).unwrap();
         let flags = pruned_flags(&mask);
         for g in 0..rows * cols / m {
             let grp = &tied[g * m..(g + 1) * m];
@@ -119,17 +86,7 @@ fn n_m_shape_errors() {
     let s = vec![1.0; 2 * 10];
     for (n, m) in [(2, 4), (3, 2), (0, 0)] {
         assert_eq!(
-            Mask::from_scores(
-                &s,
-                2,
-                10,
-                Pattern::NM {
-                    n,
-                    m,
-                    permute: false
-                },
-                0.5
-            ),
+            Mask::from_scores(&s, 2, 10, Pattern::n_m(n, m), 0.5),
             Err(MaskError::NMShape { n, m, cols: 10 })
         );
     }
@@ -185,15 +142,7 @@ fn per_layer_overshoot_beyond_ties_is_refused() {
     assert!(m.pruned_count() <= allowed && m.pruned_count() > expected);
     // Row, N:M and exact patterns keep their exact counts whatever the ties.
     let s = vec![0.5f32; 64 * 64];
-    for p in [
-        Pattern::PerRow,
-        Pattern::PerLayerExact,
-        Pattern::NM {
-            n: 2,
-            m: 4,
-            permute: false,
-        },
-    ] {
+    for p in [Pattern::PerRow, Pattern::PerLayerExact, Pattern::n_m(2, 4)] {
         assert_eq!(
             Mask::from_scores(&s, 64, 64, p, 0.5)
                 .unwrap()
@@ -242,16 +191,8 @@ fn masks_invariant_under_monotone_transforms() {
         Pattern::PerRow,
         Pattern::PerLayer,
         Pattern::PerLayerExact,
-        Pattern::NM {
-            n: 2,
-            m: 4,
-            permute: false,
-        },
-        Pattern::NM {
-            n: 4,
-            m: 8,
-            permute: false,
-        },
+        Pattern::n_m(2, 4),
+        Pattern::n_m(4, 8),
     ];
     for scores in [&tied, &distinct] {
         for p in patterns {
@@ -271,18 +212,7 @@ fn ties_break_deterministically() {
     let (rows, cols) = (3, 8);
     let flat = vec![0.5f32; rows * cols];
     let row = Mask::from_scores(&flat, rows, cols, Pattern::PerRow, 0.5).unwrap();
-    let nm = Mask::from_scores(
-        &flat,
-        rows,
-        cols,
-        Pattern::NM {
-            n: 2,
-            m: 4,
-            permute: false,
-        },
-        0.0,
-    )
-    .unwrap();
+    let nm = Mask::from_scores(&flat, rows, cols, Pattern::n_m(2, 4), 0.0).unwrap();
     let exact = Mask::from_scores(&flat, rows, cols, Pattern::PerLayerExact, 0.5).unwrap();
     for r in 0..rows {
         for c in 0..cols {
@@ -412,22 +342,8 @@ fn pattern_parse_display_serde() {
         ("row", Pattern::PerRow),
         ("layer", Pattern::PerLayer),
         ("layer-exact", Pattern::PerLayerExact),
-        (
-            "2:4",
-            Pattern::NM {
-                n: 2,
-                m: 4,
-                permute: false,
-            },
-        ),
-        (
-            "4:8",
-            Pattern::NM {
-                n: 4,
-                m: 8,
-                permute: false,
-            },
-        ),
+        ("2:4", Pattern::n_m(2, 4)),
+        ("4:8", Pattern::n_m(4, 8)),
         (
             "2:4p",
             Pattern::NM {

@@ -217,14 +217,7 @@ fn update_beats_magnitude_and_mask_only_on_reconstruction() {
         let mag_scores: Vec<f32> = w0.iter().map(|v| v.abs()).collect();
         let (pattern, s) = match cfg.prune_n {
             0 => (Pattern::PerLayerExact, st.sparsity),
-            n => (
-                Pattern::NM {
-                    n,
-                    m: cfg.prune_m,
-                    permute: false,
-                },
-                0.0,
-            ),
+            n => (Pattern::n_m(n, cfg.prune_m), 0.0),
         };
         let mag = Mask::from_scores(&mag_scores, rows, cols, pattern, s).unwrap();
         let mut wm = w0.clone();
