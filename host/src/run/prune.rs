@@ -143,6 +143,13 @@ pub(super) fn method_of<'a>(spec: &MethodSpec<'a>) -> (Method<'a>, MethodRecord)
 
 /// Run it.
 pub fn run(mut spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outcome> {
+    // Refused before the model loads (streaming or not); the pipeline refuses it too.
+    anyhow::ensure!(
+        !matches!(spec.method, MethodSpec::SparseGpt)
+            || !matches!(spec.pattern, Pattern::NM { permute: true, .. }),
+        "SparseGPT chooses its N:M groups while it updates the weights; the channel permutation of `{}` is for metrics",
+        spec.pattern
+    );
     if spec.stream {
         anyhow::ensure!(
             spec.after_prune.is_none(),
@@ -157,12 +164,6 @@ pub fn run(mut spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<O
         Method::Metric(pl) => Some(*pl),
         Method::SparseGpt => None,
     };
-    // Refused before the model loads; the pipeline refuses it too.
-    anyhow::ensure!(
-        plugin.is_some() || !matches!(spec.pattern, Pattern::NM { permute: true, .. }),
-        "SparseGPT chooses its N:M groups while it updates the weights; the channel permutation of `{}` is for metrics",
-        spec.pattern
-    );
     let tasks = spec.tasks.load()?;
     let mut loaded = load_model(p.model.as_ref(), &device(&p.device)?, p.precision)?;
     // The output folder is started now, so an unwritable `--out` fails before the pruning.

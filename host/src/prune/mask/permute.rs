@@ -51,10 +51,20 @@ pub fn channel_permutation(
         return identity;
     }
     let keep = m - n;
-    // Column-major copy in f64: every cost below reads whole columns.
+    // Column-major copy in f64: every cost below reads whole columns. Scaled by a power of two
+    // (exact, so the choices do not change) that brings the largest |score| into [0.5, 1]: the
+    // f32 cost sums then stay within ±rows, where huge finite scores would overflow to ±inf.
+    let largest = scores
+        .iter()
+        .fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+    let scale = if largest > 0.0 && largest.is_finite() {
+        2f64.powi(-(largest.log2().ceil() as i32))
+    } else {
+        1.0
+    };
     let colmajor: Vec<f64> = (0..cols)
         .into_par_iter()
-        .flat_map_iter(|c| (0..rows).map(move |r| scores[r * cols + c] as f64))
+        .flat_map_iter(|c| (0..rows).map(move |r| f64::from(scores[r * cols + c]) * scale))
         .collect();
     let col = |c: usize| &colmajor[c * rows..(c + 1) * rows];
     let groups = cols / m;
@@ -105,7 +115,10 @@ pub fn channel_permutation(
 
 /// Sum over rows and groups of the `keep` highest scores of each group under `perm`.
 pub fn kept_score(colmajor: &[f64], rows: usize, perm: &[usize], m: usize, keep: usize) -> f64 {
-    perm.par_chunks(m)
+    // Per-group sums in parallel, added in order: the total decides rounds and the final
+    // choice, so it must not depend on how rayon splits the work.
+    let per_group: Vec<f64> = perm
+        .par_chunks(m)
         .map(|grp| {
             let mut vals = vec![0.0f64; m];
             let mut sum = 0.0;
@@ -118,7 +131,8 @@ pub fn kept_score(colmajor: &[f64], rows: usize, perm: &[usize], m: usize, keep:
             }
             sum
         })
-        .sum()
+        .collect();
+    per_group.iter().sum()
 }
 
 /// Takes the column at position `t` out of every group and puts the columns back where they
@@ -191,6 +205,9 @@ fn assign_block(
             .collect();
         cost.extend(floor.iter().map(|f| -f64::from(sum_max(&x, f))));
     }
+    if !cost.iter().all(|c| c.is_finite()) {
+        return Vec::new();
+    }
     let assigned = hungarian(&cost, block.len());
     assigned
         .iter()
@@ -253,6 +270,10 @@ pub fn hungarian(cost: &[f64], n: usize) -> Vec<usize> {
                 } else {
                     minv[j] -= delta;
                 }
+            }
+            if j1 == 0 {
+                // No column was reachable: a non-finite cost. Keep everything where it is.
+                return (0..n).collect();
             }
             j0 = j1;
             if p[j0] == 0 {
@@ -373,6 +394,26 @@ mod tests {
         assert!(
             kept_score(&colmajor, rows, &perm, 4, 2) > kept_score(&colmajor, rows, &identity, 4, 2)
         );
+    }
+
+    #[test]
+    fn huge_finite_scores_do_not_hang() {
+        // Near f32::MAX with mixed signs: unscaled, the f32 cost sums overflow to ±inf and NaN.
+        let (rows, cols) = (64, 16);
+        let scores: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                if i % 3 == 0 {
+                    -f32::MAX / 2.0
+                } else {
+                    f32::MAX / (1 + i % 5) as f32
+                }
+            })
+            .collect();
+        let perm = channel_permutation(&scores, rows, cols, 2, 4);
+        check_permutation(&perm, &scores, rows, cols);
+        // The assignment itself gives up on non-finite costs instead of looping.
+        let a = hungarian(&[f64::NEG_INFINITY; 4], 2);
+        assert_eq!(a, vec![0, 1]);
     }
 
     #[test]
