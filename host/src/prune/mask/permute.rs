@@ -80,33 +80,31 @@ pub fn channel_permutation(
     }
 
     // 2. Refinement by assignment, one position at a time.
-    {
-        let mut current = kept_score(&colmajor, rows, &perm, m, keep);
-        for round in 0..ROUNDS {
-            let before = current;
-            let previous = perm.clone();
-            let offset = if groups > ASSIGN_BLOCK {
-                (round * ASSIGN_BLOCK / 2) % groups
-            } else {
-                0
-            };
-            for t in 0..m {
-                reassign_position(&colmajor, rows, &mut perm, m, keep, t, offset);
-            }
-            current = kept_score(&colmajor, rows, &perm, m, keep);
-            if current < before {
-                // The f32 costs misled the assignment: keep the better order.
-                perm = previous;
-                break;
-            }
-            // Stop when a round gains less than 0.01 % of the kept score.
-            if current <= before + 1e-4 * before.abs() {
-                break;
-            }
+    let mut current = kept_score(&colmajor, rows, &perm, m, keep);
+    for round in 0..ROUNDS {
+        let before = current;
+        let previous = perm.clone();
+        let offset = if groups > ASSIGN_BLOCK {
+            (round * ASSIGN_BLOCK / 2) % groups
+        } else {
+            0
+        };
+        for t in 0..m {
+            reassign_position(&colmajor, rows, &mut perm, m, keep, t, offset);
+        }
+        current = kept_score(&colmajor, rows, &perm, m, keep);
+        if current < before {
+            // The f32 costs misled the assignment: keep the better order.
+            perm = previous;
+            current = before;
+            break;
+        }
+        // Stop when a round gains less than 0.01 % of the kept score.
+        if current <= before + 1e-4 * before.abs() {
+            break;
         }
     }
-    if kept_score(&colmajor, rows, &perm, m, keep) > kept_score(&colmajor, rows, &identity, m, keep)
-    {
+    if current > kept_score(&colmajor, rows, &identity, m, keep) {
         perm
     } else {
         identity
