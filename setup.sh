@@ -3,17 +3,21 @@
 # system packages, the wasm target, the build, the guest SDK, the default model and text, and
 # llama.cpp's server (for `search --llm local` and its test).
 # `./setup.sh --llm` also fetches the local coder model (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB).
+# `./setup.sh --cuda` also fetches the CUDA 13.0 toolkit pieces from PyPI (675 MB) and builds
+# the CUDA binary target/cuda/autoprune (scripts/cuda-toolkit.sh; no GPU needed to build).
 # Idempotent: what is already there and verified is kept.
 set -euo pipefail
 cd "$(dirname "$0")"
 DATA="${AUTOPRUNE_DATA:-$PWD/data}"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 WANT_LLM=0
+WANT_CUDA=0
 for arg in "$@"; do
   case "$arg" in
     --llm) WANT_LLM=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown argument $arg (known: --llm)" >&2; exit 2 ;;
+    --cuda) WANT_CUDA=1 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument $arg (known: --llm, --cuda)" >&2; exit 2 ;;
   esac
 done
 
@@ -213,5 +217,8 @@ fi
 
 # Build the host and the guest SDK (the prebuilt rlib every candidate compiles against).
 cargo build --release --workspace
+if [ "$WANT_CUDA" = 1 ]; then
+  AUTOPRUNE_DATA="$DATA" scripts/cuda-toolkit.sh
+fi
 cargo run --release --quiet -p autoprune -- sdk
 echo "setup done: data in $DATA"

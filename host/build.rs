@@ -13,6 +13,7 @@ fn main() {
         "autoprune_cpu_avx512",
         "autoprune_cpu_avx512_bf16",
         "autoprune_openblas",
+        "autoprune_gpu",
     ] {
         println!("cargo::rustc-check-cfg=cfg({name})");
     }
@@ -40,6 +41,13 @@ fn main() {
     }
     if openblas_installed() {
         println!("cargo:rustc-cfg=autoprune_openblas");
+    }
+    // An NVIDIA driver with a GPU: the CUDA equivalence tests (tests/cuda.rs) run.
+    if ["/dev/nvidiactl", "/proc/driver/nvidia/version"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+    {
+        println!("cargo:rustc-cfg=autoprune_gpu");
     }
 }
 

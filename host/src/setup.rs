@@ -18,7 +18,15 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
         n if n == "cuda" || n.starts_with("cuda:") => {
             let ordinal: usize = n.strip_prefix("cuda:").unwrap_or("0").parse()?;
             if cfg!(feature = "cuda") {
-                Ok(Device::new_cuda(ordinal)?)
+                // candle's error carries a backtrace when RUST_BACKTRACE is set: the first line
+                // is the driver's answer.
+                Device::new_cuda(ordinal).map_err(|e| {
+                    let e = e.to_string();
+                    anyhow::anyhow!(
+                        "cannot open CUDA device {ordinal}: {} (is an NVIDIA driver installed and a GPU visible?)",
+                        crate::term::line(e.lines().next().unwrap_or(""))
+                    )
+                })
             } else {
                 anyhow::bail!("this autoprune was built without CUDA support; rebuild with `cargo build --release --features cuda`")
             }

@@ -4,9 +4,12 @@
 //! sampling with a recorded seed. Statistics are accumulated in f64 from the dense forward of
 //! a block; inputs shared by several linears (q/k/v, gate/up) are accumulated once.
 
+pub mod device;
 pub mod gradient;
 pub mod hessian;
 pub mod tokens;
+
+pub use device::Accumulate;
 
 use crate::layer::{ChannelStats, LayerKind};
 use crate::model::{Block, ModelError, Rope};
@@ -240,6 +243,18 @@ pub fn collect_block_inputs_hessians_and_outputs(
     collect(block, batches, rope, hessians, true)
 }
 
+/// [`collect_block_inputs_and_outputs`] (with Hessians when `hessians`), accumulating as
+/// `how` says: `autoprune bench --stats` compares the host and tensor paths with it.
+pub fn collect_block_inputs_with(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+    hessians: bool,
+    how: Accumulate,
+) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
+    collect_how(block, batches, rope, hessians, true, how)
+}
+
 fn collect(
     block: &Block,
     batches: &[Tensor],
@@ -247,7 +262,21 @@ fn collect(
     hessians: bool,
     outputs: bool,
 ) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
+    collect_how(block, batches, rope, hessians, outputs, Accumulate::Auto)
+}
+
+fn collect_how(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+    hessians: bool,
+    outputs: bool,
+    how: Accumulate,
+) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
     let mut acc = BlockInputs::default();
+    // The tensor path's accumulators, moved into `acc` when the block ends.
+    let mut on_device: BTreeMap<LayerKind, device::TensorStats> = BTreeMap::new();
+    let mut device_h: BTreeMap<LayerKind, device::TensorHessian> = BTreeMap::new();
     let mut outs = Vec::new();
     for x in batches {
         let mut err: Option<CalibError> = None;
@@ -256,6 +285,35 @@ fn collect(
                 return Ok(()); // shared input, accumulated under its slot
             }
             let (b, _, cols) = t.dims3()?;
+            if how.on_tensor(t.device()) {
+                let mut add = || -> Result<(), CalibError> {
+                    match on_device.entry(kind) {
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            e.get_mut().add(t)?
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => e
+                            .insert(device::TensorStats::new(cols, t.device())?)
+                            .add(t)?,
+                    }
+                    if hessians {
+                        let start = std::time::Instant::now();
+                        match device_h.entry(kind) {
+                            std::collections::btree_map::Entry::Occupied(mut e) => {
+                                e.get_mut().add(t, b)?
+                            }
+                            std::collections::btree_map::Entry::Vacant(e) => e
+                                .insert(device::TensorHessian::new(cols, t.device())?)
+                                .add(t, b)?,
+                        }
+                        acc.hessian_seconds += start.elapsed().as_secs_f64();
+                    }
+                    Ok(())
+                };
+                if let Err(e) = add() {
+                    err.get_or_insert(e);
+                }
+                return Ok(());
+            }
             let mut record = |data: &[f32]| {
                 acc.stats
                     .entry(kind)
@@ -291,6 +349,14 @@ fn collect(
         if let Some(e) = err {
             return Err(e);
         }
+    }
+    for (kind, s) in on_device {
+        acc.stats.insert(kind, s.finish()?);
+    }
+    for (kind, h) in device_h {
+        let start = std::time::Instant::now();
+        acc.hessians.insert(kind, h.finish()?);
+        acc.hessian_seconds += start.elapsed().as_secs_f64();
     }
     Ok((acc, outs))
 }

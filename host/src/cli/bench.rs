@@ -26,6 +26,15 @@ pub struct Args {
     /// Blocks of the `--synthetic-7b` model.
     #[arg(long, default_value_t = 32, requires = "synthetic_7b")]
     pub layers: usize,
+    /// With `--synthetic-7b`: write SmolLM2-135M's shapes (30 blocks, `--layers` ignored)
+    /// instead of LLaMA-2-7B's, for GPU checks where the real model is not at hand.
+    #[arg(long, requires = "synthetic_7b")]
+    pub smollm2_shape: bool,
+    /// With `--synthetic-7b`: the tokenizer (`tokenizer.json`, or a GGUF holding one) to
+    /// give the model (default: SmolLM2's from the data directory). Its vocabulary sets the
+    /// model's.
+    #[arg(long, requires = "synthetic_7b")]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Instead: the leaderboard service on loopback. It starts a board in this process and
     /// two worker processes (real data needed), sends a hostile burst, and runs concurrent
     /// clients that submit and read for `--board-seconds`. It reports submissions accepted per
@@ -44,6 +53,34 @@ pub struct Args {
     /// Longest wait for the burst's verdicts, seconds (`--board`).
     #[arg(long, default_value_t = 600.0)]
     pub board_verdict_wait: f64,
+    /// Instead: the calibration statistics of the device path against the host path, block
+    /// by block over the whole model (seconds, and how far apart: Σx², Σx, max |x|, the first
+    /// blocks' SparseGPT Hessians, Wanda masks). The reference is the model on the CPU with
+    /// the host's f64 accumulation; the other side runs on `--device` (with `cpu`: candle's CPU
+    /// backend, the device path's arithmetic without a GPU).
+    #[arg(long)]
+    pub stats: bool,
+    /// Device of `--stats`'s compared path: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", requires = "stats")]
+    pub device: String,
+    /// Model of `--stats` (default: SmolLM2 in the data directory).
+    #[arg(long, requires = "stats")]
+    pub model: Option<std::path::PathBuf>,
+    /// Calibration text of `--stats` (default: SOTU before 1990).
+    #[arg(long, requires = "stats")]
+    pub calib: Option<std::path::PathBuf>,
+    /// Calibration windows of `--stats`.
+    #[arg(long, default_value_t = 32, requires = "stats")]
+    pub calib_windows: usize,
+    /// Tokens per window (`--stats`).
+    #[arg(long, default_value_t = 512, requires = "stats")]
+    pub seqlen: usize,
+    /// Windows per forward pass (`--stats`).
+    #[arg(long, default_value_t = 8, requires = "stats")]
+    pub batch: usize,
+    /// Blocks (the first ones) whose SparseGPT Hessians `--stats` also compares.
+    #[arg(long, default_value_t = 2, requires = "stats")]
+    pub hessian_blocks: usize,
     #[command(flatten)]
     pub flags: BuildFlags,
 }
@@ -71,12 +108,21 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
+    if args.stats {
+        return stats(&args);
+    }
     if let Some(dir) = &args.synthetic_7b {
-        let bytes = autoprune::run::bench::synthetic_7b(dir, args.layers)?;
+        let layers = if args.smollm2_shape { 30 } else { args.layers };
+        let bytes = autoprune::run::bench::synthetic_model(
+            dir,
+            layers,
+            args.smollm2_shape,
+            args.tokenizer.as_deref(),
+        )?;
         println!(
             "wrote {} ({} blocks, {:.2} GB of f16 weights)",
             autoprune::term::line(&dir.display().to_string()),
-            args.layers,
+            layers,
             bytes as f64 / 1e9
         );
         return Ok(0);
@@ -93,6 +139,80 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     } else {
         print_sandbox(&report, args.flags.trusted);
     }
+    Ok(0)
+}
+
+fn stats(args: &Args) -> anyhow::Result<i32> {
+    use autoprune::run::device_stats::{run, StatsSpec};
+    anyhow::ensure!(
+        args.calib_windows > 0 && args.seqlen > 0 && args.batch > 0,
+        "--calib-windows, --seqlen and --batch must be positive"
+    );
+    let spec = StatsSpec {
+        model: args.model.clone(),
+        calib: args.calib.clone(),
+        windows: args.calib_windows,
+        seq_len: args.seqlen,
+        batch: args.batch,
+        device: args.device.clone(),
+        hessian_blocks: args.hessian_blocks,
+    };
+    let r = run(&spec, &mut |done, total| eprint!("\rblock {done}/{total}"))?;
+    eprintln!();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(0);
+    }
+    let line = autoprune::term::line;
+    println!(
+        "calibration statistics of {} on {}: {} windows of {} tokens, host path (CPU, f64) against the device path (tensor ops)",
+        line(&r.model),
+        line(&r.device),
+        r.windows,
+        r.seq_len
+    );
+    println!(
+        "{:>5} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10}",
+        "block",
+        "host s",
+        "device s",
+        "ratio",
+        "Σx² rel",
+        "Σx rel",
+        "max rel",
+        "H rel",
+        "Wanda diff",
+        "near-ties"
+    );
+    for b in &r.blocks {
+        let h = b
+            .hessian_rel
+            .map_or("–".to_string(), |h| format!("{h:.2e}"));
+        println!(
+            "{:>5} {:>10.3} {:>10.3} {:>9.2} {:>10.2e} {:>10.2e} {:>10.2e} {:>10} {:>12} {:>10}",
+            b.block,
+            b.host_seconds,
+            b.device_seconds,
+            b.host_seconds / b.device_seconds.max(1e-12),
+            b.sum_sq_rel,
+            b.sum_rel,
+            b.max_abs_rel,
+            h,
+            b.wanda_mask_diff,
+            b.wanda_near_ties
+        );
+    }
+    let (diff, ties, weights) = r.wanda();
+    println!(
+        "total: host {:.2} s, device {:.2} s, device {:.2}× the host path; worst Σx² {:.2e}, Σx {:.2e}, max |x| {:.2e}, Hessian {:.2e}; Wanda masks: {diff} of {weights} weights differ, {ties} of them near-ties",
+        r.host_seconds,
+        r.device_seconds,
+        r.speedup,
+        r.sum_sq_rel(),
+        r.sum_rel(),
+        r.max_abs_rel(),
+        r.hessian_rel()
+    );
     Ok(0)
 }
 

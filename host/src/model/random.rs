@@ -44,6 +44,30 @@ impl ModelConfig {
 }
 
 impl ModelConfig {
+    /// SmolLM2-135M's shapes (30 blocks, hidden 576, MLP 1536, 9 query / 3 KV heads of 64,
+    /// RoPE base 100,000, tied head) with a vocabulary of `vocab`: the GPU check's stand-in
+    /// where the real model is not at hand.
+    pub fn smollm2_shape(vocab: usize) -> Self {
+        ModelConfig {
+            arch: Arch::Llama,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+            rope_theta: 100_000.0,
+            rms_norm_eps: 1e-5,
+            vocab_size: vocab,
+            tie_word_embeddings: true,
+            max_position_embeddings: 8192,
+            sliding_window: None,
+            bos_token_id: Some(1),
+            eos_token_id: Some(2),
+            gemma: None,
+        }
+    }
+
     /// LLaMA-2-7B's shapes (hidden 4096, MLP 11008, 32 heads of 128, RoPE base 10,000,
     /// untied head) with `num_layers` blocks and a vocabulary of `vocab` (to fit a tokenizer at
     /// hand): the memory and speed benchmarks' model.

@@ -158,9 +158,34 @@ pub fn sandbox(builder: &Builder, reps: usize) -> anyhow::Result<serde_json::Val
 /// safetensors into `dir`, with SmolLM2's tokenizer (vocabulary 49,152) from the data
 /// directory; returns the bytes of weights written.
 pub fn synthetic_7b(dir: &std::path::Path, layers: usize) -> anyhow::Result<u64> {
-    let smollm2 = crate::data::DataDir::resolve().smollm2_gguf()?;
-    let tokenizer = crate::model::Tokenizer::for_model(&smollm2)?;
-    let cfg = crate::model::ModelConfig::llama2_7b_shape(layers, 49_152);
+    synthetic_model(dir, layers, false, None)
+}
+
+/// Write a model with random weights (f16 safetensors) into `dir`: LLaMA-2-7B's shapes with
+/// `layers` blocks, or SmolLM2-135M's (`smollm2`), with `tokenizer` (a `tokenizer.json` or a
+/// model holding one; default SmolLM2's from the data directory), whose vocabulary the model
+/// takes. Returns the bytes of weights written.
+pub fn synthetic_model(
+    dir: &std::path::Path,
+    layers: usize,
+    smollm2: bool,
+    tokenizer: Option<&std::path::Path>,
+) -> anyhow::Result<u64> {
+    use crate::model::{ModelConfig, Tokenizer};
+    let tokenizer = match tokenizer {
+        Some(p) if p.extension().is_some_and(|e| e == "json") => Tokenizer::from_file(p)?,
+        Some(p) => Tokenizer::for_model(p)?,
+        None => Tokenizer::for_model(&crate::data::DataDir::resolve().smollm2_gguf()?)?,
+    };
+    // Every id the tokenizer makes gets a row (49,152 for SmolLM2's), rounded up to 64.
+    let vocab = tokenizer
+        .max_token_id()
+        .map_or(0, |m| (m as usize + 1).div_ceil(64) * 64);
+    let cfg = if smollm2 {
+        ModelConfig::smollm2_shape(vocab)
+    } else {
+        ModelConfig::llama2_7b_shape(layers, vocab)
+    };
     tokenizer.check_fits(&cfg)?;
     let bytes = crate::model::write_random_hf(&cfg, 7, dir, crate::model::SaveDtype::F16)?;
     tokenizer.save(&dir.join("tokenizer.json"))?;

@@ -3,6 +3,7 @@
 
 pub mod allocate;
 pub mod bench;
+pub mod device_stats;
 pub mod eval;
 mod export;
 pub mod prune;

@@ -1,0 +1,330 @@
+//! `autoprune bench --stats`: the calibration statistics of the device path against the
+//! host path, block by block over the whole model: how long each takes and how far apart they
+//! are (the equivalence the CUDA path must keep; see `calib::device`).
+//!
+//! The reference is the model on the CPU with the host's f64 accumulation (what every CPU run
+//! uses). The other side is the model on `--device` with statistics accumulated by tensor
+//! operations on that device; with `--device cpu` that is candle's CPU backend, so the suite
+//! checks the device path's arithmetic on machines without a GPU.
+
+use crate::calib::device::max_rel_diff;
+use crate::calib::{collect_block_inputs_with, Accumulate, BlockInputs};
+use crate::layer::{ChannelStats, LayerKind};
+use crate::model::{Model, Precision};
+use crate::prune::mask::{Mask, Pattern};
+use crate::setup::{self, CalibSpec, Calibration};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What `bench --stats` measures.
+#[derive(Debug, Clone)]
+pub struct StatsSpec {
+    /// Model (`None`: SmolLM2 from the data directory).
+    pub model: Option<PathBuf>,
+    /// Calibration text (`None`: SOTU before 1990).
+    pub calib: Option<PathBuf>,
+    /// Calibration windows.
+    pub windows: usize,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Windows per forward pass.
+    pub batch: usize,
+    /// The device of the compared path: `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// Blocks (the first ones) whose SparseGPT Hessians are compared too.
+    pub hessian_blocks: usize,
+}
+
+/// One block's comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockRow {
+    /// Block index.
+    pub block: usize,
+    /// Seconds of the reference pass (CPU model, host accumulation).
+    pub host_seconds: f64,
+    /// Seconds of the device pass (model on the device, tensor accumulation).
+    pub device_seconds: f64,
+    /// Largest relative difference of `Σx²` over every channel of every input.
+    pub sum_sq_rel: f64,
+    /// Largest difference of `Σx`, relative to `sqrt(N · Σx²)` (a bound of `Σ|x|`).
+    pub sum_rel: f64,
+    /// Largest relative difference of `max |x|`.
+    pub max_abs_rel: f64,
+    /// Largest Hessian difference relative to the Hessian's largest diagonal entry (`None`
+    /// when not compared).
+    pub hessian_rel: Option<f64>,
+    /// Wanda weights (50 % per output row) kept by one path and pruned by the other.
+    pub wanda_mask_diff: usize,
+    /// Of those, how many sit within 1e-5 (relative) of their row's threshold: near-ties.
+    pub wanda_near_ties: usize,
+    /// Weights scored in the block.
+    pub weights: usize,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsReport {
+    /// The model.
+    pub model: String,
+    /// The compared device.
+    pub device: String,
+    /// Calibration windows × tokens.
+    pub windows: usize,
+    /// Tokens per window.
+    pub seq_len: usize,
+    /// Per block.
+    pub blocks: Vec<BlockRow>,
+    /// Total seconds of the reference pass.
+    pub host_seconds: f64,
+    /// Total seconds of the device pass.
+    pub device_seconds: f64,
+    /// `host_seconds / device_seconds`.
+    pub speedup: f64,
+}
+
+impl StatsReport {
+    /// The largest of a column over the blocks.
+    fn worst(&self, f: impl Fn(&BlockRow) -> f64) -> f64 {
+        self.blocks.iter().map(f).fold(0.0, f64::max)
+    }
+
+    /// Largest `Σx²` relative difference.
+    pub fn sum_sq_rel(&self) -> f64 {
+        self.worst(|b| b.sum_sq_rel)
+    }
+
+    /// Largest `Σx` difference (relative to `sqrt(N · Σx²)`).
+    pub fn sum_rel(&self) -> f64 {
+        self.worst(|b| b.sum_rel)
+    }
+
+    /// Largest `max |x|` relative difference.
+    pub fn max_abs_rel(&self) -> f64 {
+        self.worst(|b| b.max_abs_rel)
+    }
+
+    /// Largest Hessian difference (relative to its diagonal).
+    pub fn hessian_rel(&self) -> f64 {
+        self.worst(|b| b.hessian_rel.unwrap_or(0.0))
+    }
+
+    /// Wanda mask differences and near-ties among them, over the model.
+    pub fn wanda(&self) -> (usize, usize, usize) {
+        self.blocks.iter().fold((0, 0, 0), |(d, t, w), b| {
+            (d + b.wanda_mask_diff, t + b.wanda_near_ties, w + b.weights)
+        })
+    }
+}
+
+fn embed(model: &Model, windows: &[&[u32]], batch: usize) -> anyhow::Result<Vec<Tensor>> {
+    windows
+        .chunks(batch.max(1))
+        .map(|w| Ok(model.embed(&model.ids_tensor(w)?)?))
+        .collect()
+}
+
+/// Largest `Σx` difference relative to `sqrt(N · Σx²)` (≥ `Σ|x|`), so channels whose sum
+/// cancels are not measured against their tiny total.
+fn sum_rel(a: &ChannelStats, b: &ChannelStats) -> f64 {
+    let n = a.tokens.max(1) as f64;
+    a.sum
+        .iter()
+        .zip(&b.sum)
+        .zip(&a.sum_sq)
+        .map(|((x, y), sq)| {
+            let scale = (n * sq).sqrt();
+            if scale == 0.0 {
+                (x - y).abs()
+            } else {
+                (x - y).abs() / scale
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Wanda masks (`|W|·‖X_j‖`, 50 % per row) from both statistics: entries that differ, and
+/// how many of those are near-ties (score within 1e-5 relative of the row's threshold).
+fn wanda_diff(w: &[f32], rows: usize, a: &ChannelStats, b: &ChannelStats) -> (usize, usize) {
+    let cols = a.cols();
+    let score = |s: &ChannelStats| -> Vec<f32> {
+        let norm = s.l2_norm();
+        w.iter()
+            .enumerate()
+            .map(|(i, &x)| x.abs() * norm[i % cols])
+            .collect()
+    };
+    let (sa, sb) = (score(a), score(b));
+    let (Ok(ma), Ok(mb)) = (
+        Mask::from_scores(&sa, rows, cols, Pattern::PerRow, 0.5),
+        Mask::from_scores(&sb, rows, cols, Pattern::PerRow, 0.5),
+    ) else {
+        return (rows * cols, 0);
+    };
+    let (mut diff, mut ties) = (0, 0);
+    for r in 0..rows {
+        let row = &sa[r * cols..(r + 1) * cols];
+        // The row's threshold: the largest pruned score of the reference mask.
+        let threshold = (0..cols)
+            .filter(|&c| !ma.is_kept(r, c))
+            .map(|c| row[c])
+            .fold(0.0f32, f32::max);
+        for (c, &score) in row.iter().enumerate() {
+            if ma.is_kept(r, c) != mb.is_kept(r, c) {
+                diff += 1;
+                if (score - threshold).abs() <= 1e-5 * threshold.abs().max(f32::MIN_POSITIVE) {
+                    ties += 1;
+                }
+            }
+        }
+    }
+    (diff, ties)
+}
+
+fn compare_block(
+    block: usize,
+    cpu_model: &Model,
+    host: &BlockInputs,
+    dev: &BlockInputs,
+) -> anyhow::Result<BlockRow> {
+    let mut row = BlockRow {
+        block,
+        host_seconds: 0.0,
+        device_seconds: 0.0,
+        sum_sq_rel: 0.0,
+        sum_rel: 0.0,
+        max_abs_rel: 0.0,
+        hessian_rel: None,
+        wanda_mask_diff: 0,
+        wanda_near_ties: 0,
+        weights: 0,
+    };
+    for (kind, a) in &host.stats {
+        let b = dev
+            .stats
+            .get(kind)
+            .ok_or_else(|| anyhow::anyhow!("block {block}: the device path has no {kind:?}"))?;
+        anyhow::ensure!(
+            a.tokens == b.tokens && a.cols() == b.cols(),
+            "block {block} {kind:?}: {} × {} tokens × channels on the host, {} × {} on the device",
+            a.tokens,
+            a.cols(),
+            b.tokens,
+            b.cols()
+        );
+        row.sum_sq_rel = row.sum_sq_rel.max(max_rel_diff(&a.sum_sq, &b.sum_sq));
+        row.sum_rel = row.sum_rel.max(sum_rel(a, b));
+        let (ma, mb): (Vec<f64>, Vec<f64>) = (
+            a.max_abs.iter().map(|&v| v as f64).collect(),
+            b.max_abs.iter().map(|&v| v as f64).collect(),
+        );
+        row.max_abs_rel = row.max_abs_rel.max(max_rel_diff(&ma, &mb));
+    }
+    for (kind, a) in &host.hessians {
+        let b = dev.hessians.get(kind).ok_or_else(|| {
+            anyhow::anyhow!("block {block}: the device path has no Hessian of {kind:?}")
+        })?;
+        let (ha, hb, n) = (a.to_matrix(), b.to_matrix(), a.cols());
+        let diag = (0..n).map(|i| ha[i * n + i].abs()).fold(0.0, f64::max);
+        let worst = ha
+            .iter()
+            .zip(&hb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+            / diag.max(f64::MIN_POSITIVE);
+        row.hessian_rel = Some(row.hessian_rel.unwrap_or(0.0).max(worst));
+    }
+    let b = &cpu_model.blocks[block];
+    for kind in LayerKind::BLOCK {
+        let Some(linear) = b.linear(kind) else {
+            continue;
+        };
+        let (Some(a), Some(d)) = (host.stats(kind), dev.stats(kind)) else {
+            continue;
+        };
+        let (rows, _) = linear.shape();
+        let w = linear.weight().flatten_all()?.to_vec1::<f32>()?;
+        let (diff, ties) = wanda_diff(&w, rows, a, d);
+        row.wanda_mask_diff += diff;
+        row.wanda_near_ties += ties;
+        row.weights += w.len();
+    }
+    Ok(row)
+}
+
+/// Run the comparison; `progress(done, total)` after every block.
+pub fn run(
+    spec: &StatsSpec,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<StatsReport> {
+    let device = setup::device(&spec.device)?;
+    let cpu = setup::load_model(spec.model.as_ref(), &Device::Cpu, Precision::F32)?;
+    let on_device = if device.is_cpu() {
+        None
+    } else {
+        Some(setup::load_model(spec.model.as_ref(), &device, Precision::F32)?.model)
+    };
+    let dev_model = on_device.as_ref().unwrap_or(&cpu.model);
+    let calib = Calibration::load(
+        &CalibSpec {
+            file: spec.calib.clone(),
+            windows: spec.windows,
+            ..CalibSpec::default()
+        },
+        &cpu.tokenizer,
+        spec.seq_len,
+    )?;
+    let windows = calib.windows(spec.seq_len);
+    let (rope_h, rope_d) = (cpu.model.rope(spec.seq_len)?, dev_model.rope(spec.seq_len)?);
+    let mut xs_h = embed(&cpu.model, &windows, spec.batch)?;
+    let mut xs_d = embed(dev_model, &windows, spec.batch)?;
+    let total = cpu.model.blocks.len();
+    let mut report = StatsReport {
+        model: setup::file_name(&cpu.path),
+        device: spec.device.clone(),
+        windows: windows.len(),
+        seq_len: spec.seq_len,
+        blocks: Vec::with_capacity(total),
+        host_seconds: 0.0,
+        device_seconds: 0.0,
+        speedup: 0.0,
+    };
+    for i in 0..total {
+        let hessians = i < spec.hessian_blocks;
+        let t = Instant::now();
+        let (host, outs_h) = collect_block_inputs_with(
+            &cpu.model.blocks[i],
+            &xs_h,
+            &rope_h,
+            hessians,
+            Accumulate::Host,
+        )?;
+        let host_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let (dev, outs_d) = collect_block_inputs_with(
+            &dev_model.blocks[i],
+            &xs_d,
+            &rope_d,
+            hessians,
+            Accumulate::Tensor,
+        )?;
+        // The statistics are on the host now (their copy waits for the device); the outputs
+        // may still be computing: wait for them too, so the time is the block's.
+        if let Some(last) = outs_d.last() {
+            last.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+        }
+        let device_seconds = t.elapsed().as_secs_f64();
+        let mut row = compare_block(i, &cpu.model, &host, &dev)?;
+        row.host_seconds = host_seconds;
+        row.device_seconds = device_seconds;
+        report.host_seconds += host_seconds;
+        report.device_seconds += device_seconds;
+        report.blocks.push(row);
+        xs_h = outs_h;
+        xs_d = outs_d;
+        progress(i + 1, total);
+    }
+    report.speedup = report.host_seconds / report.device_seconds.max(1e-12);
+    Ok(report)
+}

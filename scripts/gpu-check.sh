@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU check: the CUDA path against the CPU path, and its speed, on a machine with an NVIDIA
+# GPU that has no Rust toolchain and no network.
+#
+#   scripts/gpu-check.sh pack KIT     # here, after ./setup.sh --cuda: write the kit (< 64 MiB)
+#   KIT/gpu-check.sh run KIT [OUT]    # there: unpack, check, measure; OUT gets the JSON reports
+#
+# The kit: the stripped CUDA build (xz), Wanda as a prebuilt component (wanda.wasm, so nothing
+# is compiled there), SmolLM2's tokenizer, the SOTU texts, and this script. The GPU machine
+# needs an NVIDIA driver (libcuda.so.1, >= 580 for CUDA 13.0) and the CUDA 13 libraries
+# libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and libnvrtc.so.13 on
+# LD_LIBRARY_PATH or in CUDA_LIBS (e.g. the lib folder of `pip install nvidia-cublas==13.0.2.14
+# nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96`).
+#
+# What `run` does and prints (each step's JSON lands in OUT):
+#   1. the equivalence of the statistics: `bench --stats --device cuda` (Σx², Σx, max |x|,
+#      the first blocks' Hessians and the Wanda masks of every block, GPU against the CPU's f64
+#      path) and the statistics pass's throughput on the GPU against the CPU;
+#   2. the SOTU-512 Wanda-50 % run end to end on the GPU, and on the CPU (perplexities within
+#      0.1 %; SKIP_CPU=1 skips the CPU run), on SmolLM2 if the kit has it (data/smollm2), else
+#      on a model of SmolLM2's shapes with random weights (the times hold; the perplexity is
+#      that of noise);
+#   3. seconds per block of Wanda on a LLaMA-2-7B-shaped model with random weights
+#      (LAYERS7B blocks, default 4; 405 MB of f16 per block written to KIT/synthetic-7b).
+set -euo pipefail
+
+pack() {
+  local kit=$1 here
+  here=$(cd "$(dirname "$0")/.." && pwd)
+  local data="${AUTOPRUNE_DATA:-$here/data}"
+  [ -x "$here/target/cuda/autoprune" ] || { echo "no target/cuda/autoprune: run ./setup.sh --cuda first" >&2; exit 2; }
+  mkdir -p "$kit"
+  strip -o "$kit/autoprune" "$here/target/cuda/autoprune"
+  xz -T0 -f "$kit/autoprune"
+  "$here/target/release/autoprune" build "$here/candidates/wanda.rs" -o "$kit/wanda.wasm" >/dev/null
+  # SmolLM2's tokenizer, as autoprune saves it beside a synthetic model (the GGUF, 98 MB,
+  # does not fit the kit).
+  local tmp
+  tmp=$(mktemp -d)
+  "$here/target/release/autoprune" bench --synthetic-7b "$tmp/m" --smollm2-shape >/dev/null
+  cp "$tmp/m/tokenizer.json" "$kit/tokenizer.json"
+  rm -rf "$tmp"
+  tar -C "$data" -cJf "$kit/sotu.tar.xz" sotu
+  cp "$0" "$kit/gpu-check.sh"
+  du -ab "$kit" | tail -1 | awk '{printf "kit %s: %.1f MiB\n", $2, $1 / 1048576}'
+}
+
+run() {
+  local kit out
+  kit=$(cd "$1" && pwd)
+  out=${2:-$kit/out}
+  mkdir -p "$out"
+  local ap="$kit/autoprune"
+  [ -x "$ap" ] || { xz -dkc "$kit/autoprune.xz" >"$ap"; chmod +x "$ap"; }
+  export AUTOPRUNE_DATA="$kit/data"
+  mkdir -p "$AUTOPRUNE_DATA"
+  [ -d "$AUTOPRUNE_DATA/sotu" ] || tar -C "$AUTOPRUNE_DATA" -xJf "$kit/sotu.tar.xz"
+  if [ -n "${CUDA_LIBS:-}" ]; then export LD_LIBRARY_PATH="$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+  # pip's layout, if the libraries were installed that way on this machine.
+  for d in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    [ -d "$d/nvidia/cu13/lib" ] && export LD_LIBRARY_PATH="$d/nvidia/cu13/lib:$d/nvidia/curand/lib:${LD_LIBRARY_PATH:-}"
+  done
+  echo "== machine"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
+  nproc
+  if ldd "$ap" | grep -q 'not found'; then
+    echo "missing libraries (set CUDA_LIBS to their folder):" >&2
+    ldd "$ap" | grep 'not found' >&2
+    exit 2
+  fi
+  "$ap" --version
+
+  local model=() model_name
+  if [ -f "$AUTOPRUNE_DATA/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+    model_name="SmolLM2-135M-Instruct (real)"
+  else
+    model_name="SmolLM2-shaped, random weights (the real model is not in the kit)"
+    [ -f "$kit/smollm2-synthetic/config.json" ] ||
+      "$ap" bench --synthetic-7b "$kit/smollm2-synthetic" --smollm2-shape --tokenizer "$kit/tokenizer.json"
+    model=(--model "$kit/smollm2-synthetic")
+  fi
+
+  echo "== 1. statistics, GPU against CPU: $model_name"
+  "$ap" bench --stats --device cuda "${model[@]}" --calib-windows 32 --hessian-blocks 4 --json >"$out/stats.json"
+  "$ap" bench --stats --device cuda "${model[@]}" --calib-windows 32 --hessian-blocks 0 | tail -1
+
+  echo "== 2. SOTU-512 Wanda 50 %: $model_name"
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cuda "${model[@]}" --json >"$out/wanda-cuda.json"
+  t1=$(date +%s.%N)
+  echo "GPU: $(echo "$t1 - $t0" | bc) s end to end (load, calibration, scoring, evaluation)"
+  if [ "${SKIP_CPU:-0}" != 1 ]; then
+    t0=$(date +%s.%N)
+    "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cpu "${model[@]}" --json >"$out/wanda-cpu.json"
+    t1=$(date +%s.%N)
+    echo "CPU: $(echo "$t1 - $t0" | bc) s end to end"
+  fi
+  python3 - "$out" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+g = json.load(open(f"{out}/wanda-cuda.json"))
+print(f"GPU perplexity: dense {g['perplexity']['dense']['ppl']:.4f}, pruned {g['perplexity']['pruned']['ppl']:.4f}")
+if os.path.exists(f"{out}/wanda-cpu.json"):
+    c = json.load(open(f"{out}/wanda-cpu.json"))
+    for k in ("dense", "pruned"):
+        a, b = g["perplexity"][k]["ppl"], c["perplexity"][k]["ppl"]
+        ok = abs(a - b) / b <= 1e-3
+        print(f"{k}: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.4f} %) {'within 0.1 %' if ok else 'NOT within 0.1 %'}")
+PY
+
+  local layers=${LAYERS7B:-4}
+  echo "== 3. Wanda on a LLaMA-2-7B-shaped model ($layers blocks, random weights)"
+  [ -f "$kit/synthetic-7b/config.json" ] || "$ap" bench --synthetic-7b "$kit/synthetic-7b" --layers "$layers" --tokenizer "$kit/tokenizer.json"
+  t0=$(date +%s.%N)
+  "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cuda --model "$kit/synthetic-7b" \
+    --calib-windows 128 --seqlen 2048 --eval-windows 4 --json >"$out/wanda-7b.json"
+  t1=$(date +%s.%N)
+  echo "$layers blocks: $(echo "$t1 - $t0" | bc) s end to end, $(echo "($t1 - $t0) / $layers" | bc -l | cut -c1-6) s per block (a 32-block 7B: about 32 times that, plus loading)"
+  echo "reports in $out"
+}
+
+case "${1:-}" in
+  pack) pack "${2:?usage: gpu-check.sh pack KIT}" ;;
+  run) run "${2:?usage: gpu-check.sh run KIT [OUT]}" "${3:-}" ;;
+  *) sed -n '2,27p' "$0"; exit 2 ;;
+esac
