@@ -21,7 +21,9 @@
 #      on a model of SmolLM2's shapes with random weights (the times hold; the perplexity is
 #      that of noise);
 #   3. seconds per block of Wanda on a LLaMA-2-7B-shaped model with random weights
-#      (LAYERS7B blocks, default 4; 405 MB of f16 per block written to KIT/synthetic-7b).
+#      (LAYERS7B blocks, default 4; 405 MB of f16 per block written to KIT/synthetic-7b;
+#      CALIB7B windows of 2048 tokens, default 128).
+# DEVICE=cpu runs every step on the CPU instead, to try the script on a machine without a GPU.
 set -euo pipefail
 
 pack() {
@@ -51,6 +53,8 @@ run() {
   out=${2:-$kit/out}
   mkdir -p "$out"
   local ap="$kit/autoprune"
+  # DEVICE=cpu runs the same steps on the CPU (to try the script where no GPU is).
+  DEVICE=${DEVICE:-cuda}
   [ -x "$ap" ] || { xz -dkc "$kit/autoprune.xz" >"$ap"; chmod +x "$ap"; }
   export AUTOPRUNE_DATA="$kit/data"
   mkdir -p "$AUTOPRUNE_DATA"
@@ -81,26 +85,26 @@ run() {
   fi
 
   echo "== 1. statistics, GPU against CPU: $model_name"
-  "$ap" bench --stats --device cuda "${model[@]}" --calib-windows 32 --hessian-blocks 4 --json >"$out/stats.json"
-  "$ap" bench --stats --device cuda "${model[@]}" --calib-windows 32 --hessian-blocks 0 | tail -1
+  "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 4 --json >"$out/stats.json"
+  "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 0 | tail -1
 
   echo "== 2. SOTU-512 Wanda 50 %: $model_name"
   local t0 t1
   t0=$(date +%s.%N)
-  "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cuda "${model[@]}" --json >"$out/wanda-cuda.json"
+  "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device "$DEVICE" "${model[@]}" --json >"$out/wanda-cuda.json"
   t1=$(date +%s.%N)
-  echo "GPU: $(echo "$t1 - $t0" | bc) s end to end (load, calibration, scoring, evaluation)"
+  echo "$DEVICE: $(echo "$t1 - $t0" | bc) s end to end (load, calibration, scoring, evaluation)"
   if [ "${SKIP_CPU:-0}" != 1 ]; then
     t0=$(date +%s.%N)
     "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cpu "${model[@]}" --json >"$out/wanda-cpu.json"
     t1=$(date +%s.%N)
     echo "CPU: $(echo "$t1 - $t0" | bc) s end to end"
   fi
-  python3 - "$out" <<'PY'
+  DEVICE=$DEVICE python3 - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 g = json.load(open(f"{out}/wanda-cuda.json"))
-print(f"GPU perplexity: dense {g['perplexity']['dense']['ppl']:.4f}, pruned {g['perplexity']['pruned']['ppl']:.4f}")
+print(f"{os.environ.get('DEVICE', 'cuda')} perplexity: dense {g['perplexity']['dense']['ppl']:.4f}, pruned {g['perplexity']['pruned']['ppl']:.4f}")
 if os.path.exists(f"{out}/wanda-cpu.json"):
     c = json.load(open(f"{out}/wanda-cpu.json"))
     for k in ("dense", "pruned"):
@@ -113,15 +117,24 @@ PY
   echo "== 3. Wanda on a LLaMA-2-7B-shaped model ($layers blocks, random weights)"
   [ -f "$kit/synthetic-7b/config.json" ] || "$ap" bench --synthetic-7b "$kit/synthetic-7b" --layers "$layers" --tokenizer "$kit/tokenizer.json"
   t0=$(date +%s.%N)
-  "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cuda --model "$kit/synthetic-7b" \
-    --calib-windows 128 --seqlen 2048 --eval-windows 4 --json >"$out/wanda-7b.json"
+  "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device "$DEVICE" --model "$kit/synthetic-7b" \
+    --calib-windows "${CALIB7B:-128}" --seqlen 2048 --eval-windows 4 --json >"$out/wanda-7b.json"
   t1=$(date +%s.%N)
-  echo "$layers blocks: $(echo "$t1 - $t0" | bc) s end to end, $(echo "($t1 - $t0) / $layers" | bc -l | cut -c1-6) s per block (a 32-block 7B: about 32 times that, plus loading)"
+  echo "$layers blocks: $(echo "$t1 - $t0" | bc) s end to end"
+  python3 - "$out/wanda-7b.json" "$layers" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["timings"]
+n = int(sys.argv[2])
+per = t["prune_seconds"] / n
+print(f"pruning {per:.2f} s per block (statistics {t['stats_seconds'] / n:.2f}, scoring and masks "
+      f"{t['score_mask_seconds'] / n:.2f}); load {t['load_seconds']:.1f} s; "
+      f"a 32-block 7B: about {32 * per / 60:.1f} min of pruning plus loading and evaluation")
+PY
   echo "reports in $out"
 }
 
 case "${1:-}" in
   pack) pack "${2:?usage: gpu-check.sh pack KIT}" ;;
   run) run "${2:?usage: gpu-check.sh run KIT [OUT]}" "${3:-}" ;;
-  *) sed -n '2,27p' "$0"; exit 2 ;;
+  *) sed -n '2,30p' "$0"; exit 2 ;;
 esac
