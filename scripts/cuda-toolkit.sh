@@ -11,13 +11,13 @@
 #   CUDA_ERROR_NO_DEVICE, so with the stub on LD_LIBRARY_PATH the CUDA build starts on a machine
 #   without a GPU and refuses `--device cuda` with an error (the suite checks that).
 # The wheels are NVIDIA's, under the CUDA Toolkit EULA: downloaded from PyPI, not redistributed.
-# CUDA_COMPUTE_CAP (default 90: H100/H200) picks the SASS of candle's few precompiled kernels;
-# the others are PTX, compiled by the driver for the GPU at hand (driver >= 580 for CUDA 13.0).
+# CUDA_COMPUTE_CAP (default 90: H100/H200) is the target of every kernel. cudaforge makes 90 into
+# sm_90a, whose PTX only Hopper GPUs load: for others set it to theirs (e.g. 80 for A100; 80's
+# PTX also loads on later GPUs). Driver >= 580 for CUDA 13.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${AUTOPRUNE_DATA:-$PWD/data}"
 CUDA="$DATA/cuda"
-PIP=$(command -v pip3 || command -v pip)
 check() { echo "$1  $2" | sha256sum -c --quiet -; }
 WHEELS=(
   "nvidia-cuda-nvcc==13.0.88 nvidia_cuda_nvcc-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03"
@@ -29,10 +29,14 @@ WHEELS=(
   "nvidia-curand==10.4.0.35 nvidia_curand-10.4.0.35-py3-none-manylinux_2_27_x86_64.whl 1aee33a5da6e1db083fe2b90082def8915f30f3248d5896bcec36a579d941bfc"
   "nvidia-cublas==13.0.2.14 nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl 0cf238ffdbe46c00cb9aa98e7bca745c223a5ca5a53e686ac8b3e5a08fe80d6c"
 )
-STAMP="cuda 13.0 $(printf '%s\n' "${WHEELS[@]}" | sha256sum | cut -c1-16)"
+# The stub follows cudarc's version in Cargo.lock, so it is part of the stamp.
+cargo fetch -q
+CUDARC_VER=$(awk '/^name = "cudarc"/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
+STAMP="cuda 13.0 cudarc $CUDARC_VER $(printf '%s\n' "${WHEELS[@]}" | sha256sum | cut -c1-16)"
 if [ "$(cat "$CUDA/stamp" 2>/dev/null)" != "$STAMP" ]; then
+  PIP=$(command -v pip3 || command -v pip) || { echo "cuda-toolkit.sh: needs pip (python3-pip)" >&2; exit 2; }
   mkdir -p "$CUDA/dl"
-  rm -rf "$CUDA/cu13"
+  rm -rf "$CUDA/cu13" "$CUDA/unpack"
   for w in "${WHEELS[@]}"; do
     read -r req file sha <<<"$w"
     if ! { [ -f "$CUDA/dl/$file" ] && check "$sha" "$CUDA/dl/$file"; }; then
@@ -49,8 +53,6 @@ if [ "$(cat "$CUDA/stamp" 2>/dev/null)" != "$STAMP" ]; then
   done
   # The driver's link-time stub, from the driver functions cudarc (the version in Cargo.lock)
   # declares.
-  cargo fetch -q
-  CUDARC_VER=$(awk '/^name = "cudarc"/ {getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
   SYS=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$CUDARC_VER"/src/driver/sys/mod.rs | head -1)
   mkdir -p "$CUDA/cu13/lib/stubs"
   {

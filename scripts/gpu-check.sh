@@ -23,7 +23,10 @@
 #   3. seconds per block of Wanda on a LLaMA-2-7B-shaped model with random weights
 #      (LAYERS7B blocks, default 4; 405 MB of f16 per block written to KIT/synthetic-7b;
 #      CALIB7B windows of 2048 tokens, default 128).
-# DEVICE=cpu runs every step on the CPU instead, to try the script on a machine without a GPU.
+# DEVICE=cpu runs every step on the CPU instead, to try the script on a machine without a GPU
+# (the binary still needs a libcuda.so.1 to start: there, CUDA_LIBS=<data/cuda/cu13/lib>:<its
+# stubs folder> from ./setup.sh --cuda). Only H100/H200 by default (CUDA_COMPUTE_CAP in
+# scripts/cuda-toolkit.sh). The statistics' first block includes loading the kernels.
 set -euo pipefail
 
 pack() {
@@ -44,7 +47,10 @@ pack() {
   rm -rf "$tmp"
   tar -C "$data" -cJf "$kit/sotu.tar.xz" sotu
   cp "$0" "$kit/gpu-check.sh"
-  du -ab "$kit" | tail -1 | awk '{printf "kit %s: %.1f MiB\n", $2, $1 / 1048576}'
+  local bytes
+  bytes=$(du -sb "$kit" | cut -f1)
+  awk -v b="$bytes" -v k="$kit" 'BEGIN {printf "kit %s: %.1f MiB\n", k, b / 1048576}'
+  [ "$bytes" -le $((64 * 1048576)) ] || { echo "the kit is over 64 MiB" >&2; exit 1; }
 }
 
 run() {
@@ -93,12 +99,12 @@ run() {
   t0=$(date +%s.%N)
   "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device "$DEVICE" "${model[@]}" --json >"$out/wanda-cuda.json"
   t1=$(date +%s.%N)
-  echo "$DEVICE: $(echo "$t1 - $t0" | bc) s end to end (load, calibration, scoring, evaluation)"
+  echo "$DEVICE: $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s end to end (load, calibration, scoring, evaluation)"
   if [ "${SKIP_CPU:-0}" != 1 ]; then
     t0=$(date +%s.%N)
     "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device cpu "${model[@]}" --json >"$out/wanda-cpu.json"
     t1=$(date +%s.%N)
-    echo "CPU: $(echo "$t1 - $t0" | bc) s end to end"
+    echo "CPU: $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s end to end"
   fi
   DEVICE=$DEVICE python3 - "$out" <<'PY'
 import json, sys, os
@@ -120,7 +126,7 @@ PY
   "$ap" prune --metric "$kit/wanda.wasm" --sparsity 0.5 --device "$DEVICE" --model "$kit/synthetic-7b" \
     --calib-windows "${CALIB7B:-128}" --seqlen 2048 --eval-windows 4 --json >"$out/wanda-7b.json"
   t1=$(date +%s.%N)
-  echo "$layers blocks: $(echo "$t1 - $t0" | bc) s end to end"
+  echo "$layers blocks: $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s end to end"
   python3 - "$out/wanda-7b.json" "$layers" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))["timings"]

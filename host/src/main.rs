@@ -15,7 +15,8 @@ fn main() {
             | Command::Search(_)
             | Command::Fidelity(_)
             | Command::Worker(_)
-    ) {
+    ) || matches!(&cli.command, Command::Bench(a) if a.stats)
+    {
         // Load the CPU matrix-product library now, before any other thread exists (it reads
         // its kernel choice from the environment while loading).
         let _ = autoprune::model::init_cpu_matmul();

@@ -170,14 +170,26 @@ impl TensorHessian {
     }
 }
 
+/// The larger of two differences, NaN if either is (a non-finite statistic must not compare
+/// as equal).
+pub fn worse(acc: f64, d: f64) -> f64 {
+    if acc.is_nan() || d.is_nan() {
+        f64::NAN
+    } else {
+        acc.max(d)
+    }
+}
+
 /// Largest relative difference of `b` from `a` over every element, each measured against the
-/// element's own magnitude (0 where both are 0).
+/// element's own magnitude (0 where both are 0); NaN if any element is not finite.
 pub fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(&x, &y)| {
             let scale = x.abs().max(y.abs());
-            if scale == 0.0 {
+            if !x.is_finite() || !y.is_finite() {
+                f64::NAN
+            } else if scale == 0.0 {
                 0.0
             } else {
                 (x - y).abs() / scale
@@ -189,7 +201,7 @@ pub fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
             } else {
                 f64::INFINITY
             },
-            f64::max,
+            worse,
         )
 }
 
@@ -272,5 +284,7 @@ mod tests {
         let x = Tensor::zeros((2, 5), DType::F32, &dev).unwrap();
         assert!(h.add(&x, 0).is_err());
         assert_eq!(max_rel_diff(&[1.0], &[1.0, 2.0]), f64::INFINITY);
+        assert!(max_rel_diff(&[1.0, 2.0], &[1.0, f64::NAN]).is_nan());
+        assert!(max_rel_diff(&[f64::INFINITY], &[f64::INFINITY]).is_nan());
     }
 }

@@ -7,7 +7,7 @@
 //! operations on that device; with `--device cpu` that is candle's CPU backend, so the suite
 //! checks the device path's arithmetic on machines without a GPU.
 
-use crate::calib::device::max_rel_diff;
+use crate::calib::device::{max_rel_diff, worse};
 use crate::calib::{collect_block_inputs_with, Accumulate, BlockInputs};
 use crate::layer::{ChannelStats, LayerKind};
 use crate::model::{Model, Precision};
@@ -87,7 +87,7 @@ pub struct StatsReport {
 impl StatsReport {
     /// The largest of a column over the blocks.
     fn worst(&self, f: impl Fn(&BlockRow) -> f64) -> f64 {
-        self.blocks.iter().map(f).fold(0.0, f64::max)
+        self.blocks.iter().map(f).fold(0.0, worse)
     }
 
     /// Largest `Σx²` relative difference.
@@ -135,13 +135,15 @@ fn sum_rel(a: &ChannelStats, b: &ChannelStats) -> f64 {
         .zip(&a.sum_sq)
         .map(|((x, y), sq)| {
             let scale = (n * sq).sqrt();
-            if scale == 0.0 {
+            if !x.is_finite() || !y.is_finite() || !scale.is_finite() {
+                f64::NAN
+            } else if scale == 0.0 {
                 (x - y).abs()
             } else {
                 (x - y).abs() / scale
             }
         })
-        .fold(0.0, f64::max)
+        .fold(0.0, worse)
 }
 
 /// Wanda masks (`|W|·‖X_j‖`, 50 % per row) from both statistics: entries that differ, and
@@ -213,13 +215,13 @@ fn compare_block(
             b.tokens,
             b.cols()
         );
-        row.sum_sq_rel = row.sum_sq_rel.max(max_rel_diff(&a.sum_sq, &b.sum_sq));
-        row.sum_rel = row.sum_rel.max(sum_rel(a, b));
+        row.sum_sq_rel = worse(row.sum_sq_rel, max_rel_diff(&a.sum_sq, &b.sum_sq));
+        row.sum_rel = worse(row.sum_rel, sum_rel(a, b));
         let (ma, mb): (Vec<f64>, Vec<f64>) = (
             a.max_abs.iter().map(|&v| v as f64).collect(),
             b.max_abs.iter().map(|&v| v as f64).collect(),
         );
-        row.max_abs_rel = row.max_abs_rel.max(max_rel_diff(&ma, &mb));
+        row.max_abs_rel = worse(row.max_abs_rel, max_rel_diff(&ma, &mb));
     }
     for (kind, a) in &host.hessians {
         let b = dev.hessians.get(kind).ok_or_else(|| {
@@ -231,9 +233,20 @@ fn compare_block(
             .iter()
             .zip(&hb)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max)
+            .fold(0.0, worse)
             / diag.max(f64::MIN_POSITIVE);
-        row.hessian_rel = Some(row.hessian_rel.unwrap_or(0.0).max(worst));
+        row.hessian_rel = Some(worse(row.hessian_rel.unwrap_or(0.0), worst));
+    }
+    for (what, v) in [
+        ("Σx²", row.sum_sq_rel),
+        ("Σx", row.sum_rel),
+        ("max |x|", row.max_abs_rel),
+        ("the Hessian", row.hessian_rel.unwrap_or(0.0)),
+    ] {
+        anyhow::ensure!(
+            v.is_finite(),
+            "block {block}: {what} is not finite on one of the paths"
+        );
     }
     let b = &cpu_model.blocks[block];
     for kind in LayerKind::BLOCK {
