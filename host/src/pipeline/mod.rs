@@ -257,7 +257,7 @@ pub enum Progress {
 }
 
 /// Embed calibration windows in batches of `batch` with `embed`.
-fn embed_chunks(
+pub(crate) fn embed_chunks(
     windows: &[&[u32]],
     batch: usize,
     embed: impl Fn(&[&[u32]]) -> Result<Tensor, ModelError>,

@@ -154,13 +154,6 @@ pub fn sandbox(builder: &Builder, reps: usize) -> anyhow::Result<serde_json::Val
     Ok(report)
 }
 
-/// Write [`ModelConfig::llama2_7b_shape`] with `layers` blocks and random weights as f16
-/// safetensors into `dir`, with SmolLM2's tokenizer (vocabulary 49,152) from the data
-/// directory; returns the bytes of weights written.
-pub fn synthetic_7b(dir: &std::path::Path, layers: usize) -> anyhow::Result<u64> {
-    synthetic_model(dir, layers, false, None)
-}
-
 /// Write a model with random weights (f16 safetensors) into `dir`: LLaMA-2-7B's shapes with
 /// `layers` blocks, or SmolLM2-135M's (`smollm2`), with `tokenizer` (a `tokenizer.json` or a
 /// model holding one; default SmolLM2's from the data directory), whose vocabulary the model

@@ -9,11 +9,13 @@
 
 use crate::calib::device::{max_rel_diff, worse};
 use crate::calib::{collect_block_inputs_with, Accumulate, BlockInputs};
-use crate::layer::{ChannelStats, LayerKind};
+use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use crate::model::{Model, Precision};
+use crate::pipeline::embed_chunks;
 use crate::prune::mask::{Mask, Pattern};
+use crate::prune::native;
 use crate::setup::{self, CalibSpec, Calibration};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -118,13 +120,6 @@ impl StatsReport {
     }
 }
 
-fn embed(model: &Model, windows: &[&[u32]], batch: usize) -> anyhow::Result<Vec<Tensor>> {
-    windows
-        .chunks(batch.max(1))
-        .map(|w| Ok(model.embed(&model.ids_tensor(w)?)?))
-        .collect()
-}
-
 /// Largest `Σx` difference relative to `sqrt(N · Σx²)` (≥ `Σ|x|`), so channels whose sum
 /// cancels are not measured against their tiny total.
 fn sum_rel(a: &ChannelStats, b: &ChannelStats) -> f64 {
@@ -148,22 +143,30 @@ fn sum_rel(a: &ChannelStats, b: &ChannelStats) -> f64 {
 
 /// Wanda masks (`|W|·‖X_j‖`, 50 % per row) from both statistics: entries that differ, and
 /// how many of those are near-ties (score within 1e-5 relative of the row's threshold).
-fn wanda_diff(w: &[f32], rows: usize, a: &ChannelStats, b: &ChannelStats) -> (usize, usize) {
+fn wanda_diff(
+    id: LayerId,
+    w: &[f32],
+    rows: usize,
+    a: &ChannelStats,
+    b: &ChannelStats,
+) -> anyhow::Result<(usize, usize)> {
     let cols = a.cols();
-    let score = |s: &ChannelStats| -> Vec<f32> {
-        let norm = s.l2_norm();
-        w.iter()
-            .enumerate()
-            .map(|(i, &x)| x.abs() * norm[i % cols])
-            .collect()
+    let score = |stats: &ChannelStats| {
+        native::wanda(&LayerData {
+            id,
+            rows,
+            cols,
+            weights: w,
+            stats,
+            gradient: None,
+            hessian_inverse_diagonal: None,
+            output_stats: None,
+            sparsity: 0.5,
+        })
     };
     let (sa, sb) = (score(a), score(b));
-    let (Ok(ma), Ok(mb)) = (
-        Mask::from_scores(&sa, rows, cols, Pattern::PerRow, 0.5),
-        Mask::from_scores(&sb, rows, cols, Pattern::PerRow, 0.5),
-    ) else {
-        return (rows * cols, 0);
-    };
+    let ma = Mask::from_scores(&sa, rows, cols, Pattern::PerRow, 0.5)?;
+    let mb = Mask::from_scores(&sb, rows, cols, Pattern::PerRow, 0.5)?;
     let (mut diff, mut ties) = (0, 0);
     for r in 0..rows {
         let row = &sa[r * cols..(r + 1) * cols];
@@ -181,7 +184,7 @@ fn wanda_diff(w: &[f32], rows: usize, a: &ChannelStats, b: &ChannelStats) -> (us
             }
         }
     }
-    (diff, ties)
+    Ok((diff, ties))
 }
 
 fn compare_block(
@@ -258,7 +261,8 @@ fn compare_block(
         };
         let (rows, _) = linear.shape();
         let w = linear.weight().flatten_all()?.to_vec1::<f32>()?;
-        let (diff, ties) = wanda_diff(&w, rows, a, d);
+        let id = LayerId::of(block, cpu_model.blocks.len(), kind);
+        let (diff, ties) = wanda_diff(id, &w, rows, a, d)?;
         row.wanda_mask_diff += diff;
         row.wanda_near_ties += ties;
         row.weights += w.len();
@@ -290,8 +294,9 @@ pub fn run(
     )?;
     let windows = calib.windows(spec.seq_len);
     let (rope_h, rope_d) = (cpu.model.rope(spec.seq_len)?, dev_model.rope(spec.seq_len)?);
-    let mut xs_h = embed(&cpu.model, &windows, spec.batch)?;
-    let mut xs_d = embed(dev_model, &windows, spec.batch)?;
+    let embed = |m: &Model| embed_chunks(&windows, spec.batch, |w| m.embed(&m.ids_tensor(w)?));
+    let mut xs_h = embed(&cpu.model)?;
+    let mut xs_d = embed(dev_model)?;
     let total = cpu.model.blocks.len();
     let mut report = StatsReport {
         model: setup::file_name(&cpu.path),
