@@ -5,8 +5,9 @@
 #   scripts/gpu-check.sh pack KIT     # here, after ./setup.sh --cuda: write the kit (< 64 MiB)
 #   KIT/gpu-check.sh run KIT [OUT]    # there: unpack, check, measure; OUT gets the JSON reports
 #
-# The kit: the stripped CUDA build (xz), Wanda as a prebuilt component (wanda.wasm, so nothing
-# is compiled there), SmolLM2's tokenizer, the SOTU texts, and this script. The GPU machine
+# The kit: the stripped CUDA build (xz), Wanda and a metric whose verdict depends on the
+# statistics as prebuilt components (wanda.wasm, verdict.wasm: nothing is compiled there),
+# SmolLM2's tokenizer, the SOTU texts, and this script. The GPU machine
 # needs an NVIDIA driver (libcuda.so.1, >= 580 for CUDA 13.0) and the CUDA 13 libraries
 # libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10 and libnvrtc.so.13 on
 # LD_LIBRARY_PATH or in CUDA_LIBS (e.g. the lib folder of `pip install nvidia-cublas==13.0.2.14
@@ -14,12 +15,15 @@
 #
 # What `run` does and prints (each step's JSON lands in OUT):
 #   1. the equivalence of the statistics: `bench --stats --device cuda` (Σx², Σx, max |x|,
-#      the first blocks' Hessians and the Wanda masks of every block, GPU against the CPU's f64
-#      path) and the statistics pass's throughput on the GPU against the CPU;
+#      the first blocks' Hessians, the magnitude and Wanda masks of every block, SparseGPT's
+#      update on the first blocks; GPU against the CPU's host path) and the statistics pass's
+#      throughput on the GPU against the CPU;
 #   2. the SOTU-512 Wanda-50 % run end to end on the GPU, and on the CPU (perplexities within
-#      0.1 %; SKIP_CPU=1 skips the CPU run), on SmolLM2 if the kit has it (data/smollm2), else
+#      0.1 %; SKIP_CPU=1 skips the CPU runs), on SmolLM2 if the kit has it (data/smollm2), else
 #      on a model of SmolLM2's shapes with random weights (the times hold; the perplexity is
-#      that of noise);
+#      that of noise); then SparseGPT-50 % the same way (statistics, Hessians and the OBS
+#      update on the GPU; perplexities within 3 %, SparseGPT's measured rounding sensitivity),
+#      and a metric whose verdict depends on the statistics (both name the same layer);
 #   3. seconds per block of Wanda on a LLaMA-2-7B-shaped model with random weights
 #      (LAYERS7B blocks, default 4; 405 MB of f16 per block written to KIT/synthetic-7b;
 #      CALIB7B windows of 2048 tokens, default 128).
@@ -38,6 +42,7 @@ pack() {
   strip -o "$kit/autoprune" "$here/target/cuda/autoprune"
   xz -T0 -f "$kit/autoprune"
   "$here/target/release/autoprune" build "$here/candidates/wanda.rs" -o "$kit/wanda.wasm" >/dev/null
+  "$here/target/release/autoprune" build "$here/tests/fixtures/outlier_verdict.rs" -o "$kit/verdict.wasm" >/dev/null
   # SmolLM2's tokenizer, as autoprune saves it beside a synthetic model (the GGUF, 98 MB,
   # does not fit the kit).
   local tmp
@@ -92,7 +97,23 @@ run() {
 
   echo "== 1. statistics, GPU against CPU: $model_name"
   "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 4 --json >"$out/stats.json"
-  "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 0 | tail -1
+  "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 0 | tail -2 | head -1
+  python3 - "$out/stats.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+b = r["blocks"]
+w = sum(x["weights"] for x in b)
+print(f"magnitude masks: {sum(x['magnitude_mask_diff'] for x in b)} of {w} weights differ")
+sg = [(x["sparsegpt"], x["weights"]) for x in b if x.get("sparsegpt")]
+if sg:
+    n = sum(v for _, v in sg)
+    tot = lambda k: sum(s[k] for s, _ in sg)
+    worst = lambda k: max(s[k] for s, _ in sg)
+    print(f"SparseGPT update on {len(sg)} blocks ({n} weights): CPU host {tot('host_seconds'):.2f} s, "
+          f"{r['device']} {tot('device_seconds'):.2f} s; same factor: {tot('same_factor_mask_diff')} mask "
+          f"entries differ, weights {worst('same_factor_weight_rel'):.2e} apart, losses "
+          f"{worst('same_factor_loss_rel'):.2e} apart; own Hessians: {tot('mask_diff')} differ")
+PY
 
   echo "== 2. SOTU-512 Wanda 50 %: $model_name"
   local t0 t1
@@ -118,6 +139,34 @@ if os.path.exists(f"{out}/wanda-cpu.json"):
         ok = abs(a - b) / b <= 1e-3
         print(f"{k}: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.4f} %) {'within 0.1 %' if ok else 'NOT within 0.1 %'}")
 PY
+
+  t0=$(date +%s.%N)
+  "$ap" prune --method sparsegpt --sparsity 0.5 --device "$DEVICE" "${model[@]}" --json >"$out/sparsegpt-cuda.json"
+  t1=$(date +%s.%N)
+  echo "SparseGPT-50 % on $DEVICE: $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s end to end"
+  if [ "${SKIP_CPU:-0}" != 1 ]; then
+    t0=$(date +%s.%N)
+    "$ap" prune --method sparsegpt --sparsity 0.5 --device cpu "${model[@]}" --json >"$out/sparsegpt-cpu.json"
+    t1=$(date +%s.%N)
+    echo "SparseGPT-50 % on the CPU: $(awk "BEGIN {printf \"%.1f\", $t1 - $t0}") s end to end"
+    python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+a = json.load(open(f"{out}/sparsegpt-cuda.json"))["perplexity"]["pruned"]["ppl"]
+b = json.load(open(f"{out}/sparsegpt-cpu.json"))["perplexity"]["pruned"]["ppl"]
+ok = abs(a - b) / b <= 0.03
+print(f"SparseGPT pruned: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.3f} %) {'within 3 %' if ok else 'NOT within 3 %'}")
+PY
+  fi
+  local v_dev v_cpu
+  v_dev=$("$ap" prune --metric "$kit/verdict.wasm" --sparsity 0.5 --device "$DEVICE" "${model[@]}" 2>&1 | grep 'the metric failed' || true)
+  v_cpu=$("$ap" prune --metric "$kit/verdict.wasm" --sparsity 0.5 --device cpu "${model[@]}" 2>&1 | grep 'the metric failed' || true)
+  if [ -z "$v_dev$v_cpu" ]; then
+    echo "verdict: none on either (random weights stay below the metric's threshold; SmolLM2 fails at block 11 down)"
+  else
+    echo "verdict on $DEVICE: ${v_dev:-none}"
+    if [ "$v_dev" = "$v_cpu" ]; then echo "verdict: the same on the CPU"; else echo "verdict: DIFFERENT on the CPU: ${v_cpu:-none}"; fi
+  fi
 
   local layers=${LAYERS7B:-4}
   echo "== 3. Wanda on a LLaMA-2-7B-shaped model ($layers blocks, random weights)"

@@ -78,6 +78,7 @@ fn allocations_are_applied_exactly_and_hit_the_target() {
                 layer_sparsity: layer_sparsity.clone(),
                 pattern: Pattern::PerRow,
                 batch: 2,
+                path: Default::default(),
             };
             let report = prune_model(
                 &mut model,
@@ -118,6 +119,7 @@ fn allocation_with_n_m_or_wrong_length_is_refused() {
             layer_sparsity: vec![0.5; n],
             pattern,
             batch: 2,
+            path: Default::default(),
         };
         match prune_model(
             &mut model,

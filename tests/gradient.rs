@@ -243,6 +243,7 @@ fn pipeline_hands_the_exact_statistic_to_a_metric_that_asks() {
             layer_sparsity: Vec::new(),
             pattern: Pattern::PerRow,
             batch: 2,
+            path: Default::default(),
         };
         let mut stages = Vec::new();
         let report = prune_model(
@@ -328,6 +329,7 @@ fn gradient_pass_runs_only_for_metrics_that_ask() {
         layer_sparsity: Vec::new(),
         pattern: Pattern::PerRow,
         batch: 2,
+        path: Default::default(),
     };
     let run = |method: &Method<'_>| {
         let mut model = Model::random(&cfg, 2, &Device::Cpu).unwrap();

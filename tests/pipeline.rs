@@ -32,6 +32,7 @@ fn wanda_plugin_prunes_tiny_models_exactly_like_native_wanda() {
             layer_sparsity: Vec::new(),
             pattern: Pattern::PerRow,
             batch: 3,
+            path: Default::default(),
         };
         let report = prune_model(
             &mut model,
@@ -196,6 +197,7 @@ fn metrics_reading_the_hessian_inputs_prune_tiny_models_like_the_native_computat
             layer_sparsity: Vec::new(),
             pattern,
             batch: 2,
+            path: Default::default(),
         };
         let report = prune_model(
             &mut sandboxed,
@@ -241,6 +243,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
             layer_sparsity: Vec::new(),
             pattern,
             batch: 4,
+            path: Default::default(),
         };
         let r = prune_model(
             &mut model,
@@ -257,6 +260,7 @@ fn sparsegpt_and_nm_patterns_on_a_tiny_model() {
         layer_sparsity: Vec::new(),
         pattern: Pattern::n_m(4, 8),
         batch: 4,
+        path: Default::default(),
     };
     let r = prune_model(
         &mut model,
@@ -279,6 +283,7 @@ fn failing_metric_reports_its_verdict_and_layer() {
         layer_sparsity: Vec::new(),
         pattern: Pattern::PerRow,
         batch: 2,
+        path: Default::default(),
     };
     match prune_model(
         &mut model,

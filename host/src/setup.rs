@@ -158,6 +158,9 @@ pub struct ProtocolSpec {
     pub device: String,
     /// Arithmetic of the linear layers.
     pub precision: Precision,
+    /// Where statistics, Hessians and SparseGPT's update run (`Auto`: with tensor operations
+    /// for a model on a GPU, on the host otherwise).
+    pub device_path: crate::calib::DevicePath,
 }
 
 impl ProtocolSpec {

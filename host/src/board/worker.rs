@@ -447,6 +447,7 @@ fn evaluate(
             eval_batch: 2,
             device: opts.device.clone(),
             precision: Precision::F32,
+            device_path: Default::default(),
         },
         calib: CalibSpec {
             file: None,

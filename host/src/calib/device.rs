@@ -16,7 +16,7 @@
 //!   GEMM's blocking, so the two paths agree to f32 precision (measured the same way).
 //!
 //! The same code runs on the CPU (candle's CPU backend), which is how the suite checks it on
-//! machines without a GPU ([`Accumulate::Tensor`]).
+//! machines without a GPU ([`DevicePath::Tensor`]).
 
 use candle_core::{DType, Tensor};
 
@@ -24,9 +24,11 @@ use super::hessian::HessianAccumulator;
 use super::CalibError;
 use crate::layer::ChannelStats;
 
-/// Where a block's input statistics are accumulated.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Accumulate {
+/// Where the host's numerics for a block run: its input statistics and Hessians are
+/// accumulated, and SparseGPT updates its weights ([`crate::prune::sparsegpt::device`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DevicePath {
     /// Where the activations are: on the host for CPU tensors (read in place), with tensor
     /// operations on the device otherwise.
     #[default]
@@ -39,13 +41,23 @@ pub enum Accumulate {
     Host,
 }
 
-impl Accumulate {
-    /// Whether activations on `device` take the tensor path.
+impl DevicePath {
+    /// Parse `auto`, `tensor` or `host`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(DevicePath::Auto),
+            "tensor" => Some(DevicePath::Tensor),
+            "host" => Some(DevicePath::Host),
+            _ => None,
+        }
+    }
+
+    /// Whether activations (or weights) on `device` take the tensor path.
     pub fn on_tensor(self, device: &candle_core::Device) -> bool {
         match self {
-            Accumulate::Auto => !device.is_cpu(),
-            Accumulate::Tensor => true,
-            Accumulate::Host => false,
+            DevicePath::Auto => !device.is_cpu(),
+            DevicePath::Tensor => true,
+            DevicePath::Host => false,
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod gradient;
 pub mod hessian;
 pub mod tokens;
 
-pub use device::Accumulate;
+pub use device::DevicePath;
 
 use crate::layer::{ChannelStats, LayerKind};
 use crate::model::{Block, ModelError, Rope};
@@ -222,6 +222,18 @@ pub fn collect_block_inputs(
     collect(block, batches, rope, hessians, false).map(|(acc, _)| acc)
 }
 
+/// [`collect_block_inputs`], accumulating where `how` says (the pruning run's
+/// [`DevicePath`]).
+pub fn collect_block_inputs_on(
+    block: &Block,
+    batches: &[Tensor],
+    rope: &Rope,
+    hessians: bool,
+    how: DevicePath,
+) -> Result<BlockInputs, CalibError> {
+    collect_how(block, batches, rope, hessians, false, how).map(|(acc, _)| acc)
+}
+
 /// Like [`collect_block_inputs`] (without Hessians), but runs the whole block and also returns
 /// its outputs (the next block's dense inputs), one tensor per batch.
 pub fn collect_block_inputs_and_outputs(
@@ -250,7 +262,7 @@ pub fn collect_block_inputs_with(
     batches: &[Tensor],
     rope: &Rope,
     hessians: bool,
-    how: Accumulate,
+    how: DevicePath,
 ) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
     collect_how(block, batches, rope, hessians, true, how)
 }
@@ -262,7 +274,7 @@ fn collect(
     hessians: bool,
     outputs: bool,
 ) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
-    collect_how(block, batches, rope, hessians, outputs, Accumulate::Auto)
+    collect_how(block, batches, rope, hessians, outputs, DevicePath::Auto)
 }
 
 fn collect_how(
@@ -271,7 +283,7 @@ fn collect_how(
     rope: &Rope,
     hessians: bool,
     outputs: bool,
-    how: Accumulate,
+    how: DevicePath,
 ) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
     let mut acc = BlockInputs::default();
     // The tensor path's accumulators, moved into `acc` when the block ends.

@@ -213,6 +213,22 @@ fn stats(args: &Args) -> anyhow::Result<i32> {
         r.max_abs_rel(),
         r.hessian_rel()
     );
+    println!(
+        "magnitude masks: {} of {weights} weights differ",
+        r.magnitude_mask_diff()
+    );
+    if let Some((sg, n)) = r.sparsegpt() {
+        println!(
+            "SparseGPT 50 % on the blocks with Hessians ({n} weights): host update {:.2} s, device update {:.2} s ({:.2}×); same factor: {} mask entries differ, updated weights {:.2e} apart (relative Frobenius norm), losses {:.2e} apart (worst layer); each path's own Hessian: {} differ",
+            sg.host_seconds,
+            sg.device_seconds,
+            sg.host_seconds / sg.device_seconds.max(1e-12),
+            sg.same_factor_mask_diff,
+            sg.same_factor_weight_rel,
+            sg.same_factor_loss_rel,
+            sg.mask_diff
+        );
+    }
     Ok(0)
 }
 

@@ -1,5 +1,6 @@
 //! The protocol flags (model, texts, windows, device, arithmetic) and progress bars on stderr.
 
+use autoprune::calib::DevicePath;
 use autoprune::model::Precision;
 pub use autoprune::setup::device;
 use autoprune::setup::ProtocolSpec;
@@ -37,6 +38,16 @@ pub struct ProtocolArgs {
     /// perplexities by a measured amount, see the README).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
+    /// Where activation statistics, Hessians and SparseGPT's update are computed: `auto`
+    /// (with tensor operations on the GPU for a model there, on the host for one on the CPU),
+    /// `tensor` (tensor operations wherever the model is; on the CPU, how the GPU path is
+    /// checked without a GPU) or `host`.
+    #[arg(long, default_value = "auto", value_parser = parse_device_path)]
+    pub device_path: DevicePath,
+}
+
+fn parse_device_path(s: &str) -> Result<DevicePath, String> {
+    DevicePath::parse(s).ok_or_else(|| format!("`{s}` is not auto, tensor or host"))
 }
 
 impl ProtocolArgs {
@@ -50,6 +61,7 @@ impl ProtocolArgs {
             eval_batch: self.eval_batch,
             device: self.device.clone(),
             precision: self.precision,
+            device_path: self.device_path,
         }
     }
 }

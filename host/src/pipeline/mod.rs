@@ -6,10 +6,12 @@ use crate::calib::gradient::{self, GradientError, Gradients};
 use crate::calib::hessian::HessianFactor;
 use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
 use crate::calib::input_slot;
-use crate::calib::{collect_block_inputs, BlockInputs, CalibError};
+pub use crate::calib::DevicePath;
+use crate::calib::{collect_block_inputs_on, BlockInputs, CalibError};
 use crate::layer::{LayerData, LayerId, LayerKind};
 use crate::model::{with_host_f32, Block, Model, ModelError, Rope};
 use crate::prune::mask::{Mask, MaskError, Pattern};
+use crate::prune::sparsegpt::device::{prune_tensor, DeviceFactor};
 use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::sandbox::{Failure, InvalidOutput, Plugin};
 use candle_core::Tensor;
@@ -42,6 +44,12 @@ pub struct PruneConfig {
     pub pattern: Pattern,
     /// Calibration windows per forward pass (memory vs speed).
     pub batch: usize,
+    /// Where statistics, Hessians and SparseGPT's update run: on the host, or with tensor
+    /// operations where the model is (`Auto`: the tensor path for a model on a GPU). Both
+    /// give the same pruning up to f32 rounding (`docs/CUDA.md`), so it is not part of a
+    /// run's recorded configuration.
+    #[serde(skip)]
+    pub path: DevicePath,
 }
 
 impl PruneConfig {
@@ -52,6 +60,7 @@ impl PruneConfig {
             layer_sparsity: Vec::new(),
             pattern,
             batch,
+            path: DevicePath::Auto,
         }
     }
 
@@ -422,7 +431,7 @@ fn prune_block(
     let sparsegpt = matches!(method, Method::SparseGpt);
     let t = Instant::now();
     let hessians = sparsegpt || wanted.any();
-    let inputs = collect_block_inputs(block, inps, rope, hessians)?;
+    let inputs = collect_block_inputs_on(block, inps, rope, hessians, cfg.path)?;
     report.stats_seconds += t.elapsed().as_secs_f64();
     report.hessian_seconds += inputs.hessian_seconds;
     let t = Instant::now();
@@ -441,6 +450,19 @@ fn prune_block(
                 message: e.to_string(),
             }
         })?;
+        let linear = block
+            .linear(slot)
+            .ok_or_else(|| ModelError::Input(format!("no {} linear", slot.name())))?;
+        let device = linear.weight().device();
+        let f = if cfg.path.on_tensor(device) {
+            let df = DeviceFactor::new(&f, device).map_err(|e| PipelineError::SparseGpt {
+                layer: LayerId::of(i, num_blocks, slot),
+                message: e.to_string(),
+            })?;
+            Factor::Tensor(df)
+        } else {
+            Factor::Host(f)
+        };
         factors.insert(slot, f);
     }
     let mut layers = Vec::with_capacity(LayerKind::BLOCK.len());
@@ -545,13 +567,21 @@ struct Optional<'a> {
     extras: Option<&'a BlockExtras>,
 }
 
+/// SparseGPT's factor of one input slot, where its update runs.
+enum Factor {
+    /// On the host (the weights are copied to it and back).
+    Host(HessianFactor),
+    /// Uploaded to the weights' device (the tensor path).
+    Tensor(DeviceFactor),
+}
+
 /// Score, mask (or SparseGPT-update) and write back one linear layer. `optional` holds the
 /// optional inputs computed for the metric.
 fn prune_linear(
     block: &mut Block,
     id: LayerId,
     inputs: &BlockInputs,
-    factors: &BTreeMap<LayerKind, HessianFactor>,
+    factors: &BTreeMap<LayerKind, Factor>,
     method: &Method<'_>,
     cfg: &PruneConfig,
     optional: Optional<'_>,
@@ -562,7 +592,7 @@ fn prune_linear(
         .ok_or_else(|| ModelError::Input(format!("no {} linear", id.kind.name())))?;
     let (rows, cols) = linear.shape();
     let device = linear.weight().device().clone();
-    let (w, mask, fuel) = match method {
+    let (weight, zeros, mask, fuel) = match method {
         Method::Metric(plugin) => {
             let stats = inputs.stats(id.kind).ok_or_else(|| {
                 ModelError::Input(format!("no statistics were collected for {id}"))
@@ -597,10 +627,15 @@ fn prune_linear(
             let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
             mask.apply(&mut w)
                 .map_err(|error| PipelineError::Mask { layer: id, error })?;
-            (w, mask, fuel)
+            let zeros = w.iter().filter(|&&x| x == 0.0).count();
+            (
+                Tensor::from_vec(w, (rows, cols), &device)?,
+                zeros,
+                mask,
+                fuel,
+            )
         }
         Method::SparseGpt => {
-            let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
             let f = factors
                 .get(&input_slot(id.kind))
                 .ok_or_else(|| ModelError::Input(format!("no Hessian was collected for {id}")))?;
@@ -616,17 +651,25 @@ fn prune_linear(
                 Pattern::NM { n, m, .. } => SparseGptConfig::n_m(n, m),
                 _ => SparseGptConfig::unstructured(cfg.sparsity_of(id)),
             };
-            let stats = prune_with_factor(&mut w, rows, cols, f, &sg).map_err(|e| {
-                PipelineError::SparseGpt {
-                    layer: id,
-                    message: e.to_string(),
+            let failed = |e: crate::prune::sparsegpt::SparseGptError| PipelineError::SparseGpt {
+                layer: id,
+                message: e.to_string(),
+            };
+            match f {
+                Factor::Host(f) => {
+                    let mut w: Vec<f32> = linear.weight().flatten_all()?.to_vec1()?;
+                    let stats = prune_with_factor(&mut w, rows, cols, f, &sg).map_err(failed)?;
+                    let weight = Tensor::from_vec(w, (rows, cols), &device)?;
+                    (weight, stats.zeros, stats.mask, 0)
                 }
-            })?;
-            (w, stats.mask, 0)
+                Factor::Tensor(f) => {
+                    let (weight, stats) = prune_tensor(linear.weight(), f, &sg).map_err(failed)?;
+                    (weight, stats.zeros, stats.mask, 0)
+                }
+            }
         }
     };
-    let zeros = w.iter().filter(|&&x| x == 0.0).count();
-    block.set_weight(id.kind, Tensor::from_vec(w, (rows, cols), &device)?)?;
+    block.set_weight(id.kind, weight)?;
     Ok(LayerReport {
         block: id.block,
         kind: id.kind,

@@ -8,14 +8,17 @@
 //! checks the device path's arithmetic on machines without a GPU.
 
 use crate::calib::device::{max_rel_diff, worse};
-use crate::calib::{collect_block_inputs_with, Accumulate, BlockInputs};
+use crate::calib::hessian::{HessianAccumulator, HessianFactor};
+use crate::calib::{collect_block_inputs_with, BlockInputs, DevicePath};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use crate::model::{Model, Precision};
 use crate::pipeline::embed_chunks;
 use crate::prune::mask::{Mask, Pattern};
 use crate::prune::native;
+use crate::prune::sparsegpt::device::{prune_tensor, DeviceFactor};
+use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::setup::{self, CalibSpec, Calibration};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,6 +66,31 @@ pub struct BlockRow {
     pub wanda_near_ties: usize,
     /// Weights scored in the block.
     pub weights: usize,
+    /// Magnitude masks (50 % per row) from the weights on the device and on the CPU: entries
+    /// that differ (the weights are the same file's, so 0 is expected).
+    pub magnitude_mask_diff: usize,
+    /// SparseGPT at 50 % on the blocks with Hessians (`None` elsewhere).
+    pub sparsegpt: Option<SparseGptRow>,
+}
+
+/// SparseGPT's OBS update on the host (f32 loop, the CPU model's weights) against the tensor
+/// path on the device, over a block's seven linears.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SparseGptRow {
+    /// Mask entries that differ when each path uses its own Hessian (what a run sees).
+    pub mask_diff: usize,
+    /// Mask entries that differ with the same (host) factor: the update's numerics alone.
+    pub same_factor_mask_diff: usize,
+    /// With the same factor, `‖W_host − W_device‖ / ‖W_host‖` (Frobenius) of the updated
+    /// weights, the worst layer's: a flipped near-tie moves its row's later weights too.
+    pub same_factor_weight_rel: f64,
+    /// With the same factor, the relative difference of SparseGPT's loss `Σ (w − q)²/d²/2`
+    /// (what the update minimises), the worst layer's.
+    pub same_factor_loss_rel: f64,
+    /// Seconds of the host's update (the same factor).
+    pub host_seconds: f64,
+    /// Seconds of the device's update (the same factor, the upload of `U` included).
+    pub device_seconds: f64,
 }
 
 /// The whole comparison.
@@ -110,6 +138,34 @@ impl StatsReport {
     /// Largest Hessian difference (relative to its diagonal).
     pub fn hessian_rel(&self) -> f64 {
         self.worst(|b| b.hessian_rel.unwrap_or(0.0))
+    }
+
+    /// Magnitude mask differences over the model.
+    pub fn magnitude_mask_diff(&self) -> usize {
+        self.blocks.iter().map(|b| b.magnitude_mask_diff).sum()
+    }
+
+    /// SparseGPT's comparison summed over the blocks that ran it (`None`: none did), and the
+    /// weights of those blocks.
+    pub fn sparsegpt(&self) -> Option<(SparseGptRow, usize)> {
+        let mut rows = self
+            .blocks
+            .iter()
+            .filter_map(|b| b.sparsegpt.as_ref().map(|s| (s, b.weights)))
+            .peekable();
+        rows.peek()?;
+        Some(
+            rows.fold((SparseGptRow::default(), 0), |(mut t, n), (s, w)| {
+                t.mask_diff += s.mask_diff;
+                t.same_factor_mask_diff += s.same_factor_mask_diff;
+                t.same_factor_weight_rel =
+                    worse(t.same_factor_weight_rel, s.same_factor_weight_rel);
+                t.same_factor_loss_rel = worse(t.same_factor_loss_rel, s.same_factor_loss_rel);
+                t.host_seconds += s.host_seconds;
+                t.device_seconds += s.device_seconds;
+                (t, n + w)
+            }),
+        )
     }
 
     /// Wanda mask differences and near-ties among them, over the model.
@@ -190,6 +246,7 @@ fn wanda_diff(
 fn compare_block(
     block: usize,
     cpu_model: &Model,
+    dev_model: &Model,
     host: &BlockInputs,
     dev: &BlockInputs,
 ) -> anyhow::Result<BlockRow> {
@@ -204,6 +261,8 @@ fn compare_block(
         wanda_mask_diff: 0,
         wanda_near_ties: 0,
         weights: 0,
+        magnitude_mask_diff: 0,
+        sparsegpt: None,
     };
     for (kind, a) in &host.stats {
         let b = dev
@@ -266,8 +325,82 @@ fn compare_block(
         row.wanda_mask_diff += diff;
         row.wanda_near_ties += ties;
         row.weights += w.len();
+        let on_device = dev_model.blocks[block]
+            .linear(kind)
+            .ok_or_else(|| anyhow::anyhow!("block {block}: the device model has no {kind:?}"))?
+            .weight();
+        let wd = on_device.flatten_all()?.to_vec1::<f32>()?;
+        row.magnitude_mask_diff += magnitude_diff(&w, &wd, rows)?;
+        if let (Some(ha), Some(hd)) = (host.hessian(kind), dev.hessian(kind)) {
+            let sg = row.sparsegpt.get_or_insert_with(SparseGptRow::default);
+            sparsegpt_diff(sg, &w, rows, on_device, ha, hd)?;
+        }
     }
     Ok(row)
+}
+
+/// Magnitude masks (50 % per row) of two copies of a layer's weights: entries that differ.
+fn magnitude_diff(a: &[f32], b: &[f32], rows: usize) -> anyhow::Result<usize> {
+    let cols = a.len() / rows.max(1);
+    let mask = |w: &[f32]| {
+        let s: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+        Mask::from_scores(&s, rows, cols, Pattern::PerRow, 0.5)
+    };
+    let (ma, mb) = (mask(a)?, mask(b)?);
+    Ok(ma
+        .to_keep()
+        .iter()
+        .zip(mb.to_keep())
+        .filter(|(x, y)| **x != *y)
+        .count())
+}
+
+/// SparseGPT at 50 % on one layer, the host's update against the tensor path's: with each
+/// path's own Hessian (`ha` host, `hd` device), and with the host's factor on both sides.
+fn sparsegpt_diff(
+    row: &mut SparseGptRow,
+    w: &[f32],
+    rows: usize,
+    on_device: &Tensor,
+    ha: &HessianAccumulator,
+    hd: &HessianAccumulator,
+) -> anyhow::Result<()> {
+    let cols = ha.cols();
+    let cfg = SparseGptConfig::unstructured(0.5);
+    let fa = HessianFactor::new(ha, cfg.percdamp)?;
+    let fd = HessianFactor::new(hd, cfg.percdamp)?;
+    let t = Instant::now();
+    let mut wh = w.to_vec();
+    let host = prune_with_factor(&mut wh, rows, cols, &fa, &cfg)?;
+    row.host_seconds += t.elapsed().as_secs_f64();
+    let device = on_device.device();
+    let t = Instant::now();
+    let (same, same_stats) = prune_tensor(on_device, &DeviceFactor::new(&fa, device)?, &cfg)?;
+    let same = same.flatten_all()?.to_vec1::<f32>()?;
+    row.device_seconds += t.elapsed().as_secs_f64();
+    let (_, own) = prune_tensor(on_device, &DeviceFactor::new(&fd, device)?, &cfg)?;
+    let differ = |m: &Mask| {
+        host.mask
+            .to_keep()
+            .iter()
+            .zip(m.to_keep())
+            .filter(|(x, y)| **x != *y)
+            .count()
+    };
+    row.mask_diff += differ(&own.mask);
+    row.same_factor_mask_diff += differ(&same_stats.mask);
+    let (diff, norm) = wh
+        .iter()
+        .zip(&same)
+        .fold((0.0f64, 0.0f64), |(d, n), (&a, &b)| {
+            let (a, b) = (a as f64, b as f64);
+            (d + (a - b) * (a - b), n + a * a)
+        });
+    let worst = (diff / norm.max(f64::MIN_POSITIVE)).sqrt();
+    row.same_factor_weight_rel = worse(row.same_factor_weight_rel, worst);
+    let loss_rel = (host.loss - same_stats.loss).abs() / host.loss.max(f64::MIN_POSITIVE);
+    row.same_factor_loss_rel = worse(row.same_factor_loss_rel, loss_rel);
+    Ok(())
 }
 
 /// Run the comparison; `progress(done, total)` after every block.
@@ -316,7 +449,7 @@ pub fn run(
             &xs_h,
             &rope_h,
             hessians,
-            Accumulate::Host,
+            DevicePath::Host,
         )?;
         let host_seconds = t.elapsed().as_secs_f64();
         let t = Instant::now();
@@ -325,7 +458,7 @@ pub fn run(
             &xs_d,
             &rope_d,
             hessians,
-            Accumulate::Tensor,
+            DevicePath::Tensor,
         )?;
         // The statistics are on the host now (their copy waits for the device); the outputs
         // may still be computing: wait for them too, so the time is the block's.
@@ -333,7 +466,7 @@ pub fn run(
             last.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
         }
         let device_seconds = t.elapsed().as_secs_f64();
-        let mut row = compare_block(i, &cpu.model, &host, &dev)?;
+        let mut row = compare_block(i, &cpu.model, dev_model, &host, &dev)?;
         row.host_seconds = host_seconds;
         row.device_seconds = device_seconds;
         report.host_seconds += host_seconds;

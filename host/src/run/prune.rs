@@ -221,6 +221,7 @@ pub fn run(mut spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<O
             .map_or_else(Vec::new, |p| p.layer_sparsity.clone()),
         pattern: spec.pattern,
         batch: spec.calib_batch,
+        path: p.device_path,
     };
     let t = Instant::now();
     let pruned_report = match prune_step(

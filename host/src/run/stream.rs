@@ -68,7 +68,10 @@ pub fn run(spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<Outco
     let opts = p.perplexity_options();
     let eval_w = eval_windows(&eval.tokens, &opts)?;
     let calib_w = calib.windows(p.seq_len);
-    let cfg = PruneConfig::uniform(spec.sparsity, spec.pattern, spec.calib_batch);
+    let cfg = PruneConfig {
+        path: spec.protocol.device_path,
+        ..PruneConfig::uniform(spec.sparsity, spec.pattern, spec.calib_batch)
+    };
     let job = StreamJob {
         calib: &calib_w,
         method: &method,

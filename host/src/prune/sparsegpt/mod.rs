@@ -223,6 +223,32 @@ pub fn prune_with_factor(
     if let Some((n, m)) = nm {
         expected = rows * (cols / m) * n;
     }
+    let zeros = w.iter().filter(|&&v| v == 0.0).count();
+    finish(
+        rows,
+        cols,
+        &pruned,
+        expected,
+        nm.is_some(),
+        zeros,
+        losses.iter().sum(),
+        f.dead_columns().iter().filter(|&&d| d).count(),
+    )
+}
+
+/// The host's check of what a run pruned, and its stats: `pruned` (row-major) must hold
+/// exactly `expected` pruned weights for N:M, at least `expected` otherwise.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    rows: usize,
+    cols: usize,
+    pruned: &[bool],
+    expected: usize,
+    nm: bool,
+    zeros: usize,
+    loss: f64,
+    dead_columns: usize,
+) -> Result<SparseGptStats> {
     let keep: Vec<bool> = pruned.iter().map(|p| !p).collect();
     let mask = Mask::from_keep(rows, cols, &keep).map_err(|_| {
         SparseGptError::Hessian(LinalgError::Shape {
@@ -232,7 +258,7 @@ pub fn prune_with_factor(
         })
     })?;
     let n_pruned = mask.pruned_count();
-    let ok = if nm.is_some() {
+    let ok = if nm {
         n_pruned == expected
     } else {
         n_pruned >= expected
@@ -246,11 +272,20 @@ pub fn prune_with_factor(
     Ok(SparseGptStats {
         sparsity: mask.sparsity(),
         pruned: n_pruned,
-        zeros: w.iter().filter(|&&v| v == 0.0).count(),
-        loss: losses.iter().sum(),
-        dead_columns: f.dead_columns().iter().filter(|&&d| d).count(),
+        zeros,
+        loss,
+        dead_columns,
         mask,
     })
+}
+
+/// The reference's threshold over one block's `tmp = w²/d²` (every row): `sort(tmp)[k]` with
+/// `k = floor(numel·s)`; weights with `tmp <= thresh` are pruned, at least `k + 1` of them.
+fn block_threshold(tmp: &[f32], s: f64) -> (f32, usize) {
+    let k = prune_count(tmp.len(), s).min(tmp.len() - 1);
+    let mut sel = tmp.to_vec();
+    let thresh = *sel.select_nth_unstable_by(k, f32::total_cmp).1;
+    (thresh, k + 1)
 }
 
 /// Unstructured mask of block `[i1, i2)` across all rows: `tmp = w²/d²`,
@@ -273,9 +308,7 @@ fn block_mask(
         .par_chunks(cols)
         .flat_map_iter(|row| row[i1..i2].iter().zip(&d2).map(|(&x, &d)| x * x / d))
         .collect();
-    let k = prune_count(tmp.len(), s).min(tmp.len() - 1);
-    let mut sel = tmp.clone();
-    let thresh = *sel.select_nth_unstable_by(k, f32::total_cmp).1;
+    let (thresh, at_least) = block_threshold(&tmp, s);
     pruned
         .par_chunks_mut(cols)
         .zip(tmp.par_chunks(count))
@@ -284,7 +317,7 @@ fn block_mask(
                 *p = t <= thresh;
             }
         });
-    k + 1
+    at_least
 }
 
 /// Rows processed together in the trailing update, so each `U` row is read from L1
@@ -397,6 +430,8 @@ fn nm_choose(w: &[f32], p: &mut [bool], u: &[f32], cols: usize, c0: usize, n: us
         p[j] = rank < n;
     }
 }
+
+pub mod device;
 
 #[cfg(test)]
 mod tests;

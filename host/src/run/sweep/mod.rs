@@ -372,6 +372,7 @@ fn prune_and_measure(
         layer_sparsity,
         pattern: spec.pattern,
         batch: spec.calib_batch,
+        path: spec.protocol.device_path,
     };
     let calib_windows = sh.calib_windows();
     let report = step(progress, "prune", m.blocks.len(), |adv| {

@@ -12,6 +12,7 @@ impl Evaluator {
             layer_sparsity: self.plans[i].clone(),
             pattern: s.pattern,
             batch: self.cfg.calib_batch,
+            path: Default::default(),
         }
     }
 
