@@ -49,6 +49,7 @@ pub struct Args {
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let p = &args.protocol;
+    p.only_auto_path("eval")?;
     if let Some(out) = &args.write_tasks {
         let items: Vec<_> = args
             .tasks

@@ -196,6 +196,7 @@ fn measure_missing(
 
 /// Run it.
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    args.protocol.only_auto_path("fidelity")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let results = args.out.join("results.jsonl");

@@ -51,6 +51,16 @@ fn parse_device_path(s: &str) -> Result<DevicePath, String> {
 }
 
 impl ProtocolArgs {
+    /// Refuse a `--device-path` other than `auto` where `command` does not take it (it
+    /// prunes nothing, or it measures with the default path).
+    pub fn only_auto_path(&self, command: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.device_path == DevicePath::Auto,
+            "`{command}` always uses --device-path auto; the flag is for prune and sweep"
+        );
+        Ok(())
+    }
+
     /// The library's description of these flags.
     pub fn spec(&self) -> ProtocolSpec {
         ProtocolSpec {

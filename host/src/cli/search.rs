@@ -176,6 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let quiet = args.protocol.json;
+    args.protocol.only_auto_path("search")?;
     let mut session = match &args.resume {
         Some(dir) => Session::resume(dir, &flags)?,
         None => Session::create(args.run.as_ref().expect("clap: --run or --resume"), &flags)?,

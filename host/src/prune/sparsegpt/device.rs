@@ -122,23 +122,26 @@ pub fn prune_tensor(
             None => {
                 let (m1, at_least) = unstructured_block_mask(&w1, f, i1, cfg.sparsity)?;
                 expected += at_least;
-                let (w1, err1) = obs_block(w1, f, i1, |_, i| {
-                    Ok(m1.narrow(1, i, 1)?.to_dtype(DType::F32)?)
-                })?;
+                let m1f = m1.to_dtype(DType::F32)?;
+                let (w1, err1) = obs_block(w1, f, i1, |_, i| Ok(m1f.narrow(1, i, 1)?))?;
                 (w1, m1, err1)
             }
             Some((n, m)) => {
-                let mut groups: Vec<Tensor> = Vec::new();
+                // Each group's mask as chosen (u8) and as the loop reads it (f32).
+                let mut groups: Vec<(Tensor, Tensor)> = Vec::new();
                 let (w1, err1) = obs_block(w1, f, i1, |w1, i| {
                     if i % m == 0 {
-                        groups.push(nm_group(w1, f, i1 + i, i, n, m)?);
+                        let g = nm_group(w1, f, i1 + i, i, n, m)?;
+                        let gf = g.to_dtype(DType::F32)?;
+                        groups.push((g, gf));
                     }
-                    let g = groups
+                    let (_, gf) = groups
                         .last()
                         .expect("a group is chosen at its first column");
-                    Ok(g.narrow(1, i % m, 1)?.to_dtype(DType::F32)?)
+                    Ok(gf.narrow(1, i % m, 1)?)
                 })?;
-                (w1, Tensor::cat(&groups, 1)?, err1)
+                let chosen: Vec<&Tensor> = groups.iter().map(|(g, _)| g).collect();
+                (w1, Tensor::cat(&chosen, 1)?, err1)
             }
         };
         loss += err1
