@@ -18,8 +18,8 @@
 #      the first blocks' Hessians, the magnitude and Wanda masks of every block, SparseGPT's
 #      update on the first blocks; GPU against the CPU's host path) and the statistics pass's
 #      throughput on the GPU against the CPU;
-#   2. the SOTU-512 Wanda-50 % run end to end on the GPU, and on the CPU (perplexities within
-#      0.1 %; SKIP_CPU=1 skips the CPU runs), on SmolLM2 if the kit has it (data/smollm2), else
+#   2. the SOTU-512 Wanda-50 % run end to end on the GPU, and on the CPU (dense perplexities
+#      within 0.1 %, pruned within 3 %; SKIP_CPU=1 skips the CPU runs), on SmolLM2 if the kit has it (data/smollm2), else
 #      on a model of SmolLM2's shapes with random weights (the times hold; the perplexity is
 #      that of noise); then SparseGPT-50 % the same way (statistics, Hessians and the OBS
 #      update on the GPU; perplexities within 3 %, SparseGPT's measured rounding sensitivity),
@@ -99,7 +99,7 @@ run() {
 
   echo "== 1. statistics, GPU against CPU: $model_name"
   "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 4 --json >"$out/stats.json"
-  "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 0 | tail -2 | head -1
+  "$ap" bench --stats --device "$DEVICE" "${model[@]}" --calib-windows 32 --hessian-blocks 0 | { grep '^total:' || true; }
   python3 - "$out/stats.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -138,8 +138,11 @@ if os.path.exists(f"{out}/wanda-cpu.json"):
     c = json.load(open(f"{out}/wanda-cpu.json"))
     for k in ("dense", "pruned"):
         a, b = g["perplexity"][k]["ppl"], c["perplexity"][k]["ppl"]
-        ok = abs(a - b) / b <= 1e-3
-        print(f"{k}: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.4f} %) {'within 0.1 %' if ok else 'NOT within 0.1 %'}")
+        # Dense: the forward's equivalence (0.1 %). Pruned: near-ties flipped by other GEMMs
+        # carry through the blocks (0.4-2.3 % between CPU kernel families, docs/MACHINES.md).
+        bound = 1e-3 if k == "dense" else 0.03
+        ok = abs(a - b) / b <= bound
+        print(f"{k}: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.4f} %) {'within' if ok else 'NOT within'} {bound * 100:g} %")
 PY
 
   t0=$(date +%s.%N)
@@ -160,7 +163,9 @@ ok = abs(a - b) / b <= 0.03
 print(f"SparseGPT pruned: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.3f} %) {'within 3 %' if ok else 'NOT within 3 %'}")
 PY
   fi
-  if [ ${#model[@]} -gt 0 ]; then
+  if [ "${SKIP_CPU:-0}" = 1 ]; then
+    echo "verdict: not run (SKIP_CPU=1: no CPU run to compare with)"
+  elif [ ${#model[@]} -gt 0 ]; then
     echo "verdict: not run (random weights stay below the verdict metric's threshold; on SmolLM2 it fails at block 11 down)"
   else
     local v_dev v_cpu

@@ -24,7 +24,7 @@ fn allocations_are_applied_exactly_and_hit_the_target() {
     let toks = tokens(4096, cfg.vocab_size as u32);
     let offsets = window_offsets(toks.len(), 4, 64, Sampler::Even).unwrap();
     let wins = windows(&toks, &offsets, 64);
-    let stats = dense_stats(&dense, &wins, 2, &mut |_, _| {}).unwrap();
+    let stats = dense_stats(&dense, &wins, 2, Default::default(), &mut |_, _| {}).unwrap();
     assert_eq!(stats.blocks.len(), cfg.num_layers);
     let target = 0.6;
     for granularity in [Granularity::Block, Granularity::Layer] {

@@ -108,7 +108,8 @@ fn assert_cpu_equivalence(r: &Value) {
     let h = worst(r, "hessian_rel");
     assert!(h <= 1e-5, "Hessian {h}");
     assert_eq!(total(r, "wanda_mask_diff"), 0, "{r}");
-    assert_eq!(total(r, "magnitude_mask_diff"), 0, "{r}");
+    // One model on the CPU: no second copy of the weights to compare.
+    assert!(r["blocks"][0]["magnitude_mask_diff"].is_null(), "{r}");
     assert_sparsegpt(r, 1e-4);
 }
 
@@ -152,6 +153,16 @@ fn prune(mut c: Command, args: &[&str]) -> Value {
 
 fn ppl(r: &Value) -> f64 {
     r["perplexity"]["pruned"]["ppl"].as_f64().unwrap()
+}
+
+/// Every layer's path, as the report records it.
+fn paths(r: &Value) -> Vec<String> {
+    r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["path"].as_str().unwrap_or("none").to_string())
+        .collect()
 }
 
 fn mask_hashes(r: &Value) -> Vec<String> {
@@ -204,7 +215,13 @@ fn pruning_on_the_tensor_path_matches_the_host_path() {
     let run = |method: &[&str], path: &str| {
         let mut args = method.to_vec();
         args.extend(["--sparsity", "0.5", "--device-path", path]);
-        prune(autoprune(), &args)
+        let r = prune(autoprune(), &args);
+        assert_eq!(
+            paths(&r),
+            vec![path.to_string(); 210],
+            "every layer on {path}"
+        );
+        r
     };
     // Wanda: the statistics are the same numbers on both paths, so is everything after them.
     let (host, tensor) = (
@@ -218,9 +235,6 @@ fn pruning_on_the_tensor_path_matches_the_host_path() {
         run(&["--method", "sparsegpt"], "host"),
         run(&["--method", "sparsegpt"], "tensor"),
     );
-    // Their Hessians come from other f32 GEMMs, so some near-ties fall the other way: the
-    // tensor path did run.
-    assert_ne!(mask_hashes(&host), mask_hashes(&tensor));
     let (a, b) = (ppl(&host), ppl(&tensor));
     eprintln!("SparseGPT-50 %: host path {a}, tensor path {b}");
     assert!(
@@ -310,14 +324,33 @@ fn device_path_matches_the_cpu() {
     let run = |method: &[&str], device: &str| {
         let mut args = method.to_vec();
         args.extend(["--sparsity", "0.5", "--device", device]);
-        prune(cuda_autoprune(&bin, false), &args)
+        let r = prune(cuda_autoprune(&bin, false), &args);
+        // `auto`: the tensor path on the GPU, the host path on the CPU.
+        let path = if device == "cpu" { "host" } else { "tensor" };
+        assert_eq!(
+            paths(&r),
+            vec![path.to_string(); 210],
+            "every layer on {path}"
+        );
+        r
     };
-    // Perplexity of a Wanda run, on the GPU and on the CPU.
-    let (gpu, cpu) = (
-        ppl(&run(&["--metric", wanda], "cuda")),
-        ppl(&run(&["--metric", wanda], "cpu")),
+    // A Wanda run on the GPU and on the CPU. The dense model's perplexity is the forward's
+    // equivalence: within 0.1 %. The pruned one inherits every near-tie the other GEMMs flip,
+    // block after block: OpenBLAS's AVX2 kernels instead of its AVX-512 ones already move
+    // Wanda by 0.4-2.3 % on the CPU (docs/MACHINES.md), so it gets SparseGPT's 3 %.
+    let (g, c) = (
+        run(&["--metric", wanda], "cuda"),
+        run(&["--metric", wanda], "cpu"),
     );
-    assert!((gpu - cpu).abs() / cpu <= 1e-3, "GPU {gpu} vs CPU {cpu}");
+    let dense = |r: &Value| r["perplexity"]["dense"]["ppl"].as_f64().unwrap();
+    let (gd, cd) = (dense(&g), dense(&c));
+    assert!((gd - cd).abs() / cd <= 1e-3, "dense: GPU {gd} vs CPU {cd}");
+    let (gpu, cpu) = (ppl(&g), ppl(&c));
+    eprintln!("Wanda-50 %: GPU {gpu}, CPU {cpu}");
+    assert!(
+        (gpu - cpu).abs() / cpu <= SPARSEGPT_PPL_REL,
+        "GPU {gpu} vs CPU {cpu}"
+    );
     let (gpu, cpu) = (
         ppl(&run(&["--method", "sparsegpt"], "cuda")),
         ppl(&run(&["--method", "sparsegpt"], "cpu")),

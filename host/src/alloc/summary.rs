@@ -8,10 +8,7 @@
 use super::{Distribution, Granularity, UnitSummary};
 use crate::calib::gradient::Gradients;
 use crate::calib::hessian::{block_extras, BlockExtras, HessianError, Wanted};
-use crate::calib::{
-    collect_block_inputs_and_outputs, collect_block_inputs_hessians_and_outputs, input_slot,
-    CalibError,
-};
+use crate::calib::{collect_block_inputs_with, input_slot, CalibError, DevicePath};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use crate::model::{Model, ModelError};
 use crate::sandbox::{Failure, Plugin};
@@ -75,6 +72,7 @@ pub fn dense_stats(
     model: &Model,
     windows: &[&[u32]],
     batch: usize,
+    path: DevicePath,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<DenseStats, SummaryError> {
     let t = std::time::Instant::now();
@@ -87,7 +85,7 @@ pub fn dense_stats(
     let mut blocks = Vec::with_capacity(model.blocks.len());
     let total = model.blocks.len();
     for (i, block) in model.blocks.iter().enumerate() {
-        let (acc, outs) = collect_block_inputs_and_outputs(block, &inps, &rope)?;
+        let (acc, outs) = collect_block_inputs_with(block, &inps, &rope, false, path)?;
         blocks.push(acc.stats);
         inps = outs;
         progress(i + 1, total);
@@ -128,6 +126,7 @@ pub fn dense_extras(
     windows: &[&[u32]],
     batch: usize,
     wanted: Wanted,
+    path: DevicePath,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<DenseExtras, SummaryError> {
     let t = std::time::Instant::now();
@@ -143,7 +142,7 @@ pub fn dense_extras(
     };
     let total = model.blocks.len();
     for (i, block) in model.blocks.iter().enumerate() {
-        let (acc, outs) = collect_block_inputs_hessians_and_outputs(block, &inps, &rope, true)?;
+        let (acc, outs) = collect_block_inputs_with(block, &inps, &rope, true, path)?;
         out.hessian_seconds += acc.hessian_seconds;
         let extras = block_extras(block, &acc, wanted).map_err(|error| SummaryError::Hessian {
             block: i as u32,

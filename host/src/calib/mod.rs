@@ -234,29 +234,10 @@ pub fn collect_block_inputs_on(
     collect_how(block, batches, rope, hessians, false, how).map(|(acc, _)| acc)
 }
 
-/// Like [`collect_block_inputs`] (without Hessians), but runs the whole block and also returns
-/// its outputs (the next block's dense inputs), one tensor per batch.
-pub fn collect_block_inputs_and_outputs(
-    block: &Block,
-    batches: &[Tensor],
-    rope: &Rope,
-) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
-    collect(block, batches, rope, false, true)
-}
-
-/// [`collect_block_inputs_and_outputs`] with SparseGPT Hessians (one sample per window) when
-/// `hessians`: the dense pass of the search screen's optional inputs.
-pub fn collect_block_inputs_hessians_and_outputs(
-    block: &Block,
-    batches: &[Tensor],
-    rope: &Rope,
-    hessians: bool,
-) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
-    collect(block, batches, rope, hessians, true)
-}
-
-/// [`collect_block_inputs_and_outputs`] (with Hessians when `hessians`), accumulating as
-/// `how` says: `autoprune bench --stats` compares the host and tensor paths with it.
+/// Like [`collect_block_inputs`] (with Hessians when `hessians`), but runs the whole block and
+/// also returns its outputs (the next block's dense inputs), one tensor per batch; accumulating
+/// as `how` says (the dense passes of allocation and search, and `autoprune bench --stats`,
+/// which compares the host and tensor paths with it).
 pub fn collect_block_inputs_with(
     block: &Block,
     batches: &[Tensor],

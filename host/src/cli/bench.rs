@@ -213,10 +213,9 @@ fn stats(args: &Args) -> anyhow::Result<i32> {
         r.max_abs_rel(),
         r.hessian_rel()
     );
-    println!(
-        "magnitude masks: {} of {weights} weights differ",
-        r.magnitude_mask_diff()
-    );
+    if let Some(d) = r.magnitude_mask_diff() {
+        println!("magnitude masks: {d} of {weights} weights differ");
+    }
     if let Some((sg, n)) = r.sparsegpt() {
         println!(
             "SparseGPT 50 % on the blocks with Hessians ({n} weights): host update {:.2} s, device update {:.2} s ({:.2}×); same factor: {} mask entries differ, updated weights {:.2e} apart (relative Frobenius norm), losses {:.2e} apart (worst layer); each path's own Hessian: {} differ",

@@ -193,6 +193,10 @@ pub struct LayerReport {
     pub fuel: u64,
     /// Seconds spent scoring and masking this layer.
     pub seconds: f64,
+    /// Where its statistics, Hessians and SparseGPT update were computed: `tensor` or `host`
+    /// (absent for a one-shot run, whose statistics come from an earlier dense pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<DevicePath>,
 }
 
 /// The result of a pruning run.
@@ -432,6 +436,10 @@ fn prune_block(
     let t = Instant::now();
     let hessians = sparsegpt || wanted.any();
     let inputs = collect_block_inputs_on(block, inps, rope, hessians, cfg.path)?;
+    let path = match inps.first() {
+        Some(x) if cfg.path.on_tensor(x.device()) => DevicePath::Tensor,
+        _ => DevicePath::Host,
+    };
     report.stats_seconds += t.elapsed().as_secs_f64();
     report.hessian_seconds += inputs.hessian_seconds;
     let t = Instant::now();
@@ -472,9 +480,9 @@ fn prune_block(
             gradient: grads.and_then(|g| g.get(i, kind)),
             extras: Some(&extras),
         };
-        layers.push(prune_linear(
-            block, id, &inputs, &factors, method, cfg, optional,
-        )?);
+        let mut layer = prune_linear(block, id, &inputs, &factors, method, cfg, optional)?;
+        layer.path = Some(path);
+        layers.push(layer);
     }
     report.prune_seconds += t.elapsed().as_secs_f64();
     Ok(layers)
@@ -682,5 +690,6 @@ fn prune_linear(
         mask_hash: format!("{:016x}", mask.hash64()),
         fuel,
         seconds: t.elapsed().as_secs_f64(),
+        path: None,
     })
 }

@@ -5,6 +5,7 @@ use crate::alloc::plan::Planned;
 use crate::alloc::summary::{dense_extras, dense_stats, summarize, DenseExtras, DenseStats};
 use crate::alloc::{Allocation, Bounds, Granularity, UnitSummary};
 use crate::calib::gradient::{self, Gradients};
+use crate::calib::DevicePath;
 use crate::model::Model;
 use crate::pipeline::PipelineError;
 use crate::progress::{step, Progress};
@@ -56,10 +57,11 @@ pub fn stats_pass(
     model: &Model,
     windows: &[&[u32]],
     batch: usize,
+    path: DevicePath,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<DenseStats> {
     Ok(step(progress, "dense stats", model.blocks.len(), |p| {
-        dense_stats(model, windows, batch, &mut |d, _| p(d))
+        dense_stats(model, windows, batch, path, &mut |d, _| p(d))
     })?)
 }
 
@@ -92,6 +94,7 @@ pub fn extras_if_needed(
     model: &Model,
     windows: &[&[u32]],
     batch: usize,
+    path: DevicePath,
     metric: Option<&Plugin>,
     progress: &mut dyn Progress,
 ) -> anyhow::Result<Option<DenseExtras>> {
@@ -100,7 +103,10 @@ pub fn extras_if_needed(
             progress,
             "Hessian inputs (allocation)",
             model.blocks.len(),
-            |adv| dense_extras(model, windows, batch, p.info().wanted(), &mut |d, _| adv(d)),
+            |adv| {
+                let wanted = p.info().wanted();
+                dense_extras(model, windows, batch, wanted, path, &mut |d, _| adv(d))
+            },
         )?)),
         _ => Ok(None),
     }
@@ -118,6 +124,8 @@ pub struct AllocationJob<'a> {
     pub target: f64,
     /// Calibration windows per forward pass.
     pub batch: usize,
+    /// Where the dense pass's statistics and Hessians are computed.
+    pub path: DevicePath,
 }
 
 /// The allocation step: `None` for uniform; otherwise a dense statistics pass, unit summaries
@@ -135,9 +143,10 @@ pub fn plan(
     }
     check_pattern(job.pattern).map_err(|e| PipelineError::Config(e.to_string()))?;
     let cfg_err = |e: anyhow::Error| PipelineError::Config(format!("{e:#}"));
-    let stats = stats_pass(model, windows, job.batch, progress).map_err(cfg_err)?;
+    let stats = stats_pass(model, windows, job.batch, job.path, progress).map_err(cfg_err)?;
     let grads = gradients_if_needed(model, windows, metric, progress).map_err(cfg_err)?;
-    let extras = extras_if_needed(model, windows, job.batch, metric, progress).map_err(cfg_err)?;
+    let extras =
+        extras_if_needed(model, windows, job.batch, job.path, metric, progress).map_err(cfg_err)?;
     let units = summarize(
         model,
         &stats,

@@ -67,8 +67,9 @@ pub struct BlockRow {
     /// Weights scored in the block.
     pub weights: usize,
     /// Magnitude masks (50 % per row) from the weights on the device and on the CPU: entries
-    /// that differ (the weights are the same file's, so 0 is expected).
-    pub magnitude_mask_diff: usize,
+    /// that differ (the same file's weights, uploaded: 0 is expected). `None` when the compared
+    /// device is the CPU, whose model is the reference itself.
+    pub magnitude_mask_diff: Option<usize>,
     /// SparseGPT at 50 % on the blocks with Hessians (`None` elsewhere).
     pub sparsegpt: Option<SparseGptRow>,
 }
@@ -89,7 +90,8 @@ pub struct SparseGptRow {
     pub same_factor_loss_rel: f64,
     /// Seconds of the host's update (the same factor).
     pub host_seconds: f64,
-    /// Seconds of the device's update (the same factor, the upload of `U` included).
+    /// Seconds of the device's update (the same factor; the upload of `U` and the download of
+    /// the updated weights included, the factorisation not, as for the host).
     pub device_seconds: f64,
 }
 
@@ -140,8 +142,8 @@ impl StatsReport {
         self.worst(|b| b.hessian_rel.unwrap_or(0.0))
     }
 
-    /// Magnitude mask differences over the model.
-    pub fn magnitude_mask_diff(&self) -> usize {
+    /// Magnitude mask differences over the model (`None` on the CPU: nothing to compare).
+    pub fn magnitude_mask_diff(&self) -> Option<usize> {
         self.blocks.iter().map(|b| b.magnitude_mask_diff).sum()
     }
 
@@ -261,7 +263,7 @@ fn compare_block(
         wanda_mask_diff: 0,
         wanda_near_ties: 0,
         weights: 0,
-        magnitude_mask_diff: 0,
+        magnitude_mask_diff: None,
         sparsegpt: None,
     };
     for (kind, a) in &host.stats {
@@ -329,8 +331,10 @@ fn compare_block(
             .linear(kind)
             .ok_or_else(|| anyhow::anyhow!("block {block}: the device model has no {kind:?}"))?
             .weight();
-        let wd = on_device.flatten_all()?.to_vec1::<f32>()?;
-        row.magnitude_mask_diff += magnitude_diff(&w, &wd, rows)?;
+        if !on_device.device().is_cpu() {
+            let wd = on_device.flatten_all()?.to_vec1::<f32>()?;
+            *row.magnitude_mask_diff.get_or_insert(0) += magnitude_diff(&w, &wd, rows)?;
+        }
         if let (Some(ha), Some(hd)) = (host.hessian(kind), dev.hessian(kind)) {
             let sg = row.sparsegpt.get_or_insert_with(SparseGptRow::default);
             sparsegpt_diff(sg, &w, rows, on_device, ha, hd)?;

@@ -206,6 +206,7 @@ pub fn run(mut spec: PruneSpec, progress: &mut dyn Progress) -> anyhow::Result<O
         pattern: spec.pattern,
         target: spec.sparsity,
         batch: spec.calib_batch,
+        path: p.device_path,
     };
     let (planned, grads) = match plan(&job, &loaded.model, &calib_windows, plugin, progress) {
         Ok(p) => p,

@@ -47,6 +47,7 @@ use crate::alloc::{expand, Granularity};
 use crate::build::{BuildFailure, Builder};
 use crate::calib::gradient::{self, Gradients};
 use crate::calib::hessian::Wanted;
+use crate::calib::DevicePath;
 use crate::check;
 use crate::eval::window_nlls;
 use crate::layer::{LayerData, LayerId, LayerKind};
@@ -112,7 +113,13 @@ impl Evaluator {
         let mut prep = Preparation::default();
         let wins: Vec<&[u32]> = data.calib.iter().map(|w| w.as_slice()).collect();
         progress("dense statistics of every block");
-        let dense = dense_stats(&data.model, &wins, cfg.calib_batch, &mut |_, _| {})?;
+        let dense = dense_stats(
+            &data.model,
+            &wins,
+            cfg.calib_batch,
+            DevicePath::Auto,
+            &mut |_, _| {},
+        )?;
         prep.dense_stats = dense.seconds;
         let grads = if cfg.gradient {
             let t = Instant::now();
@@ -281,6 +288,7 @@ impl Evaluator {
                 &wins,
                 self.cfg.calib_batch,
                 all,
+                DevicePath::Auto,
                 &mut |_, _| {},
             )
             .map_err(|e| e.to_string())

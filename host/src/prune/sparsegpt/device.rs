@@ -78,11 +78,11 @@ pub fn prune_tensor(
         }
         .into());
     }
-    if rows == 0 {
+    if rows == 0 || cols == 0 {
         return Err(LinalgError::Shape {
             what: "weights",
             got: 0,
-            expected: cols,
+            expected: rows.max(1) * cols.max(1),
         }
         .into());
     }
@@ -342,7 +342,13 @@ mod tests {
 
     #[test]
     fn blocks_agree_with_the_host_to_f32_rounding() {
-        let (rows, cols) = (19, 256);
+        // 200 columns: with 128-column blocks the last block is shorter.
+        for (rows, cols) in [(19, 256), (11, 200)] {
+            blocks_agree(rows, cols);
+        }
+    }
+
+    fn blocks_agree(rows: usize, cols: usize) {
         let (f, w0) = layer(22, rows, cols, true);
         for cfg in configs() {
             let ((host, hs), (dev, ds)) = both(&f, &w0, rows, &cfg);
@@ -372,16 +378,39 @@ mod tests {
         let ((host, hs), (dev, ds)) = both(&f, &w0, rows, &SparseGptConfig::unstructured(0.0));
         assert_eq!((hs.pruned, ds.pruned), (0, 0));
         assert_eq!(host, dev);
-        // bf16 weights come back as bf16, pruned as the f32 loop prunes them.
+        // bf16 weights are pruned in f32 and come back as bf16: as the host loop prunes the
+        // bf16 values (one block, so bit for bit), rounded to bf16.
         let dev = Device::Cpu;
         let df = DeviceFactor::new(&f, &dev).unwrap();
         let w = Tensor::from_slice(&w0, (rows, cols), &dev)
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap();
-        let (out, st) = prune_tensor(&w, &df, &SparseGptConfig::n_m(2, 4)).unwrap();
+        let rounded = w
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let cfg = SparseGptConfig::n_m(2, 4);
+        let ((host, hs), _) = both(&f, &rounded, rows, &cfg);
+        let (out, st) = prune_tensor(&w, &df, &cfg).unwrap();
         assert_eq!(out.dtype(), DType::BF16);
-        assert_eq!(st.pruned, rows * cols / 2);
+        assert_eq!(st.mask, hs.mask);
+        let host = Tensor::from_vec(host, (rows, cols), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let diff = (out.to_dtype(DType::F32).unwrap() - host.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
     }
 
     #[test]

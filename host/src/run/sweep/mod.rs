@@ -330,8 +330,15 @@ fn cell_sparsities(
         return Ok((Vec::new(), Vec::new()));
     }
     let calib_windows = sh.calib_windows();
+    let path = spec.protocol.device_path;
     if cache.stats.is_none() {
-        cache.stats = Some(stats_pass(m, &calib_windows, spec.calib_batch, progress)?);
+        cache.stats = Some(stats_pass(
+            m,
+            &calib_windows,
+            spec.calib_batch,
+            path,
+            progress,
+        )?);
     }
     let st = cache.stats.as_ref().expect("computed above");
     let units = match cache.summaries.entry((mi, target.to_bits())) {
@@ -339,7 +346,8 @@ fn cell_sparsities(
         std::collections::hash_map::Entry::Vacant(e) => {
             let plugin = Some(spec.metrics[mi].plugin);
             let grads = gradients_if_needed(m, &calib_windows, plugin, progress)?;
-            let extras = extras_if_needed(m, &calib_windows, spec.calib_batch, plugin, progress)?;
+            let extras =
+                extras_if_needed(m, &calib_windows, spec.calib_batch, path, plugin, progress)?;
             e.insert(summarize(
                 m,
                 st,
