@@ -151,6 +151,20 @@ fn prune(mut c: Command, args: &[&str]) -> Value {
     json(&out)
 }
 
+/// A 50 % run of `method` with the `flag` pair; every layer must report `path`.
+fn prune_50(c: Command, method: &[&str], flag: [&str; 2], path: &str) -> Value {
+    let mut args = method.to_vec();
+    args.extend(["--sparsity", "0.5"]);
+    args.extend(flag);
+    let r = prune(c, &args);
+    assert_eq!(
+        paths(&r),
+        vec![path.to_string(); 210],
+        "every layer on {path}"
+    );
+    r
+}
+
 fn ppl(r: &Value) -> f64 {
     r["perplexity"]["pruned"]["ppl"].as_f64().unwrap()
 }
@@ -212,17 +226,8 @@ fn pruning_on_the_tensor_path_matches_the_host_path() {
     common::require_real_data!();
     let wanda = workspace().join("candidates/wanda.rs");
     let wanda = wanda.to_str().unwrap();
-    let run = |method: &[&str], path: &str| {
-        let mut args = method.to_vec();
-        args.extend(["--sparsity", "0.5", "--device-path", path]);
-        let r = prune(autoprune(), &args);
-        assert_eq!(
-            paths(&r),
-            vec![path.to_string(); 210],
-            "every layer on {path}"
-        );
-        r
-    };
+    let run =
+        |method: &[&str], path: &str| prune_50(autoprune(), method, ["--device-path", path], path);
     // Wanda: the statistics are the same numbers on both paths, so is everything after them.
     let (host, tensor) = (
         run(&["--metric", wanda], "host"),
@@ -322,17 +327,14 @@ fn device_path_matches_the_cpu() {
     let wanda = workspace().join("candidates/wanda.rs");
     let wanda = wanda.to_str().unwrap();
     let run = |method: &[&str], device: &str| {
-        let mut args = method.to_vec();
-        args.extend(["--sparsity", "0.5", "--device", device]);
-        let r = prune(cuda_autoprune(&bin, false), &args);
         // `auto`: the tensor path on the GPU, the host path on the CPU.
         let path = if device == "cpu" { "host" } else { "tensor" };
-        assert_eq!(
-            paths(&r),
-            vec![path.to_string(); 210],
-            "every layer on {path}"
-        );
-        r
+        prune_50(
+            cuda_autoprune(&bin, false),
+            method,
+            ["--device", device],
+            path,
+        )
     };
     // A Wanda run on the GPU and on the CPU. The dense model's perplexity is the forward's
     // equivalence: within 0.1 %. The pruned one inherits every near-tie the other GEMMs flip,

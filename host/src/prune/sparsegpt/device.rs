@@ -265,6 +265,7 @@ fn obs_block(
 mod tests {
     use super::*;
     use crate::calib::hessian::factor_tests::{hessian_of, inputs};
+    use crate::prune::sparsegpt::tests::configs;
     use crate::prune::sparsegpt::{prune_with_factor, SparseGptError};
     use crate::rng::SplitMix64 as Rng;
 
@@ -299,25 +300,6 @@ mod tests {
         let (out, ds) = prune_tensor(&w, &df, cfg).unwrap();
         let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         ((host, hs), (out, ds))
-    }
-
-    fn configs() -> Vec<SparseGptConfig> {
-        vec![
-            SparseGptConfig {
-                blocksize: 32,
-                ..SparseGptConfig::unstructured(0.5)
-            },
-            SparseGptConfig {
-                blocksize: 16,
-                ..SparseGptConfig::unstructured(0.7)
-            },
-            SparseGptConfig::unstructured(0.5),
-            SparseGptConfig {
-                blocksize: 32,
-                ..SparseGptConfig::n_m(2, 4)
-            },
-            SparseGptConfig::n_m(4, 8),
-        ]
     }
 
     #[test]

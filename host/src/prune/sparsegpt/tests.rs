@@ -110,15 +110,9 @@ fn not_positive_definite_is_a_typed_error() {
     ));
 }
 
-#[test]
-fn fasterprune_matches_literal_port() {
-    let mut rng = Rng::new(12);
-    let (rows, cols) = (19, 64);
-    let x = inputs(&mut rng, 256, cols);
-    let h = hessian_of(&x, cols, 8);
-    let w0 = rng.normals(rows * cols);
-    let f = HessianFactor::new(&h, 0.01).unwrap();
-    for cfg in [
+/// Unstructured 50 % and 70 % and N:M 2:4 and 4:8, with blocks of 16, 32 and 128 columns.
+pub(super) fn configs() -> Vec<SparseGptConfig> {
+    vec![
         SparseGptConfig {
             blocksize: 32,
             ..SparseGptConfig::unstructured(0.5)
@@ -133,7 +127,18 @@ fn fasterprune_matches_literal_port() {
             ..SparseGptConfig::n_m(2, 4)
         },
         SparseGptConfig::n_m(4, 8),
-    ] {
+    ]
+}
+
+#[test]
+fn fasterprune_matches_literal_port() {
+    let mut rng = Rng::new(12);
+    let (rows, cols) = (19, 64);
+    let x = inputs(&mut rng, 256, cols);
+    let h = hessian_of(&x, cols, 8);
+    let w0 = rng.normals(rows * cols);
+    let f = HessianFactor::new(&h, 0.01).unwrap();
+    for cfg in configs() {
         let mut w = w0.clone();
         let stats = prune_with_factor(&mut w, rows, cols, &f, &cfg).unwrap();
         let mut w_ref = w0.clone();
