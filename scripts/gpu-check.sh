@@ -19,7 +19,7 @@
 #      update on the first blocks; GPU against the CPU's host path) and the statistics pass's
 #      throughput on the GPU against the CPU;
 #   2. the SOTU-512 Wanda-50 % run end to end on the GPU, and on the CPU (dense perplexities
-#      within 0.1 %, pruned within 3 %; SKIP_CPU=1 skips the CPU runs), on SmolLM2 if the kit has it (data/smollm2), else
+#      within 0.1 %, pruned within 1.5 %; SKIP_CPU=1 skips the CPU runs), on SmolLM2 if the kit has it (data/smollm2), else
 #      on a model of SmolLM2's shapes with random weights (the times hold; the perplexity is
 #      that of noise); then SparseGPT-50 % the same way (statistics, Hessians and the OBS
 #      update on the GPU; perplexities within 3 %, SparseGPT's measured rounding sensitivity),
@@ -65,6 +65,8 @@ run() {
   kit=$(cd "$1" && pwd)
   out=${2:-$kit/out}
   mkdir -p "$out"
+  # No comparison with an earlier run's CPU reports.
+  rm -f "$out/wanda-cpu.json" "$out/sparsegpt-cpu.json"
   local ap="$kit/autoprune"
   # DEVICE=cpu runs the same steps on the CPU (to try the script where no GPU is).
   DEVICE=${DEVICE:-cuda}
@@ -146,8 +148,8 @@ if os.path.exists(f"{out}/wanda-cpu.json"):
     for k in ("dense", "pruned"):
         a, b = g["perplexity"][k]["ppl"], c["perplexity"][k]["ppl"]
         # Dense: the forward's equivalence (0.1 %). Pruned: near-ties flipped by other GEMMs
-        # carry through the blocks (0.4-2.3 % between CPU kernel families, docs/MACHINES.md).
-        bound = 1e-3 if k == "dense" else 0.03
+        # carry through the blocks (0.52 % between CPU kernel families, docs/MACHINES.md).
+        bound = 1e-3 if k == "dense" else 0.015
         ok = abs(a - b) / b <= bound
         verdict = "random weights: not judged" if os.environ["SYNTHETIC"] == "1" else f"{'within' if ok else 'NOT within'} {bound * 100:g} %"
         print(f"{k}: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.4f} %) {verdict}")
@@ -172,16 +174,16 @@ verdict = "random weights: not judged" if os.environ["SYNTHETIC"] == "1" else ("
 print(f"SparseGPT pruned: GPU {a:.4f} CPU {b:.4f} ({(a - b) / b * 100:+.3f} %) {verdict}")
 PY
   fi
-  if [ "${SKIP_CPU:-0}" = 1 ]; then
-    echo "verdict: not run (SKIP_CPU=1: no CPU run to compare with)"
-  elif [ ${#model[@]} -gt 0 ]; then
+  if [ ${#model[@]} -gt 0 ]; then
     echo "verdict: not run (random weights stay below the verdict metric's threshold; on SmolLM2 it fails at block 11 down)"
   else
     local v_dev v_cpu
     v_dev=$("$ap" prune --metric "$kit/verdict.wasm" --sparsity 0.5 --device "$DEVICE" --device-path tensor 2>&1 | grep 'the metric failed' || true)
-    v_cpu=$("$ap" prune --metric "$kit/verdict.wasm" --sparsity 0.5 --device cpu --device-path host 2>&1 | grep 'the metric failed' || true)
-    echo "verdict on $DEVICE: ${v_dev:-none}"
-    if [ "$v_dev" = "$v_cpu" ]; then echo "verdict: the same on the CPU"; else echo "verdict: DIFFERENT on the CPU: ${v_cpu:-none}"; fi
+    echo "verdict on $DEVICE: ${v_dev:-none} (on the CPU: block 11/30 down)"
+    if [ "${SKIP_CPU:-0}" != 1 ]; then
+      v_cpu=$("$ap" prune --metric "$kit/verdict.wasm" --sparsity 0.5 --device cpu --device-path host 2>&1 | grep 'the metric failed' || true)
+      if [ "$v_dev" = "$v_cpu" ]; then echo "verdict: the same on the CPU"; else echo "verdict: DIFFERENT on the CPU: ${v_cpu:-none}"; fi
+    fi
   fi
 
   local layers=${LAYERS7B:-4}
@@ -207,5 +209,5 @@ PY
 case "${1:-}" in
   pack) pack "${2:?usage: gpu-check.sh pack KIT}" ;;
   run) run "${2:?usage: gpu-check.sh run KIT [OUT]}" "${3:-}" ;;
-  *) sed -n '2,30p' "$0"; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2 ;;
 esac

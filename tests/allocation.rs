@@ -8,7 +8,7 @@ use autoprune::alloc::summary::{dense_stats, summarize};
 use autoprune::alloc::{
     expand, Allocation, Bounds, Granularity, OwlParams, SdsaParams, SkewSource,
 };
-use autoprune::calib::{window_offsets, windows, Sampler};
+use autoprune::calib::{window_offsets, windows, DevicePath, Sampler};
 use autoprune::model::{Arch, Model, ModelConfig};
 use autoprune::pipeline::{prune_model, Method, PipelineError, PruneConfig, PruneJob};
 use autoprune::prune::mask::Pattern;
@@ -26,6 +26,17 @@ fn allocations_are_applied_exactly_and_hit_the_target() {
     let wins = windows(&toks, &offsets, 64);
     let stats = dense_stats(&dense, &wins, 2, Default::default(), &mut |_, _| {}).unwrap();
     assert_eq!(stats.blocks.len(), cfg.num_layers);
+    // The dense pass on the tensor path (what a GPU runs) gives the same statistics.
+    let tensor = dense_stats(&dense, &wins, 2, DevicePath::Tensor, &mut |_, _| {}).unwrap();
+    for (a, b) in stats.blocks.iter().zip(&tensor.blocks) {
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (x, y) in a.values().zip(b.values()) {
+            assert_eq!((x.tokens, &x.max_abs), (y.tokens, &y.max_abs));
+            for (u, v) in x.sum_sq.iter().zip(&y.sum_sq) {
+                assert!((u - v).abs() <= 1e-12 * u.abs().max(1e-30), "{u} vs {v}");
+            }
+        }
+    }
     let target = 0.6;
     for granularity in [Granularity::Block, Granularity::Layer] {
         let units = summarize(

@@ -221,6 +221,13 @@ fn verdict(mut c: Command, args: &[&str]) -> String {
 /// path alone, given the tensor path's Hessians: 0.48 % at 8, 0.14 % at 32 (`docs/CUDA.md`).
 const SPARSEGPT_PPL_REL: f64 = 0.03;
 
+/// Wanda-50 %'s pruned perplexity between two GEMM implementations: OpenBLAS's AVX2 kernels
+/// instead of its AVX-512 ones move it by 0.52 % on the CPU (Wanda 4:8 by 2.3 %,
+/// `docs/MACHINES.md`), through near-ties flipped in one block and inherited by the next; a
+/// GPU's cuBLAS is a third implementation. About 3× the measured 0.52 %; to be tightened once a
+/// GPU run has measured it.
+const WANDA_PPL_REL: f64 = 0.015;
+
 #[test]
 fn pruning_on_the_tensor_path_matches_the_host_path() {
     common::require_real_data!();
@@ -338,8 +345,7 @@ fn device_path_matches_the_cpu() {
     };
     // A Wanda run on the GPU and on the CPU. The dense model's perplexity is the forward's
     // equivalence: within 0.1 %. The pruned one inherits every near-tie the other GEMMs flip,
-    // block after block: OpenBLAS's AVX2 kernels instead of its AVX-512 ones already move
-    // Wanda by 0.4-2.3 % on the CPU (docs/MACHINES.md), so it gets SparseGPT's 3 %.
+    // block after block (see WANDA_PPL_REL).
     let (g, c) = (
         run(&["--metric", wanda], "cuda"),
         run(&["--metric", wanda], "cpu"),
@@ -350,7 +356,7 @@ fn device_path_matches_the_cpu() {
     let (gpu, cpu) = (ppl(&g), ppl(&c));
     eprintln!("Wanda-50 %: GPU {gpu}, CPU {cpu}");
     assert!(
-        (gpu - cpu).abs() / cpu <= SPARSEGPT_PPL_REL,
+        (gpu - cpu).abs() / cpu <= WANDA_PPL_REL,
         "GPU {gpu} vs CPU {cpu}"
     );
     let (gpu, cpu) = (

@@ -419,5 +419,10 @@ mod tests {
             prune_tensor(&w, &df, &SparseGptConfig::n_m(2, 3)),
             Err(SparseGptError::NMShape { .. })
         ));
+        let w = Tensor::zeros((0, 32), DType::F32, &dev).unwrap();
+        assert!(matches!(
+            prune_tensor(&w, &df, &SparseGptConfig::unstructured(0.0)),
+            Err(SparseGptError::Hessian(LinalgError::Shape { .. }))
+        ));
     }
 }

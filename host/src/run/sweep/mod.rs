@@ -264,6 +264,10 @@ fn prepare(spec: &SweepSpec) -> anyhow::Result<(Shared, Model)> {
     if p.precision != Precision::F32 {
         protocol.push_str(&format!("|{}", p.precision));
     }
+    // So do keys of the default path; another one gives other cells.
+    if p.device_path != crate::calib::DevicePath::Auto {
+        protocol.push_str(&format!("|path {:?}", p.device_path));
+    }
     let tasks = spec.tasks.load()?;
     if !tasks.is_empty() {
         let items = serde_json::to_string(&tasks)?;
