@@ -41,23 +41,36 @@ pub enum DevicePath {
     Host,
 }
 
-impl DevicePath {
-    /// Parse `auto`, `tensor` or `host`.
-    pub fn parse(s: &str) -> Option<Self> {
+impl std::str::FromStr for DevicePath {
+    type Err = String;
+
+    /// `auto`, `tensor` or `host`.
+    fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "auto" => Some(DevicePath::Auto),
-            "tensor" => Some(DevicePath::Tensor),
-            "host" => Some(DevicePath::Host),
-            _ => None,
+            "auto" => Ok(DevicePath::Auto),
+            "tensor" => Ok(DevicePath::Tensor),
+            "host" => Ok(DevicePath::Host),
+            _ => Err(format!("`{s}` is not auto, tensor or host")),
         }
     }
+}
 
+impl DevicePath {
     /// Whether activations (or weights) on `device` take the tensor path.
     pub fn on_tensor(self, device: &candle_core::Device) -> bool {
         match self {
             DevicePath::Auto => !device.is_cpu(),
             DevicePath::Tensor => true,
             DevicePath::Host => false,
+        }
+    }
+
+    /// The path data on `device` takes: `Tensor` or `Host`, never `Auto`.
+    pub fn resolve(self, device: &candle_core::Device) -> DevicePath {
+        if self.on_tensor(device) {
+            DevicePath::Tensor
+        } else {
+            DevicePath::Host
         }
     }
 }

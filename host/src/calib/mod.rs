@@ -219,7 +219,7 @@ pub fn collect_block_inputs(
     rope: &Rope,
     hessians: bool,
 ) -> Result<BlockInputs, CalibError> {
-    collect(block, batches, rope, hessians, false).map(|(acc, _)| acc)
+    collect_block_inputs_on(block, batches, rope, hessians, DevicePath::Auto)
 }
 
 /// [`collect_block_inputs`], accumulating where `how` says (the pruning run's
@@ -248,16 +248,6 @@ pub fn collect_block_inputs_with(
     collect_how(block, batches, rope, hessians, true, how)
 }
 
-fn collect(
-    block: &Block,
-    batches: &[Tensor],
-    rope: &Rope,
-    hessians: bool,
-    outputs: bool,
-) -> Result<(BlockInputs, Vec<Tensor>), CalibError> {
-    collect_how(block, batches, rope, hessians, outputs, DevicePath::Auto)
-}
-
 fn collect_how(
     block: &Block,
     batches: &[Tensor],
@@ -279,25 +269,22 @@ fn collect_how(
             }
             let (b, _, cols) = t.dims3()?;
             if how.on_tensor(t.device()) {
+                use std::collections::btree_map::Entry;
                 let mut add = || -> Result<(), CalibError> {
-                    match on_device.entry(kind) {
-                        std::collections::btree_map::Entry::Occupied(mut e) => {
-                            e.get_mut().add(t)?
-                        }
-                        std::collections::btree_map::Entry::Vacant(e) => e
-                            .insert(device::TensorStats::new(cols, t.device())?)
-                            .add(t)?,
-                    }
+                    let stats = match on_device.entry(kind) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(device::TensorStats::new(cols, t.device())?),
+                    };
+                    stats.add(t)?;
                     if hessians {
                         let start = std::time::Instant::now();
-                        match device_h.entry(kind) {
-                            std::collections::btree_map::Entry::Occupied(mut e) => {
-                                e.get_mut().add(t, b)?
+                        let h = match device_h.entry(kind) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => {
+                                e.insert(device::TensorHessian::new(cols, t.device())?)
                             }
-                            std::collections::btree_map::Entry::Vacant(e) => e
-                                .insert(device::TensorHessian::new(cols, t.device())?)
-                                .add(t, b)?,
-                        }
+                        };
+                        h.add(t, b)?;
                         acc.hessian_seconds += start.elapsed().as_secs_f64();
                     }
                     Ok(())

@@ -42,12 +42,8 @@ pub struct ProtocolArgs {
     /// (with tensor operations on the GPU for a model there, on the host for one on the CPU),
     /// `tensor` (tensor operations wherever the model is; on the CPU, how the GPU path is
     /// checked without a GPU) or `host`.
-    #[arg(long, default_value = "auto", value_parser = parse_device_path)]
+    #[arg(long, default_value = "auto")]
     pub device_path: DevicePath,
-}
-
-fn parse_device_path(s: &str) -> Result<DevicePath, String> {
-    DevicePath::parse(s).ok_or_else(|| format!("`{s}` is not auto, tensor or host"))
 }
 
 impl ProtocolArgs {

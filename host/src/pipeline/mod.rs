@@ -14,7 +14,7 @@ use crate::prune::mask::{Mask, MaskError, Pattern};
 use crate::prune::sparsegpt::device::{prune_tensor, DeviceFactor};
 use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::sandbox::{Failure, InvalidOutput, Plugin};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -435,11 +435,11 @@ fn prune_block(
     let sparsegpt = matches!(method, Method::SparseGpt);
     let t = Instant::now();
     let hessians = sparsegpt || wanted.any();
-    let inputs = collect_block_inputs_on(block, inps, rope, hessians, cfg.path)?;
-    let path = match inps.first() {
-        Some(x) if cfg.path.on_tensor(x.device()) => DevicePath::Tensor,
-        _ => DevicePath::Host,
-    };
+    // One decision for the block: its statistics, Hessians and SparseGPT update all run where
+    // the model's data are (the activations and the weights share a device).
+    let device = inps.first().map_or(Device::Cpu, |x| x.device().clone());
+    let path = cfg.path.resolve(&device);
+    let inputs = collect_block_inputs_on(block, inps, rope, hessians, path)?;
     report.stats_seconds += t.elapsed().as_secs_f64();
     report.hessian_seconds += inputs.hessian_seconds;
     let t = Instant::now();
@@ -458,12 +458,8 @@ fn prune_block(
                 message: e.to_string(),
             }
         })?;
-        let linear = block
-            .linear(slot)
-            .ok_or_else(|| ModelError::Input(format!("no {} linear", slot.name())))?;
-        let device = linear.weight().device();
-        let f = if cfg.path.on_tensor(device) {
-            let df = DeviceFactor::new(&f, device).map_err(|e| PipelineError::SparseGpt {
+        let f = if path == DevicePath::Tensor {
+            let df = DeviceFactor::new(&f, &device).map_err(|e| PipelineError::SparseGpt {
                 layer: LayerId::of(i, num_blocks, slot),
                 message: e.to_string(),
             })?;

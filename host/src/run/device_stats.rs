@@ -9,7 +9,7 @@
 
 use crate::calib::device::{max_rel_diff, worse};
 use crate::calib::hessian::{HessianAccumulator, HessianFactor};
-use crate::calib::{collect_block_inputs_with, BlockInputs, DevicePath};
+use crate::calib::{collect_block_inputs_with, input_slot, BlockInputs, DevicePath};
 use crate::layer::{ChannelStats, LayerData, LayerId, LayerKind};
 use crate::model::{Model, Precision};
 use crate::pipeline::embed_chunks;
@@ -20,6 +20,8 @@ use crate::prune::sparsegpt::{prune_with_factor, SparseGptConfig};
 use crate::setup::{self, CalibSpec, Calibration};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -90,8 +92,9 @@ pub struct SparseGptRow {
     pub same_factor_loss_rel: f64,
     /// Seconds of the host's update (the same factor).
     pub host_seconds: f64,
-    /// Seconds of the device's update (the same factor; the upload of `U` and the download of
-    /// the updated weights included, the factorisation not, as for the host).
+    /// Seconds of the device's update (the same factor; the upload of `U`, once per input
+    /// slot, and the download of the updated weights included; the factorisation not, as for
+    /// the host).
     pub device_seconds: f64,
 }
 
@@ -313,6 +316,8 @@ fn compare_block(
         );
     }
     let b = &cpu_model.blocks[block];
+    // SparseGPT's factors per input slot (q/k/v and gate/up share theirs), made once.
+    let mut factors: BTreeMap<LayerKind, SlotFactors> = BTreeMap::new();
     for kind in LayerKind::BLOCK {
         let Some(linear) = b.linear(kind) else {
             continue;
@@ -337,7 +342,11 @@ fn compare_block(
         }
         if let (Some(ha), Some(hd)) = (host.hessian(kind), dev.hessian(kind)) {
             let sg = row.sparsegpt.get_or_insert_with(SparseGptRow::default);
-            sparsegpt_diff(sg, &w, rows, on_device, ha, hd)?;
+            let f = match factors.entry(input_slot(kind)) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(SlotFactors::new(sg, ha, hd, on_device.device())?),
+            };
+            sparsegpt_diff(sg, &w, rows, on_device, f)?;
         }
     }
     Ok(row)
@@ -350,49 +359,66 @@ fn magnitude_diff(a: &[f32], b: &[f32], rows: usize) -> anyhow::Result<usize> {
         let s: Vec<f32> = w.iter().map(|v| v.abs()).collect();
         Mask::from_scores(&s, rows, cols, Pattern::PerRow, 0.5)
     };
-    let (ma, mb) = (mask(a)?, mask(b)?);
-    Ok(ma
-        .to_keep()
-        .iter()
-        .zip(mb.to_keep())
-        .filter(|(x, y)| **x != *y)
-        .count())
+    mask(a)?
+        .differing(&mask(b)?)
+        .ok_or_else(|| anyhow::anyhow!("the two copies of a layer have different shapes"))
+}
+
+/// One input slot's SparseGPT factors: the host's, and on the device the host's (the same
+/// factor on both sides) and the device path's own.
+struct SlotFactors {
+    host: HessianFactor,
+    same: DeviceFactor,
+    own: DeviceFactor,
+}
+
+impl SlotFactors {
+    /// Factor `ha` (host) and `hd` (device path), and upload both; the uploads count as the
+    /// device's update time in `row`.
+    fn new(
+        row: &mut SparseGptRow,
+        ha: &HessianAccumulator,
+        hd: &HessianAccumulator,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let percdamp = SparseGptConfig::default().percdamp;
+        let host = HessianFactor::new(ha, percdamp)?;
+        let own = HessianFactor::new(hd, percdamp)?;
+        let t = Instant::now();
+        let same = DeviceFactor::new(&host, device)?;
+        row.device_seconds += t.elapsed().as_secs_f64();
+        let own = DeviceFactor::new(&own, device)?;
+        Ok(SlotFactors { host, same, own })
+    }
 }
 
 /// SparseGPT at 50 % on one layer, the host's update against the tensor path's: with each
-/// path's own Hessian (`ha` host, `hd` device), and with the host's factor on both sides.
+/// path's own Hessian, and with the host's factor on both sides.
 fn sparsegpt_diff(
     row: &mut SparseGptRow,
     w: &[f32],
     rows: usize,
     on_device: &Tensor,
-    ha: &HessianAccumulator,
-    hd: &HessianAccumulator,
+    f: &SlotFactors,
 ) -> anyhow::Result<()> {
-    let cols = ha.cols();
+    let cols = f.host.cols();
     let cfg = SparseGptConfig::unstructured(0.5);
-    let fa = HessianFactor::new(ha, cfg.percdamp)?;
-    let fd = HessianFactor::new(hd, cfg.percdamp)?;
     let t = Instant::now();
     let mut wh = w.to_vec();
-    let host = prune_with_factor(&mut wh, rows, cols, &fa, &cfg)?;
+    let host = prune_with_factor(&mut wh, rows, cols, &f.host, &cfg)?;
     row.host_seconds += t.elapsed().as_secs_f64();
-    let device = on_device.device();
     let t = Instant::now();
-    let (same, same_stats) = prune_tensor(on_device, &DeviceFactor::new(&fa, device)?, &cfg)?;
+    let (same, same_stats) = prune_tensor(on_device, &f.same, &cfg)?;
     let same = same.flatten_all()?.to_vec1::<f32>()?;
     row.device_seconds += t.elapsed().as_secs_f64();
-    let (_, own) = prune_tensor(on_device, &DeviceFactor::new(&fd, device)?, &cfg)?;
+    let (_, own) = prune_tensor(on_device, &f.own, &cfg)?;
     let differ = |m: &Mask| {
         host.mask
-            .to_keep()
-            .iter()
-            .zip(m.to_keep())
-            .filter(|(x, y)| **x != *y)
-            .count()
+            .differing(m)
+            .ok_or_else(|| anyhow::anyhow!("SparseGPT's masks have different shapes"))
     };
-    row.mask_diff += differ(&own.mask);
-    row.same_factor_mask_diff += differ(&same_stats.mask);
+    row.mask_diff += differ(&own.mask)?;
+    row.same_factor_mask_diff += differ(&same_stats.mask)?;
     let (diff, norm) = wh
         .iter()
         .zip(&same)

@@ -542,6 +542,17 @@ impl Mask {
         self.pruned_count() as f64 / self.numel() as f64
     }
 
+    /// Weights kept by one mask and pruned by the other (`None` when the shapes differ).
+    pub fn differing(&self, other: &Mask) -> Option<usize> {
+        (self.rows == other.rows && self.cols == other.cols).then(|| {
+            self.bits
+                .iter()
+                .zip(&other.bits)
+                .map(|(a, b)| (a ^ b).count_ones() as usize)
+                .sum()
+        })
+    }
+
     /// One `keep` flag per weight, row-major.
     pub fn to_keep(&self) -> Vec<bool> {
         (0..self.numel())

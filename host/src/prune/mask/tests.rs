@@ -438,3 +438,22 @@ fn permuted_n_m_keeps_more_score_with_exact_groups() {
     let group_of = |c: usize| order.iter().position(|&x| x == c).unwrap() / 4;
     assert_ne!(group_of(0), group_of(1));
 }
+
+#[test]
+fn differing_counts_the_weights_one_mask_keeps_and_the_other_prunes() {
+    // 3 × 70: two words per row, padding bits included.
+    let mut rng = Rng::new(41);
+    let (rows, cols) = (3, 70);
+    let a: Vec<bool> = (0..rows * cols).map(|_| rng.below(2) == 0).collect();
+    let mut b = a.clone();
+    for i in [0, 63, 64, 69, 140, 209] {
+        b[i] = !b[i];
+    }
+    let (ma, mb) = (
+        Mask::from_keep(rows, cols, &a).unwrap(),
+        Mask::from_keep(rows, cols, &b).unwrap(),
+    );
+    assert_eq!(ma.differing(&mb), Some(6));
+    assert_eq!(ma.differing(&ma), Some(0));
+    assert_eq!(ma.differing(&Mask::dense(cols, rows)), None);
+}
